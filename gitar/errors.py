@@ -1,0 +1,33 @@
+"""The one error type for expected failures, and the exit codes it maps to.
+
+Every failure a user or an agent can cause (bad input, wrong repository state,
+a lock held elsewhere) is raised as a GitarError carrying one line that says
+what is wrong and what to do. The CLI prints that line and exits with its code;
+nothing else in the package calls sys.exit.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Documented exit codes (README, "Exit codes"). Distinct so a harness can branch on them."""
+
+    KEPT = 0  # the experiment ran and the branch now points at it
+    NOT_KEPT = 1  # it ran and was discarded, crashed, timed out or was rejected after the run
+    REFUSED = 2  # refused before running anything: bad input or a repository state to fix first
+    INTERNAL = 3  # an unexpected failure inside gitar; the traceback is saved under .git/gitar/
+    INTERRUPTED = 130  # stopped by Ctrl-C / SIGTERM; the attempt is recorded as aborted
+
+
+class GitarError(Exception):
+    """An expected failure: one line for the user, an exit code for the caller."""
+
+    def __init__(self, message: str, code: ExitCode = ExitCode.REFUSED) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+    def __str__(self) -> str:
+        return self.message
