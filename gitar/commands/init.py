@@ -1,0 +1,93 @@
+"""`gitar init TAG`: an experiment branch with the hooks installed and notes that behave.
+
+Safe to run twice: on the branch it creates, a second run re-applies the hooks and
+config and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitar.config import GROUND_FILE, MODEL_FILE, Ground, load_ground, load_model
+from gitar.errors import ExitCode, GitarError
+from gitar.git import Git, clean_env
+from gitar.records import NOTES_REF
+
+# Config that makes notes follow the commits they describe and show where people look.
+NOTES_CONFIG = {
+    "notes.displayRef": NOTES_REF,  # plain `git log` shows the records
+    "notes.rewriteRef": NOTES_REF,  # amend and rebase carry them (no default otherwise)
+    "notes.rewriteMode": "cat_sort_uniq",
+    "notes.gitar.mergeStrategy": "cat_sort_uniq",  # one JSON record per line merges cleanly
+}
+
+
+@dataclass(frozen=True)
+class InitResult:
+    branch: str
+    created: bool
+    warnings: list[str]
+
+
+def init_workspace(tag: str, start: str | Path = ".") -> InitResult:
+    git = Git.discover(start)
+    if git.head_is_unborn():
+        raise GitarError("this repository has no commits yet; commit the workspace files first")
+    ground = load_ground(git.root / GROUND_FILE)
+    load_model(git.root / MODEL_FILE, ground)
+    branch = _branch_name(git, ground, tag)
+    current = git.current_branch()
+    created = False
+    if git.ref_target(f"refs/heads/{branch}") is not None:
+        if current != branch:
+            raise GitarError(f"branch {branch} already exists; pick another tag, or `git switch {branch}` "
+                             "and run gitar init again to repair its hooks")
+    else:
+        if (op := git.operation_in_progress()) is not None:
+            raise GitarError(f"{op} is in progress; finish or abort it first")
+        git.run("switch", "-c", branch, advice="commit or stash your changes first")
+        created = True
+    _install_hooks(git)
+    for key, value in NOTES_CONFIG.items():
+        git.run("config", key, value)
+    # The hooks start `python -m gitar.hooks` with this interpreter: the one that has gitar and torch.
+    git.run("config", "gitar.python", sys.executable)
+    return InitResult(branch=branch, created=created, warnings=_data_warnings(ground))
+
+
+def _branch_name(git: Git, ground: Ground, tag: str) -> str:
+    if not tag.strip():
+        raise GitarError("TAG is empty; name the run, e.g. `gitar init nov21`")
+    branch = ground.experiment.branch_prefix + tag
+    ok = git.run("check-ref-format", "--branch", branch, check=False).returncode == 0
+    if not ok or any(c.isspace() for c in tag):
+        raise GitarError(f"{tag!r} cannot be part of a branch name; use letters, digits, '-', '_' or '.'")
+    return branch
+
+
+def _install_hooks(git: Git) -> None:
+    hooks_path = git.run("config", "--get", "core.hooksPath", check=False).stdout.strip()
+    if hooks_path:
+        raise GitarError(f"core.hooksPath is set ({hooks_path}), so pre-commit cannot install its hooks; "
+                         "unset it with `git config --unset-all core.hooksPath` (and --global if set there)")
+    if not (git.root / ".pre-commit-config.yaml").exists():
+        raise GitarError(".pre-commit-config.yaml is missing from the workspace; restore it from the template")
+    proc = subprocess.run([sys.executable, "-m", "pre_commit", "install"], cwd=git.root, env=clean_env(),
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        reason = (proc.stderr or proc.stdout).strip().splitlines()
+        raise GitarError(f"pre-commit install failed: {reason[-1] if reason else proc.returncode}",
+                         ExitCode.INTERNAL)
+
+
+def _data_warnings(ground: Ground) -> list[str]:
+    cache = ground.cache_dir
+    val = cache / "data" / f"shard_{ground.data.val_shard:05d}.parquet"
+    tokenizer = cache / "tokenizer"
+    if val.exists() and tokenizer.is_dir() and any(tokenizer.iterdir()):
+        return []
+    return [f"data is not prepared in {cache}: run `python prepare.py` "
+            "(or `python prepare.py --source DIR` offline) before the first experiment"]

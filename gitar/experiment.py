@@ -1,0 +1,243 @@
+"""One experiment, start to finish: snapshot, train, judge, record, then keep or reset.
+
+The order is the point. The attempt is pinned before it runs, the record is written
+before the branch moves, and the branch moves with compare-and-swap. Whatever
+interrupts this sequence, the next gitar command can finish it (see recovery.py)
+and no attempt's code or numbers are lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitar import runner, state
+from gitar.config import GROUND_FILE, Ground, parse_ground
+from gitar.errors import ExitCode, GitarError
+from gitar.git import Git, clean_env
+from gitar.judge import Best, Verdict, current_best, judge
+from gitar.paths import Paths
+from gitar.records import ABORTED, KEEP, Notebook, Record
+from gitar.worktree import move_branch
+
+HARNESS_FILES = ("prepare.py", GROUND_FILE)
+DEFAULT_SEED = 42
+
+
+def ground_at(git: Git, sha: str) -> Ground:
+    """The ground.json of a commit: the experiment's policy is the one it was committed with."""
+    blob = git.blob_at(sha, GROUND_FILE)
+    if blob is None:
+        raise GitarError(f"{GROUND_FILE}: not in commit {sha[:12]}; an experiment branch must carry "
+                         "the workspace files (run gitar init in a clone of the template)")
+    try:
+        obj = json.loads(blob.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise GitarError(f"{GROUND_FILE} in commit {sha[:12]} is not valid JSON: {e}") from None
+    return parse_ground(obj, git.root / GROUND_FILE)
+
+
+def harness_sha256(git: Git, sha: str) -> str:
+    """One hash over the evaluation harness of a commit, so a record says what measured it."""
+    h = hashlib.sha256()
+    for name in HARNESS_FILES:
+        h.update(name.encode() + b"\0")
+        h.update(git.blob_at(sha, name) or b"<missing>")
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run and what may happen to the branch afterwards."""
+
+    commit: str
+    branch: str
+    description: str
+    kind: str  # attempt (a new commit on the branch) | baseline | rerun (an existing commit, branch never moves)
+    best: Best | None
+    run_id: str
+    seed: int
+
+
+def plan_attempt(git: Git, sha: str, branch: str, description: str, run_id: str | None = None) -> Plan:
+    """A new commit on the branch, judged against the best it was built on (its first parent)."""
+    notebook = Notebook(git)
+    parents = git.commit(sha).parent_ids
+    parent = str(parents[0]) if parents else None
+    best = current_best(notebook, branch, parent)
+    return Plan(sha, branch, description, "attempt", best, run_id or new_run_id(),
+                _next_seed(notebook, sha, branch))
+
+
+def plan_rerun(git: Git, sha: str, branch: str, run_id: str | None = None) -> Plan:
+    """Another measurement of an existing commit (`gitar run`): the baseline if the branch has none."""
+    notebook = Notebook(git)
+    best = current_best(notebook, branch, sha)
+    description = git.commit(sha).message.strip()
+    kind = "rerun" if best is not None else "baseline"
+    return Plan(sha, branch, description, kind, best, run_id or new_run_id(), _next_seed(notebook, sha, branch))
+
+
+def _next_seed(notebook: Notebook, sha: str, branch: str) -> int:
+    """Each run of a commit gets its own seed, so repeats measure noise rather than repeat it."""
+    seen = sum(1 for r in notebook.records(sha) if r.branch == branch)
+    env = os.environ.get("GITAR_SEED")
+    base = int(env) if env and env.isdigit() else DEFAULT_SEED
+    return base + seen
+
+
+def execute(git: Git, plan: Plan, *, pid: int | None = None) -> Record:
+    """Run the plan and record it. The caller holds the experiment lock."""
+    paths = Paths(git.common_dir)
+    notebook = Notebook(git)
+    ground = ground_at(git, plan.commit)
+    # Pin first: from here on, nothing can make this commit or its note unreachable.
+    notebook.pin(plan.commit, plan.description)
+
+    log_path = paths.log(plan.commit, plan.run_id)
+    crash_path = paths.crash(plan.commit, plan.run_id)
+    snapshot = paths.snapshots / plan.run_id
+    if snapshot.exists():
+        shutil.rmtree(snapshot)
+    running = state.Running(
+        run_id=plan.run_id, commit=plan.commit, branch=plan.branch, description=plan.description,
+        kind=plan.kind, best_commit=plan.best.commit if plan.best else None,
+        move_branch=plan.kind == "attempt", started=time.time(), budget_s=ground.training.budget_s,
+        timeout_s=ground.experiment.timeout_s, log=str(log_path), pid=pid or os.getpid(), seed=plan.seed)
+    running.save(paths)
+    try:
+        # The run sees the committed files only: later edits in the work tree cannot leak into it.
+        git.export_tree(plan.commit, snapshot)
+        env = clean_env({"GITAR_WORKSPACE": str(git.root), "GITAR_SEED": str(plan.seed),
+                         "GITAR_COMMIT": plan.commit, "GITAR_RUN_ID": plan.run_id})
+        env.pop("GITAR_SMOKE", None)
+
+        def started(pgid: int) -> None:
+            running.with_(pgid=pgid).save(paths)
+
+        try:
+            result = runner.run_training(
+                runner.expand_command(ground.experiment.command), cwd=snapshot, env=env,
+                log_path=log_path, crash_path=crash_path, timeout_s=ground.experiment.timeout_s,
+                on_start=started)
+        except runner.RunInterrupted as interrupted:
+            record = _record(git, plan, ground, interrupted.result, None)
+            finish(git, plan, record)
+            raise
+        verdict = judge(result.status, _float(result.summary.get("val_bpb")), plan.best,
+                        ground.experiment.keep_rule, _error_line(result.crash))
+        record = _record(git, plan, ground, result, verdict)
+        return finish(git, plan, record)
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
+        state.clear(paths, plan.run_id)
+
+
+def finish(git: Git, plan: Plan, record: Record) -> Record:
+    """Write the record, then move the branch; the result file lets `try`/`wait` find it."""
+    paths = Paths(git.common_dir)
+    Notebook(git).append(record)
+    if plan.kind == "attempt" and record.status != KEEP:
+        back_to = plan.best.commit if plan.best else _first_parent(git, plan.commit)
+        if back_to is not None:
+            record.worktree = move_branch(git, plan.branch, plan.commit, back_to,
+                                          f"gitar: {record.status} {plan.commit[:7]}, back to best {back_to[:7]}")
+    paths.results.mkdir(parents=True, exist_ok=True)
+    tmp = paths.result(plan.run_id).with_suffix(".tmp")
+    tmp.write_text(record.to_line() + "\n")
+    os.replace(tmp, paths.result(plan.run_id))
+    return record
+
+
+def _first_parent(git: Git, sha: str) -> str | None:
+    parents = git.commit(sha).parent_ids
+    return str(parents[0]) if parents else None
+
+
+def _float(v: object) -> float | None:
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def _int(v: object) -> int | None:
+    return int(v) if isinstance(v, (int, float)) else None
+
+
+def _error_line(crash: dict[str, object] | None) -> str:
+    if not crash:
+        return ""
+    kind, msg = str(crash.get("type", "")), str(crash.get("message", "")).strip()
+    line = f"{kind}: {msg}" if kind and msg else kind or msg
+    return line.splitlines()[0][:300] if line else ""
+
+
+def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verdict: Verdict | None) -> Record:
+    s = result.summary
+    status = verdict.status if verdict else ABORTED
+    reason = verdict.reason if verdict else "gitar was interrupted during the run; the process group was killed"
+    platform: dict[str, str] = {k: str(s[k]) for k in ("device", "dtype", "attention") if k in s}
+    return Record(
+        status=status, commit=plan.commit, branch=plan.branch, description=plan.description,
+        run_id=plan.run_id, kind=plan.kind, parent=_first_parent(git, plan.commit),
+        val_bpb=_float(s.get("val_bpb")) if result.status == "ok" else None,
+        best_before=plan.best.val_bpb if plan.best else None,
+        best_commit=plan.best.commit if plan.best else None,
+        delta=verdict.delta if verdict else None, rule=ground.experiment.keep_rule, reason=reason,
+        peak_vram_mb=_float(s.get("peak_vram_mb")), training_seconds=_float(s.get("training_seconds")),
+        total_seconds=_float(s.get("total_seconds")), wall_seconds=round(result.wall_s, 3),
+        mfu_percent=_float(s.get("mfu_percent")), total_tokens_M=_float(s.get("total_tokens_M")),
+        num_steps=_int(s.get("num_steps")), num_params_M=_float(s.get("num_params_M")),
+        depth=_int(s.get("depth")), seed=plan.seed, started=_iso(result.started_at), ended=_iso(result.ended_at),
+        host=socket.gethostname(), platform=platform or None, harness_sha256=harness_sha256(git, plan.commit),
+        log=str(result.log_path),
+        error=_error(result) if result.status != "ok" else None,
+    )
+
+
+def _error(result: runner.RunResult) -> dict[str, object]:
+    crash = dict(result.crash or {})
+    if result.status == "timeout":
+        crash.setdefault("type", "Timeout")
+    tb = crash.get("traceback")
+    if isinstance(tb, list):
+        crash["traceback"] = [str(x) for x in tb][-15:]
+    elif not tb:
+        crash["traceback"] = result.log_tail[-15:]
+    return crash
+
+
+def result_path(git: Git, run_id: str) -> Path:
+    return Paths(git.common_dir).result(run_id)
+
+
+def read_result(git: Git, run_id: str) -> Record | None:
+    path = result_path(git, run_id)
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return Record.from_dict(data)
+
+
+def require_record(git: Git, run_id: str) -> Record:
+    record = read_result(git, run_id)
+    if record is None:
+        raise GitarError("the experiment ended without a record; see `gitar status` and the hook output above",
+                         ExitCode.INTERNAL)
+    return record

@@ -1,0 +1,235 @@
+"""Every git operation gitar performs, behind one class whose errors say what to do.
+
+Two engines, each for what it is good at (see DESIGN.md):
+- the git CLI wherever git's own semantics matter: commits (only the CLI runs hooks),
+  ref updates with compare-and-swap and a reflog message, moving the index and work tree;
+- pygit2 for fast reads: resolving revisions, reading trees and blobs, notes.
+A failing git command becomes a GitarError naming the command and git's own reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pygit2
+
+from gitar.errors import ExitCode, GitarError
+
+# Variables git exports to hooks. A git process we start from inside a hook must see
+# the repository's real index and directories, not the hook's temporary ones.
+_HOOK_VARS = ("GIT_INDEX_FILE", "GIT_DIR", "GIT_WORK_TREE", "GIT_PREFIX", "GIT_EDITOR",
+              "GIT_REFLOG_ACTION", "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES")
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _HOOK_VARS}
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass(frozen=True)
+class Change:
+    path: str
+    staged: bool  # differs between HEAD and the index
+    unstaged: bool  # differs between the index and the work tree
+
+
+class Git:
+    """One repository with a work tree."""
+
+    def __init__(self, repo: pygit2.Repository) -> None:
+        self.repo = repo
+        workdir: str | None = repo.workdir
+        if workdir is None:
+            raise GitarError(f"{repo.path} is a bare repository; gitar needs a clone with a work tree "
+                             "(git clone it, then run gitar there)")
+        self.root = Path(workdir).resolve()
+        self.gitdir = Path(repo.path).resolve()
+        # Shared across worktrees of one clone: notes, attempt refs, logs and the lock live here.
+        self.common_dir = _common_dir(self.gitdir)
+
+    @classmethod
+    def discover(cls, start: str | os.PathLike[str] = ".") -> Git:
+        path = pygit2.discover_repository(str(start))
+        if path is None:
+            raise GitarError(f"not inside a git repository ({Path(start).resolve()}); "
+                             "cd into your research workspace (a clone of the gitar template)")
+        return cls(pygit2.Repository(path))
+
+    # -- the CLI ---------------------------------------------------------------
+
+    def run(self, *args: str, check: bool = True, env: Mapping[str, str] | None = None,
+            input: str | None = None, keep_hook_env: bool = False, advice: str = "") -> subprocess.CompletedProcess[str]:
+        base = dict(os.environ) if keep_hook_env else clean_env()
+        if env:
+            base.update(env)
+        try:
+            proc = subprocess.run(["git", *args], cwd=self.root, env=base, input=input,
+                                  capture_output=True, text=True, errors="replace")
+        except OSError as e:
+            raise GitarError(f"cannot run git: {e.strerror}; install git and put it on PATH",
+                             ExitCode.INTERNAL) from None
+        if check and proc.returncode != 0:
+            raise GitarError(_failure_line(args, proc, advice), ExitCode.INTERNAL)
+        return proc
+
+    def out(self, *args: str, keep_hook_env: bool = False) -> str:
+        return self.run(*args, keep_hook_env=keep_hook_env).stdout.strip()
+
+    # -- reads -----------------------------------------------------------------
+
+    def resolve(self, rev: str) -> str:
+        try:
+            obj = self.repo.revparse_single(rev)
+            commit = obj.peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+            raise GitarError(f"unknown revision {rev!r}; give a commit, branch or tag name "
+                             "(see `git log --oneline`)") from None
+        return str(commit.id)
+
+    def commit(self, sha: str) -> pygit2.Commit:
+        obj = self.repo.get(sha)
+        if not isinstance(obj, pygit2.Commit):
+            raise GitarError(f"{sha} is not a commit in this repository")
+        return obj
+
+    def ref_target(self, ref: str) -> str | None:
+        try:
+            return str(self.repo.references[ref].resolve().target)
+        except (KeyError, pygit2.GitError):
+            return None
+
+    def current_branch(self) -> str | None:
+        """The checked-out branch's short name; None when HEAD is detached."""
+        if self.repo.head_is_detached:
+            return None
+        head = self.repo.references.get("HEAD")
+        target = head.target if head is not None else None
+        if isinstance(target, str) and target.startswith("refs/heads/"):
+            return target[len("refs/heads/"):]
+        return None
+
+    def head_is_unborn(self) -> bool:
+        return bool(self.repo.head_is_unborn)
+
+    def blob_at(self, sha: str, path: str) -> bytes | None:
+        tree = self.commit(sha).tree
+        try:
+            entry = tree[path]
+        except KeyError:
+            return None
+        obj = self.repo.get(entry.id)
+        return obj.data if isinstance(obj, pygit2.Blob) else None
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        if ancestor == descendant:
+            return True
+        return bool(self.repo.descendant_of(descendant, ancestor))
+
+    def operation_in_progress(self) -> str | None:
+        """A merge, rebase, cherry-pick, revert or bisect that a commit would interfere with."""
+        checks = [("MERGE_HEAD", "a merge"), ("rebase-merge", "a rebase"), ("rebase-apply", "a rebase or am"),
+                  ("CHERRY_PICK_HEAD", "a cherry-pick"), ("REVERT_HEAD", "a revert"), ("BISECT_LOG", "a bisect")]
+        for name, what in checks:
+            if (self.gitdir / name).exists():
+                return what
+        return None
+
+    def changes(self) -> list[Change]:
+        """Tracked paths that differ from HEAD, in the index or the work tree."""
+        out = self.run("status", "--porcelain=v1", "-z", "--untracked-files=no").stdout
+        changes: list[Change] = []
+        fields = out.split("\0")
+        i = 0
+        while i < len(fields):
+            entry = fields[i]
+            i += 1
+            if len(entry) < 4:
+                continue
+            x, y, path = entry[0], entry[1], entry[3:]
+            if x in "RC":  # a rename carries its source path in the next field
+                i += 1
+            changes.append(Change(path=path, staged=x not in " ?", unstaged=y not in " ?"))
+        return changes
+
+    def staged_paths(self) -> list[str]:
+        """Paths staged in the index being committed (inside a pre-commit hook: the hook's index)."""
+        out = self.run("diff", "--cached", "--name-only", "-z", "--no-renames", keep_hook_env=True).stdout
+        return [p for p in out.split("\0") if p]
+
+    def staged_blob(self, path: str) -> bytes:
+        proc = subprocess.run(["git", "show", f":{path}"], cwd=self.root, capture_output=True)
+        if proc.returncode != 0:
+            raise GitarError(f"cannot read the staged {path}: {proc.stderr.decode(errors='replace').strip()}",
+                             ExitCode.INTERNAL)
+        return proc.stdout
+
+    # -- writes ----------------------------------------------------------------
+
+    def update_ref(self, ref: str, new: str, old: str | None, message: str) -> None:
+        """Move a ref with compare-and-swap: fails if someone else moved it meanwhile."""
+        args = ["update-ref", "-m", message, ref, new]
+        if old is not None:
+            args.append(old)
+        else:
+            args.append("")  # must not exist yet
+        self.run(*args, advice=f"{ref} was moved by someone else; nothing was overwritten")
+
+    def pin(self, ref: str, sha: str, message: str) -> None:
+        """Create or move a bookkeeping ref without CAS (attempt pins are idempotent)."""
+        self.run("update-ref", "-m", message, ref, sha)
+
+    def delete_ref(self, ref: str) -> None:
+        self.run("update-ref", "-d", ref, check=False)
+
+    def export_tree(self, sha: str, dest: Path) -> None:
+        """Write the files of a commit into dest (a snapshot to run from), without touching the index."""
+        dest.mkdir(parents=True, exist_ok=True)
+        self._write_tree(self.commit(sha).tree, dest)
+
+    def _write_tree(self, tree: pygit2.Tree, dest: Path) -> None:
+        for entry in tree:
+            target = dest / str(entry.name)
+            if entry.filemode == pygit2.GIT_FILEMODE_TREE:
+                target.mkdir(exist_ok=True)
+                sub = self.repo.get(entry.id)
+                assert isinstance(sub, pygit2.Tree)
+                self._write_tree(sub, target)
+            elif entry.filemode == pygit2.GIT_FILEMODE_LINK:
+                blob = self.repo.get(entry.id)
+                assert isinstance(blob, pygit2.Blob)
+                os.symlink(blob.data.decode(), target)
+            elif entry.filemode in (pygit2.GIT_FILEMODE_BLOB, pygit2.GIT_FILEMODE_BLOB_EXECUTABLE):
+                blob = self.repo.get(entry.id)
+                assert isinstance(blob, pygit2.Blob)
+                target.write_bytes(blob.data)
+                if entry.filemode == pygit2.GIT_FILEMODE_BLOB_EXECUTABLE:
+                    target.chmod(0o755)
+            # submodules (commit entries) are skipped: a snapshot holds this repository's files only
+
+
+def _common_dir(gitdir: Path) -> Path:
+    common = gitdir / "commondir"
+    if common.exists():
+        return (gitdir / common.read_text().strip()).resolve()
+    return gitdir
+
+
+def _failure_line(args: Sequence[str], proc: subprocess.CompletedProcess[str], advice: str) -> str:
+    lines = [ln.strip() for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
+    reason = lines[-1] if lines else f"exit code {proc.returncode}"
+    for ln in lines:
+        if ln.startswith(("fatal:", "error:")):
+            reason = ln
+            break
+    msg = f"git {args[0]} failed: {reason}"
+    if "index.lock" in reason:
+        msg += "; another git process is running in this repository — wait for it, or remove .git/index.lock if none is"
+    elif advice:
+        msg += f"; {advice}"
+    return msg

@@ -1,0 +1,145 @@
+"""What the git hooks run (hooks/gitar-hook calls `python -m gitar.hooks STAGE`).
+
+- `check` (pre-commit): preflight; a non-zero exit refuses the commit.
+- `run` (post-commit): the experiment for HEAD. git ignores a post-commit hook's exit
+  code, so everything that matters is in the record this writes.
+- `detached RUN_ID` : the same run in a background process for `gitar try --detach`.
+
+On branches outside the experiment prefix the hooks do nothing: a person's commits
+on main are not experiments. The hooks are the loop: a plain `git commit` on an
+experiment branch is judged and recorded exactly as `gitar try` would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from gitar import experiment, lock, state
+from gitar.config import Ground
+from gitar.errors import ExitCode, GitarError
+from gitar.git import Git
+from gitar.paths import Paths
+from gitar.records import REJECTED, Record
+from gitar.recovery import recover
+from gitar.report import result_line
+
+DETACH_START_TIMEOUT_S = 30.0
+
+
+def _experiment_branch(git: Git) -> tuple[str, Ground] | None:
+    branch = git.current_branch()
+    if branch is None or git.head_is_unborn():
+        return None
+    head = git.resolve("HEAD")
+    if git.blob_at(head, "ground.json") is None:
+        return None
+    ground = experiment.ground_at(git, head)
+    if not branch.startswith(ground.experiment.branch_prefix):
+        return None
+    return branch, ground
+
+
+def stage_check() -> int:
+    git = Git.discover()
+    found = _experiment_branch(git)
+    if found is None:
+        return 0
+    _, ground = found
+    for line in recover(git):
+        print(f"gitar: {line}", file=sys.stderr)
+    from gitar import preflight
+
+    preflight.run_checks(git, ground)
+    return 0
+
+
+def stage_run() -> int:
+    git = Git.discover()
+    found = _experiment_branch(git)
+    if found is None:
+        return 0
+    branch, _ = found
+    sha = git.resolve("HEAD")
+    description = git.commit(sha).message.strip()
+    run_id = os.environ.get("GITAR_RUN_ID") or experiment.new_run_id()
+    token = os.environ.get("GITAR_LOCK_TOKEN")
+    plan = experiment.plan_attempt(git, sha, branch, description, run_id)
+
+    if os.environ.get("GITAR_DETACH") == "1":
+        return _spawn_detached(git, plan)
+
+    try:
+        held = lock.acquire(git.common_dir, purpose="experiment", token=token, commit=sha)
+    except GitarError as e:
+        # Someone else's experiment holds the GPU: this commit cannot be measured now.
+        record = Record(status=REJECTED, commit=sha, branch=branch, description=description, run_id=run_id,
+                        parent=plan.best.commit if plan.best else None, reason=str(e))
+        record = experiment.finish(git, plan, record)
+        print(f"gitar: {result_line(record)}")
+        return 0
+    try:
+        record = experiment.execute(git, plan)
+    finally:
+        held.release()
+    print(f"gitar: {result_line(record)}")
+    return 0
+
+
+def _spawn_detached(git: Git, plan: experiment.Plan) -> int:
+    """Start the run in its own session and return once it has taken the lock over."""
+    paths = Paths(git.common_dir)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    out = open(paths.logs / f"{plan.commit[:12]}-{plan.run_id[:8]}.runner.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gitar.hooks", "detached", plan.run_id, plan.commit, plan.branch],
+        cwd=git.root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        start_new_session=True, env=os.environ.copy())
+    out.close()
+    deadline = time.time() + DETACH_START_TIMEOUT_S
+    while time.time() < deadline:
+        current = state.load(paths)
+        if current is not None and current.run_id == plan.run_id:
+            return 0
+        if proc.poll() is not None:
+            return 0  # it already finished (or failed and recorded why)
+        time.sleep(0.05)
+    return 0
+
+
+def stage_detached(run_id: str, sha: str, branch: str) -> int:
+    git = Git.discover()
+    token = os.environ.get("GITAR_LOCK_TOKEN")
+    held = lock.acquire(git.common_dir, purpose="experiment", token=token, commit=sha)
+    held.transfer(os.getpid())
+    try:
+        plan = experiment.plan_attempt(git, sha, branch, git.commit(sha).message.strip(), run_id)
+        experiment.execute(git, plan)
+    finally:
+        held.release()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        if args[:1] == ["check"]:
+            return stage_check()
+        if args[:1] == ["run"]:
+            return stage_run()
+        if args[:1] == ["detached"] and len(args) == 4:
+            return stage_detached(args[1], args[2], args[3])
+    except GitarError as e:
+        print(f"gitar: refused: {e.message}" if args[:1] == ["check"] else f"gitar: error: {e.message}",
+              file=sys.stderr)
+        return 1 if e.code != ExitCode.KEPT else 0
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERRUPTED)
+    print("usage: python -m gitar.hooks check|run", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

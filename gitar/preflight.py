@@ -1,0 +1,123 @@
+"""The pre-commit stage: refuse a broken or out-of-bounds change in seconds, before any GPU time.
+
+Checks, cheapest first: the ownership guard (only agent-owned files may be
+committed on an experiment branch), the lock (one experiment at a time), the syntax
+of every staged Python file, model.json against the schema, and a CPU smoke step
+that builds the model train.py + model.json define and runs one forward/backward.
+Each failure is one line that says what to fix; the agent's edits stay untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from gitar import lock, runner
+from gitar.config import MODEL_FILE, Ground, parse_model
+from gitar.errors import GitarError
+from gitar.git import Git
+
+SMOKE_TIMEOUT_S = 120.0  # generous for the CPU; the default model's smoke step takes a few seconds
+
+
+def owned(path: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a repository path falls under an ownership list ("dir/" covers a whole directory)."""
+    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in patterns)
+
+
+def check_ownership(paths: list[str], ground: Ground) -> None:
+    agent = ground.experiment.agent_owned
+    for path in paths:
+        if not owned(path, agent):
+            who = "user-owned" if owned(path, ground.experiment.user_owned) else "not agent-owned"
+            raise GitarError(f"{path} is {who}: on an experiment branch only {', '.join(agent)} may change; "
+                             f"undo it with `git restore --staged --worktree -- {path}`")
+
+
+def check_lock(git: Git) -> None:
+    info = lock.read(git.common_dir)
+    if info is None or not info.alive():
+        return
+    if info.token and info.token == os.environ.get("GITAR_LOCK_TOKEN"):
+        return
+    raise GitarError(f"another experiment is running in this repository (pid {info.pid}"
+                     f"{', commit ' + info.commit[:7] if info.commit else ''}); "
+                     "wait for it with `gitar wait`, then commit again")
+
+
+def check_syntax(git: Git, paths: list[str]) -> None:
+    for path in paths:
+        if not path.endswith(".py"):
+            continue
+        source = git.staged_blob(path)
+        try:
+            compile(source, path, "exec", dont_inherit=True)
+        except SyntaxError as e:
+            raise GitarError(f"syntax error in {path} line {e.lineno}: {e.msg}; fix it and try again") from None
+        except ValueError as e:  # e.g. null bytes: not a Python source file
+            raise GitarError(f"{path} is not Python source ({e}); restore it with `git checkout -- {path}`") from None
+
+
+def check_model(git: Git, paths: list[str], ground: Ground) -> None:
+    if MODEL_FILE not in paths:
+        return
+    raw = git.staged_blob(MODEL_FILE)
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise GitarError(f"{MODEL_FILE}: not UTF-8 text; save it as UTF-8 JSON") from None
+    except json.JSONDecodeError as e:
+        raise GitarError(f"{MODEL_FILE}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    parse_model(obj, git.root / MODEL_FILE, ground)
+
+
+def smoke(git: Git, ground: Ground) -> str:
+    """Run the staged train.py in smoke mode from a copy of the index; returns its `smoke:` line."""
+    with tempfile.TemporaryDirectory(prefix="gitar-smoke-") as tmp:
+        # The index, not the work tree: an untracked module that train.py imports would be
+        # missing in the real run too, so it must be missing here.
+        git.run("checkout-index", "-a", f"--prefix={tmp}/", keep_hook_env=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        env.update({"GITAR_SMOKE": "1", "GITAR_WORKSPACE": str(git.root), "PYTHONUNBUFFERED": "1",
+                    "GITAR_CRASH_FILE": str(Path(tmp) / ".gitar-smoke-crash.json")})
+        command = runner.expand_command(ground.experiment.command)
+        try:
+            proc = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True,
+                                  errors="replace", timeout=SMOKE_TIMEOUT_S, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            raise GitarError(f"smoke step: train.py took over {SMOKE_TIMEOUT_S:g} s for one step on CPU; "
+                             "something blocks or the model is far too large") from None
+        except OSError as e:
+            raise GitarError(f"smoke step: cannot start {command[0]}: {e.strerror}; "
+                             "check experiment.command in ground.json") from None
+        output = proc.stdout + proc.stderr
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("smoke: ok")), None)
+        if proc.returncode == 0 and line:
+            return line
+        raise GitarError(f"smoke step failed: {_smoke_error(Path(tmp) / '.gitar-smoke-crash.json', output)}")
+
+
+def _smoke_error(crash_file: Path, output: str) -> str:
+    try:
+        crash = json.loads(crash_file.read_text())
+        return f"{crash.get('type', 'Error')}: {str(crash.get('message', '')).strip().splitlines()[0][:300]}"
+    except (OSError, ValueError, IndexError):
+        pass
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "train.py exited without printing `smoke: ok`"
+
+
+def run_checks(git: Git, ground: Ground, *, echo: bool = True) -> None:
+    paths = git.staged_paths()
+    check_ownership(paths, ground)
+    check_lock(git)
+    check_syntax(git, paths)
+    check_model(git, paths, ground)
+    if ground.experiment.smoke and any(owned(p, ground.experiment.agent_owned) for p in paths):
+        line = smoke(git, ground)
+        if echo:
+            print(f"gitar: {line}", file=sys.stderr)

@@ -1,0 +1,69 @@
+"""Finishing what an interrupted gitar left behind, at the start of the next command.
+
+Two situations, both detected from git and the running-state file alone:
+- a run whose gitar process died (SIGKILL, a closed terminal, a reboot): kill what is
+  left of its training process group, record the attempt as aborted unless its record
+  was already written, and move the branch back to the best;
+- a branch whose tip carries a record that is not a keep (the record was written but
+  the branch move did not happen): move it back to the best the record names.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from gitar import runner, state
+from gitar.git import Git
+from gitar.paths import Paths
+from gitar.records import ABORTED, KEEP, Notebook, Record
+from gitar.worktree import move_branch
+
+
+def recover(git: Git) -> list[str]:
+    """Repair the repository after an interruption; returns one line per repair made."""
+    notes: list[str] = []
+    paths = Paths(git.common_dir)
+    running = state.load(paths)
+    if running is not None and not state.pid_alive(running.pid):
+        notes.append(_abort_dead_run(git, paths, running))
+    branch = git.current_branch()
+    if branch is not None:
+        line = _finish_reset(git, branch)
+        if line:
+            notes.append(line)
+    return notes
+
+
+def _abort_dead_run(git: Git, paths: Paths, running: state.Running) -> str:
+    if running.pgid is not None:
+        runner.kill_group(running.pgid, grace_s=5.0)
+    notebook = Notebook(git)
+    recorded = any(r.run_id == running.run_id for r in notebook.records(running.commit))
+    if not recorded:
+        notebook.append(Record(
+            status=ABORTED, commit=running.commit, branch=running.branch, description=running.description,
+            run_id=running.run_id, kind=running.kind, best_commit=running.best_commit, seed=running.seed,
+            reason="gitar stopped during the run (killed or machine restarted); recorded by the next command",
+            log=running.log, started=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(running.started))))
+    if running.move_branch and running.best_commit is not None:
+        move_branch(git, running.branch, running.commit, running.best_commit,
+                    f"gitar: aborted {running.commit[:7]}, back to best {running.best_commit[:7]}")
+    state.clear(paths, running.run_id)
+    shutil.rmtree(paths.snapshots / running.run_id, ignore_errors=True)
+    return f"recovered an interrupted run of {running.commit[:7]} ({running.description[:50]!r}): recorded as aborted"
+
+
+def _finish_reset(git: Git, branch: str) -> str | None:
+    tip = git.ref_target(f"refs/heads/{branch}")
+    if tip is None:
+        return None
+    mine = [r for r in Notebook(git).records(tip) if r.branch == branch]
+    if not mine or any(r.status == KEEP for r in mine) or mine[-1].kind != "attempt":
+        return None
+    target = mine[-1].best_commit or mine[-1].parent
+    if target is None:
+        return None
+    move_branch(git, branch, tip, target, f"gitar: finish reset of {tip[:7]} ({mine[-1].status})")
+    return f"moved {branch} back from {tip[:7]} ({mine[-1].status}) to the best {target[:7]}"
+

@@ -1,0 +1,43 @@
+"""How records read to an agent and a person: the one-line result and the exit code."""
+
+from __future__ import annotations
+
+from gitar.errors import ExitCode
+from gitar.records import KEEP, Record
+from gitar.worktree import KEPT_EDITS
+
+
+def exit_code(record: Record) -> ExitCode:
+    return ExitCode.KEPT if record.status == KEEP else ExitCode.NOT_KEPT
+
+
+def _first_line(text: str, limit: int = 72) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def result_line(record: Record) -> str:
+    """e.g. `keep 1a2b3c4 val_bpb 0.997900 (-0.003100 vs best 1.001000) 300.1s "wider MLP"`."""
+    parts = [record.status, record.commit[:7]]
+    if record.val_bpb is not None:
+        parts.append(f"val_bpb {record.val_bpb:.6f}")
+        if record.best_before is not None and record.delta is not None:
+            parts.append(f"({record.delta:+.6f} vs best {record.best_before:.6f})")
+        elif record.kind == "baseline" or record.best_before is None:
+            parts.append("(baseline)")
+    elif record.error:
+        err = f"{record.error.get('type', '')}: {record.error.get('message', '')}".strip(": ")
+        parts.append(_first_line(err, 120) or record.reason or "")
+    elif record.reason:
+        parts.append(_first_line(record.reason, 120))
+    if record.training_seconds is not None:
+        parts.append(f"{record.training_seconds:.1f}s")
+    parts.append(f'"{_first_line(record.description)}"')
+    line = " ".join(p for p in parts if p)
+    if record.status != KEEP and record.kind == "attempt" and record.best_commit:
+        line += f"; branch back at {record.best_commit[:7]}"
+    if record.worktree == KEPT_EDITS:
+        line += "; edits made during the run were kept in the work tree"
+    if record.log and record.status not in (KEEP, "discard"):
+        line += f"; log: {record.log}"
+    return line

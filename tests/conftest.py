@@ -1,0 +1,44 @@
+"""Fixtures shared by every test: a hermetic git environment (git-revise style).
+
+Temporary HOME, no system or global config, fixed author and dates: what a test sees
+does not depend on the machine it runs on, and nothing touches the developer's files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_GIT_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX", "GIT_EDITOR", "GIT_CONFIG",
+             "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GITAR_LOCK_TOKEN", "GITAR_RUN_ID", "GITAR_DETACH",
+             "GITAR_SMOKE", "GITAR_SEED", "GITAR_WORKSPACE", "GITAR_CRASH_FILE")
+
+
+@pytest.fixture(scope="session")
+def pre_commit_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # pre-commit keeps a small store; one per session keeps hook installs fast.
+    return tmp_path_factory.mktemp("pre-commit-home")
+
+
+@pytest.fixture
+def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pre_commit_home: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    for var in _GIT_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
+    monkeypatch.setenv("PRE_COMMIT_HOME", str(pre_commit_home))
+    for who in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{who}_NAME", "Test Researcher")
+        monkeypatch.setenv(f"GIT_{who}_EMAIL", "researcher@example.com")
+        monkeypatch.setenv(f"GIT_{who}_DATE", "2026-01-01T00:00:00+00:00")
+    (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n")
+    assert os.environ["HOME"] == str(home)
+    return home

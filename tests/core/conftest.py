@@ -1,0 +1,143 @@
+"""A real gitar workspace in a throwaway repository, with a fake, fast trainer.
+
+The loop tests are about git, hooks and records, not the model: the trainer here
+prints the step lines and summary block train.py prints, with a val_bpb and a
+behaviour (ok, crash, hang, ...) that each test writes into train.py itself.
+Everything else is real: git, the pre-commit framework, the installed hooks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+FAKE_TRAIN = '''\
+"""A stand-in trainer for loop tests: same output shape as train.py, controlled result."""
+import json, os, sys, time
+VAL_BPB = {val_bpb!r}
+MODE = {mode!r}  # ok | crash | hang | nosummary | smoke-fail | sleep
+SLEEP_S = {sleep_s!r}
+if os.environ.get("GITAR_SMOKE") == "1":
+    if MODE == "smoke-fail":
+        raise ValueError("mat1 and mat2 shapes cannot be multiplied (2x64 and 128x64)")
+    print("smoke: ok loss=9.0 params=0.1M", flush=True)
+    sys.exit(0)
+for step in range(3):
+    print(f"step {{step:05d}} | loss 3.{{step}}00000 | lrm 1.000 | dt 1ms | tok/s 100 | mfu 0.0% | epoch 1 | train {{step * 0.1:.1f}}/1s", flush=True)
+if MODE == "sleep":
+    time.sleep(SLEEP_S)
+if MODE == "crash":
+    crash = os.environ.get("GITAR_CRASH_FILE")
+    if crash:
+        with open(crash, "w") as f:
+            json.dump({{"type": "RuntimeError", "message": "CUDA error: out of memory (fake)", "traceback": ["line 1"], "phase": "train"}}, f)
+    raise RuntimeError("CUDA error: out of memory (fake)")
+if MODE == "hang":
+    with open(os.environ["GITAR_WORKSPACE"] + "/.git/hang.pid", "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(600)
+if MODE == "nosummary":
+    sys.exit(0)
+print("---")
+print(f"val_bpb:          {{VAL_BPB:.6f}}")
+print("training_seconds: 1.0")
+print("total_seconds:    1.5")
+print("peak_vram_mb:     1024.0")
+print("mfu_percent:      12.50")
+print("total_tokens_M:   0.1")
+print("num_steps:        3")
+print("num_params_M:     0.1")
+print("depth:            2")
+print("device: cpu")
+print("dtype: float32")
+print("attention: sdpa")
+print("seed: " + os.environ.get("GITAR_SEED", "42"))
+'''
+
+
+def fake_train(val_bpb: float = 1.0, mode: str = "ok", sleep_s: float = 0.0) -> str:
+    return FAKE_TRAIN.format(val_bpb=val_bpb, mode=mode, sleep_s=sleep_s)
+
+
+@dataclass
+class Workspace:
+    root: Path
+
+    def git(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        full = dict(os.environ)
+        full.update(env or {})
+        proc = subprocess.run(["git", *args], cwd=self.root, capture_output=True, text=True, env=full)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"git {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def gitar(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        full = dict(os.environ)
+        full.update(env or {})
+        return subprocess.run([sys.executable, "-m", "gitar", *args], cwd=self.root, capture_output=True,
+                              text=True, env=full, timeout=timeout)
+
+    def write_train(self, val_bpb: float = 1.0, mode: str = "ok", sleep_s: float = 0.0) -> None:
+        (self.root / "train.py").write_text(fake_train(val_bpb, mode, sleep_s))
+
+    def head(self) -> str:
+        return self.git("rev-parse", "HEAD").stdout.strip()
+
+    def tip(self, branch: str = "autoresearch/t1") -> str:
+        return self.git("rev-parse", f"refs/heads/{branch}").stdout.strip()
+
+    def records(self, rev: str = "HEAD") -> list[dict[str, object]]:
+        proc = self.git("notes", "--ref", "refs/notes/gitar", "show", rev, check=False)
+        if proc.returncode != 0:
+            return []
+        return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+    def all_records(self) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        listing = self.git("notes", "--ref", "refs/notes/gitar", "list", check=False).stdout
+        for line in listing.splitlines():
+            _, commit = line.split()
+            out.extend(self.records(commit))
+        return out
+
+
+def make_workspace(root: Path, *, timeout_s: float = 30, budget_s: float = 1, smoke: bool = True) -> Workspace:
+    root.mkdir(parents=True, exist_ok=True)
+    ground = json.loads((REPO_ROOT / "ground.json").read_text())
+    ground["training"]["mode"] = "cpu"
+    ground["training"]["time_budget_s"]["cpu"] = budget_s
+    ground["experiment"]["timeout_s"] = timeout_s
+    ground["experiment"]["smoke"] = smoke
+    ground["data"]["cache_dir"] = "data"
+    (root / "ground.json").write_text(json.dumps(ground, indent=2) + "\n")
+    shutil.copy(REPO_ROOT / "model.json", root / "model.json")
+    shutil.copy(REPO_ROOT / ".pre-commit-config.yaml", root / ".pre-commit-config.yaml")
+    shutil.copytree(REPO_ROOT / "hooks", root / "hooks")
+    (root / "prepare.py").write_text('"""The evaluation harness (stand-in for loop tests)."""\n')
+    (root / "program.md").write_text("# program\n")
+    (root / ".gitignore").write_text("data/\n")
+    ws = Workspace(root)
+    ws.write_train(1.0)
+    ws.git("init", "-q", "-b", "main")
+    ws.git("add", "-A")
+    ws.git("commit", "-q", "-m", "workspace")
+    return ws
+
+
+@pytest.fixture
+def workspace(hermetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """An initialised workspace on autoresearch/t1 with the hooks installed, cwd inside it."""
+    ws = make_workspace(tmp_path / "ws")
+    monkeypatch.chdir(ws.root)
+    proc = ws.gitar("init", "t1")
+    assert proc.returncode == 0, proc.stderr
+    return ws
