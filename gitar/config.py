@@ -206,6 +206,9 @@ class _Section:
 
     def raw(self, k: str) -> Any:
         if k not in self.obj:
+            near = difflib.get_close_matches(k, [x for x in self.obj if isinstance(x, str)], n=1)
+            if near:
+                raise GitarError(f'{self.file}: {self.key(near[0])}: unknown key; did you mean "{k}"?')
             raise GitarError(f"{self.file}: missing key {self.key(k)}; add it (see the shipped {self.file})")
         self.used.add(k)
         return self.obj[k]

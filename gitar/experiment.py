@@ -142,7 +142,7 @@ def execute(git: Git, plan: Plan, *, pid: int | None = None) -> Record:
             finish(git, plan, record)
             raise
         verdict = judge(result.status, _float(result.summary.get("val_bpb")), plan.best,
-                        ground.experiment.keep_rule, _error_line(result.crash))
+                        ground.experiment.keep_rule, _error_line(result.crash), remeasure=plan.kind == "rerun")
         record = _record(git, plan, ground, result, verdict)
         return finish(git, plan, record)
     finally:

@@ -40,13 +40,23 @@ def current_best(notebook: Notebook, branch: str, commit: str | None) -> Best | 
     return Best(commit=commit, val_bpb=sum(values) / len(values), runs=len(values))
 
 
-def judge(run_status: str, val_bpb: float | None, best: Best | None, rule: str, error: str = "") -> Verdict:
-    """Apply the keep rule. A crash or timeout is never kept and never becomes the best."""
+def judge(run_status: str, val_bpb: float | None, best: Best | None, rule: str, error: str = "",
+          *, remeasure: bool = False) -> Verdict:
+    """Apply the keep rule. A crash or timeout is never kept and never becomes the best.
+
+    `remeasure` is another run of the best itself: it stays the best, and the run joins
+    the mean that later attempts are judged against.
+    """
     before = best.val_bpb if best else None
     if run_status == "timeout":
         return Verdict(TIMEOUT, "ran past the hard timeout; the process group was killed", before, None, rule)
     if run_status != "ok" or val_bpb is None:
         return Verdict(CRASH, error or "the training process failed", before, None, rule)
+    if remeasure and best is not None:
+        runs = best.runs + 1
+        mean = (best.val_bpb * best.runs + val_bpb) / runs
+        return Verdict(KEEP, f"re-measurement of the best: mean {mean:.6f} over {runs} runs",
+                       before, val_bpb - best.val_bpb, rule)
     if best is None:
         return Verdict(KEEP, "baseline: the first successful run on this branch", None, None, rule)
     delta = val_bpb - best.val_bpb

@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from gitar import runner
 from gitar.paths import Paths
 
 
@@ -60,6 +61,12 @@ def clear(paths: Paths, run_id: str) -> None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether a process still runs. A zombie does not: in a container nobody may ever reap it."""
+    stat = runner.process_stat(pid)
+    if stat is not None:
+        return stat.state not in ("Z", "X")
+    if Path("/proc/self/stat").exists():
+        return False  # Linux, and no /proc entry: gone
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,0 +1,229 @@
+"""The experiment loop end to end: real git, the real pre-commit hooks, a fake fast trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from tests.core.conftest import Workspace, fake_train
+
+
+def _result(proc: object) -> str:
+    return f"stdout={getattr(proc, 'stdout', '')!r} stderr={getattr(proc, 'stderr', '')!r}"
+
+
+def test_baseline_keep_discard(workspace: Workspace) -> None:
+    ws = workspace
+    base = ws.head()
+    proc = ws.gitar("run")
+    assert proc.returncode == 0, _result(proc)
+    assert proc.stdout.startswith("keep ") and "(baseline)" in proc.stdout
+    [rec] = ws.records(base)
+    assert rec["status"] == "keep" and rec["kind"] == "baseline" and rec["val_bpb"] == 1.0
+
+    ws.write_train(0.9)
+    proc = ws.gitar("try", "lower is better")
+    assert proc.returncode == 0, _result(proc)
+    kept = ws.tip()
+    assert kept != base and ws.records(kept)[0]["status"] == "keep"
+    assert ws.records(kept)[0]["best_before"] == 1.0
+    assert abs(ws.records(kept)[0]["delta"] + 0.1) < 1e-9
+
+    ws.write_train(0.95)
+    proc = ws.gitar("try", "worse than the best")
+    assert proc.returncode == 1, _result(proc)
+    assert proc.stdout.startswith("discard ")
+    assert ws.tip() == kept  # back at the best
+    assert (ws.root / "train.py").read_text() == fake_train(0.9)  # the work tree followed
+    assert ws.git("status", "--porcelain").stdout == ""
+    discarded = [r for r in ws.all_records() if r["status"] == "discard"]
+    assert len(discarded) == 1 and discarded[0]["best_commit"] == kept
+
+
+def test_record_fields(workspace: Workspace) -> None:
+    ws = workspace
+    ws.write_train(0.8)
+    proc = ws.gitar("try", "fields", "--json")
+    assert proc.returncode == 0, _result(proc)
+    rec = json.loads(proc.stdout)
+    for key in ("schema", "status", "val_bpb", "peak_vram_mb", "training_seconds", "total_seconds",
+                "mfu_percent", "num_params_M", "description", "branch", "parent", "started", "ended",
+                "host", "platform", "harness_sha256", "log", "run_id", "seed"):
+        assert key in rec, key
+    assert rec["platform"] == {"device": "cpu", "dtype": "float32", "attention": "sdpa"}
+    assert Path(rec["log"]).is_file() and "val_bpb" in Path(rec["log"]).read_text()
+    assert ".git" in Path(rec["log"]).parts  # outside the tracked tree
+    # notes are readable from git itself, one JSON object per line
+    shown = ws.git("log", "-1", "--notes=gitar", rec["commit"]).stdout
+    assert '"status": "keep"' in shown and "Notes (gitar)" in shown
+
+
+def test_first_successful_run_is_the_baseline(workspace: Workspace) -> None:
+    ws = workspace
+    ws.write_train(5.0)
+    proc = ws.gitar("try", "no baseline measured yet")
+    assert proc.returncode == 0, _result(proc)
+    [rec] = ws.records(ws.tip())
+    assert rec["status"] == "keep" and "baseline" in rec["reason"]
+
+
+def test_crash_is_recorded_with_its_error(workspace: Workspace) -> None:
+    ws = workspace
+    base = ws.head()
+    assert ws.gitar("run").returncode == 0
+    ws.write_train(mode="crash")
+    proc = ws.gitar("try", "this one crashes")
+    assert proc.returncode == 1, _result(proc)
+    assert proc.stdout.startswith("crash ") and "out of memory" in proc.stdout
+    assert ws.tip() == base
+    [rec] = [r for r in ws.all_records() if r["status"] == "crash"]
+    assert rec["error"]["type"] == "RuntimeError"
+    assert "out of memory" in rec["error"]["message"]
+    assert rec.get("val_bpb") is None
+
+
+def test_crash_without_crash_file_uses_the_log(workspace: Workspace) -> None:
+    ws = workspace
+    ws.write_train(mode="nosummary")
+    proc = ws.gitar("try", "exits without a summary")
+    assert proc.returncode == 1, _result(proc)
+    [rec] = [r for r in ws.all_records() if r["status"] == "crash"]
+    assert rec["error"]["type"] == "NoSummary"
+
+
+def test_timeout_kills_the_process_group(hermetic: Path, tmp_path: Path, monkeypatch: object) -> None:
+    from tests.core.conftest import make_workspace
+
+    ws = make_workspace(tmp_path / "ws", timeout_s=3, budget_s=1)
+    os.chdir(ws.root)
+    assert ws.gitar("init", "t1").returncode == 0
+    ws.write_train(mode="hang")
+    proc = ws.gitar("try", "hangs forever")
+    assert proc.returncode == 1, _result(proc)
+    assert proc.stdout.startswith("timeout ")
+    pid = int((ws.root / ".git" / "hang.pid").read_text())
+    try:
+        os.kill(pid, 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    assert not alive, "the trainer survived its timeout"
+    [rec] = [r for r in ws.all_records() if r["status"] == "timeout"]
+    assert rec["error"]["type"] == "Timeout"
+
+
+def test_every_attempt_survives_gc(workspace: Workspace) -> None:
+    ws = workspace
+    assert ws.gitar("run").returncode == 0
+    for i, (val, mode) in enumerate([(0.9, "ok"), (0.95, "ok"), (1.0, "crash")]):
+        ws.write_train(val, mode)
+        ws.gitar("try", f"attempt {i}")
+    attempts = ws.git("for-each-ref", "--format=%(objectname)", "refs/gitar/attempts/").stdout.split()
+    assert len(attempts) == 4  # the baseline and three tries
+    ws.git("reflog", "expire", "--expire=now", "--all")
+    ws.git("gc", "--prune=now", "-q")
+    for sha in attempts:
+        assert ws.git("cat-file", "-t", sha).stdout.strip() == "commit"
+        assert ws.records(sha), f"the note on {sha} was lost"
+    statuses = sorted(str(r["status"]) for r in ws.all_records())
+    assert statuses == ["crash", "discard", "keep", "keep"]
+
+
+def test_plain_git_commit_is_the_same_loop(workspace: Workspace) -> None:
+    ws = workspace
+    assert ws.gitar("run").returncode == 0
+    ws.write_train(0.7)
+    ws.git("add", "train.py")
+    proc = ws.git("commit", "-m", "plain commit by an agent")
+    assert "keep" in proc.stdout + proc.stderr
+    [rec] = ws.records(ws.tip())
+    assert rec["status"] == "keep" and rec["description"] == "plain commit by an agent"
+    ws.write_train(0.75)
+    ws.git("commit", "-am", "plain and worse")
+    assert ws.records(ws.tip())[0]["val_bpb"] == 0.7  # reset to the best
+
+
+def test_untracked_and_ignored_files_are_never_deleted(workspace: Workspace) -> None:
+    ws = workspace
+    assert ws.gitar("run").returncode == 0
+    (ws.root / "notes.txt").write_text("my scratch notes\n")
+    (ws.root / "data").mkdir()
+    (ws.root / "data" / "big.bin").write_bytes(b"\0" * 100)
+    ws.write_train(2.0)
+    assert ws.gitar("try", "worse").returncode == 1
+    assert (ws.root / "notes.txt").read_text() == "my scratch notes\n"
+    assert (ws.root / "data" / "big.bin").exists()
+
+
+def test_edits_made_during_a_run_are_kept(workspace: Workspace) -> None:
+    ws = workspace
+    assert ws.gitar("run").returncode == 0
+    ws.write_train(2.0, mode="sleep", sleep_s=3)
+    proc = ws.gitar("try", "slow and worse", "--detach")
+    assert proc.returncode == 0, _result(proc)
+    assert proc.stdout.startswith("started ")
+    edited = fake_train(0.5) + "# the agent's next idea, typed while the run was going\n"
+    (ws.root / "train.py").write_text(edited)
+    proc = ws.gitar("wait")
+    assert proc.returncode == 1, _result(proc)
+    assert proc.stdout.startswith("discard ") and "edits made during the run were kept" in proc.stdout
+    assert (ws.root / "train.py").read_text() == edited
+    assert ws.records(ws.tip())[0]["kind"] == "baseline"
+
+
+def test_detach_status_wait(workspace: Workspace) -> None:
+    ws = workspace
+    ws.write_train(0.9, mode="sleep", sleep_s=2)
+    proc = ws.gitar("try", "detached run", "--detach", "--json")
+    assert proc.returncode == 0, _result(proc)
+    started = json.loads(proc.stdout)
+    assert started["status"] == "started"
+    status = json.loads(ws.gitar("status", "--json").stdout)
+    assert status["running"] is not None and status["running"]["commit"] == started["commit"]
+    busy = ws.gitar("run")
+    assert busy.returncode == 2 and "another experiment is running" in busy.stderr
+    proc = ws.gitar("wait", "--json")
+    assert proc.returncode == 0, _result(proc)
+    rec = json.loads(proc.stdout)
+    assert rec["status"] == "keep" and rec["commit"] == started["commit"]
+    status = json.loads(ws.gitar("status", "--json").stdout)
+    assert status["running"] is None and status["best"]["commit"] == started["commit"]
+
+
+def test_killed_gitar_is_recorded_as_aborted_by_the_next_command(workspace: Workspace) -> None:
+    ws = workspace
+    assert ws.gitar("run").returncode == 0
+    best = ws.tip()
+    ws.write_train(0.5, mode="hang")
+    proc = ws.gitar("try", "killed mid-run", "--detach", "--json")
+    assert proc.returncode == 0, _result(proc)
+    running = json.loads((ws.root / ".git" / "gitar" / "running.json").read_text())
+    deadline = time.time() + 20
+    while not (ws.root / ".git" / "hang.pid").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    trainer = int((ws.root / ".git" / "hang.pid").read_text())
+    os.kill(running["pid"], signal.SIGKILL)  # the runner dies without a word
+    time.sleep(0.3)
+    status = ws.gitar("status")
+    assert "recovered an interrupted run" in status.stderr
+    [rec] = [r for r in ws.all_records() if r["status"] == "aborted"]
+    assert rec["commit"] == running["commit"] and rec["run_id"] == running["run_id"]
+    assert ws.tip() == best
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(trainer, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the trainer outlived its runner")
+    assert not (ws.root / ".git" / "gitar" / "lock").exists()
+    assert ws.gitar("run").returncode == 0  # a re-measurement of the best, recorded as such
+    assert ws.records(best)[-1]["kind"] == "rerun"
+    # recorded exactly once, even when another command looks again
+    ws.gitar("status")
+    assert len([r for r in ws.all_records() if r["status"] == "aborted"]) == 1

@@ -1,0 +1,272 @@
+"""Everything `gitar try`, `init` and the pre-commit hook refuse: nothing is committed or run, edits stay."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.core.conftest import Workspace, fake_train, make_workspace
+
+REFUSED = 2
+
+
+def _unchanged(ws: Workspace, head: str) -> None:
+    assert ws.tip() == head, "a refused try must not move the branch"
+    assert ws.all_records() == [] or all(r["commit"] != ws.tip() or r["kind"] != "attempt"
+                                         for r in ws.all_records())
+
+
+@pytest.fixture
+def measured(workspace: Workspace) -> Workspace:
+    assert workspace.gitar("run").returncode == 0
+    return workspace
+
+
+def test_not_a_repository(hermetic: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "gitar", "try", "x"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == REFUSED
+    assert "not inside a git repository" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_not_a_gitar_workspace(hermetic: Path, tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path / "r")], check=True)
+    (tmp_path / "r" / "f").write_text("x")
+    subprocess.run(["git", "add", "f"], cwd=tmp_path / "r", check=True)
+    subprocess.run(["git", "commit", "-qm", "c"], cwd=tmp_path / "r", check=True)
+    proc = subprocess.run([sys.executable, "-m", "gitar", "try", "x"], cwd=tmp_path / "r", capture_output=True, text=True)
+    assert proc.returncode == REFUSED and "not a gitar workspace" in proc.stderr
+
+
+def test_not_on_an_experiment_branch(workspace: Workspace) -> None:
+    ws = workspace
+    ws.git("switch", "-q", "main")
+    ws.write_train(0.5)
+    proc = ws.gitar("try", "on main")
+    assert proc.returncode == REFUSED and "not an experiment branch" in proc.stderr
+    assert ws.git("rev-list", "--count", "main").stdout.strip() == "1"
+
+
+def test_detached_head(workspace: Workspace) -> None:
+    ws = workspace
+    ws.git("switch", "-q", "--detach", "HEAD")
+    proc = ws.gitar("try", "detached")
+    assert proc.returncode == REFUSED and "HEAD is detached" in proc.stderr
+
+
+@pytest.mark.parametrize("desc", ["", "   ", "\n\n"])
+def test_empty_description(measured: Workspace, desc: str) -> None:
+    ws = measured
+    head = ws.tip()
+    ws.write_train(0.5)
+    proc = ws.gitar("try", desc)
+    assert proc.returncode == REFUSED and "description is empty" in proc.stderr
+    _unchanged(ws, head)
+    assert (ws.root / "train.py").read_text() == fake_train(0.5)
+
+
+def test_huge_description(measured: Workspace) -> None:
+    ws = measured
+    head = ws.tip()
+    ws.write_train(0.5)
+    proc = ws.gitar("try", "x" * 120_000)  # near the OS limit for one argument
+    assert proc.returncode == REFUSED and "characters" in proc.stderr
+    _unchanged(ws, head)
+
+
+def test_description_with_shell_metacharacters_and_hash(measured: Workspace) -> None:
+    ws = measured
+    ws.write_train(0.5)
+    desc = "#1 try $(rm -rf /) `whoami` ; && | 'quotes' \"dq\" — ünïcødé 🚀\nsecond line"
+    proc = ws.gitar("try", desc)
+    assert proc.returncode == 0, proc.stderr
+    [rec] = ws.records(ws.tip())
+    assert rec["description"] == desc
+    assert ws.git("log", "-1", "--format=%B").stdout.strip() == desc
+
+
+@pytest.mark.parametrize("path", ["prepare.py", "ground.json", "program.md", "hooks/gitar-hook",
+                                  ".pre-commit-config.yaml"])
+def test_user_owned_file_modified(measured: Workspace, path: str) -> None:
+    ws = measured
+    head = ws.tip()
+    ws.write_train(0.5)
+    target = ws.root / path
+    target.write_text(target.read_text() + "\n# changed\n")
+    proc = ws.gitar("try", "sneaky")
+    assert proc.returncode == REFUSED and f"{path} is user-owned" in proc.stderr
+    _unchanged(ws, head)
+    assert (ws.root / "train.py").read_text() == fake_train(0.5)
+
+
+def test_nothing_to_try(measured: Workspace) -> None:
+    ws = measured
+    proc = ws.gitar("try", "no change")
+    assert proc.returncode == REFUSED and "nothing to try" in proc.stderr
+
+
+def test_lock_held_by_a_live_process(measured: Workspace) -> None:
+    ws = measured
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from gitar import lock;"
+        "l = lock.acquire(Path(sys.argv[1]), purpose='test'); print('held', flush=True); time.sleep(30)"),
+        str(ws.root / ".git")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        ws.write_train(0.5)
+        head = ws.tip()
+        proc = ws.gitar("try", "while busy")
+        assert proc.returncode == REFUSED and "another experiment is running" in proc.stderr
+        _unchanged(ws, head)
+        # a plain git commit is refused by the hook for the same reason
+        ws.git("add", "train.py")
+        commit = ws.git("commit", "-m", "plain while busy", check=False)
+        assert commit.returncode != 0 and "another experiment is running" in commit.stdout + commit.stderr
+        assert ws.tip() == head
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_stale_lock_is_cleared(measured: Workspace) -> None:
+    ws = measured
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock_file = ws.root / ".git" / "gitar" / "lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    import socket
+
+    lock_file.write_text(json.dumps({"pid": dead.pid, "pid_start": None, "host": socket.gethostname(),
+                                     "token": "old", "purpose": "try", "commit": None,
+                                     "started": time.time() - 100}))
+    ws.write_train(0.5)
+    proc = ws.gitar("try", "after a crash")
+    assert proc.returncode == 0, proc.stderr
+    assert not lock_file.exists()
+
+
+def test_syntax_error_is_refused_fast_and_edits_stay(measured: Workspace) -> None:
+    ws = measured
+    head = ws.tip()
+    broken = fake_train(0.5) + "\ndef oops(:\n"
+    (ws.root / "train.py").write_text(broken)
+    proc = ws.gitar("try", "broken syntax")
+    assert proc.returncode == REFUSED
+    assert "syntax error in train.py line" in proc.stderr
+    _unchanged(ws, head)
+    assert (ws.root / "train.py").read_text() == broken
+
+
+def test_invalid_model_json_is_refused(measured: Workspace) -> None:
+    ws = measured
+    head = ws.tip()
+    model = json.loads((ws.root / "model.json").read_text())
+    model["architecture"]["depht"] = model["architecture"].pop("depth")
+    (ws.root / "model.json").write_text(json.dumps(model, indent=2))
+    proc = ws.gitar("try", "typo in model.json")
+    assert proc.returncode == REFUSED
+    assert 'model.json: architecture.depht: unknown key; did you mean "depth"?' in proc.stderr
+    _unchanged(ws, head)
+
+
+def test_smoke_failure_is_refused(measured: Workspace) -> None:
+    ws = measured
+    head = ws.tip()
+    ws.write_train(0.5, mode="smoke-fail")
+    proc = ws.gitar("try", "shape bug")
+    assert proc.returncode == REFUSED
+    assert "smoke step failed" in proc.stderr and "shapes cannot be multiplied" in proc.stderr
+    _unchanged(ws, head)
+
+
+def test_smoke_runs_the_index_not_untracked_files(measured: Workspace) -> None:
+    ws = measured
+    (ws.root / "helper_mod.py").write_text("X = 1\n")
+    (ws.root / "train.py").write_text("import helper_mod\n" + fake_train(0.5))
+    proc = ws.gitar("try", "imports an untracked module")
+    assert proc.returncode == REFUSED and "helper_mod" in proc.stderr
+
+
+def test_guard_refuses_a_plain_commit_of_other_files(measured: Workspace) -> None:
+    ws = measured
+    head = ws.tip()
+    (ws.root / "prepare.py").write_text("# evaluation changed by the agent\n")
+    ws.git("add", "prepare.py")
+    proc = ws.git("commit", "-m", "tamper with the harness", check=False)
+    assert proc.returncode != 0
+    assert "prepare.py is user-owned" in proc.stdout + proc.stderr
+    assert ws.tip() == head
+
+
+def test_merge_in_progress(measured: Workspace) -> None:
+    ws = measured
+    (ws.root / ".git" / "MERGE_HEAD").write_text(ws.tip() + "\n")
+    ws.write_train(0.5)
+    proc = ws.gitar("try", "mid-merge")
+    assert proc.returncode == REFUSED and "merge is in progress" in proc.stderr
+
+
+def test_bare_repository(hermetic: Path, tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "b.git")], check=True)
+    proc = subprocess.run([sys.executable, "-m", "gitar", "status"], cwd=tmp_path / "b.git",
+                          capture_output=True, text=True)
+    assert proc.returncode == REFUSED and "bare repository" in proc.stderr
+
+
+def test_unborn_branch(hermetic: Path, tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path / "u")], check=True)
+    proc = subprocess.run([sys.executable, "-m", "gitar", "init", "x"], cwd=tmp_path / "u",
+                          capture_output=True, text=True)
+    assert proc.returncode == REFUSED and "no commits yet" in proc.stderr
+
+
+def test_init_twice_is_safe_and_existing_branch_refused(hermetic: Path, tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    os.chdir(ws.root)
+    first = ws.gitar("init", "t1")
+    assert first.returncode == 0 and "created autoresearch/t1" in first.stdout
+    assert "data is not prepared" in first.stderr
+    again = ws.gitar("init", "t1")
+    assert again.returncode == 0 and "already on autoresearch/t1" in again.stdout
+    assert ws.git("config", "notes.displayRef").stdout.strip() == "refs/notes/gitar"
+    assert ws.git("config", "notes.rewriteRef").stdout.strip() == "refs/notes/gitar"
+    assert ws.git("config", "notes.gitar.mergeStrategy").stdout.strip() == "cat_sort_uniq"
+    assert (ws.root / ".git" / "hooks" / "pre-commit").exists()
+    assert (ws.root / ".git" / "hooks" / "post-commit").exists()
+    ws.git("switch", "-q", "main")
+    clash = ws.gitar("init", "t1")
+    assert clash.returncode == REFUSED and "already exists" in clash.stderr
+    bad = ws.gitar("init", "has space")
+    assert bad.returncode == REFUSED and "branch name" in bad.stderr
+
+
+def test_init_with_invalid_ground_json(hermetic: Path, tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    os.chdir(ws.root)
+    (ws.root / "ground.json").write_text('{"data": {,}')
+    proc = ws.gitar("init", "t1")
+    assert proc.returncode == REFUSED
+    assert "ground.json: invalid JSON at line 1, column" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_core_hooks_path_set(hermetic: Path, tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    os.chdir(ws.root)
+    ws.git("config", "core.hooksPath", ".githooks")
+    proc = ws.gitar("init", "t1")
+    assert proc.returncode == REFUSED and "core.hooksPath" in proc.stderr
+
+
+def test_usage_errors_exit_refused(workspace: Workspace) -> None:
+    assert workspace.gitar("try").returncode == REFUSED
+    assert workspace.gitar("frobnicate").returncode == REFUSED
+    assert workspace.gitar("run", "--repeat", "zero").returncode == REFUSED
+    proc = workspace.gitar("run", "--repeat", "0")
+    assert proc.returncode == REFUSED and "--repeat" in proc.stderr
+    proc = workspace.gitar("run", "no-such-rev")
+    assert proc.returncode == REFUSED and "unknown revision" in proc.stderr
