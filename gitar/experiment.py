@@ -218,7 +218,7 @@ def _error(result: runner.RunResult) -> dict[str, object]:
     if isinstance(tb, list):
         crash["traceback"] = [str(x) for x in tb][-15:]
     elif not tb:
-        crash["traceback"] = result.log_tail[-15:]
+        crash["traceback"] = result.log_tail.splitlines()[-15:]
     return crash
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from gitar import runner, state
+from gitar import lock, runner, state
 from gitar.git import Git
 from gitar.paths import Paths
 from gitar.records import ABORTED, KEEP, Notebook, Record
@@ -27,6 +27,8 @@ def recover(git: Git) -> list[str]:
     running = state.load(paths)
     if running is not None and not state.pid_alive(running.pid):
         notes.append(_abort_dead_run(git, paths, running))
+    if lock.clear_stale(git.common_dir):
+        notes.append("cleared a stale experiment lock left by a process that no longer runs")
     branch = git.current_branch()
     if branch is not None:
         line = _finish_reset(git, branch)
