@@ -46,12 +46,11 @@ def synthesise_history(ws: Workspace, n: int) -> None:
     branch = "refs/heads/autoresearch/t1"
     base = ws.git("rev-parse", branch).stdout.strip()
     lines: list[str] = []
-    mark = 0
     tip = base
     records: list[tuple[int, str]] = []
     when = 1_700_000_000
     for i in range(n):
-        mark += 1
+        mark = i + 1
         keep = i % 10 == 0
         body = f"# attempt {i}\n".encode()
         msg = f"attempt {i}".encode()

@@ -133,6 +133,17 @@ def wait_cmd(
     raise typer.Exit(exit_code(record))
 
 
+@app.command("demo")
+def demo_cmd(
+    directory: Annotated[Path, typer.Argument(help="a new directory for the demo workspace")] = Path("gitar-demo"),
+) -> None:
+    """Build a CPU workspace with an embedded corpus and run the loop in it (no GPU, no network)."""
+    from gitar.commands.demo import run_demo
+
+    run_demo(directory, echo=typer.echo)
+    raise typer.Exit(ExitCode.KEPT)
+
+
 def _save_traceback() -> str:
     text = traceback.format_exc()
     try:

@@ -26,7 +26,7 @@ from gitar.git import Git, clean_env
 from gitar.judge import Best, Verdict, current_best, judge
 from gitar.paths import Paths
 from gitar.records import ABORTED, KEEP, Notebook, Record
-from gitar.worktree import move_branch
+from gitar.worktree import PENDING, move_branch
 
 HARNESS_FILES = ("prepare.py", GROUND_FILE)
 DEFAULT_SEED = 42
@@ -157,8 +157,13 @@ def finish(git: Git, plan: Plan, record: Record) -> Record:
     if plan.kind == "attempt" and record.status != KEEP:
         back_to = plan.best.commit if plan.best else _first_parent(git, plan.commit)
         if back_to is not None:
-            record.worktree = move_branch(git, plan.branch, plan.commit, back_to,
-                                          f"gitar: {record.status} {plan.commit[:7]}, back to best {back_to[:7]}")
+            try:
+                record.worktree = move_branch(git, plan.branch, plan.commit, back_to,
+                                              f"gitar: {record.status} {plan.commit[:7]}, back to best {back_to[:7]}")
+            except GitarError as e:
+                # The record is written and says not kept, so the next gitar command moves the
+                # branch (recovery); until then it stays on the attempt, never anywhere else.
+                record.worktree = f"{PENDING}: {e.message}"
     paths.results.mkdir(parents=True, exist_ok=True)
     tmp = paths.result(plan.run_id).with_suffix(".tmp")
     tmp.write_text(record.to_line() + "\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gitar.errors import ExitCode
 from gitar.records import KEEP, Record
-from gitar.worktree import KEPT_EDITS
+from gitar.worktree import KEPT_EDITS, PENDING
 
 
 def exit_code(record: Record) -> ExitCode:
@@ -38,6 +38,8 @@ def result_line(record: Record) -> str:
         line += f"; branch back at {record.best_commit[:7]}"
     if record.worktree == KEPT_EDITS:
         line += "; edits made during the run were kept in the work tree"
+    elif record.worktree and record.worktree.startswith(PENDING):
+        line += f"; {record.worktree}"
     if record.log and record.status not in (KEEP, "discard"):
         line += f"; log: {record.log}"
     return line

@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import os
 
+from gitar.errors import GitarError
 from gitar.git import Git
 
 FOLLOWED = "followed"  # the work tree now matches the best
 KEPT_EDITS = "kept-edits"  # some files kept edits made after the commit
 NOT_CHECKED_OUT = "not-checked-out"  # the branch is not checked out here: only the ref moved
 MOVED_ELSEWHERE = "moved-elsewhere"  # someone moved the branch meanwhile: left alone
+PENDING = "pending"  # the move could not happen now; the next gitar command completes it
 
 
 def move_branch(git: Git, branch: str, attempt: str, target: str, message: str) -> str:
@@ -26,6 +28,10 @@ def move_branch(git: Git, branch: str, attempt: str, target: str, message: str) 
     if git.ref_target(ref) != attempt:
         return MOVED_ELSEWHERE
     checked_out = git.current_branch() == branch
+    if checked_out and (git.gitdir / "index.lock").exists():
+        # Moving the ref but not the index would leave HEAD and the index disagreeing.
+        raise GitarError("git's index is locked by another process (.git/index.lock), so the branch "
+                         "stays on the attempt for now; the next gitar command moves it back")
     edited = _edited_paths(git, attempt) if checked_out else set()
     git.update_ref(ref, target, attempt, message)
     if not checked_out:

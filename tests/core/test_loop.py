@@ -227,3 +227,42 @@ def test_killed_gitar_is_recorded_as_aborted_by_the_next_command(workspace: Work
     # recorded exactly once, even when another command looks again
     ws.gitar("status")
     assert len([r for r in ws.all_records() if r["status"] == "aborted"]) == 1
+
+
+def test_index_lock_during_reset_leaves_branch_on_attempt_then_recovers(workspace: Workspace) -> None:
+    ws = workspace
+    assert ws.gitar("run").returncode == 0
+    best = ws.tip()
+    ws.write_train(2.0, mode="sleep", sleep_s=2)
+    proc = ws.gitar("try", "worse, while git is busy", "--detach", "--json")
+    assert proc.returncode == 0, _result(proc)
+    attempt = json.loads(proc.stdout)["commit"]
+    index_lock = ws.root / ".git" / "index.lock"
+    index_lock.write_text("")  # another git process holds the index
+    try:
+        done = ws.gitar("wait")
+    finally:
+        index_lock.unlink()
+    assert done.returncode == 1 and "pending" in done.stdout and "index" in done.stdout
+    assert ws.tip() == attempt  # never anywhere but the attempt or the best
+    assert [r["status"] for r in ws.records(attempt)] == ["discard"]
+    status = ws.gitar("status")
+    assert "back from" in status.stderr
+    assert ws.tip() == best
+    assert ws.git("status", "--porcelain").stdout == ""
+
+
+def test_live_progress_reads_the_log(tmp_path: Path) -> None:
+    from gitar import state
+    from gitar.commands.status import progress_line
+    from gitar.runner import read_progress
+
+    log = tmp_path / "run.log"
+    log.write_text("starting\nstep 00007 | loss 3.250000 | lrm 1.000 | dt 10ms | tok/s 1 | mfu 1.0% "
+                   "| epoch 1 | train 4.5/20s\n")
+    running = state.Running(run_id="r", commit="a" * 40, branch="b", description="d", kind="attempt",
+                            best_commit=None, move_branch=True, started=time.time() - 6, budget_s=20,
+                            timeout_s=60, log=str(log), pid=os.getpid())
+    line = progress_line(running, read_progress(log))
+    assert "train 4.5/20s" in line and "step 7" in line and "loss 3.2500" in line
+    assert "starting" in progress_line(running, None)

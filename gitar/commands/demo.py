@@ -1,0 +1,133 @@
+"""`gitar demo [DIR]`: the whole loop on a CPU with no network, in a few minutes.
+
+It builds a research workspace in DIR from this project's own files with the tiny CPU
+preset, prepares the embedded corpus (standard-library docstrings as parquet shards),
+then drives the loop the way an agent would: `gitar init`, the baseline with
+`gitar run`, one experiment through `gitar try`, one idea the preflight refuses, and
+finally the history as `git log --notes` shows it. Every step is a real subprocess in
+the new workspace, so what the demo shows is exactly what a user gets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from gitar import corpus
+from gitar.config import read_json_object
+from gitar.errors import ExitCode, GitarError
+from gitar.presets import cpu_ground, cpu_model
+
+# The files a workspace is made of, as this project ships them.
+TEMPLATE_FILES = ("prepare.py", "train.py", "program.md", ".pre-commit-config.yaml", "hooks/gitar-hook")
+GITIGNORE = "# prepared data and tokenizer (ground.json data.cache_dir)\n/data/\n/corpus/\n__pycache__/\n"
+
+# The experiment the demo tries: one hyperparameter, the kind of change an agent makes first.
+EXPERIMENT = ("matrix_lr", 0.06, "raise the Muon learning rate 0.04 -> 0.06")
+# The idea the preflight refuses: a shape bug the CPU smoke step catches in seconds.
+SHAPE_BUG = ("self.c_proj = nn.Linear(4 * ", "self.c_proj = nn.Linear(3 * ")
+
+
+def template_dir() -> Path:
+    """Where this project's workspace files are: inside the wheel, or the source checkout."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "_template", here.parent):
+        if all((candidate / f).exists() for f in TEMPLATE_FILES + ("ground.json",)):
+            return candidate
+    raise GitarError(f"cannot find the workspace template next to {here}; reinstall gitar "
+                     "(pip install -e . from a checkout)", ExitCode.INTERNAL)
+
+
+def build_workspace(dest: Path) -> None:
+    """The workspace files with the CPU preset, as a new git repository on main."""
+    src = template_dir()
+    for rel in TEMPLATE_FILES:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, dest / rel)
+    ground = cpu_ground(read_json_object(src / "ground.json"))
+    (dest / "ground.json").write_text(json.dumps(ground, indent=2) + "\n")
+    (dest / "model.json").write_text(json.dumps(cpu_model(), indent=2) + "\n")
+    (dest / ".gitignore").write_text(GITIGNORE)
+
+
+def run_demo(dest: Path, echo: Callable[[str], None] = print) -> None:
+    dest = dest.resolve()
+    if dest.exists() and any(dest.iterdir()):
+        raise GitarError(f"{dest} exists and is not empty; give `gitar demo` a new directory")
+    dest.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    env = _demo_env()
+
+    def step(title: str) -> None:
+        echo(f"\n==> [{time.time() - t0:5.1f}s] {title}")
+
+    def sh(*args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
+        echo("$ " + " ".join(_quote(a) for a in args))
+        proc = subprocess.run(list(args), cwd=dest, env=env, capture_output=True, text=True)
+        for line in (proc.stdout + proc.stderr).rstrip().splitlines():
+            echo("  " + line)
+        if proc.returncode not in ok:
+            raise GitarError(f"demo step failed ({' '.join(args[:3])}…, exit {proc.returncode}); "
+                             f"the workspace is left in {dest} to inspect", ExitCode.INTERNAL)
+        return proc
+
+    py = sys.executable
+    gitar = (py, "-m", "gitar")
+    step(f"building a CPU workspace in {dest}")
+    build_workspace(dest)
+    corpus_dir = dest / "corpus"
+    files = corpus.write_corpus(corpus_dir)
+    echo(f"  embedded corpus: {len(files)} parquet files of standard-library docstrings in {corpus_dir}")
+
+    step("preparing data and tokenizer offline (python prepare.py --source corpus)")
+    sh(py, "prepare.py", "--source", str(corpus_dir))
+
+    step("a git repository for the workspace, and an experiment branch")
+    sh("git", "init", "-q", "-b", "main")
+    sh("git", "add", "-A")
+    sh("git", "commit", "-q", "-m", "gitar demo workspace (CPU preset)")
+    sh(*gitar, "init", "demo")
+
+    step("the baseline: train the unmodified train.py (gitar run)")
+    sh(*gitar, "run", ok=(0, 1))
+
+    step(f"an experiment: {EXPERIMENT[2]} (gitar try)")
+    model = json.loads((dest / "model.json").read_text())
+    model["optimization"][EXPERIMENT[0]] = EXPERIMENT[1]
+    (dest / "model.json").write_text(json.dumps(model, indent=2) + "\n")
+    sh(*gitar, "try", EXPERIMENT[2], ok=(0, 1))
+
+    step("a broken idea: a shape bug in the MLP, refused by the preflight before any training")
+    train = (dest / "train.py").read_text()
+    if SHAPE_BUG[0] not in train:
+        raise GitarError("train.py has no MLP projection to break; the demo needs the shipped train.py",
+                         ExitCode.INTERNAL)
+    (dest / "train.py").write_text(train.replace(SHAPE_BUG[0], SHAPE_BUG[1], 1))
+    sh(*gitar, "try", "shrink the MLP projection input", ok=(2,))
+    sh("git", "checkout", "--", "train.py")
+
+    step("the history, as git log --notes shows it (every attempt, kept or not)")
+    sh("git", "log", "--notes=gitar", "--format=%h %s%n%N", "autoresearch/demo",
+       "--glob=refs/gitar/attempts/*")
+    step(f"done in {time.time() - t0:.0f}s. Explore: cd {dest} && gitar status && git log --notes=gitar")
+
+
+def _demo_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX"))}
+    # The demo must commit even on a machine where git has no identity configured.
+    env.setdefault("GIT_AUTHOR_NAME", "gitar demo")
+    env.setdefault("GIT_AUTHOR_EMAIL", "demo@gitar.invalid")
+    env.setdefault("GIT_COMMITTER_NAME", env["GIT_AUTHOR_NAME"])
+    env.setdefault("GIT_COMMITTER_EMAIL", env["GIT_AUTHOR_EMAIL"])
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def _quote(arg: str) -> str:
+    return arg if arg and all(c.isalnum() or c in "-_./=:*" for c in arg) else repr(arg)
