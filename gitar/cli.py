@@ -51,6 +51,7 @@ def init_cmd(tag: Annotated[str, typer.Argument(help="names the branch autoresea
 def try_cmd(
     description: Annotated[str, typer.Argument(help="what you changed, one line")],
     detach: Annotated[bool, typer.Option("--detach", help="return once the run has started")] = False,
+    hypothesis: Annotated[str | None, typer.Option("--hypothesis", help="why you expect it to help")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the record as JSON")] = False,
 ) -> None:
     """Commit train.py/model.json changes; the hooks preflight, train, judge and record them."""
@@ -59,7 +60,7 @@ def try_cmd(
     from gitar.report import exit_code, result_line
 
     live = sys.stderr.isatty() and not as_json
-    outcome = try_experiment(description, detach=detach, on_progress=_live_progress() if live else None)
+    outcome = try_experiment(description, detach=detach, hypothesis=hypothesis, on_progress=_live_progress() if live else None)
     if live:
         sys.stderr.write("\r\033[K")
     if isinstance(outcome, Started):

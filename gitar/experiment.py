@@ -74,16 +74,18 @@ class Plan:
     best: Best | None
     run_id: str
     seed: int
+    hypothesis: str | None = None  # why the agent expected it to help (gitar try --hypothesis)
 
 
-def plan_attempt(git: Git, sha: str, branch: str, description: str, run_id: str | None = None) -> Plan:
+def plan_attempt(git: Git, sha: str, branch: str, description: str, run_id: str | None = None,
+                 hypothesis: str | None = None) -> Plan:
     """A new commit on the branch, judged against the best it was built on (its first parent)."""
     notebook = Notebook(git)
     parents = git.commit(sha).parent_ids
     parent = str(parents[0]) if parents else None
     best = current_best(notebook, branch, parent)
     return Plan(sha, branch, description, "attempt", best, run_id or new_run_id(),
-                _next_seed(notebook, sha, branch))
+                _next_seed(notebook, sha, branch), hypothesis or None)
 
 
 def plan_rerun(git: Git, sha: str, branch: str, run_id: str | None = None) -> Plan:
@@ -199,6 +201,7 @@ def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verd
     platform: dict[str, str] = {k: str(s[k]) for k in ("device", "dtype", "attention") if k in s}
     return Record(
         status=status, commit=plan.commit, branch=plan.branch, description=plan.description,
+        hypothesis=plan.hypothesis,
         run_id=plan.run_id, kind=plan.kind, parent=_first_parent(git, plan.commit),
         val_bpb=_float(s.get("val_bpb")) if result.status == "ok" else None,
         best_before=plan.best.val_bpb if plan.best else None,

@@ -66,7 +66,7 @@ def stage_run() -> int:
     description = git.commit(sha).message.strip()
     run_id = os.environ.get("GITAR_RUN_ID") or experiment.new_run_id()
     token = os.environ.get("GITAR_LOCK_TOKEN")
-    plan = experiment.plan_attempt(git, sha, branch, description, run_id)
+    plan = experiment.plan_attempt(git, sha, branch, description, run_id, os.environ.get("GITAR_HYPOTHESIS"))
 
     if os.environ.get("GITAR_DETACH") == "1":
         return _spawn_detached(git, plan)
@@ -115,7 +115,8 @@ def stage_detached(run_id: str, sha: str, branch: str) -> int:
     held = lock.acquire(git.common_dir, purpose="experiment", token=token, commit=sha)
     held.transfer(os.getpid())
     try:
-        plan = experiment.plan_attempt(git, sha, branch, git.commit(sha).message.strip(), run_id)
+        plan = experiment.plan_attempt(git, sha, branch, git.commit(sha).message.strip(), run_id,
+                                       os.environ.get("GITAR_HYPOTHESIS"))
         experiment.execute(git, plan)
     finally:
         held.release()

@@ -30,7 +30,7 @@ REJECTED = "rejected"  # ran, but the result may not count (e.g. another experim
 STATUSES = (KEEP, DISCARD, CRASH, TIMEOUT, ABORTED, REJECTED)
 
 
-_LEAD = ("status", "val_bpb", "delta", "best_before", "description", "reason", "commit", "branch", "kind")
+_LEAD = ("status", "val_bpb", "delta", "best_before", "description", "hypothesis", "reason", "commit", "branch", "kind")
 
 
 def _round(v: Any) -> Any:
@@ -49,6 +49,7 @@ class Record:
     run_id: str
     schema: int = SCHEMA
     kind: str = "attempt"  # attempt | baseline | rerun
+    hypothesis: str | None = None
     parent: str | None = None
     val_bpb: float | None = None
     best_before: float | None = None  # the branch's best val_bpb this run was judged against

@@ -36,15 +36,14 @@ class Started:
     log: str
 
 
-def check_description(description: str) -> str:
+def check_description(description: str, what: str = "the description") -> str:
     text = description.strip()
     if not text:
-        raise GitarError('the description is empty; say what you changed: gitar try "what I changed"')
+        raise GitarError(f'{what} is empty; say what you changed: gitar try "what I changed"')
     if len(text) > MAX_DESCRIPTION:
-        raise GitarError(f"the description has {len(text)} characters; keep it under {MAX_DESCRIPTION} "
-                         "(put long notes in --hypothesis or a lesson)")
+        raise GitarError(f"{what} has {len(text)} characters; keep it under {MAX_DESCRIPTION}")
     if "\0" in text:
-        raise GitarError("the description contains a NUL byte; pass plain text")
+        raise GitarError(f"{what} contains a NUL byte; pass plain text")
     return text
 
 
@@ -63,9 +62,10 @@ def changed_agent_files(ws: Workspace) -> list[str]:
     return agent
 
 
-def try_experiment(description: str, *, detach: bool = False, start: str | Path = ".",
-                   on_progress: Callable[[Paths], None] | None = None) -> Record | Started:
+def try_experiment(description: str, *, detach: bool = False, hypothesis: str | None = None,
+                   start: str | Path = ".", on_progress: Callable[[Paths], None] | None = None) -> Record | Started:
     text = check_description(description)
+    why = check_description(hypothesis, "--hypothesis") if hypothesis is not None else None
     ws = open_workspace(start)
     if (op := ws.git.operation_in_progress()) is not None:
         raise GitarError(f"{op} is in progress; finish or abort it before trying an experiment")
@@ -78,6 +78,7 @@ def try_experiment(description: str, *, detach: bool = False, start: str | Path 
     try:
         ws.git.run("add", "-A", "--", *files)
         env = {"GITAR_LOCK_TOKEN": token, "GITAR_RUN_ID": run_id, "GITAR_DETACH": "1" if detach else "0",
+               "GITAR_HYPOTHESIS": why or "",
                # the hooks call `python`: make it this interpreter, the one with gitar and torch
                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
         output = _commit(ws, text, files, env, paths, on_progress)

@@ -46,7 +46,7 @@ def test_baseline_keep_discard(workspace: Workspace) -> None:
 def test_record_fields(workspace: Workspace) -> None:
     ws = workspace
     ws.write_train(0.8)
-    proc = ws.gitar("try", "fields", "--json")
+    proc = ws.gitar("try", "fields", "--json", "--hypothesis", "lower loss from a better init")
     assert proc.returncode == 0, _result(proc)
     rec = json.loads(proc.stdout)
     for key in ("schema", "status", "val_bpb", "peak_vram_mb", "training_seconds", "total_seconds",
@@ -54,6 +54,7 @@ def test_record_fields(workspace: Workspace) -> None:
                 "host", "platform", "harness_sha256", "log", "run_id", "seed"):
         assert key in rec, key
     assert rec["platform"] == {"device": "cpu", "dtype": "float32", "attention": "sdpa"}
+    assert rec["hypothesis"] == "lower loss from a better init"
     assert Path(rec["log"]).is_file() and "val_bpb" in Path(rec["log"]).read_text()
     assert ".git" in Path(rec["log"]).parts  # outside the tracked tree
     # notes are readable from git itself, one JSON object per line

@@ -65,7 +65,7 @@ def test_empty_description(measured: Workspace, desc: str) -> None:
     head = ws.tip()
     ws.write_train(0.5)
     proc = ws.gitar("try", desc)
-    assert proc.returncode == REFUSED and "description is empty" in proc.stderr
+    assert proc.returncode == REFUSED and "the description is empty" in proc.stderr
     _unchanged(ws, head)
     assert (ws.root / "train.py").read_text() == fake_train(0.5)
 
