@@ -86,8 +86,9 @@ def _install_hooks(git: Git) -> None:
 def _data_warnings(ground: Ground) -> list[str]:
     cache = ground.cache_dir
     val = cache / "data" / f"shard_{ground.data.val_shard:05d}.parquet"
-    tokenizer = cache / "tokenizer"
-    if val.exists() and tokenizer.is_dir() and any(tokenizer.iterdir()):
+    # prepare.py writes the tokenizer manifest last: its presence means the tokenizer is complete.
+    manifest = cache / "tokenizer" / "manifest.json"
+    if val.exists() and manifest.exists():
         return []
     return [f"data is not prepared in {cache}: run `python prepare.py` "
             "(or `python prepare.py --source DIR` offline) before the first experiment"]
