@@ -28,7 +28,7 @@ MODES = ("train", "test", "cpu")
 DEVICES = ("auto", "cuda", "cpu", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION_BACKENDS = ("auto", "fa3", "sdpa")
-KEEP_RULES = ("strict",)
+KEEP_RULES = ("strict", "margin", "confirm")  # see gitar/judge.py for each rule
 
 T = TypeVar("T")
 
@@ -85,6 +85,9 @@ class ExperimentConfig:
     agent_owned: tuple[str, ...]
     user_owned: tuple[str, ...]  # a trailing "/" means the whole directory
     keep_rule: str
+    margin_k: float  # margin and confirm: an improvement must exceed margin_k noise standard deviations
+    confirm_runs: int  # confirm: the most extra runs of a candidate that beats the best by less than the margin
+    noise_floor: float  # the val_bpb standard deviation assumed until measured, and the least ever used
     smoke: bool  # run the CPU smoke step at pre-commit
 
 
@@ -382,6 +385,9 @@ def parse_ground(obj: Any, path: Path) -> Ground:
         agent_owned=e.get("agent_owned", _str_list()),
         user_owned=e.get("user_owned", _str_list()),
         keep_rule=e.get("keep_rule", _choice(KEEP_RULES)),
+        margin_k=e.get("margin_k", _num(0, 10, lo_open=True)),
+        confirm_runs=e.get("confirm_runs", _int(1, 20)),
+        noise_floor=e.get("noise_floor", _num(0, 1)),
         smoke=e.get("smoke", _bool),
     )
     e.done()

@@ -16,16 +16,18 @@ import shutil
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from gitar import runner, state
 from gitar.config import GROUND_FILE, Ground, parse_ground
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git, clean_env
-from gitar.judge import Best, Verdict, current_best, judge
+from gitar.judge import Best, Policy, Verdict, current_best, judge, sigma_of
+from gitar.noise import branch_noise, commit_spread
 from gitar.paths import Paths
-from gitar.records import ABORTED, KEEP, Notebook, Record
+from gitar.records import ABORTED, KEEP, UNDECIDED, Notebook, Record
 from gitar.worktree import PENDING, move_branch
 
 HARNESS_FILES = ("prepare.py", GROUND_FILE)
@@ -106,16 +108,53 @@ def _next_seed(notebook: Notebook, sha: str, branch: str) -> int:
 
 
 def execute(git: Git, plan: Plan, *, pid: int | None = None) -> Record:
-    """Run the plan and record it. The caller holds the experiment lock."""
+    """Run the plan, judge and record it; under the confirm rule, run it again until decided.
+
+    The caller holds the experiment lock for the whole sequence. While confirm re-runs a
+    candidate the branch stays on it: each undecided run is recorded (kind "confirm") and
+    running.json always names this attempt, so a gitar that dies mid-sequence is finished
+    by the next command (recorded as aborted, branch back to the best). Only the run that
+    decides gets the plan's run id, the one `gitar try` and `gitar wait` look for.
+    """
     paths = Paths(git.common_dir)
     notebook = Notebook(git)
     ground = ground_at(git, plan.commit)
+    policy = Policy.of(ground.experiment)
     # Pin first: from here on, nothing can make this commit or its note unreachable.
     notebook.pin(plan.commit, plan.description)
-
-    log_path = paths.log(plan.commit, plan.run_id)
-    crash_path = paths.crash(plan.commit, plan.run_id)
     snapshot = paths.snapshots / plan.run_id
+    earlier: list[float] = []  # the candidate's undecided runs so far (confirm)
+    try:
+        while True:
+            run_key = new_run_id() if earlier else plan.run_id  # names this run's log
+            seed = _next_seed(notebook, plan.commit, plan.branch) if earlier else plan.seed
+            this = replace(plan, seed=seed)
+            result = _train(git, this, ground, paths, snapshot, run_key, pid)
+            val_bpb = _float(result.summary.get("val_bpb"))
+            noise = branch_noise(notebook, plan.branch) if policy.needs_noise else None
+            verdict = judge(result.status, val_bpb, plan.best, policy, sigma_of(noise, policy.noise_floor),
+                            _error_line(result.crash), remeasure=plan.kind == "rerun", earlier=earlier)
+            if verdict.status != UNDECIDED or val_bpb is None:
+                record = _record(git, this, ground, result, verdict)
+                record.noise = _repeat_noise(notebook, record)
+                return finish(git, plan, record)
+            undecided = _record(git, this, ground, result, verdict)
+            undecided.run_id = run_key if earlier else new_run_id()
+            # Not "attempt": recovery moves a branch back from a tip whose last record is an
+            # attempt that was not kept, and this one is still being decided.
+            undecided.kind = "confirm"
+            notebook.append(undecided)
+            earlier.append(val_bpb)
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
+        state.clear(paths, plan.run_id)
+
+
+def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, run_key: str,
+           pid: int | None) -> runner.RunResult:
+    """One training run of the plan's commit in a fresh snapshot; an interrupt is recorded, then raised."""
+    log_path = paths.log(plan.commit, run_key)
+    crash_path = paths.crash(plan.commit, run_key)
     if snapshot.exists():
         shutil.rmtree(snapshot)
     running = state.Running(
@@ -124,32 +163,31 @@ def execute(git: Git, plan: Plan, *, pid: int | None = None) -> Record:
         move_branch=plan.kind == "attempt", started=time.time(), budget_s=ground.training.budget_s,
         timeout_s=ground.experiment.timeout_s, log=str(log_path), pid=pid or os.getpid(), seed=plan.seed)
     running.save(paths)
+    # The run sees the committed files only: later edits in the work tree cannot leak into it.
+    git.export_tree(plan.commit, snapshot)
+    env = clean_env({"GITAR_WORKSPACE": str(git.root), "GITAR_SEED": str(plan.seed),
+                     "GITAR_COMMIT": plan.commit, "GITAR_RUN_ID": run_key})
+    env.pop("GITAR_SMOKE", None)
+
+    def started(pgid: int) -> None:
+        running.with_(pgid=pgid).save(paths)
+
     try:
-        # The run sees the committed files only: later edits in the work tree cannot leak into it.
-        git.export_tree(plan.commit, snapshot)
-        env = clean_env({"GITAR_WORKSPACE": str(git.root), "GITAR_SEED": str(plan.seed),
-                         "GITAR_COMMIT": plan.commit, "GITAR_RUN_ID": plan.run_id})
-        env.pop("GITAR_SMOKE", None)
+        return runner.run_training(
+            runner.expand_command(ground.experiment.command), cwd=snapshot, env=env,
+            log_path=log_path, crash_path=crash_path, timeout_s=ground.experiment.timeout_s,
+            on_start=started)
+    except runner.RunInterrupted as interrupted:
+        finish(git, plan, _record(git, plan, ground, interrupted.result, None))
+        raise
 
-        def started(pgid: int) -> None:
-            running.with_(pgid=pgid).save(paths)
 
-        try:
-            result = runner.run_training(
-                runner.expand_command(ground.experiment.command), cwd=snapshot, env=env,
-                log_path=log_path, crash_path=crash_path, timeout_s=ground.experiment.timeout_s,
-                on_start=started)
-        except runner.RunInterrupted as interrupted:
-            record = _record(git, plan, ground, interrupted.result, None)
-            finish(git, plan, record)
-            raise
-        verdict = judge(result.status, _float(result.summary.get("val_bpb")), plan.best,
-                        ground.experiment.keep_rule, _error_line(result.crash), remeasure=plan.kind == "rerun")
-        record = _record(git, plan, ground, result, verdict)
-        return finish(git, plan, record)
-    finally:
-        shutil.rmtree(snapshot, ignore_errors=True)
-        state.clear(paths, plan.run_id)
+def _repeat_noise(notebook: Notebook, record: Record) -> dict[str, Any] | None:
+    """The spread of a re-measured commit's runs, this one included, for the record of the run."""
+    if record.kind not in ("baseline", "rerun") or not record.ok:
+        return None
+    spread = commit_spread([*notebook.records(record.commit), record], record.branch)
+    return spread.as_dict() if spread is not None else None
 
 
 def finish(git: Git, plan: Plan, record: Record) -> Record:
@@ -207,6 +245,7 @@ def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verd
         best_before=plan.best.val_bpb if plan.best else None,
         best_commit=plan.best.commit if plan.best else None,
         delta=verdict.delta if verdict else None, rule=ground.experiment.keep_rule, reason=reason,
+        margin=verdict.margin if verdict else None,
         peak_vram_mb=_float(s.get("peak_vram_mb")), training_seconds=_float(s.get("training_seconds")),
         total_seconds=_float(s.get("total_seconds")), wall_seconds=round(result.wall_s, 3),
         mfu_percent=_float(s.get("mfu_percent")), total_tokens_M=_float(s.get("total_tokens_M")),

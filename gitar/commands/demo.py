@@ -38,7 +38,7 @@ def template_dir() -> Path:
     """Where this project's workspace files are: inside the wheel, or the source checkout."""
     here = Path(__file__).resolve().parent.parent
     for candidate in (here / "_template", here.parent):
-        if all((candidate / f).exists() for f in TEMPLATE_FILES + ("ground.json",)):
+        if all((candidate / f).exists() for f in (*TEMPLATE_FILES, "ground.json")):
             return candidate
     raise GitarError(f"cannot find the workspace template next to {here}; reinstall gitar "
                      "(pip install -e . from a checkout)", ExitCode.INTERNAL)

@@ -1,4 +1,4 @@
-"""`gitar status`: the running experiment (if any) and the branch's best."""
+"""`gitar status`: the running experiment (if any), the branch's best, its noise and the keep rule."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import Any
 
 from gitar import runner, state
 from gitar.commands.common import open_workspace
-from gitar.judge import current_best
+from gitar.judge import Policy, current_best
+from gitar.noise import Noise, branch_noise
 from gitar.paths import Paths
-from gitar.records import Notebook
+from gitar.records import UNDECIDED, Notebook, Record
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,9 @@ class Status:
     best_commit: str | None
     best_val_bpb: float | None
     best_runs: int
+    policy: Policy
+    noise: Noise | None
+    confirming: list[float]  # the running candidate's undecided runs so far (confirm re-runs)
 
     def as_dict(self) -> dict[str, Any]:
         run = None
@@ -32,8 +36,12 @@ class Status:
             if self.progress is not None:
                 p = self.progress
                 run.update(step=p.step, loss=p.loss, train_s=p.train_s)
+            if self.confirming:
+                run.update(confirm_run=len(self.confirming) + 1, confirm_of=self.policy.max_runs,
+                           earlier_val_bpb=self.confirming)
         return {"branch": self.branch, "running": run, "best": None if self.best_commit is None else
-                {"commit": self.best_commit, "val_bpb": self.best_val_bpb, "runs": self.best_runs}}
+                {"commit": self.best_commit, "val_bpb": self.best_val_bpb, "runs": self.best_runs},
+                "keep_rule": self.policy.rule, "noise": self.noise.as_dict() if self.noise else None}
 
 
 def get_status(start: str | Path = ".") -> Status:
@@ -41,10 +49,26 @@ def get_status(start: str | Path = ".") -> Status:
     paths = Paths(ws.git.common_dir)
     running = state.load(paths)
     progress = runner.read_progress(Path(running.log)) if running else None
-    best = current_best(Notebook(ws.git), ws.branch, ws.git.ref_target(f"refs/heads/{ws.branch}"))
+    notebook = Notebook(ws.git)
+    best = current_best(notebook, ws.branch, ws.git.ref_target(f"refs/heads/{ws.branch}"))
+    confirming = _undecided(notebook.records(running.commit), running.branch) if running else []
     return Status(branch=ws.branch, running=running, progress=progress,
                   best_commit=best.commit if best else None, best_val_bpb=best.val_bpb if best else None,
-                  best_runs=best.runs if best else 0)
+                  best_runs=best.runs if best else 0, policy=Policy.of(ws.ground.experiment),
+                  noise=branch_noise(notebook, ws.branch), confirming=confirming)
+
+
+def _undecided(records: list[Record], branch: str) -> list[float]:
+    """val_bpb of the undecided runs since the commit's last decision: the confirm sequence under way."""
+    values: list[float] = []
+    for r in records:
+        if r.branch != branch:
+            continue
+        if r.status == UNDECIDED and r.val_bpb is not None:
+            values.append(r.val_bpb)
+        elif r.kind == "attempt":
+            values = []
+    return values
 
 
 def progress_line(running: state.Running, progress: runner.Progress | None) -> str:
@@ -61,12 +85,32 @@ def status_lines(s: Status) -> list[str]:
     lines = [f"branch {s.branch}"]
     if s.running is not None:
         lines.append(f"{progress_line(s.running, s.progress)} \"{s.running.description.splitlines()[0][:60]}\"")
+        if s.confirming:
+            so_far = ", ".join(f"{v:.6f}" for v in s.confirming)
+            lines.append(f"confirm: run {len(s.confirming) + 1} of up to {s.policy.max_runs} of "
+                         f"{s.running.commit[:7]} (so far val_bpb {so_far})")
         lines.append(f"log {s.running.log}")
     else:
         lines.append("nothing running")
     if s.best_commit is not None and s.best_val_bpb is not None:
         runs = f" (mean of {s.best_runs} runs)" if s.best_runs > 1 else ""
-        lines.append(f"best {s.best_commit[:7]} val_bpb {s.best_val_bpb:.6f}{runs}")
+        lines.append(f"best {s.best_commit[:7]} val_bpb {s.best_val_bpb:.6f}{runs}{_noise_words(s.noise)}")
     else:
         lines.append("best none yet: run the baseline with `gitar run`")
+    lines.append(_rule_words(s.policy))
     return lines
+
+
+def _noise_words(noise: Noise | None) -> str:
+    if noise is None:
+        return "; noise not measured (`gitar run --repeat 3`)"
+    return f"; noise σ {noise.std:.6f} (MAD {noise.mad:.6f}) over {noise.n} runs"
+
+
+def _rule_words(p: Policy) -> str:
+    if p.rule == "strict":
+        return "keep rule strict: any val_bpb below the best is kept"
+    if p.rule == "margin":
+        return f"keep rule margin: kept when it beats the best by more than {p.margin_k:g}×σ (σ ≥ {p.noise_floor:g})"
+    return (f"keep rule confirm: {p.margin_k:g} standard errors, up to {p.confirm_runs} re-runs "
+            f"of a close candidate (σ ≥ {p.noise_floor:g})")

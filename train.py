@@ -1,0 +1,855 @@
+"""The agent-owned trainer: a small GPT, the MuonAdamW optimizer and a training loop on a fixed time budget.
+
+Usage: python train.py   (run from anywhere; model.json beside this file holds the hyperparameters,
+prepare.py supplies the data, the evaluation, the time budget and the processor settings)
+
+The agent may change anything here and in model.json. What gitar relies on is the output:
+one `step ...` line per optimizer step while training, and the summary block after `---`.
+
+Environment:
+  GITAR_SEED=<int>        random seed (default 42); printed in the summary
+  GITAR_SMOKE=1           pre-commit check: build this model on the CPU, take one optimizer step on
+                          random tokens, print `smoke: ok ...` and exit, before any data is touched
+  GITAR_CRASH_FILE=<path> on failure, write a JSON record there (type, message, traceback, phase, step)
+"""
+
+from __future__ import annotations
+
+import os
+
+# The allocator can grow segments instead of fragmenting when evaluation's batch shape differs
+# from training's. Set before torch initialises CUDA; an explicit setting from the caller wins.
+os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
+
+import contextlib
+import ctypes
+import functools
+import gc
+import json
+import math
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gitar.config import ArchitectureConfig, ModelConfig, OptimizationConfig, load_model
+from gitar.errors import GitarError
+
+MODEL_JSON = Path(__file__).with_name("model.json")
+
+# ---------------------------------------------------------------------------
+# Crash record: what failed, in which phase and at which step, for gitar's notes
+# ---------------------------------------------------------------------------
+
+DEFAULT_SEED = 42  # the seed upstream always used, so runs stay comparable with its numbers
+CRASH_TRACEBACK_LINES = 20  # the end of a traceback names the failing line; the rest is noise in a note
+CRASH_MESSAGE_CHARS = 2000  # torch error messages can run to pages; the first part says what went wrong
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or exploded: stop at once rather than spend the budget on it."""
+
+
+@dataclass
+class RunState:
+    """Where the run is, so a crash record can say it: startup, smoke, train or eval, and the step."""
+
+    phase: str = "startup"
+    step: int = 0
+
+
+RUN = RunState()
+
+
+def write_crash_record(exc: BaseException) -> None:
+    """Write the failure as JSON to $GITAR_CRASH_FILE, atomically (a reader never sees half a record)."""
+    path = os.environ.get("GITAR_CRASH_FILE")
+    if not path:
+        return
+    lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()
+    record = {
+        "type": type(exc).__name__,
+        "message": str(exc)[:CRASH_MESSAGE_CHARS],
+        "traceback": lines[-CRASH_TRACEBACK_LINES:],
+        "phase": RUN.phase,
+        "step": RUN.step,
+    }
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as e:  # the record is a courtesy: never let it hide the real failure
+        print(f"warning: could not write the crash record to {path}: {e}", file=sys.stderr)
+
+
+def read_seed() -> int:
+    raw = os.environ.get("GITAR_SEED", "").strip()
+    if not raw:
+        return DEFAULT_SEED
+    try:
+        seed = int(raw)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**63:
+        raise GitarError(f"GITAR_SEED: expected a non-negative integer, got {raw!r}; "
+                         f"set e.g. GITAR_SEED={DEFAULT_SEED} or unset it")
+    return seed
+
+
+# ---------------------------------------------------------------------------
+# GPT model
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class GPTConfig:
+    sequence_len: int
+    vocab_size: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int  # fewer than n_head = grouped-query attention (each kv head serves n_head/n_kv_head)
+    n_embd: int
+    window_pattern: str  # S = half the context, L = the full context; repeated over the layers
+    attention: str = "sdpa"  # "fa3" (FlashAttention 3, Hopper only) or "sdpa" (PyTorch, anywhere)
+
+
+def gpt_config(arch: ArchitectureConfig, vocab_size: int, sequence_len: int, attention: str) -> GPTConfig:
+    """model.json's architecture as a GPT: width is depth × aspect_ratio, rounded up to whole heads."""
+    base_dim = arch.depth * arch.aspect_ratio
+    model_dim = -(-base_dim // arch.head_dim) * arch.head_dim
+    n_head = model_dim // arch.head_dim
+    return GPTConfig(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=arch.depth,
+                     n_head=n_head, n_kv_head=n_head, n_embd=model_dim,
+                     window_pattern=arch.window_pattern.upper(), attention=attention)
+
+
+SOFTCAP = 15.0  # logits are squashed into (-15, 15): keeps early training from producing huge logits
+ROPE_BASE = 10000  # the usual rotary base; head_dim sets the frequencies
+ROPE_LENGTH_FACTOR = 10  # rotary tables cover 10× the context, so a longer eval sequence still works
+VE_GATE_CHANNELS = 32  # the value-embedding gate reads only the first channels: cheap and enough
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def has_value_embedding(layer_idx: int, n_layer: int) -> bool:
+    """Value embeddings on alternating layers, counted back from the last, which always has one."""
+    return layer_idx % 2 == (n_layer - 1) % 2
+
+
+def window_sizes(config: GPTConfig) -> list[int]:
+    """Per layer, how many earlier tokens a query may see (besides itself). The last layer sees all."""
+    long_window = config.sequence_len
+    short_window = long_window // 2
+    pattern = config.window_pattern
+    sizes = [long_window if pattern[i % len(pattern)] == "L" else short_window for i in range(config.n_layer)]
+    sizes[-1] = long_window
+    return sizes
+
+
+def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # The tables are float32; cast to x's dtype so that under autocast q and k stay in bf16/fp16.
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+def sliding_window_mask(seq_len: int, window: int, device: torch.device) -> torch.Tensor:
+    """Boolean [T, T] mask, True where query i may attend key j: i - window <= j <= i (FA3's (window, 0))."""
+    i = torch.arange(seq_len, device=device)[:, None]
+    j = torch.arange(seq_len, device=device)[None, :]
+    return (j <= i) & (j >= i - window)
+
+
+# Eager runs build each mask once. Compiled ones build it inside the graph, where it is a constant
+# (shapes are static); torch.compile does not trace through lru_cache and warns about it.
+cached_sliding_window_mask = functools.lru_cache(maxsize=32)(sliding_window_mask)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, backend: str,
+              flash_attn_func=None) -> torch.Tensor:
+    """Causal attention with a sliding window. q: [B, T, H, D]; k, v: [B, T, Hkv, D]; returns [B, T, H, D]."""
+    if backend == "fa3":
+        y = flash_attn_func(q, k, v, causal=True, window_size=(window, 0))
+        # Some FA3 builds return (out, softmax_lse), others just out.
+        return y[0] if isinstance(y, tuple) else y
+    seq_len = q.size(1)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # SDPA wants [B, H, T, D]
+    if k.size(1) != q.size(1):
+        # Expanded kv heads work with every SDPA kernel and mask; enable_gqa is not supported by all of them.
+        groups = q.size(1) // k.size(1)
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    if window >= seq_len - 1:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # window covers T: fused causal kernel
+    else:
+        make_mask = sliding_window_mask if torch.compiler.is_compiling() else cached_sliding_window_mask
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=make_mask(seq_len, window, q.device))
+    return y.transpose(1, 2)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int, flash_attn_func=None) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.head_dim = config.n_embd // config.n_head
+        if config.n_embd % config.n_head or config.n_head % config.n_kv_head:
+            raise ValueError(f"n_embd {config.n_embd}, n_head {config.n_head} and n_kv_head "
+                             f"{config.n_kv_head} must divide evenly")
+        if config.attention == "fa3" and flash_attn_func is None:
+            raise ValueError("attention backend fa3 needs the FlashAttention 3 kernel")
+        self.backend, self.flash_attn_func = config.attention, flash_attn_func
+        kv_dim = self.n_kv_head * self.head_dim
+        self.c_q = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=False)
+        self.c_k = nn.Linear(config.n_embd, kv_dim, bias=False)
+        self.c_v = nn.Linear(config.n_embd, kv_dim, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.ve_gate_channels = min(VE_GATE_CHANNELS, config.n_embd)
+        self.ve_gate = (nn.Linear(self.ve_gate_channels, self.n_kv_head, bias=False)
+                        if has_value_embedding(layer_idx, config.n_layer) else None)
+
+    def forward(self, x, ve, cos_sin, window):
+        B, T, _ = x.size()
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        if ve is not None:
+            # Value residual (ResFormer): mix the token's value embedding in, gated per head by the input.
+            ve = ve.view(B, T, self.n_kv_head, self.head_dim)
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate_channels]))
+            v = v + gate.unsqueeze(-1) * ve
+        cos, sin = cos_sin
+        q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
+        q, k = norm(q), norm(k)  # QK-norm: bounded attention logits without a temperature to tune
+        y = attention(q, k, v, window, self.backend, self.flash_attn_func)
+        return self.c_proj(y.contiguous().view(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())  # ReLU²: sparse and cheap, beats GELU here
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int, flash_attn_func=None) -> None:
+        super().__init__()
+        self.attn = CausalSelfAttention(config, layer_idx, flash_attn_func)
+        self.mlp = MLP(config)
+
+    def forward(self, x, ve, cos_sin, window):
+        x = x + self.attn(norm(x), ve, cos_sin, window)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig, flash_attn_func=None) -> None:
+        super().__init__()
+        self.config = config
+        self.window_sizes = window_sizes(config)
+        self.transformer = nn.ModuleDict({
+            "wte": nn.Embedding(config.vocab_size, config.n_embd),
+            "h": nn.ModuleList([Block(config, i, flash_attn_func) for i in range(config.n_layer)]),
+        })
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Per-layer scalars: how much of the running stream and of the first layer's input each block sees.
+        self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
+        self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
+        kv_dim = config.n_kv_head * (config.n_embd // config.n_head)
+        self.value_embeds = nn.ModuleDict({
+            str(i): nn.Embedding(config.vocab_size, kv_dim)
+            for i in range(config.n_layer) if has_value_embedding(i, config.n_layer)
+        })
+        self.rotary_seq_len = config.sequence_len * ROPE_LENGTH_FACTOR
+        cos, sin = self._rotary_tables(self.rotary_seq_len)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _rotary_tables(self, seq_len: int):
+        head_dim = self.config.n_embd // self.config.n_head
+        device = self.transformer.wte.weight.device
+        inv_freq = ROPE_BASE ** -(torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+        freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+        return freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :]  # [1, T, 1, D/2]
+
+    @torch.no_grad()
+    def init_weights(self, embedding_dtype: torch.dtype = torch.float32) -> None:
+        """Upstream's initialisation. Call after moving the model off the meta device."""
+        nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=1.0)
+        nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)  # near-uniform predictions at step 0
+        # Uniform with the variance of N(0, 1/n_embd); output projections start at zero so every block
+        # begins as the identity and the residual stream is exactly the embedding.
+        s = 3**0.5 * self.config.n_embd**-0.5
+        for block in self.transformer.h:
+            for linear in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+                nn.init.uniform_(linear.weight, -s, s)
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+            if block.attn.ve_gate is not None:
+                nn.init.zeros_(block.attn.ve_gate.weight)  # 2·sigmoid(0) = 1: a neutral gate at the start
+        self.resid_lambdas.fill_(1.0)
+        self.x0_lambdas.fill_(0.1)
+        for ve in self.value_embeds.values():
+            nn.init.uniform_(ve.weight, -s, s)
+        self.cos, self.sin = self._rotary_tables(self.rotary_seq_len)
+        # The embeddings are the largest tensors and only looked up: low precision halves their memory.
+        self.transformer.wte.to(dtype=embedding_dtype)
+        for ve in self.value_embeds.values():
+            ve.to(dtype=embedding_dtype)
+
+    def estimate_flops(self) -> float:
+        """Matmul FLOPs per token, forward and backward: 6 per weight plus attention's share.
+
+        Embedding lookups and the per-layer scalars are not matmuls and do not count.
+        """
+        nparams = sum(p.numel() for p in self.parameters())
+        lookups = (self.transformer.wte.weight.numel() + sum(ve.weight.numel() for ve in self.value_embeds.values())
+                   + self.resid_lambdas.numel() + self.x0_lambdas.numel())
+        head_dim = self.config.n_embd // self.config.n_head
+        attn_flops = sum(12 * self.config.n_head * head_dim * min(w, self.config.sequence_len)
+                         for w in self.window_sizes)
+        return 6 * (nparams - lookups) + attn_flops
+
+    def num_scaling_params(self) -> dict[str, int]:
+        counts = {
+            "wte": sum(p.numel() for p in self.transformer.wte.parameters()),
+            "value_embeds": sum(p.numel() for p in self.value_embeds.parameters()),
+            "lm_head": sum(p.numel() for p in self.lm_head.parameters()),
+            "transformer_matrices": sum(p.numel() for p in self.transformer.h.parameters()),
+            "scalars": self.resid_lambdas.numel() + self.x0_lambdas.numel(),
+        }
+        counts["total"] = sum(counts.values())
+        return counts
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        T = idx.size(1)
+        if self.cos.size(1) < T:
+            raise ValueError(f"sequence of {T} tokens exceeds the rotary tables ({self.cos.size(1)})")
+        cos_sin = self.cos[:, :T], self.sin[:, :T]
+        x = norm(self.transformer.wte(idx))
+        x0 = x
+        for i, block in enumerate(self.transformer.h):
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            x = block(x, ve, cos_sin, self.window_sizes[i])
+        x = norm(x)
+        logits = self.lm_head(x).float()
+        logits = SOFTCAP * torch.tanh(logits / SOFTCAP)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1),
+                               ignore_index=-1, reduction=reduction)
+
+
+def build_model(config: GPTConfig, device: torch.device, embedding_dtype: torch.dtype = torch.float32,
+                flash_attn_func=None) -> GPT:
+    # Built in place on the device. (Not on the meta device as upstream: its first use imports
+    # torch's meta kernels, two seconds of the smoke check's budget on a CPU.)
+    with torch.device(device):
+        model = GPT(config, flash_attn_func)
+    model.init_weights(embedding_dtype)
+    return model
+
+
+# ---------------------------------------------------------------------------
+# Optimizer: MuonAdamW (AdamW for embeddings, lm_head and scalars; Muon for the block matrices)
+# ---------------------------------------------------------------------------
+
+# Polar Express (Amsel et al. 2025): per-iteration odd-polynomial coefficients that drive the singular
+# values of a normalised matrix to 1 faster than fixed Newton–Schulz coefficients. One row per step.
+POLAR_EXPRESS_COEFFS = [
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+]
+ADAM_EPS = 1e-10  # tiny: the embeddings' gradients are small and a larger eps would damp their updates
+MUON_NS_STEPS = 5  # orthogonalisation iterations (one per Polar Express row)
+MUON_BETA2 = 0.95  # NorMuon's second-moment decay
+MUON_MOMENTUM_START, MUON_MOMENTUM_END, MUON_MOMENTUM_RAMP_STEPS = 0.85, 0.95, 300  # momentum warms up
+LR_REFERENCE_DIM = 768  # the width at which the AdamW learning rates were tuned
+
+
+def adamw_update(p, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, wd):
+    """One AdamW step in place. The hyperparameters are 0-d tensors so a compiled version never recompiles."""
+    p.mul_(1 - lr * wd)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.lerp_(grad.square(), 1 - beta2)
+    bias1 = 1 - beta1**step
+    bias2 = 1 - beta2**step
+    denom = (exp_avg_sq / bias2).sqrt() + eps
+    p.sub_(exp_avg / denom * (lr / bias1))
+
+
+def orthogonalize(g, ns_steps, dtype):
+    """Approximately the nearest semi-orthogonal matrix to each g[i] (U·Vᵀ of its SVD), by Polar Express."""
+    x = g.to(dtype)
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)  # spectral norm ≤ 1, with a safety margin
+    tall = g.size(-2) > g.size(-1)  # iterate on the smaller Gram matrix
+    for a, b, c in POLAR_EXPRESS_COEFFS[:ns_steps]:
+        # x ← a·x + x·(b·G + c·G²) with G the Gram matrix; baddbmm fuses each scale-and-add into its matmul.
+        gram = x.mT @ x if tall else x @ x.mT
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.baddbmm(x, x, poly, beta=a) if tall else torch.baddbmm(x, poly, x, beta=a)
+    return x
+
+
+def muon_update(grads, params, momentum_buffer, second_momentum_buffer, momentum, lr, wd, beta2,
+                ns_steps, red_dim, ortho_dtype):
+    """One Muon step on a stack of same-shaped matrices, in place on `params`."""
+    # Nesterov momentum.
+    momentum = momentum.to(grads.dtype)
+    momentum_buffer.lerp_(grads, 1 - momentum)
+    g = grads.lerp_(momentum_buffer, momentum)
+    g = orthogonalize(g, ns_steps, ortho_dtype)
+    # NorMuon: normalise each row (or column) by its running second moment, then restore the overall norm,
+    # so neurons with persistently large updates are damped without changing the step's size.
+    beta2 = beta2.to(g.dtype)
+    v_mean = g.float().square().mean(dim=red_dim, keepdim=True)
+    red_dim_size = g.size(red_dim)
+    v_norm = (v_mean.sum(dim=(-2, -1), keepdim=True) * red_dim_size).sqrt()
+    second_momentum_buffer.lerp_(v_mean.to(second_momentum_buffer.dtype), 1 - beta2)
+    step_size = second_momentum_buffer.clamp_min(1e-10).rsqrt()
+    v_norm_new = ((v_mean * red_dim_size) * step_size.float().square()).sum(dim=(-2, -1), keepdim=True).sqrt()
+    g = g * (step_size * (v_norm / v_norm_new.clamp_min(1e-10))).to(g.dtype)
+    # Cautious weight decay: decay only the weights the update pushes the same way as the decay would.
+    lr, wd = lr.to(g.dtype), wd.to(g.dtype)
+    mask = (g * params) >= 0
+    params.sub_(lr * g + lr * wd * params * mask)
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """AdamW for groups with kind "adamw", Muon for groups with kind "muon" (all params of one shape).
+
+    compile: run the update functions through torch.compile (CUDA only).
+    ortho_dtype: precision of the orthogonalisation (bf16 where tensor cores have it, else float32).
+    fp32_state: keep moments in float32 and upcast gradients, for low-precision parameters.
+    """
+
+    def __init__(self, param_groups, *, compile: bool = False, ortho_dtype: torch.dtype = torch.float32,
+                 fp32_state: bool = False) -> None:
+        super().__init__(param_groups, defaults={})
+        for group in self.param_groups:
+            if group.get("kind") not in ("adamw", "muon"):
+                raise ValueError(f"param group kind must be adamw or muon, got {group.get('kind')!r}")
+        self.compiled, self.ortho_dtype, self.fp32_state = compile, ortho_dtype, fp32_state
+        if compile:
+            self._adamw = torch.compile(adamw_update, dynamic=False, fullgraph=True)
+            self._muon = torch.compile(muon_update, dynamic=False, fullgraph=True)
+        else:
+            self._adamw, self._muon = adamw_update, muon_update
+        self._scalars: dict[str, torch.Tensor] | None = None
+
+    def _hyper(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """0-d tensors for the changing hyperparameters: compiled code sees new values, not new constants.
+
+        Compiled code takes them on the CPU (no transfer); eager code keeps them with the parameters,
+        since not every eager CUDA op accepts a CPU scalar tensor.
+        """
+        if self._scalars is None:
+            where = torch.device("cpu") if self.compiled else device
+            names = ("step", "lr", "beta1", "beta2", "eps", "wd", "momentum")
+            self._scalars = {n: torch.tensor(0.0, dtype=torch.float32, device=where) for n in names}
+        return self._scalars
+
+    def _state_dtype(self, p: torch.Tensor) -> torch.dtype:
+        return torch.float32 if self.fp32_state else p.dtype
+
+    def _step_adamw(self, group) -> None:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, dtype=self._state_dtype(p))
+                state["exp_avg_sq"] = torch.zeros_like(p, dtype=self._state_dtype(p))
+            state["step"] += 1
+            h = self._hyper(p.device)
+            for name, value in (("step", state["step"]), ("lr", group["lr"]), ("beta1", group["betas"][0]),
+                                ("beta2", group["betas"][1]), ("eps", group["eps"]),
+                                ("wd", group["weight_decay"])):
+                h[name].fill_(value)
+            work_dtype = state["exp_avg"].dtype
+            target = p if p.dtype == work_dtype else p.detach().to(work_dtype)
+            self._adamw(target, p.grad.to(work_dtype), state["exp_avg"], state["exp_avg_sq"],
+                        h["step"], h["lr"], h["beta1"], h["beta2"], h["eps"], h["wd"])
+            if target is not p:
+                p.copy_(target)
+
+    def _step_muon(self, group) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        shape, device = params[0].shape, params[0].device
+        state = self.state[params[0]]  # the group's state lives with its first parameter
+        work_dtype = self._state_dtype(params[0])
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros(len(params), *shape, dtype=work_dtype, device=device)
+            # One second moment per row of a tall matrix, per column of a wide one (the smaller side).
+            state_shape = (len(params), shape[-2], 1) if shape[-2] >= shape[-1] else (len(params), 1, shape[-1])
+            state["second_momentum_buffer"] = torch.zeros(state_shape, dtype=work_dtype, device=device)
+        red_dim = -1 if shape[-2] >= shape[-1] else -2
+        stacked_grads = torch.stack([p.grad for p in params]).to(work_dtype)
+        stacked_params = torch.stack(params).to(work_dtype)
+        h = self._hyper(device)
+        h["momentum"].fill_(group["momentum"])
+        h["beta2"].fill_(group["beta2"])
+        # Tall matrices get a larger step: orthogonalised updates have RMS 1/sqrt(rows) otherwise.
+        h["lr"].fill_(group["lr"] * max(1.0, shape[-2] / shape[-1]) ** 0.5)
+        h["wd"].fill_(group["weight_decay"])
+        self._muon(stacked_grads, stacked_params, state["momentum_buffer"], state["second_momentum_buffer"],
+                   h["momentum"], h["lr"], h["wd"], h["beta2"], group["ns_steps"], red_dim, self.ortho_dtype)
+        torch._foreach_copy_(params, list(stacked_params.unbind(0)))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            if group["kind"] == "adamw":
+                self._step_adamw(group)
+            else:
+                self._step_muon(group)
+
+
+def setup_optimizer(model: GPT, opt: OptimizationConfig, **optimizer_options) -> MuonAdamW:
+    """model.json's learning rates as MuonAdamW groups, with upstream's per-group scaling."""
+    model_dim = model.config.n_embd
+    matrix_params = list(model.transformer.h.parameters())
+    # AdamW rates were tuned at width 768; wider models need smaller steps (∝ 1/sqrt(width)).
+    dmodel_lr_scale = (model_dim / LR_REFERENCE_DIM) ** -0.5
+    print(f"Scaling AdamW LRs by 1/sqrt({model_dim}/{LR_REFERENCE_DIM}) = {dmodel_lr_scale:.6f}")
+    adamw = {"kind": "adamw", "betas": opt.adam_betas, "eps": ADAM_EPS, "weight_decay": 0.0}
+    groups = [
+        {**adamw, "params": list(model.lm_head.parameters()), "lr": opt.unembedding_lr * dmodel_lr_scale},
+        {**adamw, "params": list(model.transformer.wte.parameters()), "lr": opt.embedding_lr * dmodel_lr_scale},
+        {**adamw, "params": list(model.value_embeds.parameters()), "lr": opt.embedding_lr * dmodel_lr_scale},
+        # The residual scales sit on the main path of every layer: they move 100× slower than x0's.
+        {**adamw, "params": [model.resid_lambdas], "lr": opt.scalar_lr * 0.01},
+        {**adamw, "params": [model.x0_lambdas], "lr": opt.scalar_lr, "betas": (0.96, 0.95)},
+    ]
+    for shape in sorted({p.shape for p in matrix_params}):
+        groups.append({"kind": "muon", "params": [p for p in matrix_params if p.shape == shape],
+                       "lr": opt.matrix_lr, "momentum": MUON_MOMENTUM_END, "ns_steps": MUON_NS_STEPS,
+                       "beta2": MUON_BETA2, "weight_decay": opt.weight_decay})
+    grouped = sum(len(g["params"]) for g in groups)
+    if grouped != len(list(model.parameters())):
+        raise ValueError(f"{grouped} parameters in optimizer groups, model has {len(list(model.parameters()))}")
+    optimizer = MuonAdamW(groups, **optimizer_options)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    return optimizer
+
+
+# ---------------------------------------------------------------------------
+# Schedules: all driven by progress = counted training time / TIME_BUDGET
+# ---------------------------------------------------------------------------
+
+
+def lr_multiplier(progress: float, opt: OptimizationConfig) -> float:
+    """Linear warmup, constant, then linear warmdown to final_lr_frac at progress 1."""
+    if progress < opt.warmup_ratio:
+        return progress / opt.warmup_ratio
+    if opt.warmdown_ratio == 0 or progress < 1.0 - opt.warmdown_ratio:
+        return 1.0
+    cooldown = max(0.0, (1.0 - progress) / opt.warmdown_ratio)
+    return cooldown + (1.0 - cooldown) * opt.final_lr_frac
+
+
+def muon_momentum(step: int) -> float:
+    frac = min(step / MUON_MOMENTUM_RAMP_STEPS, 1.0)
+    return (1 - frac) * MUON_MOMENTUM_START + frac * MUON_MOMENTUM_END
+
+
+def weight_decay(progress: float, opt: OptimizationConfig) -> float:
+    return opt.weight_decay * (1.0 - progress)
+
+
+def apply_schedules(optimizer: MuonAdamW, progress: float, step: int, opt: OptimizationConfig) -> float:
+    lrm = lr_multiplier(progress, opt)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * lrm
+        if group["kind"] == "muon":
+            group["momentum"] = muon_momentum(step)
+            group["weight_decay"] = weight_decay(progress, opt)
+    return lrm
+
+
+# ---------------------------------------------------------------------------
+# Helpers for the run
+# ---------------------------------------------------------------------------
+
+EXCLUDED_STEPS = 10  # steps 0..10 are not timed: compilation and warm-up would eat into the budget
+MAX_LOSS = 100.0  # far above ln(vocab) at initialisation: a loss this high means training has diverged
+LOSS_EMA_BETA = 0.9  # smoothing of the printed training loss (debiased, as upstream)
+GC_EVERY = 5000  # the collector is off during training (pauses of ~0.5 s); collect now and then anyway
+SMOKE_BATCH, SMOKE_SEQ_LEN = 2, 64  # a batch small enough for any model on a laptop CPU
+
+
+def keep_freed_memory() -> None:
+    """CPU runs: stop glibc from unmapping freed large blocks (and page-faulting them back in).
+
+    glibc gives every freed block of 32 MB or more back to the OS, and the next one of that size
+    is faulted in again page by page. Logits and the optimizer's stacked matrices are that big,
+    so a CPU step paid this many times (a third of the smoke check's time on a 2-core VM).
+    Keeping freed memory in the process costs some resident memory. Other C libraries: no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others: nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    mallopt(m_mmap_threshold, 1 << 30)  # blocks up to 1 GiB come from the heap, reused after free
+    mallopt(m_trim_threshold, 1 << 31)  # and the heap is not shrunk until 2 GiB sit free at its top
+
+
+def ortho_dtype_for(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs with native bf16 (compute capability ≥ 8.0), float32 on CPUs and Volta/Turing."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
+        return torch.bfloat16
+    return torch.float32
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def check_loss(loss: float, step: int) -> None:
+    if not math.isfinite(loss) or loss > MAX_LOSS:
+        raise TrainingDiverged(f"training loss is {loss} at step {step} (limit {MAX_LOSS:g}): the run diverged; "
+                               "lower the learning rates in model.json or fix the model")
+
+
+def smoke_step(cfg: ModelConfig, vocab_size: int, max_seq_len: int, seed: int) -> None:
+    """GITAR_SMOKE=1: this model and optimizer on the CPU in float32, one step on random tokens.
+
+    Catches shape errors, typos and NaN-producing changes in seconds, without data or a GPU.
+    """
+    torch.manual_seed(seed)
+    keep_freed_memory()
+    cpu = torch.device("cpu")
+    config = gpt_config(cfg.architecture, vocab_size, max_seq_len, attention="sdpa")
+    model = build_model(config, cpu)
+    optimizer = setup_optimizer(model, cfg.optimization)
+    seq_len = min(SMOKE_SEQ_LEN, max_seq_len)
+    x = torch.randint(0, vocab_size, (SMOKE_BATCH, seq_len))
+    y = torch.randint(0, vocab_size, (SMOKE_BATCH, seq_len))
+    loss = model(x, y)
+    check_loss(loss.item(), 0)
+    loss.backward()
+    apply_schedules(optimizer, 0.0, 0, cfg.optimization)
+    optimizer.step()
+    # One sum per tensor: NaN or inf anywhere makes it non-finite, without a mask as large as the model.
+    if not torch.stack([p.detach().float().sum() for p in model.parameters()]).isfinite().all():
+        raise TrainingDiverged("a parameter is NaN/inf after one optimizer step: check the optimizer")
+    num_params = sum(p.numel() for p in model.parameters())
+    print(f"smoke: ok loss={loss.item():.4f} params={num_params / 1e6:.1f}M", flush=True)
+
+
+# ---------------------------------------------------------------------------
+# The run: setup, training loop, evaluation, summary
+# ---------------------------------------------------------------------------
+
+
+def main() -> None:
+    t_start = time.time()
+    seed = read_seed()
+    # Imported here, not at the top, so that importing train.py (tests, tools) needs no data or config,
+    # and so a bad ground.json is reported like any other startup failure.
+    from prepare import GROUND, MAX_SEQ_LEN, PLATFORM, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader
+
+    cfg = load_model(MODEL_JSON, ground=GROUND)
+    arch, opt = cfg.architecture, cfg.optimization
+
+    if os.environ.get("GITAR_SMOKE") == "1":
+        RUN.phase = "smoke"
+        smoke_step(cfg, GROUND.tokenizer.vocab_size, MAX_SEQ_LEN, seed)
+        return
+
+    # ---- Setup: platform, tokenizer, model, optimizer, data
+    torch.manual_seed(seed)  # seeds the CPU and every CUDA device
+    device = torch.device(PLATFORM.device)
+    print(PLATFORM.describe())
+    for warning in PLATFORM.warnings:
+        print(f"warning: {warning}")
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for the few float32 matmuls left
+    if device.type == "cpu":
+        keep_freed_memory()
+    low_precision = PLATFORM.torch_dtype != torch.float32
+    autocast_ctx = (torch.autocast(device_type=device.type, dtype=PLATFORM.torch_dtype) if low_precision
+                    else contextlib.nullcontext())
+    # Embeddings stored in bf16 where bf16 is the compute dtype; fp16 ones would overflow, and the
+    # GradScaler refuses to unscale fp16 gradients, so on fp16 machines they stay float32.
+    embedding_dtype = torch.bfloat16 if PLATFORM.torch_dtype == torch.bfloat16 else torch.float32
+
+    tokenizer = Tokenizer.from_directory()
+    vocab_size = tokenizer.get_vocab_size()
+    print(f"Vocab size: {vocab_size:,}")
+
+    flash_attn_func = None
+    if PLATFORM.attention == "fa3":
+        from gitar.harness.platform import load_flash_attention_3
+        fa3 = load_flash_attention_3()
+        if fa3 is None:
+            raise RuntimeError("FlashAttention 3 was selected but could not be loaded; "
+                               "set processor.attention to sdpa in ground.json")
+        flash_attn_func = fa3.flash_attn_func
+
+    config = gpt_config(arch, vocab_size, MAX_SEQ_LEN, PLATFORM.attention)
+    print(f"Model config: {asdict(config)}")
+    model = build_model(config, device, embedding_dtype, flash_attn_func)
+    param_counts = model.num_scaling_params()
+    print("Parameter counts:")
+    for key, value in param_counts.items():
+        print(f"  {key:24s}: {value:,}")
+    num_params = param_counts["total"]
+    num_flops_per_token = model.estimate_flops()
+    print(f"Estimated FLOPs per token: {num_flops_per_token:e}")
+
+    tokens_per_fwdbwd = opt.device_batch_size * MAX_SEQ_LEN
+    grad_accum_steps = opt.total_batch_size // tokens_per_fwdbwd  # load_model checked it divides
+
+    # torch.compile pays off on CUDA (Triton kernels); on a CPU it only adds minutes of start-up.
+    use_compile = PLATFORM.compile and device.type == "cuda"
+    optimizer = setup_optimizer(model, opt, compile=use_compile, ortho_dtype=ortho_dtype_for(device),
+                                fp32_state=PLATFORM.fp32_optimizer_state)
+    scaler = torch.amp.GradScaler(device.type) if PLATFORM.use_grad_scaler else None
+    if use_compile:
+        model = torch.compile(model, dynamic=False)
+
+    train_loader = make_dataloader(tokenizer, opt.device_batch_size, MAX_SEQ_LEN, "train")
+    x, y, epoch = next(train_loader)  # the first batch is ready before the clock starts
+
+    print(f"Time budget: {TIME_BUDGET:g}s")
+    print(f"Gradient accumulation steps: {grad_accum_steps}")
+    print(f"Seed: {seed}")
+
+    # ---- Training loop
+    RUN.phase = "train"
+    t_start_training = time.time()
+    smooth_train_loss = 0.0
+    total_training_time = 0.0
+    step = 0
+    while True:
+        RUN.step = step
+        synchronize(device)
+        t0 = time.time()
+        for _ in range(grad_accum_steps):
+            with autocast_ctx:
+                loss = model(x, y)
+            train_loss = loss.detach()
+            loss = loss / grad_accum_steps
+            (scaler.scale(loss) if scaler else loss).backward()
+            x, y, epoch = next(train_loader)
+
+        progress = min(total_training_time / TIME_BUDGET, 1.0)
+        lrm = apply_schedules(optimizer, progress, step, opt)
+        if scaler:
+            scaler.unscale_(optimizer)  # the optimizer must see true gradients
+            scaler.step(optimizer)  # skipped when a gradient is inf/NaN; the scale then shrinks
+            scaler.update()
+        else:
+            optimizer.step()
+        model.zero_grad(set_to_none=True)
+
+        train_loss_f = train_loss.item()
+        check_loss(train_loss_f, step)  # fast fail: a diverged run stops now, not after the budget
+
+        synchronize(device)
+        dt = time.time() - t0
+        if step > EXCLUDED_STEPS:
+            total_training_time += dt
+
+        smooth_train_loss = LOSS_EMA_BETA * smooth_train_loss + (1 - LOSS_EMA_BETA) * train_loss_f
+        debiased_loss = smooth_train_loss / (1 - LOSS_EMA_BETA ** (step + 1))
+        tok_per_sec = int(opt.total_batch_size / dt)
+        mfu = (100 * num_flops_per_token * opt.total_batch_size / dt / PLATFORM.peak_flops
+               if PLATFORM.peak_flops else 0.0)
+        print(f"step {step:05d} | loss {debiased_loss:.6f} | lrm {lrm:.3f} | dt {dt * 1000:.0f}ms | "
+              f"tok/s {tok_per_sec} | mfu {mfu:.1f}% | epoch {epoch} | "
+              f"train {total_training_time:.1f}/{TIME_BUDGET:g}s", flush=True)
+
+        if step == 0:
+            gc.collect()
+            gc.freeze()  # what exists now lives all run: keep it out of every later collection
+            gc.disable()
+        elif (step + 1) % GC_EVERY == 0:
+            gc.collect()
+
+        step += 1
+        RUN.step = step
+        if step > EXCLUDED_STEPS and total_training_time >= TIME_BUDGET:
+            break
+
+    total_tokens = step * opt.total_batch_size
+
+    # ---- Evaluation
+    RUN.phase = "eval"
+    model.eval()
+    with autocast_ctx, torch.no_grad():
+        val_bpb = evaluate_bpb(model, tokenizer, cfg.evaluation.batch_size)
+
+    # ---- Summary (the block gitar parses; keys and order as upstream, then what ran it)
+    t_end = time.time()
+    print(f"Startup: {t_start_training - t_start:.1f}s")
+    timed_steps = step - EXCLUDED_STEPS - 1
+    steady_state_mfu = (100 * num_flops_per_token * opt.total_batch_size * timed_steps / total_training_time
+                        / PLATFORM.peak_flops if PLATFORM.peak_flops and total_training_time > 0 else 0.0)
+    # Peak GPU memory held by tensors; there is no VRAM to report on a CPU (or MPS) run.
+    peak_vram_mb = torch.cuda.max_memory_allocated(device) / 1024 / 1024 if device.type == "cuda" else 0.0
+    print("---")
+    print(f"val_bpb: {val_bpb:.6f}")
+    print(f"training_seconds: {total_training_time:.1f}")
+    print(f"total_seconds: {t_end - t_start:.1f}")
+    print(f"peak_vram_mb: {peak_vram_mb:.1f}")
+    print(f"mfu_percent: {steady_state_mfu:.2f}")
+    print(f"total_tokens_M: {total_tokens / 1e6:.1f}")
+    print(f"num_steps: {step}")
+    print(f"num_params_M: {num_params / 1e6:.1f}")
+    print(f"depth: {arch.depth}")
+    print(f"device: {PLATFORM.device}")
+    print(f"dtype: {PLATFORM.dtype}")
+    print(f"attention: {PLATFORM.attention}")
+    print(f"seed: {seed}", flush=True)
+
+
+def run() -> int:
+    """main() with gitar's failure contract: config errors are one line (exit 2), crashes leave a record.
+
+    Ctrl-C and SIGTERM are not caught: the process just stops, as the caller asked.
+    """
+    try:
+        main()
+    except GitarError as e:
+        write_crash_record(e)
+        print(e, file=sys.stderr)
+        return int(e.code)
+    except Exception as e:
+        write_crash_record(e)
+        traceback.print_exc()
+        if isinstance(e, torch.OutOfMemoryError):
+            print("hint: out of GPU memory; lower optimization.device_batch_size in model.json", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
