@@ -8,7 +8,7 @@ buffered one on ties); when none fits, the shortest document (earliest on ties) 
 to fill the row exactly and its tail is dropped.
 
 Upstream finds those documents with a linear scan of a Python list: O(buffer) per placement,
-a few hundred thousand tokens/s on short documents, enough to stall a fast GPU.
+1-2 M tokens/s on short documents (benchmarks/bench_packing.py), with the GIL held all along.
 `DocumentBuffer` keeps the documents in per-length FIFO queues plus a sorted list of the
 lengths present, so both lookups are a bisection. The list scan kept its documents in
 insertion order, so "earliest on ties" is the head of the FIFO of that length: the rows
@@ -20,38 +20,39 @@ batches ahead, so the training step never waits for packing.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
+import weakref
 from bisect import bisect_right, insort
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from itertools import chain
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 
 T = TypeVar("T")
 
-# One tokenized document: its token ids, beginning with BOS. The dataloader hands over
-# numpy arrays (converted from the tokenizer's lists once per batch, see `as_arrays`);
-# plain lists work too, only slower to copy.
+# One tokenized document: its token ids, beginning with BOS. The dataloader hands over int64
+# arrays built by `with_bos` from the tokenizer's own buffers, so no token ever becomes a
+# Python int on the way; plain lists work too (the copy into a row then converts each int).
 Doc = list[int] | npt.NDArray[np.int64]
 # A batch from the document source: documents, and the epoch (1-based pass over the shards)
 # the batch was read in.
 DocBatch = tuple[Sequence[Doc], int]
 
 
-def as_arrays(token_lists: Sequence[list[int]]) -> list[npt.NDArray[np.int64]]:
-    """Token lists as int64 arrays: one bulk conversion, then a view per document.
+def with_bos(token_arrays: Sequence[npt.NDArray[np.integer[Any]]], bos: int) -> list[npt.NDArray[np.int64]]:
+    """Each array of token ids with `bos` in front, as int64 views into one buffer per batch.
 
-    Converting the whole batch in one `np.fromiter` is about as fast as numpy reads Python
-    ints; after it, copying a document into a row is a memcpy instead of a per-token loop.
+    One concatenation for the whole batch: a few numpy calls per batch instead of per document.
     """
-    lengths = [len(t) for t in token_lists]
-    flat = np.fromiter(chain.from_iterable(token_lists), dtype=np.int64, count=sum(lengths))
-    ends = np.cumsum(lengths).tolist()
-    return [flat[end - n : end] for n, end in zip(lengths, ends, strict=True)]
+    marker = np.array([bos], dtype=np.int64)
+    parts = [part for tokens in token_arrays for part in (marker, tokens)]
+    flat = np.concatenate(parts, dtype=np.int64) if parts else np.empty(0, dtype=np.int64)
+    ends = np.cumsum([len(tokens) + 1 for tokens in token_arrays]).tolist()
+    return [flat[end - len(tokens) - 1 : end] for tokens, end in zip(token_arrays, ends, strict=True)]
 
 
 class DocumentBuffer:
@@ -153,6 +154,17 @@ class _Failure:
 _DONE = object()
 # How often a blocked producer or consumer looks up to see whether it should stop.
 _POLL_S = 0.05
+# Producers still running when the interpreter exits (a loader nobody closed, as training
+# scripts usually leave theirs). Left alone, a daemon thread caught inside native code (a
+# torch copy, the tokenizer) while the runtime tears down aborts the process, and a run
+# that succeeded would exit as a crash.
+_LIVE: weakref.WeakSet[Prefetcher[Any]] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_producers() -> None:
+    for prefetcher in list(_LIVE):
+        prefetcher.close()
 
 
 class Prefetcher(Generic[T]):
@@ -173,6 +185,7 @@ class Prefetcher(Generic[T]):
         self._finished = False
         self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     def _put(self, item: object) -> bool:
         while not self._stop.is_set():

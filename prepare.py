@@ -1,0 +1,691 @@
+"""
+Data, tokenizer, dataloader, evaluation and platform detection for gitar experiments.
+
+Usage:
+    python prepare.py                 # download the shards ground.json names, train the tokenizer
+    python prepare.py --source DIR    # offline: build the shards from local .parquet/.txt/.md files
+
+Everything comes from ground.json next to this file. train.py imports the runtime half
+(MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, PLATFORM, Tokenizer, get_token_bytes,
+make_dataloader, evaluate_bpb). This file is user-owned: experiments never change it,
+so every experiment is measured by the same data, tokenizer and metric.
+
+Cache layout (data.cache_dir):
+    data/shard_NNNNN.parquet     training shards 0..num_train_shards-1 and the pinned val_shard
+    tokenizer/ranks.tiktoken     BPE merges, tiktoken's text format (base64 token, rank); not
+                                 a pickle, so loading a cache copied from elsewhere runs no code
+    tokenizer/token_bytes.pt     int32 UTF-8 byte length of every token id (0 for special tokens)
+    tokenizer/manifest.json      what the tokenizer was trained for; written last
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import functools
+import hashlib
+import http.client
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.parquet as pq
+import rustbpe
+import tiktoken
+import torch
+import torch.nn.functional as F
+
+from gitar.config import Ground, load_ground
+from gitar.errors import GitarError
+from gitar.harness.packing import BestFitPacker, DocBatch, Prefetcher, with_bos
+from gitar.harness.platform import Platform, detect_platform, load_flash_attention_3, probe_device
+
+__all__ = [
+    "EVAL_TOKENS", "GROUND", "MAX_SEQ_LEN", "PLATFORM", "TIME_BUDGET", "Tokenizer", "evaluate_bpb",
+    "get_token_bytes", "load_flash_attention_3", "make_dataloader",
+]
+
+# ---------------------------------------------------------------------------
+# Configuration (from ground.json: change it there, not here)
+# ---------------------------------------------------------------------------
+
+
+def _load_ground() -> Ground:
+    # Runs at import, so `python prepare.py` and `python train.py` both stop with one line.
+    try:
+        return load_ground(Path(__file__).with_name("ground.json"))
+    except GitarError as e:
+        print(e.message, file=sys.stderr)
+        raise SystemExit(int(e.code)) from None
+
+
+GROUND: Ground = _load_ground()
+MAX_SEQ_LEN: int = GROUND.training.max_seq_len  # context length of training and evaluation rows
+TIME_BUDGET: float = GROUND.training.budget_s  # seconds of training (startup and compilation excluded)
+EVAL_TOKENS: int = GROUND.training.eval_tokens  # validation tokens per evaluation
+
+CACHE_DIR = GROUND.cache_dir
+DATA_DIR = CACHE_DIR / "data"
+TOKENIZER_DIR = CACHE_DIR / "tokenizer"
+TEXT_COLUMN = GROUND.data.text_column
+TRAIN_SHARDS = tuple(f"shard_{i:05d}.parquet" for i in range(GROUND.data.num_train_shards))
+VAL_SHARD = f"shard_{GROUND.data.val_shard:05d}.parquet"  # pinned: every experiment sees the same
+
+RANKS_FILE = "ranks.tiktoken"
+TOKEN_BYTES_FILE = "token_bytes.pt"
+MANIFEST_FILE = "manifest.json"
+
+# ---------------------------------------------------------------------------
+# Platform: device, number format, attention kernel, compiler (gitar/harness/platform.py)
+# ---------------------------------------------------------------------------
+
+# Detected once, at import; cheap: reads device properties, loads no kernel.
+PLATFORM: Platform = detect_platform(GROUND.processor, probe_device())
+
+# ---------------------------------------------------------------------------
+# Writing files atomically
+# ---------------------------------------------------------------------------
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; directories cannot be opened this way on Windows.
+    if os.name == "posix":
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Run write(tmp) on a hidden temp file beside path, fsync it, then rename it into place.
+
+    A crash or a failed write never leaves a partial file under the final name; the temp
+    name ends in .tmp, so it is never taken for a shard either.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_temps() -> None:
+    """Temp files a killed run left behind (a cut download can be hundreds of MB). Assumes one
+    prepare.py per cache at a time, as the atomic renames do."""
+    for directory in (DATA_DIR, TOKENIZER_DIR):
+        if directory.is_dir():
+            for stale in directory.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+
+
+def _not_prepared(where: Path) -> GitarError:
+    return GitarError(f"data not prepared in {where}: run `python prepare.py` (or `--source DIR` offline)")
+
+
+# ---------------------------------------------------------------------------
+# Data download: python prepare.py
+# ---------------------------------------------------------------------------
+
+DOWNLOAD_WORKERS = 8  # parallel shard downloads: a few streams fill a typical link, more gain nothing
+DOWNLOAD_TIMEOUT_S = 60.0  # per socket operation: a stalled connection is retried, not waited on
+BACKOFF_S = 1.0  # wait before the 2nd attempt; doubles after each failure (1, 2, 4, 8 s ...)
+BACKOFF_MAX_S = 30.0  # so that many retries never sleep for minutes
+COPY_CHUNK = 1 << 20  # bytes per read while streaming a shard to disk
+
+
+def _check_parquet(path: Path) -> None:
+    """ValueError (worth a retry) unless path is a readable parquet file; GitarError (not
+    worth one) when it is parquet but lacks the text column."""
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"not a readable parquet file ({e})") from None
+    if TEXT_COLUMN not in names:
+        # The server answered with a real file that lacks the column: retrying cannot help.
+        raise GitarError(f"{path.name}: no column {TEXT_COLUMN!r} (has {', '.join(names)}); "
+                         "check data.text_column in ground.json")
+
+
+def _fetch(url: str, tmp: Path) -> None:
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as f:
+        expected = response.headers.get("Content-Length")
+        shutil.copyfileobj(response, f, COPY_CHUNK)
+        received = f.tell()
+    if expected is not None and received != int(expected):
+        raise ValueError(f"truncated: received {received} of {expected} bytes")
+    _check_parquet(tmp)
+
+
+def _is_permanent(error: Exception) -> bool:
+    """HTTP client errors other than timeout / rate limit will not change on a retry."""
+    return isinstance(error, urllib.error.HTTPError) and 400 <= error.code < 500 and error.code not in (408, 429)
+
+
+def download_shard(url: str, dest: Path, attempts: int, backoff_s: float) -> None:
+    """Download url to dest atomically: `attempts` tries in all (data.download_retries), waiting
+    backoff_s, 2 x backoff_s, ... between them. Only a complete, readable parquet file is
+    renamed to dest; anything else is deleted."""
+    for attempt in range(1, attempts + 1):
+        try:
+            _atomic_write(dest, lambda tmp: _fetch(url, tmp))
+            return
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            if _is_permanent(e):
+                raise GitarError(f"download of {url} failed: {e}; check data.base_url in ground.json") from None
+            if attempt == attempts:
+                raise GitarError(f"download of {url} failed after {attempts} attempts ({e}); check the "
+                                 "network, or prepare offline with `python prepare.py --source DIR`") from None
+            delay = min(backoff_s * 2 ** (attempt - 1), BACKOFF_MAX_S)
+            print(f"  {dest.name}: attempt {attempt}/{attempts} failed ({e}); retrying in {delay:g}s", file=sys.stderr)
+            time.sleep(delay)
+
+
+def download_data() -> None:
+    """Fetch every training shard and the pinned validation shard that is not already here."""
+    names = [*TRAIN_SHARDS, VAL_SHARD]
+    missing = [name for name in names if not (DATA_DIR / name).is_file()]
+    print(f"data: {len(names) - len(missing)}/{len(names)} shards already in {DATA_DIR}")
+    if not missing:
+        return
+    base = GROUND.data.base_url.rstrip("/")
+
+    def fetch(name: str) -> None:
+        download_shard(f"{base}/{name}", DATA_DIR / name, GROUND.data.download_retries, BACKOFF_S)
+        print(f"  downloaded {name} ({(DATA_DIR / name).stat().st_size / 1e6:.1f} MB)")
+
+    with ThreadPoolExecutor(max_workers=min(DOWNLOAD_WORKERS, len(missing))) as pool:
+        futures = [pool.submit(fetch, name) for name in missing]
+    for future in futures:
+        future.result()  # re-raises the first failure once every download has finished or failed
+
+
+# ---------------------------------------------------------------------------
+# Local sources: python prepare.py --source DIR
+# ---------------------------------------------------------------------------
+
+SOURCE_SUFFIXES = (".parquet", ".txt", ".md")
+# Every 10th document (the 10th, 20th, ...) is held out for validation: deterministic, spread
+# over the whole source, and 10% is plenty for EVAL_TOKENS on small corpora.
+VAL_EVERY = 10
+# A text file is split on blank lines into paragraphs, and consecutive paragraphs are joined
+# into documents of up to 4000 characters (~1000 tokens, half a row). One document per file
+# would waste most of a long file: packing crops a document at the row end and drops the
+# rest. One per paragraph would lose the context between paragraphs.
+TEXT_DOC_CHARS = 4000
+_BLANK_LINE = re.compile(r"\n\s*\n")
+
+
+def _source_files(source: Path) -> list[Path]:
+    files = [p for p in source.rglob("*")
+             if p.suffix.lower() in SOURCE_SUFFIXES and p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(source).parts)]
+    return sorted(files, key=lambda p: p.relative_to(source).as_posix())
+
+
+def _parquet_documents(path: Path) -> list[str]:
+    try:
+        names = pq.read_schema(path).names
+        if TEXT_COLUMN not in names:
+            raise GitarError(f"--source: {path} has no column {TEXT_COLUMN!r} (has {', '.join(names)}); "
+                             "rename it or set data.text_column in ground.json")
+        texts = pq.read_table(path, columns=[TEXT_COLUMN]).column(0).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise GitarError(f"--source: cannot read {path} as parquet ({e})") from None
+    return [t for t in texts if isinstance(t, str) and t.strip()]
+
+
+def _text_documents(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise GitarError(f"--source: {path} is not UTF-8 text (byte {e.start}); convert it or remove it") from None
+    except OSError as e:
+        raise GitarError(f"--source: cannot read {path} ({e.strerror})") from None
+    docs: list[str] = []
+    current = ""
+    for paragraph in (p.strip() for p in _BLANK_LINE.split(text)):
+        if not paragraph:
+            continue
+        if current and len(current) + 2 + len(paragraph) > TEXT_DOC_CHARS:
+            docs.append(current)
+            current = paragraph
+        else:
+            current = f"{current}\n\n{paragraph}" if current else paragraph
+    return [*docs, current] if current else docs
+
+
+def read_source_documents(source: Path) -> list[str]:
+    """All documents under source, in sorted path order (hidden files and folders skipped)."""
+    if not source.is_dir():
+        raise GitarError(f"--source: {source} is not a directory")
+    data_dir = DATA_DIR.resolve()
+    if data_dir == source.resolve() or source.resolve() in data_dir.parents:
+        raise GitarError(f"--source: {source} contains the cache {DATA_DIR}; point it at the raw files instead")
+    files = _source_files(source)
+    if not files:
+        raise GitarError(f"--source: no {', '.join(SOURCE_SUFFIXES)} files under {source}")
+    docs: list[str] = []
+    for path in files:
+        docs += _parquet_documents(path) if path.suffix.lower() == ".parquet" else _text_documents(path)
+    return docs
+
+
+def split_documents(docs: Sequence[str], num_train_shards: int) -> tuple[list[list[str]], list[str]]:
+    """(training shards, validation documents): every VAL_EVERY-th document is held out; the
+    rest is cut into num_train_shards contiguous, near-equal shards."""
+    val = [d for i, d in enumerate(docs) if i % VAL_EVERY == VAL_EVERY - 1]
+    train = [d for i, d in enumerate(docs) if i % VAL_EVERY != VAL_EVERY - 1]
+    if not val or len(train) < num_train_shards:
+        raise GitarError(f"--source: too few documents ({len(docs)}): one in {VAL_EVERY} is held out for "
+                         f"validation and each of the {num_train_shards} training shards (data.num_train_shards) "
+                         "needs at least one; add text or lower data.num_train_shards")
+    bounds = [len(train) * i // num_train_shards for i in range(num_train_shards + 1)]
+    return [train[a:b] for a, b in itertools.pairwise(bounds)], val
+
+
+def _digest(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for text in texts:
+        data = text.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))  # length-prefixed: ["ab", "c"] != ["a", "bc"]
+        h.update(data)
+    return h.hexdigest()
+
+
+def write_shard(path: Path, texts: Sequence[str]) -> bool:
+    """Write texts as a parquet shard unless path already holds exactly them; True if written.
+
+    The shard records a digest of its documents in the parquet metadata, so a re-run
+    compares footers instead of rewriting (and so does not invalidate the tokenizer).
+    """
+    digest = _digest(texts)
+    if path.is_file():
+        try:
+            metadata = pq.read_schema(path).metadata or {}
+        except (pa.ArrowException, OSError):
+            metadata = {}
+        if metadata.get(b"gitar.sha256") == digest.encode():
+            return False
+    table = pa.table({TEXT_COLUMN: pa.array(texts, type=pa.string())}).replace_schema_metadata({"gitar.sha256": digest})
+    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    return True
+
+
+def prepare_source(source: Path) -> None:
+    docs = read_source_documents(source)
+    train, val = split_documents(docs, len(TRAIN_SHARDS))
+    written = sum(write_shard(DATA_DIR / name, texts) for name, texts in zip(TRAIN_SHARDS, train, strict=True))
+    written += write_shard(DATA_DIR / VAL_SHARD, val)
+    print(f"data: {len(docs)} documents from {source}: {len(docs) - len(val)} for training in "
+          f"{len(TRAIN_SHARDS)} shards, {len(val)} held out in {VAL_SHARD}; "
+          f"{written} shards written, {len(TRAIN_SHARDS) + 1 - written} unchanged, in {DATA_DIR}")
+
+
+# ---------------------------------------------------------------------------
+# Tokenizer training (rustbpe, then tiktoken for fast encoding)
+# ---------------------------------------------------------------------------
+
+TOKENIZER_MAX_CHARS = 1_000_000_000  # as upstream: ~1 GB of text is plenty for an 8k vocabulary
+TOKENIZER_DOC_CAP = 10_000  # characters per document: a few huge documents must not dominate the merges
+# Round trip after training: mixed scripts, digits, and a character outside the BMP.
+ROUND_TRIP_TEXT = "Hello world! Numbers: 1234. Unicode: 你好, naïve café, emoji 🙂"
+
+
+def _tokenizer_config() -> dict[str, Any]:
+    t = GROUND.tokenizer
+    return {"vocab_size": t.vocab_size, "split_pattern": t.split_pattern,
+            "special_tokens": list(t.special_tokens), "bos_token": t.bos_token}
+
+
+def _shard_fingerprint(path: Path) -> list[Any]:
+    # Name, size and modification time: cheap, and shards are only ever replaced whole
+    # (atomic rename), so a changed shard always changes at least its mtime.
+    stat = path.stat()
+    return [path.name, stat.st_size, stat.st_mtime_ns]
+
+
+def _wanted_manifest() -> dict[str, Any]:
+    return {**_tokenizer_config(), "train_shards": [_shard_fingerprint(DATA_DIR / n) for n in TRAIN_SHARDS]}
+
+
+def _training_texts() -> Iterator[str]:
+    chars = 0
+    for name in TRAIN_SHARDS:  # never the validation shard
+        for batch in pq.ParquetFile(DATA_DIR / name).iter_batches(columns=[TEXT_COLUMN]):
+            for text in batch.column(0).to_pylist():
+                if not text:
+                    continue
+                doc = text[:TOKENIZER_DOC_CAP]
+                yield doc
+                chars += len(doc)
+                if chars >= TOKENIZER_MAX_CHARS:
+                    return
+
+
+def _build_encoding(ranks: dict[bytes, int], pattern: str, special_tokens: Sequence[str]) -> tiktoken.Encoding:
+    # Special tokens get the ids right after the learned ones, in ground.json's order.
+    specials = {name: len(ranks) + i for i, name in enumerate(special_tokens)}
+    return tiktoken.Encoding(name="gitar", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
+
+
+def _token_byte_lengths(enc: tiktoken.Encoding, special_tokens: Sequence[str]) -> torch.Tensor:
+    """Bytes each token id stands for, 0 for special tokens (they are not text).
+
+    Measured on the raw token bytes: a token holding part of a UTF-8 character counts the
+    bytes it holds, so the lengths of a text's tokens add up to its UTF-8 length exactly.
+    (Upstream decodes each token to str first, which turns a partial character into U+FFFD
+    and counts 3 bytes for it.)
+    """
+    special_ids = {enc.encode_single_token(s) for s in special_tokens}
+    lengths = [0 if i in special_ids else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)]
+    return torch.tensor(lengths, dtype=torch.int32)
+
+
+def _write_ranks(path: Path, ranks: dict[bytes, int]) -> None:
+    lines = (f"{base64.b64encode(token).decode('ascii')} {rank}\n" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
+    _atomic_write(path, lambda tmp: tmp.write_text("".join(lines), encoding="ascii"))
+
+
+def _read_ranks(path: Path) -> dict[bytes, int]:
+    ranks = {}
+    for line in path.read_text(encoding="ascii").splitlines():
+        token, rank = line.split()
+        ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def train_tokenizer() -> None:
+    """Train the BPE tokenizer on the training shards, unless one trained for the same
+    configuration and the same shards is already there."""
+    manifest_path = TOKENIZER_DIR / MANIFEST_FILE
+    for name in TRAIN_SHARDS:
+        if not (DATA_DIR / name).is_file():
+            raise _not_prepared(DATA_DIR)
+    wanted = _wanted_manifest()
+    if manifest_path.is_file() and (TOKENIZER_DIR / RANKS_FILE).is_file() and (TOKENIZER_DIR / TOKEN_BYTES_FILE).is_file():
+        try:
+            if json.loads(manifest_path.read_text(encoding="utf-8")) == wanted:
+                print(f"tokenizer: already trained for this configuration in {TOKENIZER_DIR}")
+                return
+        except (OSError, ValueError):
+            pass  # unreadable manifest: retrain
+    manifest_path.unlink(missing_ok=True)  # from here on, an interrupted run leaves no valid tokenizer
+
+    cfg = GROUND.tokenizer
+    t0 = time.time()
+    trainer = rustbpe.Tokenizer()
+    try:
+        trainer.train_from_iterator(_training_texts(), cfg.vocab_size - len(cfg.special_tokens), pattern=cfg.split_pattern)
+        ranks = {bytes(token): rank for token, rank in trainer.get_mergeable_ranks()}
+        enc = _build_encoding(ranks, cfg.split_pattern, cfg.special_tokens)
+    except ValueError as e:  # both libraries report a pattern their regex engine rejects this way
+        raise GitarError(f"tokenizer: training failed ({e}); check tokenizer.split_pattern in ground.json") from None
+    if enc.decode(enc.encode_ordinary(ROUND_TRIP_TEXT)) != ROUND_TRIP_TEXT:
+        raise GitarError("tokenizer: round trip failed after training; check tokenizer.split_pattern in ground.json")
+    token_bytes = _token_byte_lengths(enc, cfg.special_tokens)
+
+    _write_ranks(TOKENIZER_DIR / RANKS_FILE, ranks)
+    _atomic_write(TOKENIZER_DIR / TOKEN_BYTES_FILE, lambda tmp: torch.save(token_bytes, tmp))
+    _atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(wanted, indent=1), encoding="utf-8"))
+    short = cfg.vocab_size - enc.n_vocab
+    note = f" (the corpus yielded {short} fewer merges than tokenizer.vocab_size asks for)" if short else ""
+    print(f"tokenizer: trained in {time.time() - t0:.1f}s, vocab size {enc.n_vocab}{note}, saved to {TOKENIZER_DIR}")
+
+
+# ---------------------------------------------------------------------------
+# Runtime: tokenizer (imported by train.py)
+# ---------------------------------------------------------------------------
+
+
+class Tokenizer:
+    """The trained BPE tokenizer: tiktoken encoding plus the BOS token."""
+
+    def __init__(self, enc: tiktoken.Encoding, bos_token: str) -> None:
+        self.enc = enc
+        self.bos_token_id = enc.encode_single_token(bos_token)
+
+    @classmethod
+    def from_directory(cls, tokenizer_dir: str | Path | None = None) -> Tokenizer:
+        directory = Path(tokenizer_dir) if tokenizer_dir is not None else TOKENIZER_DIR
+        try:
+            manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+            ranks = _read_ranks(directory / RANKS_FILE)
+        except (OSError, ValueError):
+            raise _not_prepared(directory) from None
+        for key, value in _tokenizer_config().items():
+            if manifest.get(key) != value:
+                # A tokenizer for another vocabulary or pattern would silently change val_bpb.
+                raise GitarError(f"tokenizer in {directory} was trained for another tokenizer.{key} than "
+                                 "ground.json has: run `python prepare.py` to retrain it")
+        return cls(_build_encoding(ranks, manifest["split_pattern"], manifest["special_tokens"]), manifest["bos_token"])
+
+    def get_vocab_size(self) -> int:
+        return int(self.enc.n_vocab)
+
+    def get_bos_token_id(self) -> int:
+        return int(self.bos_token_id)
+
+    def encode(self, text: str | list[str], prepend: int | str | None = None,
+               num_threads: int = 8) -> list[int] | list[list[int]]:
+        """Token ids of a text, or of each text in a list (tokenized in parallel), without
+        special tokens; `prepend` (an id or a special token's name) goes in front of each."""
+        if isinstance(text, str):
+            return self._prefix(prepend) + self.enc.encode_ordinary(text)
+        if isinstance(text, list):
+            return self.encode_batch(text, prepend, num_threads)
+        raise TypeError(f"Tokenizer.encode: expected str or list[str], got {type(text).__name__}")
+
+    def encode_batch(self, texts: list[str], prepend: int | str | None = None, num_threads: int = 8) -> list[list[int]]:
+        first = self._prefix(prepend)
+        return [first + ids for ids in self.enc.encode_ordinary_batch(texts, num_threads=num_threads)]
+
+    def encode_arrays(self, texts: list[str], bos: int, num_threads: int = 8) -> list[npt.NDArray[np.int64]]:
+        """encode(texts, prepend=bos) as int64 arrays, read from tiktoken's own buffers: the
+        dataloader's path, where no token becomes a Python int (cheaper, and the GIL is held
+        for a few calls per batch instead of once per token)."""
+        encode = functools.partial(self.enc.encode_to_numpy, allowed_special=set(), disallowed_special=())
+        with ThreadPoolExecutor(max_workers=num_threads) as pool:  # the Rust encoder releases the GIL
+            return with_bos(list(pool.map(encode, texts)), bos)
+
+    def _prefix(self, prepend: int | str | None) -> list[int]:
+        if prepend is None:
+            return []
+        return [prepend if isinstance(prepend, int) else self.enc.encode_single_token(prepend)]
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.enc.decode(ids))
+
+
+def get_token_bytes(device: str | torch.device = "cpu") -> torch.Tensor:
+    """int32 [vocab]: UTF-8 bytes per token id, 0 for special tokens (excluded from bpb)."""
+    path = TOKENIZER_DIR / TOKEN_BYTES_FILE
+    if not path.is_file():
+        raise _not_prepared(TOKENIZER_DIR)
+    token_bytes: torch.Tensor = torch.load(path, map_location=device, weights_only=True)
+    return token_bytes
+
+
+# ---------------------------------------------------------------------------
+# Runtime: dataloader (imported by train.py)
+# ---------------------------------------------------------------------------
+
+TOKENIZER_BATCH = 128  # documents per tokenizer call: enough to keep its threads busy
+# Packed batches kept ready ahead of the training step: enough to absorb a slow shard read,
+# few enough that memory stays small (one batch of 128 x 2049 tokens is 4 MB).
+PREFETCH_BATCHES = 3
+
+
+def _split_paths(split: str) -> list[Path]:
+    if split not in ("train", "val"):
+        raise GitarError(f'make_dataloader: split must be "train" or "val", got {split!r}')
+    paths = [DATA_DIR / name for name in (TRAIN_SHARDS if split == "train" else (VAL_SHARD,))]
+    if not all(p.is_file() for p in paths):
+        raise _not_prepared(DATA_DIR)
+    return paths
+
+
+def _document_batches(tokenizer: Tokenizer, paths: Sequence[Path]) -> Iterator[DocBatch]:
+    """Tokenized documents (BOS first, as int64 arrays), forever, with the 1-based epoch."""
+    bos = tokenizer.get_bos_token_id()
+    epoch = 1
+    while True:
+        read = 0
+        for path in paths:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=TOKENIZER_BATCH, columns=[TEXT_COLUMN]):
+                texts = [t for t in batch.column(0).to_pylist() if isinstance(t, str)]
+                if texts:
+                    read += len(texts)
+                    yield tokenizer.encode_arrays(texts, bos), epoch
+        if not read:
+            raise GitarError(f"no documents in {', '.join(p.name for p in paths)}: rerun `python prepare.py`")
+        epoch += 1
+
+
+def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, device: str | torch.device | None = None,
+                    buffer_size: int = 1000) -> Generator[tuple[torch.Tensor, torch.Tensor, int], None, None]:
+    """(inputs [B, T], targets [B, T], epoch) batches of int64 tokens, forever.
+
+    Rows are packed best-fit from a buffer of `buffer_size` documents (gitar/harness/packing.py):
+    each row starts with BOS, holds T + 1 tokens without padding, and targets are the
+    inputs shifted by one. Packing runs in a background thread a few batches ahead.
+    """
+    paths = _split_paths(split)
+    target = torch.device(device if device is not None else PLATFORM.device)
+    pin = target.type == "cuda"  # pinned host memory makes the copy asynchronous; CUDA only
+
+    def batches() -> Iterator[tuple[torch.Tensor, int]]:
+        packer = BestFitPacker(_document_batches(tokenizer, paths), row_capacity=T + 1, buffer_size=buffer_size)
+        while True:
+            rows = torch.from_numpy(packer.next_rows(B))
+            pair = torch.empty((2, B, T), dtype=torch.long, pin_memory=pin)
+            pair[0].copy_(rows[:, :-1])
+            pair[1].copy_(rows[:, 1:])
+            yield pair, packer.epoch
+
+    return _deliver(batches, target)
+
+
+def _deliver(batches: Callable[[], Iterator[tuple[torch.Tensor, int]]],
+             device: torch.device) -> Generator[tuple[torch.Tensor, torch.Tensor, int], None, None]:
+    # The thread starts on the first next() and stops when this generator is closed or collected.
+    with Prefetcher(batches, depth=PREFETCH_BATCHES, name="gitar-dataloader") as ready:
+        for pair, epoch in ready:
+            if device.type != "cpu":
+                pair = pair.to(device, non_blocking=device.type == "cuda")
+            yield pair[0], pair[1], epoch
+
+
+# ---------------------------------------------------------------------------
+# Evaluation: the fixed metric (do not change)
+# ---------------------------------------------------------------------------
+
+# Rows of logits turned into float32 log-probabilities at a time: 4 x 2048 x 8192 floats is
+# 268 MB, small next to the model's own logits, whatever the evaluation batch size.
+EVAL_CHUNK_ROWS = 4
+
+
+def nats_and_bytes(logits: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor,
+                   chunk_rows: int = EVAL_CHUNK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy (nats, float64) over target tokens that are text (byte length > 0),
+    and the summed byte length of those targets (int64)."""
+    nats = torch.zeros((), dtype=torch.float64, device=logits.device)
+    nbytes = torch.zeros((), dtype=torch.int64, device=logits.device)
+    for start in range(0, logits.size(0), chunk_rows):
+        chunk = logits[start : start + chunk_rows].float()
+        y = targets[start : start + chunk_rows].reshape(-1)
+        loss = F.cross_entropy(chunk.reshape(-1, chunk.size(-1)), y, reduction="none")
+        token_len = token_bytes[y]
+        # where(), not boolean indexing: no device-to-host sync on CUDA
+        nats += torch.where(token_len > 0, loss, 0.0).sum(dtype=torch.float64)
+        nbytes += token_len.sum(dtype=torch.int64)
+    return nats, nbytes
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device(PLATFORM.device)
+
+
+@torch.no_grad()
+def evaluate_bpb(model: torch.nn.Module, tokenizer: Tokenizer, batch_size: int) -> float:
+    """Bits per byte on the pinned validation shard: independent of the vocabulary size.
+
+    Uses the model's logits, not its loss: model(x) must return [B, T, vocab] logits. Sums
+    the cross-entropy over target tokens that are text and divides by ln 2 x their UTF-8
+    bytes. Always MAX_SEQ_LEN rows and the first EVAL_TOKENS tokens of the shard (at least
+    one batch), so every experiment is measured on the same text.
+    """
+    device = _model_device(model)
+    token_bytes = get_token_bytes(device)
+    if token_bytes.numel() != tokenizer.get_vocab_size():
+        raise GitarError(f"{TOKENIZER_DIR / TOKEN_BYTES_FILE} does not match the tokenizer: rerun `python prepare.py`")
+    steps = max(1, EVAL_TOKENS // (batch_size * MAX_SEQ_LEN))
+    loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device)
+    total_nats = torch.zeros((), dtype=torch.float64, device=device)
+    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
+    try:
+        for _ in range(steps):
+            x, y, _ = next(loader)
+            logits = model(x)
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[:2] != x.shape \
+                    or logits.size(-1) < token_bytes.numel():
+                shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                raise GitarError(f"evaluate_bpb: model(x) must return logits of shape [B, T, vocab] "
+                                 f"= [{batch_size}, {MAX_SEQ_LEN}, {token_bytes.numel()}], got {shape}")
+            nats, nbytes = nats_and_bytes(logits, y, token_bytes)
+            total_nats += nats
+            total_bytes += nbytes
+    finally:
+        loader.close()  # stops the prefetch thread now rather than at garbage collection
+    return float(total_nats.item() / (math.log(2) * total_bytes.item()))
+
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Prepare data and tokenizer for gitar experiments (see ground.json)")
+    parser.add_argument("--source", metavar="DIR", type=Path,
+                        help="build the shards from local .parquet/.txt/.md files instead of downloading")
+    args = parser.parse_args(argv)
+    try:
+        print(f"cache: {CACHE_DIR}")
+        _remove_stale_temps()
+        if args.source is not None:
+            prepare_source(args.source.expanduser())
+        else:
+            download_data()
+        train_tokenizer()
+    except GitarError as e:
+        print(e.message, file=sys.stderr)
+        return int(e.code)
+    print(f"ready: {PLATFORM.describe()}")
+    for warning in PLATFORM.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
