@@ -1,18 +1,30 @@
-"""`gitar run [REV] [--repeat N]`: measure an existing commit without committing.
+"""`gitar run [REV] [--repeat N]`: measure existing commits without committing.
 
 For the baseline (the first run of a fresh branch), for re-measuring the best, and
-for CI runners that measure commits pushed by agents elsewhere. The branch never
-moves here except to fast-forward onto a pushed commit that is kept.
+for commits that were committed without being run (pushed by an agent for a CI runner):
+REV may then be a descendant of the branch tip, and each commit between the tip and REV
+that has no verdict yet is measured in order, oldest first, as the attempt it would have
+been: the branch moves onto it, it is judged against the best at that moment, recorded,
+and the branch stays on it if kept or goes back to the best if not (record first, then
+the move: experiment.finish). A chain interrupted half way leaves a consistent branch:
+the commits measured so far are settled, and the rest have no verdict and are measured
+by the next `gitar run` or `gitar ci`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from gitar import experiment, lock
 from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
-from gitar.records import Record
+from gitar.git import Git
+from gitar.judge import Best, current_best
+from gitar.records import KEEP, Notebook, Record
+from gitar.sync import judged
+from gitar.worktree import move_branch
 
 
 def run_commit(rev: str = "HEAD", repeat: int = 1, start: str | Path = ".") -> list[Record]:
@@ -22,11 +34,68 @@ def run_commit(rev: str = "HEAD", repeat: int = 1, start: str | Path = ".") -> l
     sha = ws.git.resolve(rev)
     tip = ws.git.ref_target(f"refs/heads/{ws.branch}")
     if sha != tip:
-        raise GitarError(f"{rev} ({sha[:7]}) is not the tip of {ws.branch} ({(tip or '')[:7]}); "
-                         "check out the branch whose commit you want to measure")
+        if tip is None:
+            raise GitarError(f"{ws.branch} has no commit; check out an experiment branch")
+        if repeat != 1:
+            raise GitarError(f"--repeat re-measures the tip of {ws.branch}; {rev} ({sha[:7]}) is not the tip")
+        chain = unmeasured_chain(ws.git, ws.branch, tip, sha, rev)
+        with lock.acquire(ws.git.common_dir, purpose="run", commit=sha):
+            best = current_best(Notebook(ws.git), ws.branch, tip)
+            return measure_chain(ws.git, ws.branch, chain, best)
     records: list[Record] = []
     with lock.acquire(ws.git.common_dir, purpose="run", commit=sha):
         for _ in range(repeat):
             plan = experiment.plan_rerun(ws.git, sha, ws.branch)
             records.append(experiment.execute(ws.git, plan))
+    return records
+
+
+def unmeasured_chain(git: Git, branch: str, tip: str, sha: str, rev: str) -> list[str]:
+    """The first-parent commits after `tip` up to `sha`, oldest first; each must lack a verdict."""
+    if not git.is_ancestor(tip, sha):
+        raise GitarError(f"{rev} ({sha[:7]}) is neither the tip of {branch} ({tip[:7]}) nor a descendant "
+                         "of it; check out the branch whose commit you want to measure")
+    notebook = Notebook(git)
+    chain: list[str] = []
+    current: str | None = sha
+    while current is not None and current != tip:
+        if judged(notebook.records(current), branch):
+            raise GitarError(f"{current[:7]} (between {branch} and {rev}) was measured already; "
+                             f"move {branch} onto it if it is the one to build on")
+        chain.append(current)
+        parents = git.commit(current).parent_ids
+        current = str(parents[0]) if parents else None
+    if current != tip:
+        raise GitarError(f"{rev} ({sha[:7]}) reaches {branch} ({tip[:7]}) only through a merge's second "
+                         "parent; measure a linear chain of commits on top of the branch")
+    return chain[::-1]
+
+
+def measure_chain(git: Git, branch: str, chain: list[str], best: Best | None,
+                  after_each: Callable[[Record], None] | None = None) -> list[Record]:
+    """Measure each commit in order against the best at that moment; the caller holds the lock.
+
+    With no best yet the first commit is the branch's baseline (the branch stays on it
+    whatever its result); each later one is an attempt, kept or reset by experiment.finish.
+    """
+    notebook = Notebook(git)
+    ref = f"refs/heads/{branch}"
+    records: list[Record] = []
+    for sha in chain:
+        tip = git.ref_target(ref)
+        if tip is None:
+            git.update_ref(ref, sha, None, f"gitar: measure {sha[:7]}")
+        elif tip != sha:
+            # Where `git commit` would have put the branch: the attempt is the tip while it runs.
+            move_branch(git, branch, tip, sha, f"gitar: measure {sha[:7]}")
+        if best is None:
+            plan = experiment.plan_rerun(git, sha, branch)
+        else:
+            plan = replace(experiment.plan_attempt(git, sha, branch, git.commit(sha).message.strip()), best=best)
+        record = experiment.execute(git, plan)
+        records.append(record)
+        if record.status == KEEP:
+            best = current_best(notebook, branch, sha)
+        if after_each is not None:
+            after_each(record)
     return records

@@ -1,0 +1,90 @@
+"""`gitar best`: the branch's best commit and its numbers, as the judge sees it.
+
+The best is the branch tip when it was kept (the judge's rule), its value the mean of
+its successful runs there; re-measurements (`gitar run --repeat N`) add runs and a spread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gitar import history
+from gitar.commands.common import open_workspace
+from gitar.history import Attempt, History
+from gitar.noise import Noise, Spread, pooled_spread
+
+
+@dataclass(frozen=True)
+class BestReport:
+    branch: str
+    best: Attempt | None
+    baseline: Attempt | None  # the first kept attempt on the branch's lineage
+    attempts: int
+    kept: int
+    noise: Noise | None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"branch": self.branch, "best": None, "baseline": None,
+                               "attempts": self.attempts, "kept": self.kept,
+                               "noise": self.noise.as_dict() if self.noise else None}
+        if self.noise is not None:
+            out["noise"]["commits"] = self.noise.commits
+        if self.best is not None:
+            b = self.best
+            spread = _spread(b)
+            out["best"] = {**b.as_dict(), "values": b.values, "spread": spread.as_dict() if spread else None}
+        if self.baseline is not None and self.baseline.val_bpb is not None:
+            out["baseline"] = {"commit": self.baseline.commit, "val_bpb": round(self.baseline.val_bpb, 6)}
+        return out
+
+
+def find_best(start: str | Path = ".") -> BestReport:
+    ws = open_workspace(start)
+    return best_report(history.load(ws.git, ws.branch))
+
+
+def best_report(h: History) -> BestReport:
+    counts = h.counts
+    return BestReport(branch=h.branch or "", best=h.best, baseline=h.lineage[0] if h.lineage else None,
+                      attempts=len(h.unordered), kept=counts["keep"], noise=h.noise)
+
+
+def _spread(a: Attempt) -> Spread | None:
+    return pooled_spread([a.values])
+
+
+def noise_phrase(noise: Noise) -> str:
+    commits = "1 commit" if noise.commits == 1 else f"{noise.commits} commits"
+    return f"std {noise.std:.6f} (robust: {noise.mad:.6f}) from {noise.n} runs of {commits} run more than once"
+
+
+def best_lines(r: BestReport) -> list[str]:
+    b = r.best
+    if b is None or b.val_bpb is None:
+        return [f"no best yet on {r.branch}: `gitar run` measures the baseline"]
+    lines = [f"best {b.commit[:7]} val_bpb {b.val_bpb:.6f} on {r.branch} \"{history.one_line(b.description, 72)}\""]
+    values = b.values
+    spread = _spread(b)
+    if spread is not None:
+        lines.append(f"mean of {len(values)} runs: min {min(values):.6f}, max {max(values):.6f}, "
+                     f"std {spread.std:.6f}")
+    else:
+        lines.append("1 run; `gitar run --repeat 3` re-measures it and narrows the bar")
+    lines.append(f"noise on this branch: {noise_phrase(r.noise)}" if r.noise else
+                 "noise on this branch: not measured (no commit was run twice)")
+    if r.baseline is not None and r.baseline.val_bpb is not None:
+        lines.append(f"baseline {r.baseline.commit[:7]} {r.baseline.val_bpb:.6f} -> {b.val_bpb:.6f} "
+                     f"({b.val_bpb - r.baseline.val_bpb:+.6f}) over {r.attempts} attempts, {r.kept} kept")
+    extras = []
+    if b.memory_gb is not None:
+        extras.append(f"memory {b.memory_gb:.1f} GB")
+    if b.training_seconds is not None:
+        extras.append(f"training {b.training_seconds:.1f} s")
+    if extras:
+        lines.append(", ".join(extras))
+    if b.hypothesis:
+        lines.append(f"hypothesis: {history.one_line(b.hypothesis, 200)}")
+    lines += [f"lesson: {history.one_line(x.lesson, 200)}" for x in b.lessons]
+    return lines

@@ -1,0 +1,141 @@
+"""`gitar ci BRANCH`: the job a CI runner with a GPU runs for a pushed experiment branch.
+
+Agents without a GPU commit (preflight only) and push; the runner measures what they
+pushed. Each job:
+1. finishes what a killed job left behind (recovery: its run is recorded as aborted);
+2. syncs: the remote's records and branches in, this clone's records out;
+3. finds the commits of the pushed branch that have no verdict yet: the first-parent
+   chain from the pushed tip back to the newest commit with one (or to where the branch
+   left the non-experiment history, whose commit is then the baseline);
+4. puts the branch on the best at that moment and measures the chain, oldest first
+   (`gitar run` semantics: record, then move the branch), syncing after each;
+5. syncs once more, so records and branch moves reach the remote.
+
+Nothing is pushed before it is written: a runner killed mid-run pushed the records of
+the runs it finished and nothing of the one it was in; that commit still has no verdict,
+so the next job measures it again. Sync steps can be skipped (`--no-sync`) so that a
+workflow can give push credentials to the sync steps only, never to the step that runs
+the agent's code.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gitar import lock
+from gitar.commands.run import measure_chain
+from gitar.errors import GitarError
+from gitar.experiment import ground_at
+from gitar.git import Git
+from gitar.judge import Best, current_best
+from gitar.records import Notebook, Record
+from gitar.recovery import recover
+from gitar.sync import SyncResult, judged, sync, tracking_branch_ref
+from gitar.worktree import move_branch
+
+
+@dataclass
+class CiOutcome:
+    branch: str
+    tip: str  # the pushed tip that was measured
+    pending: list[str]  # the commits that had no verdict, oldest first
+    records: list[Record] = field(default_factory=list)
+    syncs: list[SyncResult] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+
+
+def run_ci(branch: str | None = None, remote: str = "origin", *, with_sync: bool = True,
+           start: str | Path = ".", on_record: Callable[[Record], None] | None = None) -> CiOutcome:
+    git = Git.discover(start)
+    name = branch or git.current_branch()
+    if not name:
+        raise GitarError("HEAD is detached and no BRANCH was given; name the pushed branch: "
+                         "`gitar ci autoresearch/TAG`")
+    recovered = recover(git)
+    syncs: list[SyncResult] = []
+    if with_sync:
+        syncs.append(sync(git, remote))
+    tip = git.ref_target(tracking_branch_ref(remote, name)) or git.ref_target(f"refs/heads/{name}")
+    if tip is None:
+        raise GitarError(f"no branch {name} on {remote} nor in this clone; push it, or fetch it with "
+                         f"`gitar sync {remote}`")
+    prefix = ground_at(git, tip).experiment.branch_prefix
+    if not name.startswith(prefix):
+        raise GitarError(f"{name} is not an experiment branch (branches named {prefix}TAG); "
+                         "the runner measures experiment branches only")
+    outcome = CiOutcome(branch=name, tip=tip, pending=[], syncs=syncs, recovered=recovered)
+
+    def after_each(record: Record) -> None:
+        if on_record is not None:
+            on_record(record)
+        if with_sync:
+            try:
+                syncs.append(sync(git, remote))
+            except GitarError as e:  # the records are safe here; the final sync tries again
+                print(f"gitar: warning: sync after {record.commit[:7]} failed: {e.message}", file=sys.stderr)
+
+    with lock.acquire(git.common_dir, purpose="ci", commit=tip):
+        pending, best = pending_commits(git, name, tip, prefix)
+        outcome.pending = pending
+        _check_out(git, name, best.commit if best else (pending[0] if pending else tip), tip)
+        outcome.records = measure_chain(git, name, pending, best, after_each)
+    if with_sync:  # also when nothing ran: the branch may have moved onto the best
+        syncs.append(sync(git, remote))
+    return outcome
+
+
+def pending_commits(git: Git, branch: str, tip: str, prefix: str) -> tuple[list[str], Best | None]:
+    """The commits without a verdict, oldest first, and the best they build on (None: no baseline yet)."""
+    notebook = Notebook(git)
+    walk = _experiment_chain(git, tip, prefix)
+    pending: list[str] = []
+    for sha in walk:
+        if judged(notebook.records(sha), branch):
+            break
+        pending.append(sha)
+    for sha in walk[len(pending):]:
+        best = current_best(notebook, branch, sha)
+        if best is not None:
+            return pending[::-1], best
+    return pending[::-1], None
+
+
+def _experiment_chain(git: Git, tip: str, prefix: str) -> list[str]:
+    """First-parent commits from the tip, newest first, down to and including the fork point.
+
+    The experiment's own commits are those no other history has: commits reachable from a
+    branch outside the experiment prefix (main, the template) are not experiments; the
+    newest of them on the chain, where the branch started, is its baseline.
+    """
+    own = git.out("rev-list", "--first-parent", tip, "--not",
+                  f"--exclude=refs/heads/{prefix}*", "--glob=refs/heads/*",
+                  f"--exclude=refs/remotes/*/{prefix}*", "--glob=refs/remotes/*").split()
+    last = own[-1] if own else None
+    if last is None:
+        return [tip]
+    parents = git.commit(last).parent_ids
+    return [*own, str(parents[0])] if parents else own
+
+
+def _check_out(git: Git, branch: str, start_at: str, tip: str) -> None:
+    """The branch, checked out, on the commit the chain builds on.
+
+    A runner's branch is derived from the remote branch and the records, so it may be moved;
+    but never off a commit that exists nowhere else and has no verdict.
+    """
+    ref = f"refs/heads/{branch}"
+    local = git.ref_target(ref)
+    if local is None:
+        git.update_ref(ref, start_at, None, f"gitar ci: {branch} from the pushed branch")
+    elif not git.is_ancestor(local, tip) and not judged(Notebook(git).records(local), branch) \
+            and not Notebook(git).is_pinned(local):
+        raise GitarError(f"{branch} here ({local[:7]}) has commits that are neither pushed nor measured; "
+                         "push them, or give the runner a clone of its own")
+    if git.current_branch() != branch:
+        git.run("switch", "--quiet", branch, advice="the runner's clone must have no local changes")
+    local = git.ref_target(ref)
+    if local is not None and local != start_at:
+        move_branch(git, branch, local, start_at, f"gitar ci: start at {start_at[:7]}")

@@ -1,0 +1,97 @@
+"""`gitar log [--all] [--json | --tsv]`: every attempt, from the records in git.
+
+The table is newest first. `--tsv` writes autoresearch's results.tsv instead, oldest
+first as that file grows, so its analysis notebook loads it unchanged. Its three
+statuses take gitar's six as follows: keep and discard as they are; crash, timeout
+and aborted (ran, produced no number) as crash with 0.000000 and 0.0; rejected
+attempts never ran and are left out. An attempt measured several times is one row
+with the mean of its runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from gitar import history
+from gitar.commands.common import open_workspace
+from gitar.errors import GitarError
+from gitar.history import FAILED, Attempt, History
+from gitar.records import DISCARD, KEEP, REJECTED
+
+TSV_HEADER = ("commit", "val_bpb", "memory_gb", "status", "description")
+
+
+def load_history(all_branches: bool, start: str | Path = ".") -> History:
+    ws = open_workspace(start, need_experiment_branch=not all_branches)
+    return history.load(ws.git, None if all_branches else ws.branch)
+
+
+def newest_first(h: History, limit: int | None) -> list[Attempt]:
+    if limit is not None and limit < 1:
+        raise GitarError(f"--limit must be at least 1, got {limit}")
+    attempts = h.attempts[::-1]
+    return attempts if limit is None else attempts[:limit]
+
+
+def table_lines(h: History, attempts: list[Attempt]) -> Iterator[str]:
+    """One aligned line per attempt: sha, status, val_bpb, delta, memory, seconds, description."""
+    if not attempts:
+        where = "any branch" if h.branch is None else h.branch
+        yield f"no attempts recorded on {where} yet: `gitar run` measures the baseline"
+        return
+    branch_col = h.branch is None
+    width = max(len(a.branch) for a in attempts) if branch_col else 0
+    head = f"{'commit':<7}  {'status':<8} {'val_bpb':>8}  {'delta':>9}  {'mem_gb':>6}  {'train_s':>7}  "
+    yield (f"{'branch':<{width}}  " if branch_col else "") + head + "description"
+    for a in attempts:
+        yield (f"{a.branch:<{width}}  " if branch_col else "") + _row(a)
+
+
+def _row(a: Attempt) -> str:
+    value = "-" if a.val_bpb is None else f"{a.val_bpb:.6f}"
+    delta = f"{a.delta:+.6f}" if a.delta is not None else "baseline" if a.is_baseline else "-"
+    mem = "-" if a.memory_gb is None else f"{a.memory_gb:.1f}"
+    secs = "-" if a.training_seconds is None else f"{a.training_seconds:.1f}"
+    desc = history.one_line(a.description, 72)
+    runs = len(a.values)
+    if runs > 1:
+        desc += f" [mean of {runs} runs]"
+    if a.status in (*FAILED, REJECTED):
+        desc += f" — {history.one_line(a.cause, 80)}"
+    return f"{a.commit[:7]}  {a.status:<8} {value:>8}  {delta:>9}  {mem:>6}  {secs:>7}  {desc}"
+
+
+def json_lines(attempts: list[Attempt]) -> Iterator[str]:
+    for a in attempts:
+        yield json.dumps(a.as_dict(), ensure_ascii=False)
+
+
+def tsv_status(status: str) -> str | None:
+    """autoresearch's status for a gitar status; None: not a row (the attempt never ran)."""
+    if status in (KEEP, DISCARD):
+        return status
+    if status in FAILED:
+        return "crash"
+    return None
+
+
+def tsv_text(attempts: list[Attempt]) -> str:
+    """results.tsv: header, then one row per attempt that ran, oldest first."""
+    out = io.StringIO()
+    # QUOTE_MINIMAL quotes only a description holding a double quote, which pandas reads back as written.
+    writer = csv.writer(out, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(TSV_HEADER)
+    for a in attempts:
+        status = tsv_status(a.status)
+        if status is None:
+            continue
+        crashed = status == "crash" or a.val_bpb is None
+        value = "0.000000" if crashed else f"{a.val_bpb:.6f}"
+        mem = "0.0" if crashed or a.memory_gb is None else f"{a.memory_gb:.1f}"
+        # Tabs and line breaks would split the row: every run of whitespace becomes one space.
+        writer.writerow((a.commit[:7], value, mem, "crash" if crashed else status, " ".join(a.description.split())))
+    return out.getvalue()

@@ -1,0 +1,245 @@
+"""`gitar memory`: the digest an agent reads before each hypothesis.
+
+What helped (the lineage of kept improvements), what did not (discards grouped so
+that repeated ideas stand out), what broke and why, what nearly worked, what was
+learned, and how large a difference the noise alone makes. Everything comes from the
+records in git; nothing depends on the time of the call, so two calls on the same
+history print the same text, and the text never exceeds --max-chars: sections come in
+priority order, each cut with "… N more" when space runs out.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitar import history
+from gitar.commands.best import noise_phrase
+from gitar.commands.common import open_workspace
+from gitar.errors import GitarError
+from gitar.history import FAILED, Attempt, History
+from gitar.records import DISCARD, KEEP, REJECTED
+
+DEFAULT_MAX_CHARS = 6000
+MIN_MAX_CHARS = 300  # room for the summary lines at least
+PASSES = (8, 20, None)  # lines per section in each pass: every section gets 8 before any gets more
+NEAR_MISS_RELATIVE = 0.001  # without measured noise: a discard within 0.1% of the best it faced
+NEAR_MISS_NOISE_FACTOR = 2.0  # with measured noise: within 2 std
+DESC_CHARS = 70
+WHY_CHARS = 90
+
+_STOPWORDS = frozenset(("a", "an", "the", "to", "of", "and", "with", "in", "on", "for", "by", "from", "at", "into", "as"))
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?")
+_PUNCT = re.compile(r"[^\w#]+")
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    lines: list[str]
+    keep_tail: bool = False  # when cut, keep the last lines (the most recent) rather than the first
+
+
+def normalise(description: str) -> str:
+    """The key that groups near-identical descriptions: case, punctuation, numbers, word order ignored.
+
+    "Increase LR to 0.04" and "increase lr to 0.05" share a key, so trying the same idea
+    with another number shows up as a repeat.
+    """
+    text = _NUMBER.sub(" # ", description.lower())
+    words = {w for w in _PUNCT.sub(" ", text).split() if w not in _STOPWORDS}
+    return " ".join(sorted(words))
+
+
+def build_memory(max_chars: int = DEFAULT_MAX_CHARS, start: str | Path = ".") -> str:
+    if max_chars < MIN_MAX_CHARS:
+        raise GitarError(f"--max-chars must be at least {MIN_MAX_CHARS}, got {max_chars}")
+    ws = open_workspace(start)
+    return render(history.load(ws.git, ws.branch), max_chars)
+
+
+def render(h: History, max_chars: int = DEFAULT_MAX_CHARS) -> str:
+    return "\n".join(fit(sections(h), max_chars))
+
+
+def sections(h: History) -> list[Section]:
+    """Every section, most useful first."""
+    return [_summary(h), _lineage(h), _lessons(h), _near_misses(h), _discarded(h), _failed(h)]
+
+
+def _q(text: str, limit: int = DESC_CHARS) -> str:
+    return '"' + history.one_line(text, limit) + '"'
+
+
+def _summary(h: History) -> Section:
+    c = h.counts
+    ran = [f"{c[KEEP]} kept", f"{c[DISCARD]} discarded", f"{c['crash']} crashed", f"{c['timeout']} timed out"]
+    if c["aborted"]:
+        ran.append(f"{c['aborted']} aborted")
+    if c[REJECTED]:
+        ran.append(f"{c[REJECTED]} rejected (never ran)")
+    lines = [f"attempts {len(h.unordered)}: " + ", ".join(ran)]
+    best = h.best
+    if best is not None and best.val_bpb is not None:
+        runs = f" (mean of {len(best.values)} runs)" if len(best.values) > 1 else ""
+        line = f"best {best.commit[:7]} val_bpb {best.val_bpb:.6f}{runs} {_q(best.description)}"
+        base = h.lineage[0] if h.lineage else None
+        if base is not None and base.val_bpb is not None and base is not best:
+            line += f"; baseline {base.val_bpb:.6f}, {best.val_bpb - base.val_bpb:+.6f} in total"
+        lines.append(line)
+    else:
+        lines.append("best: none yet (`gitar run` measures the baseline)")
+    noise = h.noise
+    if noise is not None:
+        lines.append(f"noise (identical runs): {noise_phrase(noise)}; "
+                     f"a delta within ±{NEAR_MISS_NOISE_FACTOR * noise.std:.6f} may be noise")
+    else:
+        lines.append("noise: not measured; `gitar run --repeat 3` on the best measures it")
+    return Section(f"gitar memory: {h.branch}", lines)
+
+
+def _why(a: Attempt) -> str:
+    return f" — why: {history.one_line(a.hypothesis, WHY_CHARS)}" if a.hypothesis else ""
+
+
+def _lineage(h: History) -> Section:
+    lines = []
+    previous: float | None = None
+    for a in h.lineage:
+        value = "-" if a.val_bpb is None else f"{a.val_bpb:.6f}"
+        # The judge's delta; a record without one is compared with the kept attempt before it.
+        d = a.delta if a.delta is not None or a.val_bpb is None or previous is None else a.val_bpb - previous
+        delta = "baseline" if previous is None and d is None else "-" if d is None else f"{d:+.6f}"
+        previous = a.val_bpb if a.val_bpb is not None else previous
+        runs = f" ×{len(a.values)} runs" if len(a.values) > 1 else ""
+        lines.append(f"{a.commit[:7]} {value} {delta}{runs} {_q(a.description)}{_why(a)}")
+    return Section(f"kept, oldest first ({len(lines)}): each improved on the one before", lines, keep_tail=True)
+
+
+def _lessons(h: History) -> Section:
+    seen: set[tuple[str, str]] = set()
+    entries: list[tuple[float, str, str]] = []
+    for a in h.unordered:
+        for x in a.lessons:
+            if (a.commit, x.lesson) in seen:  # a commit tried on two branches carries its lessons twice
+                continue
+            seen.add((a.commit, x.lesson))
+            line = f"{a.commit[:7]} {a.status} {_q(a.description, 40)}: {history.one_line(x.lesson, 200)}"
+            entries.append((h.when(a), x.time or "", line))
+    entries.sort(key=lambda e: (e[0], e[1], e[2]), reverse=True)
+    return Section(f"lessons, newest first ({len(entries)})", [e[2] for e in entries])
+
+
+def _near_miss_margin(h: History) -> float:
+    noise = h.noise
+    if noise is not None and noise.std > 0:
+        return NEAR_MISS_NOISE_FACTOR * noise.std
+    best = h.best
+    scale = best.val_bpb if best is not None and best.val_bpb is not None else 1.0
+    return NEAR_MISS_RELATIVE * abs(scale)
+
+
+def _near_misses(h: History) -> Section:
+    margin = _near_miss_margin(h)
+    near = [a for a in h.unordered if a.status == DISCARD and a.delta is not None and a.delta <= margin]
+    near.sort(key=lambda a: (a.delta, a.commit))
+    lines = [f"{a.commit[:7]} {a.val_bpb:.6f} {a.delta:+.6f} {_q(a.description)}{_why(a)}"
+             for a in near if a.delta is not None and a.val_bpb is not None]
+    return Section(f"near misses, worth combining (discards within {margin:.6f} of the best they faced; "
+                   f"{len(lines)})", lines)
+
+
+def _groups(attempts: list[Attempt]) -> list[list[Attempt]]:
+    """Attempts grouped by normalised description."""
+    groups: dict[str, list[Attempt]] = {}
+    for a in attempts:
+        groups.setdefault(normalise(a.description), []).append(a)
+    return list(groups.values())
+
+
+def _delta_key(a: Attempt) -> tuple[float, str]:
+    return (a.delta if a.delta is not None else float("inf"), a.commit)
+
+
+def _discarded(h: History) -> Section:
+    """Each group once, shown by its closest attempt: the one that came nearest to being kept."""
+    groups = [sorted(g, key=_delta_key) for g in _groups([a for a in h.unordered if a.status == DISCARD])]
+    groups.sort(key=lambda g: (-len(g), _delta_key(g[0])))
+    lines = []
+    for g in groups:
+        closest = g[0]
+        deltas = [a.delta for a in g if a.delta is not None]
+        shown = ", ".join(f"{d:+.6f}" for d in deltas[:4]) + (", …" if len(deltas) > 4 else "")
+        count = f"{len(g)}× " if len(g) > 1 else ""
+        lines.append(f"{count}{closest.commit[:7]} {_q(closest.description)} delta {shown or '-'}{_why(closest)}")
+    total = sum(len(g) for g in groups)
+    return Section(f"discarded ({total} in {len(groups)} groups; repeats first, then the closest)", lines)
+
+
+def _failed(h: History) -> Section:
+    """Each group once, shown by its latest failure and that one's cause."""
+    groups = [sorted(g, key=lambda a: (h.when(a), a.commit))
+              for g in _groups([a for a in h.unordered if a.status in FAILED])]
+    groups.sort(key=lambda g: (-len(g), -h.when(g[-1]), g[-1].commit))
+    lines = []
+    for g in groups:
+        latest = g[-1]
+        count = f"{len(g)}× " if len(g) > 1 else ""
+        lines.append(f"{count}{latest.status} {latest.commit[:7]} {_q(latest.description)}: "
+                     f"{history.one_line(latest.cause, 120)}")
+    total = sum(len(g) for g in groups)
+    return Section(f"crashed, timed out or aborted ({total}; `gitar show SHA` has the log)", lines)
+
+
+def _more(n: int, tail: bool) -> str:
+    return f"… {n} {'earlier' if tail else 'more'}"
+
+
+def _chosen(s: Section, k: int) -> list[str]:
+    return s.lines[len(s.lines) - k:] if s.keep_tail else s.lines[:k]
+
+
+def _next_line(s: Section, k: int) -> str:
+    """The line that showing k + 1 lines adds."""
+    return s.lines[len(s.lines) - k - 1] if s.keep_tail else s.lines[k]
+
+
+def _overhead(s: Section, k: int) -> int:
+    """The title and the "… N more" line of a section showing k of its lines."""
+    if k == 0:
+        return 0
+    more = len(_more(len(s.lines) - k, s.keep_tail)) + 1 if k < len(s.lines) else 0
+    return len(s.title) + 1 + more
+
+
+def fit(all_sections: list[Section], max_chars: int) -> list[str]:
+    """The lines to print: at most max_chars characters in all, the most useful kept.
+
+    Passes in priority order, each with a higher cap on lines per section (PASSES):
+    so a long first section (hundreds of kept commits) cannot push every other out.
+    """
+    left = max_chars + 1  # each line costs its length and a newline; the last line has none
+    shown = [0] * len(all_sections)
+    for cap in PASSES:
+        for i, s in enumerate(all_sections):
+            limit = len(s.lines) if cap is None else min(cap, len(s.lines))
+            while shown[i] < limit:
+                k = shown[i]
+                extra = len(_next_line(s, k)) + 1 + _overhead(s, k + 1) - _overhead(s, k)
+                if extra > left:
+                    break
+                left -= extra
+                shown[i] = k + 1
+    out: list[str] = []
+    for s, k in zip(all_sections, shown, strict=True):
+        if k == 0:
+            continue
+        out.append(s.title)
+        more = _more(len(s.lines) - k, s.keep_tail) if k < len(s.lines) else None
+        if more and s.keep_tail:
+            out.append(more)
+        out += _chosen(s, k)
+        if more and not s.keep_tail:
+            out.append(more)
+    return out

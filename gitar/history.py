@@ -1,0 +1,268 @@
+"""The attempts of a branch in time order, read from the records in git.
+
+Everything the review commands show (log, best, memory, plot) is computed here from
+refs/notes/gitar alone: one bulk pass over the notes, never one lookup per commit,
+and never a file in the work tree that an agent could edit or a reset could delete.
+An attempt is one commit on one branch with all of its runs there (the attempt itself,
+re-measurements) and the lessons learned from it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import pygit2
+
+from gitar.git import Git
+from gitar.noise import Noise, noise_from
+from gitar.records import (
+    ABORTED,
+    CRASH,
+    DISCARD,
+    KEEP,
+    REJECTED,
+    TIMEOUT,
+    UNDECIDED,
+    Lesson,
+    Notebook,
+    Record,
+)
+
+FAILED = (CRASH, TIMEOUT, ABORTED)  # ran and produced no number
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One commit on one branch with its runs there (build it with `attempt()`)."""
+
+    commit: str
+    branch: str
+    runs: tuple[Record, ...]  # in the order they ran
+    lessons: tuple[Lesson, ...]
+    started: float | None  # when its first run started (epoch seconds), if its record says
+    # Computed once by attempt(): read many times per attempt, 10,000 attempts per command.
+    status: str  # keep if any run kept it, else the verdict of its latest decided run
+    values: tuple[float, ...]  # val_bpb of its successful runs
+    val_bpb: float | None  # their mean: the number the judge compares against
+
+    @property
+    def first(self) -> Record:
+        return self.runs[0]
+
+    @property
+    def ok_runs(self) -> list[Record]:
+        return [r for r in self.runs if r.ok]
+
+    @property
+    def best_before(self) -> float | None:
+        """The best its first run faced (re-measurements of a kept commit face the commit itself)."""
+        return self.first.best_before
+
+    @property
+    def kind(self) -> str:
+        """attempt (a new commit, confirm re-runs included), or baseline: a measurement of the branch as it was."""
+        return self.first.kind if self.first.kind in ("baseline", "rerun") else "attempt"
+
+    @property
+    def delta(self) -> float | None:
+        """Against the best it was judged against; None for a baseline or a run without a number."""
+        value, before = self.val_bpb, self.best_before
+        if value is None or before is None or self.kind != "attempt":
+            return None
+        return value - before
+
+    @property
+    def is_baseline(self) -> bool:
+        """The first measurement of the branch: kept with nothing to be judged against."""
+        return self.status == KEEP and self.best_before is None and self.val_bpb is not None
+
+    @property
+    def memory_gb(self) -> float | None:
+        peaks = [r.peak_vram_mb for r in self.ok_runs if r.peak_vram_mb is not None]
+        return max(peaks) / 1024 if peaks else None
+
+    @property
+    def training_seconds(self) -> float | None:
+        secs = [r.training_seconds for r in self.ok_runs if r.training_seconds is not None]
+        if not secs:
+            secs = [r.training_seconds for r in self.runs if r.training_seconds is not None]
+        return sum(secs) / len(secs) if secs else None
+
+    @property
+    def description(self) -> str:
+        return self.first.description
+
+    @property
+    def hypothesis(self) -> str | None:
+        return next((r.hypothesis for r in self.runs if r.hypothesis), None)
+
+    @property
+    def cause(self) -> str:
+        """One line on why the latest run failed (crash, timeout, aborted, rejected)."""
+        r = self.runs[-1]
+        if r.error:
+            kind, msg = str(r.error.get("type", "")).strip(), str(r.error.get("message", "")).strip()
+            line = f"{kind}: {msg}" if kind and msg else kind or msg
+            if line:
+                return one_line(line)
+        return one_line(r.reason or r.status)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "commit": self.commit, "branch": self.branch, "status": self.status, "kind": self.kind,
+            "val_bpb": _round(self.val_bpb), "delta": _round(self.delta), "best_before": _round(self.best_before),
+            "runs": len(self.values), "memory_gb": _round(self.memory_gb, 3),
+            "training_seconds": _round(self.training_seconds, 3), "description": self.description,
+            "hypothesis": self.hypothesis, "started": self.first.started,
+            "cause": self.cause if self.status in (*FAILED, REJECTED) else None,
+            "lessons": [lesson.lesson for lesson in self.lessons],
+        }
+
+
+@dataclass(frozen=True)
+class History:
+    """The attempts of a branch. Time order is computed only when asked for (`attempts`, `when`):
+
+    a record without a start time (hand-made, or from an older writer) is placed by its
+    commit's date, and reading 10,000 commits costs more than every other step.
+    """
+
+    git: Git
+    branch: str | None  # None: every branch (--all)
+    unordered: list[Attempt]  # in notes order
+    tip: str | None  # the branch's tip (single-branch histories)
+    lineage: list[Attempt] = field(default_factory=list)  # kept attempts on the branch, oldest first
+    _commit_times: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
+
+    def when(self, a: Attempt) -> float:
+        """When the attempt started: its record's start time, else its commit's date."""
+        if a.started is not None:
+            return a.started
+        t = self._commit_times.get(a.commit)
+        if t is None:
+            t = self._commit_times[a.commit] = _commit_time(self.git, a.commit)
+        return t
+
+    @functools.cached_property
+    def attempts(self) -> list[Attempt]:
+        """Oldest first; ties (same second) by branch, then commit, so the order is stable."""
+        return sorted(self.unordered, key=lambda a: (self.when(a), a.branch, a.commit))
+
+    @functools.cached_property
+    def best(self) -> Attempt | None:
+        """The judge's best: the branch tip, when it was kept on this branch."""
+        if self.tip is None:
+            return None
+        for a in self.unordered:
+            if a.commit == self.tip:
+                return a if a.status == KEEP and a.values else None
+        return None
+
+    @functools.cached_property
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in (KEEP, DISCARD, CRASH, TIMEOUT, ABORTED, REJECTED)}
+        for a in self.unordered:
+            out[a.status] = out.get(a.status, 0) + 1
+        return out
+
+    @functools.cached_property
+    def noise(self) -> Noise | None:
+        """The branch's run-to-run noise, pooled exactly as the judge pools it (gitar/noise.py)."""
+        if self.branch is None:
+            return None
+        return noise_from(((a.commit, a.runs) for a in self.unordered), self.branch)
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    """Whitespace (tabs, newlines, any Unicode line break) collapsed, then clipped."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def load(git: Git, branch: str | None) -> History:
+    """The attempts of `branch` (every branch when None), from one pass over the notes."""
+    attempts: list[Attempt] = []
+    for commit, records, lessons in Notebook(git).entries():
+        for name, runs in _by_branch(records, branch):
+            if len(runs) > 1:
+                runs.sort(key=_run_order)  # a merged note (cat_sort_uniq) holds its lines sorted, not in time order
+            attempts.append(attempt(commit, name, tuple(runs), tuple(lessons), _started(runs[0])))
+    tip = git.ref_target(f"refs/heads/{branch}") if branch is not None else None
+    lineage = _lineage(git, attempts, tip) if branch is not None else []
+    return History(git=git, branch=branch, unordered=attempts, tip=tip, lineage=lineage)
+
+
+def attempt(commit: str, branch: str, runs: tuple[Record, ...], lessons: tuple[Lesson, ...] = (),
+            started: float | None = None) -> Attempt:
+    if any(r.status == KEEP for r in runs):
+        status = KEEP
+    else:
+        decided = [r.status for r in runs if r.status != UNDECIDED]
+        status = decided[-1] if decided else UNDECIDED
+    values = tuple(r.val_bpb for r in runs if r.ok and r.val_bpb is not None)
+    mean = sum(values) / len(values) if values else None
+    return Attempt(commit, branch, runs, lessons, started, status, values, mean)
+
+
+def _by_branch(records: list[Record], branch: str | None) -> list[tuple[str, list[Record]]]:
+    """The records of one note grouped by branch (only `branch`'s when given)."""
+    if len(records) == 1:  # the common case, 10,000 times: no grouping needed
+        r = records[0]
+        return [(r.branch, records)] if branch is None or r.branch == branch else []
+    groups: dict[str, list[Record]] = {}
+    for r in records:
+        if branch is None or r.branch == branch:
+            groups.setdefault(r.branch, []).append(r)
+    return list(groups.items())
+
+
+def _run_order(r: Record) -> str:
+    # Ties (runs within one second) keep the note's line order: the sort is stable.
+    return r.started or r.ended or ""
+
+
+def _started(r: Record) -> float | None:
+    for stamp in (r.started, r.ended):
+        if stamp:
+            try:
+                return dt.datetime.fromisoformat(stamp).timestamp()
+            except ValueError:
+                continue
+    return None
+
+
+def _commit_time(git: Git, sha: str) -> float:
+    try:
+        obj = git.repo.get(sha)
+    except (ValueError, pygit2.GitError):
+        return 0.0
+    return float(obj.commit_time) if isinstance(obj, pygit2.Commit) else 0.0
+
+
+def _lineage(git: Git, attempts: list[Attempt], tip: str | None) -> list[Attempt]:
+    """The kept attempts on the branch's first-parent chain, oldest first.
+
+    The walk stops once every kept commit of the branch is found, so its cost is the
+    length of the branch's own experiments, not of the project history beneath them.
+    """
+    kept = {a.commit: a for a in attempts if a.status == KEEP}
+    if tip is None or not kept:
+        return []
+    found: list[Attempt] = []
+    walker = git.repo.walk(tip, pygit2.enums.SortMode.NONE)
+    walker.simplify_first_parent()
+    for commit in walker:
+        attempt = kept.get(str(commit.id))
+        if attempt is not None:
+            found.append(attempt)
+            if len(found) == len(kept):
+                break
+    found.reverse()
+    return found
+
+
+def _round(v: float | None, digits: int = 6) -> float | None:
+    return None if v is None else round(v, digits)

@@ -1,0 +1,107 @@
+"""The pure parts of the review commands: the TSV mapping, grouping, the size bound; and a long history."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pandas as pd
+import pytest
+
+from benchmarks.bench_loop import synthesise_history
+from gitar.commands.log import tsv_status, tsv_text
+from gitar.commands.memory import Section, fit, normalise
+from gitar.history import Attempt, attempt
+from gitar.records import Lesson, Record, parse_lines
+from tests.core.conftest import Workspace
+
+
+def _attempt(i: int, status: str, val_bpb: float | None = None, description: str = "idea") -> Attempt:
+    rec = Record(status=status, commit=f"{i:07x}" + "0" * 33, branch="autoresearch/t1", description=description,
+                 run_id=f"r{i}", val_bpb=val_bpb, best_before=1.0, peak_vram_mb=2048.0 if val_bpb else None)
+    return attempt(rec.commit, rec.branch, (rec,), (), float(i))
+
+
+def test_tsv_maps_six_statuses_onto_three() -> None:
+    assert [tsv_status(s) for s in ("keep", "discard", "crash", "timeout", "aborted", "rejected", "undecided")] == \
+        ["keep", "discard", "crash", "crash", "crash", None, None]
+    attempts = [_attempt(1, "keep", 0.99), _attempt(2, "timeout"), _attempt(3, "aborted"), _attempt(4, "rejected"),
+                _attempt(5, "discard", 1.01)]
+    rows = tsv_text(attempts).splitlines()
+    assert rows[1:] == [f"{1:07x}\t0.990000\t2.0\tkeep\tidea", f"{2:07x}\t0.000000\t0.0\tcrash\tidea",
+                        f"{3:07x}\t0.000000\t0.0\tcrash\tidea", f"{5:07x}\t1.010000\t2.0\tdiscard\tidea"]
+
+
+def test_tsv_descriptions_never_break_rows() -> None:
+    nasty = ['"quoted" start', "tab\there", "new\nline\r\nand\rreturn", "unicode\u2028separator\x0bvt",
+             'unbalanced " quote', "   padded   "]
+    text = tsv_text([_attempt(i, "discard", 1.0, d) for i, d in enumerate(nasty)])
+    df = pd.read_csv(io.StringIO(text), sep="\t")
+    assert len(df) == len(nasty) and list(df.columns) == ["commit", "val_bpb", "memory_gb", "status", "description"]
+    assert list(df["description"]) == [" ".join(d.split()) for d in nasty]
+    assert [row[4] for row in csv.reader(io.StringIO(text), delimiter="\t")][1:] == list(df["description"])
+
+
+def test_normalise_groups_the_same_idea() -> None:
+    assert normalise("Increase LR to 0.04") == normalise("increase lr to 0.05") == normalise("LR increase: 1e-3")
+    assert normalise("wider MLP") == normalise("MLP, wider")
+    assert normalise("wider MLP") != normalise("narrower MLP")
+
+
+def test_fit_never_exceeds_the_bound_and_says_what_it_cut() -> None:
+    sections = [Section("summary", ["a" * 50] * 3), Section("kept", [f"kept {i} " + "k" * 40 for i in range(200)],
+                keep_tail=True), Section("discarded", [f"d {i} " + "d" * 60 for i in range(500)])]
+    for limit in range(300, 20_000, 457):
+        lines = fit(sections, limit)
+        text = "\n".join(lines)
+        assert len(text) <= limit
+        assert lines[0] == "summary"
+    lines = fit(sections, 3000)
+    assert any(ln.startswith("… ") and ln.endswith("earlier") for ln in lines)  # the kept tail: newest kept
+    assert "kept 199 " + "k" * 40 in lines and "kept 0 " + "k" * 40 not in lines
+    assert lines[-1].startswith("… ") and lines[-1].endswith("more")
+    everything = fit(sections, 10**6)
+    assert len(everything) == 3 + 3 + 200 + 500 and not any(ln.startswith("… ") for ln in everything)
+
+
+def test_lesson_lines_are_not_runs_and_bad_lines_are_skipped(capsys: pytest.CaptureFixture[str]) -> None:
+    run = Record(status="keep", commit="c" * 40, branch="b", description="d", run_id="r", val_bpb=1.0)
+    note = "\n".join([run.to_line(), Lesson("c" * 40, "it works", "b", "2026-01-01T00:00:00+00:00").to_line(),
+                      '{"status": "lesson", "commit": "' + "c" * 40 + '"}', '{"status": "keep", "commit": 7}',
+                      '{"status": "keep", "commit": "x", "branch": "b", "description": "d", "run_id": "r", '
+                      '"val_bpb": "low"}', "not json"])
+    records, lessons = parse_lines(note, "c" * 40)
+    assert [r.run_id for r in records] == ["r"] and [x.lesson for x in lessons] == ["it works"]
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 4 and all(w.startswith("gitar: warning: skipping line") for w in warnings)
+    parse_lines(note, "c" * 40)  # the same note read again in one process: no second warning
+    assert capsys.readouterr().err == ""
+
+
+def test_long_history_memory_bound_stable_and_log_in_time_order(workspace: Workspace) -> None:
+    ws = workspace
+    synthesise_history(ws, 300)  # records without start times: ordered by their commits' dates
+    for limit in (400, 1000, 6000):
+        out = ws.gitar("memory", "--max-chars", str(limit))
+        assert out.returncode == 0, out.stderr
+        assert len(out.stdout.rstrip("\n")) <= limit
+    short = ws.gitar("memory", "--max-chars", "1000").stdout
+    assert "… " in short and "attempt 290" in short  # cut, but the newest kept is there
+    first = ws.gitar("memory").stdout
+    assert first == ws.gitar("memory").stdout
+    assert "attempts 300: 30 kept, 270 discarded" in first
+    assert all(f'"attempt {i}"' in first for i in range(0, 300, 10))  # every kept experiment, within 6000
+    objs = [json.loads(ln) for ln in ws.gitar("log", "--json").stdout.splitlines()]
+    assert [o["description"] for o in objs[:3]] == ["attempt 299", "attempt 298", "attempt 297"]
+    assert len(objs) == 300
+    best = json.loads(ws.gitar("best", "--json").stdout)
+    assert best["best"]["description"] == "attempt 290" and best["kept"] == 30
+
+
+def test_a_parsed_record_equals_the_one_written() -> None:
+    rec = Record(status="discard", commit="c" * 40, branch="b", description="d", run_id="r", val_bpb=1.5,
+                 platform={"device": "cpu"}, error=None, extra={"written_by": "a newer gitar"})
+    [back] = parse_lines(rec.to_line(), "c" * 40)[0]
+    assert back == rec and back.extra == {"written_by": "a newer gitar"}
+    assert back.kind == "attempt" and back.seed is None  # defaults filled as __init__ fills them
