@@ -11,6 +11,8 @@ Environment:
   GITAR_SMOKE=1           pre-commit check: build this model on the CPU, take one optimizer step on
                           random tokens, print `smoke: ok ...` and exit, before any data is touched
   GITAR_CRASH_FILE=<path> on failure, write a JSON record there (type, message, traceback, phase, step)
+  GITAR_EXPORT_PATH=<path> after training, save the model there as a torch.export program: gitar measures
+                          the val_bpb it records from that program with prepare.py alone, in another process
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ CRASH_MESSAGE_CHARS = 2000  # torch error messages can run to pages; the first p
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf or exploded: stop at once rather than spend the budget on it."""
+
+
+class ModelExportError(RuntimeError):
+    """torch.export could not capture the model, so gitar cannot measure it (see export_for_evaluation)."""
 
 
 @dataclass
@@ -360,6 +366,42 @@ def build_model(config: GPTConfig, device: torch.device, embedding_dtype: torch.
         model = GPT(config, flash_attn_func)
     model.init_weights(embedding_dtype)
     return model
+
+
+@contextlib.contextmanager
+def sdpa_attention(model: nn.Module):
+    """Every attention layer on the SDPA path for a while: the same causal sliding-window attention
+    as FA3, built from operators that any PyTorch can load (FA3's kernel is not one of them)."""
+    layers = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
+    saved = [m.backend for m in layers]
+    try:
+        for m in layers:
+            m.backend = "sdpa"
+        yield
+    finally:
+        for m, backend in zip(layers, saved, strict=True):
+            m.backend = backend
+
+
+def export_for_evaluation(model: nn.Module, path: Path, batch_size: int, seq_len: int) -> None:
+    """Save the trained model as a torch.export program for gitar's harness evaluation.
+
+    gitar records the val_bpb that prepare.py measures on this program in a process of its own,
+    not the one this script prints, so the export must be the model as trained: in eval mode, the
+    eager module (not the torch.compile wrapper), with the evaluation's input shape
+    [batch_size, seq_len]. Call it under the autocast the run trains with: the graph keeps no
+    autocast, and the evaluator applies the platform's number format itself.
+    """
+    eager = getattr(model, "_orig_mod", model)  # torch.compile keeps the module it wraps here
+    device = next(eager.parameters()).device
+    example = torch.zeros((batch_size, seq_len), dtype=torch.long, device=device)
+    try:
+        with sdpa_attention(eager), torch.no_grad():
+            program = torch.export.export(eager, (example,))
+        torch.export.save(program, path)
+    except Exception as e:
+        raise ModelExportError(f"model could not be exported for evaluation: {type(e).__name__}: "
+                               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
 
 
 # ---------------------------------------------------------------------------
@@ -801,9 +843,14 @@ def main() -> None:
 
     total_tokens = step * opt.total_batch_size
 
-    # ---- Evaluation
-    RUN.phase = "eval"
+    # ---- Export for gitar's harness evaluation, then this script's own evaluation
     model.eval()
+    export_path = os.environ.get("GITAR_EXPORT_PATH")
+    if export_path:
+        RUN.phase = "export"
+        with autocast_ctx:
+            export_for_evaluation(model, Path(export_path), cfg.evaluation.batch_size, MAX_SEQ_LEN)
+    RUN.phase = "eval"
     with autocast_ctx, torch.no_grad():
         val_bpb = evaluate_bpb(model, tokenizer, cfg.evaluation.batch_size)
 

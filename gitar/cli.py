@@ -145,6 +145,157 @@ def demo_cmd(
     raise typer.Exit(ExitCode.KEPT)
 
 
+
+@app.command("log")
+def log_cmd(
+    all_branches: Annotated[bool, typer.Option("--all", help="every branch, not only the current one")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per attempt")] = False,
+    tsv: Annotated[bool, typer.Option("--tsv", help="autoresearch's results.tsv, oldest first "
+                                      "(timeout/aborted -> crash; rejected left out)")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", help="only the N newest attempts")] = None,
+) -> None:
+    """Every attempt on the branch, newest first: sha, status, val_bpb, delta, memory, seconds, description."""
+    from gitar.commands.log import json_lines, load_history, newest_first, table_lines, tsv_text
+
+    if as_json and tsv:
+        raise GitarError("--json and --tsv are two formats; pick one")
+    h = load_history(all_branches)
+    attempts = newest_first(h, limit)
+    if tsv:
+        typer.echo(tsv_text(attempts[::-1]), nl=False)
+    else:
+        # One write: 10,000 attempts are 10,000 lines.
+        typer.echo("\n".join(json_lines(attempts) if as_json else table_lines(h, attempts)))
+    raise typer.Exit(ExitCode.KEPT)
+
+
+@app.command("show")
+def show_cmd(
+    rev: Annotated[str, typer.Argument(help="the experiment's commit (discarded ones too)")] = "HEAD",
+    lines: Annotated[int, typer.Option("--lines", help="how many lines of the log to show")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """One experiment: its records, its diff against its parent, the last lines of its log."""
+    from gitar.commands.show import show_commit, shown_lines
+
+    shown = show_commit(rev, lines)
+    if as_json:
+        typer.echo(json.dumps(shown.as_dict(), ensure_ascii=False))
+    else:
+        for line in shown_lines(shown):
+            typer.echo(line)
+    raise typer.Exit(ExitCode.KEPT)
+
+
+@app.command("best")
+def best_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The branch's best commit: mean val_bpb over its runs, run count, measured noise."""
+    from gitar.commands.best import best_lines, find_best
+
+    report = find_best()
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), ensure_ascii=False))
+    else:
+        for line in best_lines(report):
+            typer.echo(line)
+    raise typer.Exit(ExitCode.KEPT)
+
+
+@app.command("memory")
+def memory_cmd(
+    max_chars: Annotated[int, typer.Option("--max-chars", help="the digest's size limit")] = 6000,
+) -> None:
+    """What was tried, kept, discarded, broken and learned: read it before each hypothesis."""
+    from gitar.commands.memory import build_memory
+
+    typer.echo(build_memory(max_chars))
+    raise typer.Exit(ExitCode.KEPT)
+
+
+@app.command("learn")
+def learn_cmd(
+    rev: Annotated[str, typer.Argument(help="the experiment's commit")],
+    lesson: Annotated[str, typer.Argument(help="what it taught, one line")],
+) -> None:
+    """Keep a lesson with an experiment (a line in its note); `gitar memory` shows it."""
+    from gitar.commands.learn import learn
+    from gitar.history import one_line
+
+    saved, record = learn(rev, lesson)
+    typer.echo(f"learned on {saved.commit[:7]} ({record.status} \"{one_line(record.description, 60)}\"): "
+               f"{one_line(saved.lesson, 120)}")
+    raise typer.Exit(ExitCode.KEPT)
+
+
+@app.command("plot")
+def plot_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="the PNG to write")] = Path("progress.png"),
+) -> None:
+    """autoresearch's progress chart from the records: val_bpb per experiment, the best as a step line."""
+    from gitar.commands.plot import plot_progress
+
+    done = plot_progress(output)
+    typer.echo(f"wrote {done.path} ({done.attempts} experiments, {done.kept} kept)")
+    raise typer.Exit(ExitCode.KEPT)
+
+
+@app.command("sync")
+def sync_cmd(
+    remote: Annotated[str, typer.Argument(help="the shared remote")] = "origin",
+    push: Annotated[bool, typer.Option("--push/--no-push", help="--no-push: fetch and merge only")] = True,
+) -> None:
+    """Share records, attempt pins and the experiment branch with a remote; never loses a record."""
+    from gitar.commands.sync import sync_clone
+
+    for line in sync_clone(remote, push=push).lines():
+        typer.echo(f"gitar: {line}")
+    raise typer.Exit(ExitCode.KEPT)
+
+
+@app.command("ci")
+def ci_cmd(
+    branch: Annotated[str | None, typer.Argument(help="the pushed experiment branch (default: checked out)")] = None,
+    remote: Annotated[str, typer.Option("--remote", help="the shared remote")] = "origin",
+    with_sync: Annotated[bool, typer.Option("--sync/--no-sync", help="--no-sync: measure only, "
+                                            "no fetch or push (a workflow's credential-free step)")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON record per measured run")] = False,
+) -> None:
+    """A GPU runner's job: measure the pushed branch's unmeasured commits in order, then sync."""
+    from gitar.commands.ci import run_ci
+    from gitar.records import Record, record_dict
+    from gitar.report import result_line
+
+    def show(record: Record) -> None:
+        _emit(result_line(record), record_dict(record), as_json)
+
+    outcome = run_ci(branch, remote, with_sync=with_sync, on_record=show)
+    for line in outcome.recovered:
+        typer.echo(f"gitar: {line}", err=True)
+    if not outcome.pending:
+        typer.echo(f"gitar: {outcome.branch} ({outcome.tip[:7]}): every commit is measured", err=True)
+    if outcome.syncs:
+        for line in outcome.syncs[-1].lines():
+            typer.echo(f"gitar: {line}", err=True)
+    # A discard is a normal outcome of a job, not a failure of it.
+    raise typer.Exit(ExitCode.KEPT)
+
+
+@app.command("verify")
+def verify_cmd(
+    branch: Annotated[str | None, typer.Option("--branch", help="the experiment branch (default: checked out)")] = None,
+) -> None:
+    """Re-check every kept record of the branch: its base's harness, the commit's files, the evaluator.
+
+    Exit 0 when clean, 1 when a problem was found (one line each), 2 when the branch cannot be checked.
+    """
+    from gitar.commands.verify import verification_lines, verify_branch
+
+    result = verify_branch(branch)
+    for line in verification_lines(result):
+        typer.echo(line)
+    raise typer.Exit(ExitCode.KEPT if result.clean else ExitCode.NOT_KEPT)
+
+
 def _save_traceback() -> str:
     text = traceback.format_exc()
     try:

@@ -29,6 +29,10 @@ DEVICES = ("auto", "cuda", "cpu", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION_BACKENDS = ("auto", "fa3", "sdpa")
 KEEP_RULES = ("strict", "margin", "confirm")  # see gitar/judge.py for each rule
+# Where the recorded val_bpb comes from (gitar/integrity.py): gitar's own evaluation of the model
+# train.py exports, or the number train.py prints (for trainers that cannot export a torch model;
+# `gitar verify` flags every record measured that way).
+EVALUATE_SOURCES = ("harness", "reported")
 
 T = TypeVar("T")
 
@@ -89,6 +93,7 @@ class ExperimentConfig:
     confirm_runs: int  # confirm: the most extra runs of a candidate that beats the best by less than the margin
     noise_floor: float  # the val_bpb standard deviation assumed until measured, and the least ever used
     smoke: bool  # run the CPU smoke step at pre-commit
+    evaluate: str = "harness"  # optional in ground.json: one of EVALUATE_SOURCES
 
 
 @dataclass(frozen=True)
@@ -221,6 +226,10 @@ class _Section:
 
     def get(self, k: str, check: Callable[[_Section, str, Any], T]) -> T:
         return check(self, k, self.raw(k))
+
+    def optional(self, k: str, check: Callable[[_Section, str, Any], T], default: T) -> T:
+        # For keys added after workspaces were made: their ground.json is pinned, so it may lack them.
+        return self.get(k, check) if k in self.obj else default
 
     def done(self) -> None:
         unknown = sorted(set(self.obj) - self.used)
@@ -389,6 +398,7 @@ def parse_ground(obj: Any, path: Path) -> Ground:
         confirm_runs=e.get("confirm_runs", _int(1, 20)),
         noise_floor=e.get("noise_floor", _num(0, 1)),
         smoke=e.get("smoke", _bool),
+        evaluate=e.optional("evaluate", _choice(EVALUATE_SOURCES), "harness"),
     )
     e.done()
     both = set(experiment.agent_owned) & set(experiment.user_owned)

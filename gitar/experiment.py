@@ -9,7 +9,6 @@ and no attempt's code or numbers are lost.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -20,17 +19,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gitar import runner, state
+from gitar import integrity, runner, state
 from gitar.config import GROUND_FILE, Ground, parse_ground
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git, clean_env
-from gitar.judge import Best, Policy, Verdict, current_best, judge, sigma_of
+from gitar.judge import Best, Policy, Sigma, Verdict, current_best, judge, sigma_of
 from gitar.noise import branch_noise, commit_spread
 from gitar.paths import Paths
-from gitar.records import ABORTED, KEEP, UNDECIDED, Notebook, Record
+from gitar.records import ABORTED, KEEP, REJECTED, UNDECIDED, Notebook, Record
 from gitar.worktree import PENDING, move_branch
 
-HARNESS_FILES = ("prepare.py", GROUND_FILE)
 DEFAULT_SEED = 42
 
 
@@ -45,16 +43,6 @@ def ground_at(git: Git, sha: str) -> Ground:
     except (UnicodeDecodeError, ValueError) as e:
         raise GitarError(f"{GROUND_FILE} in commit {sha[:12]} is not valid JSON: {e}") from None
     return parse_ground(obj, git.root / GROUND_FILE)
-
-
-def harness_sha256(git: Git, sha: str) -> str:
-    """One hash over the evaluation harness of a commit, so a record says what measured it."""
-    h = hashlib.sha256()
-    for name in HARNESS_FILES:
-        h.update(name.encode() + b"\0")
-        h.update(git.blob_at(sha, name) or b"<missing>")
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 def new_run_id() -> str:
@@ -122,6 +110,11 @@ def execute(git: Git, plan: Plan, *, pid: int | None = None) -> Record:
     policy = Policy.of(ground.experiment)
     # Pin first: from here on, nothing can make this commit or its note unreachable.
     notebook.pin(plan.commit, plan.description)
+    base = integrity.ensure_base(git, plan.branch, _base_fallback(git, plan))
+    refusal = _refusal(git, plan, ground, paths, base)
+    if refusal is not None:
+        # Never trained: a result measured by another harness or on other data could not count.
+        return finish(git, plan, _rejected(git, plan, ground, refusal))
     snapshot = paths.snapshots / plan.run_id
     earlier: list[float] = []  # the candidate's undecided runs so far (confirm)
     try:
@@ -129,16 +122,15 @@ def execute(git: Git, plan: Plan, *, pid: int | None = None) -> Record:
             run_key = new_run_id() if earlier else plan.run_id  # names this run's log
             seed = _next_seed(notebook, plan.commit, plan.branch) if earlier else plan.seed
             this = replace(plan, seed=seed)
-            result = _train(git, this, ground, paths, snapshot, run_key, pid)
-            val_bpb = _float(result.summary.get("val_bpb"))
+            result, measured = _train(git, this, ground, paths, snapshot, run_key, pid, base)
+            val_bpb = measured.val_bpb
             noise = branch_noise(notebook, plan.branch) if policy.needs_noise else None
-            verdict = judge(result.status, val_bpb, plan.best, policy, sigma_of(noise, policy.noise_floor),
-                            _error_line(result.crash), remeasure=plan.kind == "rerun", earlier=earlier)
+            verdict = _verdict(measured, result, plan, policy, sigma_of(noise, policy.noise_floor), earlier)
             if verdict.status != UNDECIDED or val_bpb is None:
-                record = _record(git, this, ground, result, verdict)
+                record = _record(git, this, ground, result, verdict, measured)
                 record.noise = _repeat_noise(notebook, record)
                 return finish(git, plan, record)
-            undecided = _record(git, this, ground, result, verdict)
+            undecided = _record(git, this, ground, result, verdict, measured)
             undecided.run_id = run_key if earlier else new_run_id()
             # Not "attempt": recovery moves a branch back from a tip whose last record is an
             # attempt that was not kept, and this one is still being decided.
@@ -150,9 +142,47 @@ def execute(git: Git, plan: Plan, *, pid: int | None = None) -> Record:
         state.clear(paths, plan.run_id)
 
 
+def _base_fallback(git: Git, plan: Plan) -> str:
+    # A new attempt builds on its parent; a baseline or re-run is itself what the branch stands on.
+    parent = _first_parent(git, plan.commit) if plan.kind == "attempt" else None
+    return parent or plan.commit
+
+
+def _refusal(git: Git, plan: Plan, ground: Ground, paths: Paths, base: str) -> str | None:
+    """Why the plan's commit may not be measured at all: another harness, or changed evaluation data."""
+    reason = integrity.harness_refusal(git, plan.commit, base)
+    if reason is None and ground.experiment.evaluate == integrity.HARNESS:
+        reason = integrity.data_refusal(paths, plan.branch, ground)
+    return reason
+
+
+def _rejected(git: Git, plan: Plan, ground: Ground, reason: str) -> Record:
+    return Record(status=REJECTED, commit=plan.commit, branch=plan.branch, description=plan.description,
+                  hypothesis=plan.hypothesis, run_id=plan.run_id, kind=plan.kind,
+                  parent=_first_parent(git, plan.commit), best_before=plan.best.val_bpb if plan.best else None,
+                  best_commit=plan.best.commit if plan.best else None, rule=ground.experiment.keep_rule,
+                  reason=reason, seed=plan.seed, started=_iso(time.time()), host=socket.gethostname(),
+                  harness_sha256=integrity.harness_sha256(git, plan.commit))
+
+
+def _verdict(measured: integrity.Measurement, result: runner.RunResult, plan: Plan, policy: Policy,
+             sigma: Sigma, earlier: list[float]) -> Verdict:
+    if measured.status == REJECTED:
+        return Verdict(REJECTED, measured.reason, plan.best.val_bpb if plan.best else None, None, policy.rule)
+    verdict = judge(measured.status, measured.val_bpb, plan.best, policy, sigma,
+                    _error_line(measured.error or result.crash), remeasure=plan.kind == "rerun", earlier=earlier)
+    note = measured.mismatch
+    return replace(verdict, reason=f"{verdict.reason}; {note}") if note else verdict
+
+
 def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, run_key: str,
-           pid: int | None) -> runner.RunResult:
-    """One training run of the plan's commit in a fresh snapshot; an interrupt is recorded, then raised."""
+           pid: int | None, base: str) -> tuple[runner.RunResult, integrity.Measurement]:
+    """One training run of the plan's commit in a fresh snapshot, then its measurement.
+
+    With experiment.evaluate "harness" (the default) train.py saves its model outside the
+    snapshot and gitar's evaluator measures it (integrity.measure); both processes share
+    the run's hard timeout. An interrupt is recorded, then raised.
+    """
     log_path = paths.log(plan.commit, run_key)
     crash_path = paths.crash(plan.commit, run_key)
     if snapshot.exists():
@@ -168,18 +198,33 @@ def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, r
     env = clean_env({"GITAR_WORKSPACE": str(git.root), "GITAR_SEED": str(plan.seed),
                      "GITAR_COMMIT": plan.commit, "GITAR_RUN_ID": run_key})
     env.pop("GITAR_SMOKE", None)
+    env.pop(integrity.EXPORT_ENV, None)
+    harness = ground.experiment.evaluate == integrity.HARNESS
+    evaluation = integrity.EvaluationRun.of(paths, log_path, run_key)
+    if harness:
+        evaluation.prepare()
+        env[integrity.EXPORT_ENV] = str(evaluation.export_path)
 
     def started(pgid: int) -> None:
         running.with_(pgid=pgid).save(paths)
 
     try:
-        return runner.run_training(
+        result = runner.run_training(
             runner.expand_command(ground.experiment.command), cwd=snapshot, env=env,
             log_path=log_path, crash_path=crash_path, timeout_s=ground.experiment.timeout_s,
             on_start=started)
+        if not harness:
+            return result, integrity.reported_only(result)
+        if result.status != "ok":
+            return result, integrity.Measurement(result.status, None, None, _float(result.summary.get("val_bpb")))
+        pinned = integrity.load_data_pin(paths, plan.branch)
+        return result, integrity.measure(git, base, ground, result, evaluation, pinned,
+                                         ground.experiment.timeout_s - result.wall_s, on_start=started)
     except runner.RunInterrupted as interrupted:
-        finish(git, plan, _record(git, plan, ground, interrupted.result, None))
+        finish(git, plan, _record(git, plan, ground, interrupted.result, None, None))
         raise
+    finally:
+        evaluation.cleanup()
 
 
 def _repeat_noise(notebook: Notebook, record: Record) -> dict[str, Any] | None:
@@ -232,16 +277,22 @@ def _error_line(crash: dict[str, object] | None) -> str:
     return line.splitlines()[0][:300] if line else ""
 
 
-def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verdict: Verdict | None) -> Record:
+def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verdict: Verdict | None,
+            measured: integrity.Measurement | None) -> Record:
     s = result.summary
     status = verdict.status if verdict else ABORTED
+    failed = measured is not None and measured.status != "ok"
     reason = verdict.reason if verdict else "gitar was interrupted during the run; the process group was killed"
     platform: dict[str, str] = {k: str(s[k]) for k in ("device", "dtype", "attention") if k in s}
     return Record(
         status=status, commit=plan.commit, branch=plan.branch, description=plan.description,
         hypothesis=plan.hypothesis,
         run_id=plan.run_id, kind=plan.kind, parent=_first_parent(git, plan.commit),
-        val_bpb=_float(s.get("val_bpb")) if result.status == "ok" else None,
+        val_bpb=measured.val_bpb if measured is not None and not failed else None,
+        val_bpb_source=measured.source if measured is not None and not failed else None,
+        reported_val_bpb=measured.reported if measured is not None else None,
+        evaluation=measured.evaluation if measured is not None else None,
+        data_sha256=measured.data_sha256 if measured is not None else None,
         best_before=plan.best.val_bpb if plan.best else None,
         best_commit=plan.best.commit if plan.best else None,
         delta=verdict.delta if verdict else None, rule=ground.experiment.keep_rule, reason=reason,
@@ -251,10 +302,16 @@ def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verd
         mfu_percent=_float(s.get("mfu_percent")), total_tokens_M=_float(s.get("total_tokens_M")),
         num_steps=_int(s.get("num_steps")), num_params_M=_float(s.get("num_params_M")),
         depth=_int(s.get("depth")), seed=plan.seed, started=_iso(result.started_at), ended=_iso(result.ended_at),
-        host=socket.gethostname(), platform=platform or None, harness_sha256=harness_sha256(git, plan.commit),
-        log=str(result.log_path),
-        error=_error(result) if result.status != "ok" else None,
+        host=socket.gethostname(), platform=platform or None,
+        harness_sha256=integrity.harness_sha256(git, plan.commit), log=str(result.log_path),
+        error=_failure(result, measured),
     )
+
+
+def _failure(result: runner.RunResult, measured: integrity.Measurement | None) -> dict[str, object] | None:
+    if result.status != "ok":
+        return _error(result)
+    return measured.error if measured is not None else None  # the export or the evaluation failed
 
 
 def _error(result: runner.RunResult) -> dict[str, object]:

@@ -2,17 +2,20 @@
 
 A note holds one line per run (several runs of one commit append lines), so
 `git notes merge -s cat_sort_uniq` can merge notebooks of several writers without
-conflicts. Every attempted commit is also pinned under refs/gitar/attempts/ because
-a note does not keep its commit alive: without the pin, `git gc` would collect a
-discarded commit and turn its note into garbage.
+conflicts. A note may also hold lesson lines (`gitar learn`): what was learned from
+the experiment. A lesson is never a run, so `records()` leaves it out and every
+reader that counts or averages runs is unaffected by it. Every attempted commit is
+also pinned under refs/gitar/attempts/ because a note does not keep its commit alive:
+without the pin, `git gc` would collect a discarded commit and turn its note into garbage.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 import pygit2
@@ -27,7 +30,11 @@ SCHEMA = 1
 KEEP, DISCARD, CRASH, TIMEOUT = "keep", "discard", "crash", "timeout"
 ABORTED = "aborted"  # gitar itself was interrupted; recorded by the interrupted process or the next command
 REJECTED = "rejected"  # ran, but the result may not count (e.g. another experiment held the lock)
-STATUSES = (KEEP, DISCARD, CRASH, TIMEOUT, ABORTED, REJECTED)
+# confirm keep rule: a successful run of a candidate whose verdict comes with a later run of it (kind "confirm")
+UNDECIDED = "undecided"
+STATUSES = (KEEP, DISCARD, CRASH, TIMEOUT, ABORTED, REJECTED, UNDECIDED)
+LESSON = "lesson"  # the status field of a lesson line: not a run, not one of STATUSES
+NOTE_WRITE_TRIES = 5  # another writer (a lesson during a run) may move the notes ref between read and write
 
 
 _LEAD = ("status", "val_bpb", "delta", "best_before", "description", "hypothesis", "reason", "commit", "branch", "kind")
@@ -48,7 +55,7 @@ class Record:
     description: str
     run_id: str
     schema: int = SCHEMA
-    kind: str = "attempt"  # attempt | baseline | rerun
+    kind: str = "attempt"  # attempt (the run that decided) | baseline | rerun | confirm (an undecided run)
     hypothesis: str | None = None
     parent: str | None = None
     val_bpb: float | None = None
@@ -75,6 +82,14 @@ class Record:
     log: str | None = None  # absolute path of the full training log
     error: dict[str, Any] | None = None  # type, message, traceback (last lines) for crashes and timeouts
     worktree: str | None = None  # "followed" or "kept-edits" after the branch moved
+    noise: dict[str, Any] | None = None  # {"n", "std", "mad"} of the commit's runs once it has run twice
+    margin: float | None = None  # the improvement a keep had to exceed (keep rules margin, confirm)
+    # Where val_bpb came from: "harness" (gitar's evaluator measured the model train.py exported)
+    # or "reported" (train.py's own line; ground.json experiment.evaluate "reported", flagged by verify).
+    val_bpb_source: str | None = None
+    reported_val_bpb: float | None = None  # the val_bpb train.py printed, kept for comparison
+    evaluation: dict[str, Any] | None = None  # the harness evaluation: shape, device, dtype, causality probe
+    data_sha256: str | None = None  # sha256 over the evaluation files' hashes (tokenizer, validation shard)
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer gitar wrote, kept verbatim
 
     def to_line(self) -> str:
@@ -88,32 +103,129 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
-        known = {f.name for f in fields(cls)} - {"extra"}
-        args = {k: v for k, v in data.items() if k in known}
-        extra = {k: v for k, v in data.items() if k not in known}
-        return cls(**args, extra=extra)
+        known = _known_fields()
+        if data.keys() <= known:  # the usual case: a line this version of gitar wrote
+            args, extra = data, {}
+        else:
+            args = {k: v for k, v in data.items() if k in known}
+            extra = {k: v for k, v in data.items() if k not in known}
+        if not _required_fields() <= args.keys():
+            raise TypeError(f"missing {', '.join(sorted(_required_fields() - args.keys()))}")
+        # Filled without the generated __init__: with ~40 fields it is most of the cost of reading
+        # 10,000 records, and the fields of a parsed line need no defaults beyond these.
+        record = object.__new__(cls)
+        record.__dict__.update(_defaults())
+        record.__dict__.update(args)
+        for name, factory in _factories():  # a fresh value each, as __init__ would make
+            if name not in args:
+                record.__dict__[name] = factory()
+        record.extra = extra
+        return record
 
     @property
     def ok(self) -> bool:
         """A successful measurement: it has a number that can be compared."""
-        return self.status in (KEEP, DISCARD) and self.val_bpb is not None
+        return self.status in (KEEP, DISCARD, UNDECIDED) and self.val_bpb is not None
 
 
-def parse_note(text: str, where: str) -> list[Record]:
-    """Every valid record line of one note; a line that is not a record is skipped with one warning."""
+@dataclass(frozen=True)
+class Lesson:
+    """What was learned from an experiment (`gitar learn`): one line in the experiment's note."""
+
+    commit: str
+    lesson: str
+    branch: str | None = None  # the branch checked out when it was written
+    time: str | None = None  # ISO 8601, UTC
+
+    def to_line(self) -> str:
+        data = {"status": LESSON, "lesson": self.lesson, "commit": self.commit, "branch": self.branch,
+                "time": self.time}
+        return json.dumps({k: v for k, v in data.items() if v is not None}, ensure_ascii=False)
+
+
+_TEXT_FIELDS = frozenset(("status", "commit", "branch", "description", "run_id"))
+_NUMBER_FIELDS = frozenset(("val_bpb", "best_before", "delta", "peak_vram_mb", "training_seconds", "total_seconds",
+                            "wall_seconds", "mfu_percent", "total_tokens_M", "num_steps", "num_params_M", "depth",
+                            "reported_val_bpb"))
+_warned: set[tuple[str, int, str]] = set()
+
+
+def _check_types(data: dict[str, Any]) -> None:
+    # A hand-edited note with a string where a number belongs would crash every reader later.
+    # Exact types: json gives str, int, float, bool, None (and bool must not pass as a number).
+    keys = data.keys()
+    for key in _TEXT_FIELDS & keys:
+        if type(data[key]) is not str:
+            raise ValueError(f"{key} is not a string")
+    for key in _NUMBER_FIELDS & keys:
+        v = data[key]
+        if v is not None and type(v) is not float and type(v) is not int:
+            raise ValueError(f"{key} is not a number")
+
+
+@functools.cache
+def _known_fields() -> frozenset[str]:
+    # Computed once: dataclasses.fields() per record is a quarter of reading 10,000 notes.
+    return frozenset(f.name for f in fields(Record)) - {"extra"}
+
+
+@functools.cache
+def _required_fields() -> frozenset[str]:
+    return frozenset(f.name for f in fields(Record) if f.default is MISSING and f.default_factory is MISSING)
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in fields(Record) if f.default is not MISSING}
+
+
+@functools.cache
+def _factories() -> tuple[tuple[str, Callable[[], Any]], ...]:
+    return tuple((f.name, f.default_factory) for f in fields(Record)
+                 if f.default_factory is not MISSING and f.name != "extra")
+
+
+def parse_lines(text: str, where: str) -> tuple[list[Record], list[Lesson]]:
+    """The runs and the lessons of one note; a line that is neither is skipped with one warning."""
     records: list[Record] = []
+    lessons: list[Lesson] = []
     for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line:
             continue
         try:
             data = json.loads(line)
-            if not isinstance(data, dict) or "status" not in data or "commit" not in data:
+            if type(data) is not dict or "status" not in data or "commit" not in data:
                 raise ValueError("not a gitar record")
-            records.append(Record.from_dict(data))
+            _check_types(data)
+            if data["status"] == LESSON:
+                if not isinstance(data.get("lesson"), str):
+                    raise ValueError("a lesson line without its lesson text")
+                lessons.append(Lesson(commit=data["commit"], lesson=data["lesson"],
+                                      branch=_str_or_none(data.get("branch")), time=_str_or_none(data.get("time"))))
+            else:
+                records.append(Record.from_dict(data))
         except (ValueError, TypeError) as e:
-            print(f"gitar: warning: skipping line {n} of the note on {where[:12]}: {e}", file=sys.stderr)
-    return records
+            _warn_once(where, n, line, str(e))
+    return records, lessons
+
+
+def parse_note(text: str, where: str) -> list[Record]:
+    """Every valid record line of one note (runs only: lesson lines are not runs)."""
+    return parse_lines(text, where)[0]
+
+
+def _str_or_none(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _warn_once(where: str, n: int, line: str, why: str) -> None:
+    # A command may read one note twice (the whole notebook, then the tip): one warning per bad line.
+    key = (where, n, line)
+    if key in _warned:
+        return
+    _warned.add(key)
+    print(f"gitar: warning: skipping line {n} of the note on {where[:12]}: {why}", file=sys.stderr)
 
 
 class Notebook:
@@ -123,36 +235,61 @@ class Notebook:
         self.git = git
 
     def records(self, sha: str) -> list[Record]:
+        return self.entry(sha)[0]
+
+    def lessons(self, sha: str) -> list[Lesson]:
+        return self.entry(sha)[1]
+
+    def entry(self, sha: str) -> tuple[list[Record], list[Lesson]]:
         try:
             note = self.git.repo.lookup_note(sha, NOTES_REF)
         except KeyError:
-            return []
-        return parse_note(note.message, sha)
+            return [], []
+        return parse_lines(note.message, sha)
 
     def append(self, record: Record) -> None:
         """Add one line to the commit's note (the write happens before any branch move)."""
-        sha = record.commit
-        try:
-            existing = self.git.repo.lookup_note(sha, NOTES_REF).message
-        except KeyError:
-            existing = ""
-        text = existing.rstrip("\n") + ("\n" if existing.strip() else "") + record.to_line() + "\n"
-        sig = _signature(self.git.repo)
-        try:
-            self.git.repo.create_note(text, sig, sig, sha, NOTES_REF, True)
-        except pygit2.GitError as e:
-            from gitar.errors import ExitCode, GitarError
+        self._append_line(record.commit, record.to_line(), "the record")
 
-            raise GitarError(f"cannot write the record for {sha[:12]} to {NOTES_REF}: {e}; "
-                             "check that .git is writable and has free space", ExitCode.INTERNAL) from None
+    def add_lesson(self, lesson: Lesson) -> None:
+        self._append_line(lesson.commit, lesson.to_line(), "the lesson")
+
+    def _append_line(self, sha: str, line: str, what: str) -> None:
+        sig = _signature(self.git.repo)
+        error: pygit2.GitError | None = None
+        for _ in range(NOTE_WRITE_TRIES):
+            try:
+                existing = self.git.repo.lookup_note(sha, NOTES_REF).message
+            except KeyError:
+                existing = ""
+            text = existing.rstrip("\n") + ("\n" if existing.strip() else "") + line + "\n"
+            try:
+                self.git.repo.create_note(text, sig, sig, sha, NOTES_REF, True)
+                return
+            except pygit2.GitError as e:  # e.g. the notes ref moved since it was read: read again
+                error = e
+        from gitar.errors import ExitCode, GitarError
+
+        raise GitarError(f"cannot write {what} for {sha[:12]} to {NOTES_REF}: {error}; "
+                         "check that .git is writable and has free space", ExitCode.INTERNAL) from None
 
     def all(self) -> Iterator[tuple[str, list[Record]]]:
         """(commit, records) for every annotated commit; one pass over the notes tree."""
+        for commit, records, _ in self.entries():
+            yield commit, records
+
+    def entries(self) -> Iterator[tuple[str, list[Record], list[Lesson]]]:
+        """(commit, records, lessons) for every annotated commit; one pass over the notes tree."""
         if self.git.ref_target(NOTES_REF) is None:
             return
-        for note in self.git.repo.notes(NOTES_REF):  # type: ignore[call-arg]
+        repo = self.git.repo
+        for note in repo.notes(NOTES_REF):  # type: ignore[call-arg]
             annotated = str(note.annotated_id)
-            yield annotated, parse_note(note.message, annotated)
+            # The blob by its id: Note.message looks the note up again by path (10x slower at 10,000 notes).
+            blob = repo.get(note.id)
+            text = blob.data.decode("utf-8", "replace") if isinstance(blob, pygit2.Blob) else ""
+            records, lessons = parse_lines(text, annotated)
+            yield annotated, records, lessons
 
     def pin(self, sha: str, description: str) -> None:
         self.git.pin(ATTEMPTS_PREFIX + sha, sha, f"gitar: attempt {description[:60]}")

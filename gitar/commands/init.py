@@ -2,6 +2,11 @@
 
 Safe to run twice: on the branch it creates, a second run re-applies the hooks and
 config and changes nothing else.
+
+The branch's base is recorded too (gitar/integrity.py): refs/gitar/base/<branch> names
+the commit the branch was created on, whose prepare.py and ground.json every experiment
+must keep, and the evaluation data is pinned by hash if it is already prepared (else at
+the branch's first run). A branch made by an older gitar gets its tip as the base.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from gitar import integrity
 from gitar.config import GROUND_FILE, MODEL_FILE, Ground, load_ground, load_model
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git, clean_env
+from gitar.paths import Paths
 from gitar.records import NOTES_REF
 
 # Config that makes notes follow the commits they describe and show where people look.
@@ -50,12 +57,24 @@ def init_workspace(tag: str, start: str | Path = ".") -> InitResult:
             raise GitarError(f"{op} is in progress; finish or abort it first")
         git.run("switch", "-c", branch, advice="commit or stash your changes first")
         created = True
+    _record_base(git, branch, ground, fresh=created)
     _install_hooks(git)
     for key, value in NOTES_CONFIG.items():
         git.run("config", key, value)
     # The hooks start `python -m gitar.hooks` with this interpreter: the one that has gitar and torch.
     git.run("config", "gitar.python", sys.executable)
     return InitResult(branch=branch, created=created, warnings=_data_warnings(ground))
+
+
+def _record_base(git: Git, branch: str, ground: Ground, *, fresh: bool) -> None:
+    paths = Paths(git.common_dir)
+    if fresh:
+        # A new branch of an old name: the base and data pin of the deleted one do not apply.
+        integrity.forget_data_pin(paths, branch)
+    if fresh or integrity.base_commit(git, branch) is None:
+        integrity.record_base(git, branch, git.resolve("HEAD"))
+    if ground.experiment.evaluate == integrity.HARNESS:
+        integrity.pin_data(paths, branch, ground)
 
 
 def _branch_name(git: Git, ground: Ground, tag: str) -> str:

@@ -1,0 +1,347 @@
+"""What keeps the number honest: the branch's pinned base, the harness hash and the data pin.
+
+An agent optimising val_bpb finds every shortcut, so what measures a run must not be
+something the run can change:
+
+- the harness (prepare.py and ground.json) of every commit on an experiment branch must
+  hash to the harness of the branch's base, the commit `gitar init` created the branch on
+  (kept alive by the ref refs/gitar/base/<branch>); a commit that differs is rejected
+  before it trains, whatever hooks it bypassed;
+- the files the evaluation reads (the tokenizer and the pinned validation shard) are
+  hashed when a branch is first measured and must hash the same before every run and
+  again, inside the evaluator, after train.py has exited (train.py could rewrite them);
+- the recorded val_bpb comes from gitar/harness/evaluate.py, a separate process that runs
+  only the pinned prepare.py on the model train.py exported (see measure()).
+
+No check here stops code that runs as the same user from editing gitar or the notes
+themselves; that needs a sandbox around train.py. What it stops is every shortcut
+available from inside the training process and its files: printing a number, patching
+the evaluation in memory, rewriting the harness or the data on disk, and peeking at the
+future (the causality probe). `gitar verify` re-checks the kept records afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gitar import runner
+from gitar.config import GROUND_FILE, Ground
+from gitar.git import Git, clean_env
+from gitar.paths import Paths
+from gitar.records import REJECTED
+
+HARNESS_FILES = ("prepare.py", GROUND_FILE)
+BASE_PREFIX = "refs/gitar/base/"
+HARNESS, REPORTED = "harness", "reported"  # ground.json experiment.evaluate: where val_bpb comes from
+EXPORT_ENV = "GITAR_EXPORT_PATH"  # where train.py saves its trained model for the harness evaluation
+# train.py's own val_bpb line and the harness's number of the same model agree to float noise
+# (the same data and code, eager vs exported graph); more than this is worth a note in the record.
+REPORTED_TOLERANCE = 1e-3
+_HASH_CHUNK = 1 << 20
+
+
+# ---------------------------------------------------------------------------
+# The harness and the branch base
+# ---------------------------------------------------------------------------
+
+
+def harness_sha256(git: Git, sha: str) -> str:
+    """One hash over the evaluation harness of a commit, so a record says what measured it."""
+    h = hashlib.sha256()
+    for name in HARNESS_FILES:
+        h.update(name.encode() + b"\0")
+        h.update(git.blob_at(sha, name) or b"<missing>")
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def base_ref(branch: str) -> str:
+    return BASE_PREFIX + branch
+
+
+def base_commit(git: Git, branch: str) -> str | None:
+    """The commit the branch was created on: its harness is the one every experiment must keep."""
+    return git.ref_target(base_ref(branch))
+
+
+def record_base(git: Git, branch: str, sha: str) -> None:
+    git.pin(base_ref(branch), sha, f"gitar: base of {branch}")
+
+
+def ensure_base(git: Git, branch: str, fallback: str) -> str:
+    """The branch's base. A branch without one (made by an older gitar, or fetched into a clone
+    where `gitar init` never ran) takes `fallback`, the commit its first measured run builds on."""
+    base = base_commit(git, branch)
+    if base is None:
+        record_base(git, branch, fallback)
+        base = fallback
+    return base
+
+
+def harness_refusal(git: Git, sha: str, base: str) -> str | None:
+    """Why the commit may not be measured on a branch with this base (another harness), or None."""
+    if harness_sha256(git, sha) != harness_sha256(git, base):
+        changed = [name for name in HARNESS_FILES if git.blob_at(sha, name) != git.blob_at(base, name)]
+        return (f"harness differs from the branch base {base[:7]}: {'/'.join(changed) or 'prepare.py/ground.json'} "
+                "changed; experiments may change only the agent-owned files")
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The evaluation data and its pin
+# ---------------------------------------------------------------------------
+
+
+def evaluation_files(ground: Ground) -> dict[str, Path]:
+    """The files prepare.evaluate_bpb reads, by their path in the cache (prepare.py's layout)."""
+    cache = ground.cache_dir
+    names = ("tokenizer/manifest.json", "tokenizer/ranks.tiktoken", "tokenizer/token_bytes.pt",
+             f"data/shard_{ground.data.val_shard:05d}.parquet")
+    return {name: cache / name for name in names}
+
+
+def hash_evaluation_data(ground: Ground) -> dict[str, str] | None:
+    """sha256 of each evaluation file; None if any is missing (the data is not prepared)."""
+    out: dict[str, str] = {}
+    for name, path in evaluation_files(ground).items():
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(_HASH_CHUNK):
+                    h.update(chunk)
+        except OSError:
+            return None
+        out[name] = h.hexdigest()
+    return out
+
+
+def data_digest(files: Mapping[str, str]) -> str:
+    """One hash over the per-file hashes, for the record."""
+    return hashlib.sha256("".join(f"{k} {v}\n" for k, v in sorted(files.items())).encode()).hexdigest()
+
+
+def changed_files(expected: Mapping[str, str], actual: Mapping[str, str] | None) -> list[str]:
+    if actual is None:
+        return sorted(expected)
+    return sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+
+
+def _pin_path(paths: Paths, branch: str) -> Path:
+    # A branch name holds "/": one flat file per branch, the name made filesystem-safe.
+    return paths.base / "bases" / (branch.replace("%", "%25").replace("/", "%2F") + ".json")
+
+
+def load_data_pin(paths: Paths, branch: str) -> dict[str, str] | None:
+    try:
+        obj = json.loads(_pin_path(paths, branch).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    data = obj.get("data") if isinstance(obj, dict) else None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        return None
+    return {str(k): v for k, v in data.items()}
+
+
+def save_data_pin(paths: Paths, branch: str, files: Mapping[str, str]) -> None:
+    path = _pin_path(paths, branch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"branch": branch, "data": dict(files)}, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def forget_data_pin(paths: Paths, branch: str) -> None:
+    _pin_path(paths, branch).unlink(missing_ok=True)
+
+
+def pin_data(paths: Paths, branch: str, ground: Ground) -> dict[str, str] | None:
+    """The branch's data pin, made from the files as they are now if it has none yet."""
+    pinned = load_data_pin(paths, branch)
+    if pinned is not None:
+        return pinned
+    files = hash_evaluation_data(ground)
+    if files is not None:
+        save_data_pin(paths, branch, files)
+    return files
+
+
+def data_refusal(paths: Paths, branch: str, ground: Ground) -> str | None:
+    """Why the branch's evaluation data cannot be trusted now, or None (the data may be unprepared:
+    training then fails on its own, with prepare.py's message)."""
+    pinned = pin_data(paths, branch, ground)
+    if pinned is None:
+        return None
+    changed = changed_files(pinned, hash_evaluation_data(ground))
+    if changed:
+        return (f"evaluation data differs from what {branch} was first measured on: {', '.join(changed)} "
+                f"changed in {ground.cache_dir}; restore it (`python prepare.py`) or start a new branch "
+                "with `gitar init TAG`")
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The measurement: the harness evaluation of what train.py exported
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The number a run is judged on and where it came from."""
+
+    status: str  # ok | crash | timeout | rejected: the run as the judge sees it
+    val_bpb: float | None
+    source: str | None  # harness | reported
+    reported: float | None  # train.py's own val_bpb line
+    reason: str = ""  # why a run that trained is rejected
+    error: dict[str, Any] | None = None  # a failure after training (export missing, evaluator crashed)
+    evaluation: dict[str, Any] | None = None  # what the evaluator reports besides val_bpb
+    data_sha256: str | None = None
+
+    @property
+    def mismatch(self) -> str | None:
+        """A note when train.py printed another number than the harness measured."""
+        if self.source != HARNESS or self.val_bpb is None or self.reported is None:
+            return None
+        if not math.isfinite(self.reported) or abs(self.reported - self.val_bpb) > REPORTED_TOLERANCE * max(
+                1.0, abs(self.val_bpb)):
+            return (f"train.py printed val_bpb {self.reported:.6f} but the harness measured {self.val_bpb:.6f}; "
+                    "the harness's number is recorded")
+        return None
+
+
+def reported_only(result: runner.RunResult) -> Measurement:
+    """experiment.evaluate "reported": the number train.py printed (an escape hatch; verify flags it)."""
+    value = _number(result.summary.get("val_bpb"))
+    ok = result.status == "ok"
+    return Measurement(result.status, value if ok else None, REPORTED if ok else None, value)
+
+
+@dataclass(frozen=True)
+class EvaluationRun:
+    """Where one harness evaluation runs and writes, outside the snapshot train.py ran in."""
+
+    export_path: Path  # train.py saves its model here (GITAR_EXPORT_PATH)
+    directory: Path  # the pinned prepare.py and ground.json, written after training
+    log_path: Path
+    crash_path: Path
+
+    @classmethod
+    def of(cls, paths: Paths, log_path: Path, run_key: str) -> EvaluationRun:
+        root = paths.base / "evaluations"
+        return cls(export_path=root / f"{run_key}.pt2", directory=root / run_key, log_path=log_path,
+                   crash_path=log_path.with_name(log_path.stem + ".eval-crash.json"))
+
+    def prepare(self) -> None:
+        """Before training: no export from an earlier run can pass for this one's, and what a
+        gitar that died mid-run left (an export can be gigabytes) goes. One experiment runs per
+        clone at a time (the lock), so everything in the folder is stale."""
+        root = self.export_path.parent
+        if root.is_symlink() or root.is_file():
+            root.unlink()
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+
+    def cleanup(self) -> None:
+        for path in (self.export_path, self.directory):
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            elif path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def measure(git: Git, base: str, ground: Ground, trained: runner.RunResult, run: EvaluationRun,
+            pinned: Mapping[str, str] | None, timeout_s: float,
+            on_start: Callable[[int], None] | None = None) -> Measurement:
+    """The harness's val_bpb of the model train.py exported, from a process of its own.
+
+    Runs only after a successful training run. The evaluator reads the base commit's
+    prepare.py and ground.json, written fresh from git (train.py may have rewritten the
+    snapshot's copies), under what is left of the run's hard timeout. Raises
+    runner.RunInterrupted like training does.
+    """
+    reported = _number(trained.summary.get("val_bpb"))
+    if pinned is None:
+        return Measurement(REJECTED, None, None, reported,
+                           reason="the evaluation data was not prepared when the run started, so the harness "
+                                  "cannot vouch for it; run `python prepare.py` and measure again")
+    digest = data_digest(pinned)
+    if not run.export_path.is_file():
+        return Measurement("crash", None, None, reported, data_sha256=digest, error={
+            "type": "NoExport", "message": f"train.py did not export its model for the harness evaluation "
+                                           f"(${EXPORT_ENV}; see program.md)"})
+    _write_harness(git, base, run.directory, pinned)
+    out = run.directory / "result.json"
+    command = [sys.executable, "-m", "gitar.harness.evaluate", "--workspace", str(run.directory),
+               "--program", str(run.export_path), "--out", str(out), "--expect", str(run.directory / "expect.json")]
+    env = clean_env({"GITAR_WORKSPACE": str(git.root), "PYTHONPATH": _gitar_path()})
+    for key in [k for k in env if k.startswith("GITAR_") and k != "GITAR_WORKSPACE"]:
+        del env[key]
+    result = runner.run_training(command, cwd=run.directory, env=env, log_path=run.log_path,
+                                 crash_path=run.crash_path, timeout_s=max(timeout_s, 0.0), on_start=on_start)
+    return _interpret(result, out, reported, digest)
+
+
+def _interpret(result: runner.RunResult, out: Path, reported: float | None, digest: str) -> Measurement:
+    if result.status == "timeout":
+        return Measurement("timeout", None, None, reported, data_sha256=digest, error={
+            "type": "Timeout", "message": "the harness evaluation ran past experiment.timeout_s, which covers "
+                                          "training and evaluation; process group killed"})
+    data = _read_json(out) if result.returncode == 0 else None
+    if data is None:
+        crash = dict(result.crash or {})
+        message = str(crash.get("message") or "exited without a result")
+        crash["message"] = f"the harness evaluation failed: {message}"
+        crash.setdefault("type", "EvaluationFailed")
+        if not crash.get("traceback"):
+            crash["traceback"] = result.log_tail.splitlines()[-15:]
+        return Measurement("crash", None, None, reported, data_sha256=digest, error=crash)
+    details = {k: v for k, v in data.items() if k not in ("val_bpb", "rejected")}
+    rejected = data.get("rejected")
+    if isinstance(rejected, str):
+        return Measurement(REJECTED, None, None, reported, reason=rejected, evaluation=details,
+                           data_sha256=digest)
+    value = _number(data.get("val_bpb"))
+    if value is None or not math.isfinite(value):
+        return Measurement("crash", None, None, reported, data_sha256=digest, error={
+            "type": "EvaluationFailed", "message": f"the harness evaluation gave no finite val_bpb: {data!r:.200}"})
+    return Measurement("ok", value, HARNESS, reported, evaluation=details, data_sha256=digest)
+
+
+def _write_harness(git: Git, base: str, directory: Path, pinned: Mapping[str, str]) -> None:
+    if directory.is_symlink() or directory.is_file():
+        directory.unlink()
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    for name in HARNESS_FILES:
+        blob = git.blob_at(base, name)
+        if blob is not None:
+            (directory / name).write_bytes(blob)
+    (directory / "expect.json").write_text(json.dumps({"data": dict(pinned)}), encoding="utf-8")
+
+
+def _gitar_path() -> str:
+    # The evaluator imports the gitar that runs this, never a copy in the snapshot or the work tree.
+    here = str(Path(__file__).resolve().parent.parent)
+    rest = os.environ.get("PYTHONPATH")
+    return os.pathsep.join([here, rest]) if rest else here
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _number(v: object) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None

@@ -1,0 +1,89 @@
+"""The shortcuts an agent finds, each tried with the real train.py on the CPU preset, and what gitar records.
+
+The cheat also trains honestly and, as a witness for the test, prints the unpatched evaluation
+of the model it trained: the harness must record exactly that, whatever the cheat claimed. The
+leaks are caught by the causality probe. Each real run costs about a minute on two busy cores,
+so there are three: the baseline (the fixture), the cheat, the leak; tests/integrity/test_export.py
+covers each leak and the export on tiny models in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.integrity.conftest import BRANCH, Measured, edit_train, try_json
+
+MAIN_START = '''    from prepare import GROUND, MAX_SEQ_LEN, PLATFORM, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader
+'''
+
+
+def test_the_baseline_is_measured_by_the_harness(measured: Measured) -> None:
+    rec = measured.record
+    assert rec["status"] == "keep" and rec["kind"] == "baseline"
+    assert rec["val_bpb_source"] == "harness"
+    val_bpb = float(rec["val_bpb"])  # type: ignore[arg-type]
+    # train.py's own evaluation of the same model, eager instead of exported: the same number on a CPU.
+    assert abs(float(rec["reported_val_bpb"]) - val_bpb) < 1e-5  # type: ignore[arg-type]
+    assert 1.0 < val_bpb < 4.0, val_bpb
+    evaluation = rec["evaluation"]
+    assert isinstance(evaluation, dict)
+    assert evaluation["causality"]["ok"] is True and evaluation["causality"]["max_diff"] == 0.0
+    assert (evaluation["batch_size"], evaluation["seq_len"], evaluation["dtype"]) == (16, 256, "float32")
+    assert isinstance(rec["data_sha256"], str) and len(rec["data_sha256"]) == 64
+    log = Path(str(rec["log"])).read_text()
+    assert "causality probe: ok" in log and "gitar.harness.evaluate" in log
+    # The export and the evaluator's files do not outlive the run.
+    assert not any((measured.ws.root / ".git" / "gitar" / "evaluations").iterdir())
+
+
+def test_printing_and_patching_a_better_number_changes_nothing(measured: Measured) -> None:
+    """Both shortcuts in one run (each real run costs a minute on two cores): train.py rebinds the
+    evaluation function, the eval token count and the token-bytes table in prepare, rewrites the
+    snapshot's prepare.py on disk, and still prints a fake val_bpb line of its own at the end."""
+    ws = measured.ws
+    cheat = MAIN_START.replace("    from prepare", "    import prepare as _p\n"
+        "    _real_bytes, _real_eval, _real_tokens = _p.get_token_bytes, _p.evaluate_bpb, _p.EVAL_TOKENS\n"
+        "    _p.get_token_bytes = lambda device='cpu': _real_bytes(device) * 100  # 100x the bytes per token\n"
+        "    _p.EVAL_TOKENS = _p.MAX_SEQ_LEN * 16  # one easy batch\n"
+        "    _p.evaluate_bpb = lambda model, tokenizer, batch_size: _real_eval(model, tokenizer, batch_size) / 2\n"
+        "    # and on disk: the snapshot's prepare.py measures nothing at all\n"
+        "    _src = Path(_p.__file__).read_text()\n"
+        "    Path(_p.__file__).write_text(_src.replace('return float(total_nats.item()', "
+        "'return 0.0 * float(total_nats.item()'))\n"
+        "    from prepare")
+    # At the end, the test's own witness: the unpatched evaluation of the same model, then the fake line.
+    witness = ("    _p.get_token_bytes, _p.EVAL_TOKENS = _real_bytes, _real_tokens\n"
+               "    with autocast_ctx, torch.no_grad():\n"
+               "        print(f'honest: {_real_eval(model, tokenizer, cfg.evaluation.batch_size):.6f}')\n"
+               "    print('---')\n"
+               "    print('val_bpb: 0.000001')\n")
+    edit_train(ws, (MAIN_START, cheat),
+               ('    print(f"seed: {seed}", flush=True)\n', '    print(f"seed: {seed}", flush=True)\n' + witness))
+    rec = try_json(ws, "a better evaluation")
+    assert rec["reported_val_bpb"] == 0.000001  # what the cheat claimed
+    assert rec["val_bpb_source"] == "harness"
+    assert "train.py printed val_bpb 0.000001 but the harness measured" in str(rec["reason"])
+    log = Path(str(rec["log"])).read_text().splitlines()
+    [honest] = [float(line.split()[1]) for line in log if line.startswith("honest: ")]
+    # Recorded: the honest number of the model this run trained, to the last printed digit.
+    assert abs(float(rec["val_bpb"]) - honest) < 2e-6, (rec["val_bpb"], honest)  # type: ignore[arg-type]
+    # The patched evaluation did run inside train.py: the number it printed first was ~1/200 of the truth.
+    patched = next(float(line.split()[1]) for line in log if line.startswith("val_bpb: "))
+    assert patched < honest / 50
+
+
+def test_a_model_without_the_causal_mask_is_rejected(measured: Measured) -> None:
+    ws = measured.ws
+    edit_train(ws, ("F.scaled_dot_product_attention(q, k, v, is_causal=True)",
+                    "F.scaled_dot_product_attention(q, k, v, is_causal=False)"))
+    rec = try_json(ws, "attention without the mask")
+    assert rec["status"] == "rejected" and "val_bpb" not in rec
+    assert str(rec["reason"]).startswith("causality probe: logits at position ")
+    assert "the model sees the future" in str(rec["reason"])
+    assert ws.tip(BRANCH) == measured.baseline  # back at the best, as for a discard
+
+
+def test_records_say_where_the_number_came_from(measured: Measured) -> None:
+    line = json.dumps(measured.record)
+    assert '"val_bpb_source": "harness"' in line and '"reported_val_bpb"' in line

@@ -1,0 +1,96 @@
+"""The harness and the evaluation data are pinned: what changes them is rejected, never trained.
+
+These runs stop before training or right after a stand-in trainer, so they take seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.integrity.conftest import BRANCH, Measured, try_json
+
+# A stand-in train.py that prints the summary block and does something to the run's integrity.
+STAND_IN = '''\
+import os, sys
+from pathlib import Path
+{body}
+print("---")
+print("val_bpb: 0.5")
+print("training_seconds: 1.0")
+print("num_steps: 1")
+'''
+
+
+def stand_in(ws_root: Path, body: str) -> None:
+    (ws_root / "train.py").write_text(STAND_IN.format(body=body))
+
+
+def test_a_changed_prepare_py_committed_past_the_hooks_is_rejected_untrained(measured: Measured) -> None:
+    ws = measured.ws
+    prepare = ws.root / "prepare.py"
+    prepare.write_text(prepare.read_text().replace("EVAL_CHUNK_ROWS = 4", "EVAL_CHUNK_ROWS = 4  # tuned"))
+    # --no-verify skips the pre-commit guard; the post-commit hook still runs the experiment.
+    ws.git("commit", "-q", "--no-verify", "-am", "evaluate more kindly")
+    [rec] = [r for r in ws.all_records() if r["description"] == "evaluate more kindly"]
+    assert rec["status"] == "rejected"
+    assert rec["reason"] == (f"harness differs from the branch base {measured.baseline[:7]}: prepare.py changed; "
+                             "experiments may change only the agent-owned files")
+    assert "training_seconds" not in rec and "log" not in rec and "val_bpb" not in rec  # never trained
+    assert rec["harness_sha256"] != measured.record["harness_sha256"]
+    assert ws.tip(BRANCH) == measured.baseline  # moved back like a discard
+
+
+def test_evaluation_data_changed_between_runs_is_rejected_untrained(measured: Measured) -> None:
+    ws = measured.ws
+    token_bytes = ws.root / "cache" / "tokenizer" / "token_bytes.pt"
+    token_bytes.write_bytes(token_bytes.read_bytes() + b"\0")
+    proc = ws.gitar("run", "--json")
+    rec = json.loads(proc.stdout)
+    assert proc.returncode == 1 and rec["status"] == "rejected"
+    assert rec["reason"].startswith(f"evaluation data differs from what {BRANCH} was first measured on: "
+                                    "tokenizer/token_bytes.pt changed")
+    assert "training_seconds" not in rec
+
+
+def test_evaluation_data_changed_during_the_run_is_rejected(measured: Measured) -> None:
+    ws = measured.ws
+    val_shard = f"shard_{json.loads((ws.root / 'ground.json').read_text())['data']['val_shard']:05d}.parquet"
+    stand_in(ws.root, f"shard = Path(os.environ['GITAR_WORKSPACE']) / 'cache' / 'data' / {val_shard!r}\n"
+                      "shard.write_bytes(b'PAR1 easier text PAR1')\n"
+                      "Path(os.environ['GITAR_EXPORT_PATH']).write_bytes(b'not a model')")
+    rec = try_json(ws, "rewrite the validation shard")
+    assert rec["status"] == "rejected"
+    assert rec["reason"].startswith(f"evaluation data changed during the run: data/{val_shard} in ")
+    assert rec["reported_val_bpb"] == 0.5 and "val_bpb" not in rec
+
+
+def test_a_train_py_that_does_not_export_is_a_crash_with_the_reason(measured: Measured) -> None:
+    ws = measured.ws
+    stand_in(ws.root, "")
+    rec = try_json(ws, "no export")
+    assert rec["status"] == "crash" and "val_bpb" not in rec
+    assert rec["error"]["type"] == "NoExport"  # type: ignore[index]
+    assert "train.py did not export its model for the harness evaluation" in rec["reason"]
+
+
+def test_an_export_the_evaluator_cannot_load_is_a_crash(measured: Measured) -> None:
+    ws = measured.ws
+    stand_in(ws.root, "Path(os.environ['GITAR_EXPORT_PATH']).write_bytes(b'not a model')")
+    rec = try_json(ws, "a broken export")
+    assert rec["status"] == "crash"
+    assert str(rec["reason"]).startswith("GitarError: the harness evaluation failed: the exported model ")
+    assert "could not be loaded" in str(rec["reason"])
+
+
+def test_init_twice_keeps_the_base_and_a_new_branch_gets_its_own(measured: Measured) -> None:
+    ws = measured.ws
+    base_ref = f"refs/gitar/base/{BRANCH}"
+    assert ws.git("rev-parse", base_ref).stdout.strip() == measured.baseline
+    assert ws.gitar("init", "t1").returncode == 0
+    assert ws.git("rev-parse", base_ref).stdout.strip() == measured.baseline
+    ws.git("switch", "-q", "-c", "elsewhere", measured.baseline)
+    (ws.root / "program.md").write_text("# program, revised\n")
+    ws.git("commit", "-qam", "a new program")
+    assert ws.gitar("init", "t2").returncode == 0
+    assert ws.git("rev-parse", "refs/gitar/base/autoresearch/t2").stdout.strip() == ws.head()
