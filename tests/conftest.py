@@ -24,21 +24,27 @@ def pre_commit_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("pre-commit-home")
 
 
+def apply_hermetic(mp: pytest.MonkeyPatch, home: Path, pre_commit_home: Path, *, fixed_dates: bool = True) -> None:
+    """Point git and pre-commit at `home` only: no system or global config but ours, a fixed identity."""
+    home.mkdir(exist_ok=True)
+    for var in _GIT_VARS:
+        mp.delenv(var, raising=False)
+    mp.setenv("HOME", str(home))
+    mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    mp.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
+    mp.setenv("PRE_COMMIT_HOME", str(pre_commit_home))
+    for who in ("AUTHOR", "COMMITTER"):
+        mp.setenv(f"GIT_{who}_NAME", "Test Researcher")
+        mp.setenv(f"GIT_{who}_EMAIL", "researcher@example.com")
+        if fixed_dates:
+            mp.setenv(f"GIT_{who}_DATE", "2026-01-01T00:00:00+00:00")
+    (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n")
+
+
 @pytest.fixture
 def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pre_commit_home: Path) -> Path:
     home = tmp_path / "home"
-    home.mkdir()
-    for var in _GIT_VARS:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
-    monkeypatch.setenv("PRE_COMMIT_HOME", str(pre_commit_home))
-    for who in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{who}_NAME", "Test Researcher")
-        monkeypatch.setenv(f"GIT_{who}_EMAIL", "researcher@example.com")
-        monkeypatch.setenv(f"GIT_{who}_DATE", "2026-01-01T00:00:00+00:00")
-    (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n")
+    apply_hermetic(monkeypatch, home, pre_commit_home)
     assert os.environ["HOME"] == str(home)
     return home

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _GIT_VARS
+from tests.conftest import apply_hermetic
 from tests.core.conftest import Workspace, fake_train, make_workspace
 from tests.core.conftest import workspace as workspace  # the fixture, for tests that start from nothing
 
@@ -57,20 +57,10 @@ def _attempt(ws: Workspace, val_bpb: float, description: str, mode: str = "ok", 
 def review_template(tmp_path_factory: pytest.TempPathFactory, pre_commit_home: Path) -> Iterator[Built]:
     base = tmp_path_factory.mktemp("review")
     home = base / "home"
-    home.mkdir()
-    (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n")
     with pytest.MonkeyPatch.context() as mp:
-        # The same hermetic environment tests/conftest.py's `hermetic` gives a test, for the session.
-        for var in _GIT_VARS:
-            mp.delenv(var, raising=False)
-        mp.setenv("HOME", str(home))
-        mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-        mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
-        mp.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
-        mp.setenv("PRE_COMMIT_HOME", str(pre_commit_home))
-        for who in ("AUTHOR", "COMMITTER"):
-            mp.setenv(f"GIT_{who}_NAME", "Test Researcher")
-            mp.setenv(f"GIT_{who}_EMAIL", "researcher@example.com")
+        # The same hermetic environment tests/conftest.py's `hermetic` gives a test, for the session;
+        # real dates, since the review orders attempts in time.
+        apply_hermetic(mp, home, pre_commit_home, fixed_dates=False)
         ws = make_workspace(base / "ws")
         (ws.root / "train.py").write_text(_seeded_train(1.0))
         ws.git("commit", "-qam", "a trainer whose result moves with the seed")
