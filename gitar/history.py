@@ -47,6 +47,7 @@ class Attempt:
     status: str  # keep if any run kept it, else the verdict of its latest decided run
     values: tuple[float, ...]  # val_bpb of its successful runs
     val_bpb: float | None  # their mean: the number the judge compares against
+    delta: float | None  # val_bpb against the best it was judged against; None for baselines and failures
 
     @property
     def first(self) -> Record:
@@ -65,14 +66,6 @@ class Attempt:
     def kind(self) -> str:
         """attempt (a new commit, confirm re-runs included), or baseline: a measurement of the branch as it was."""
         return self.first.kind if self.first.kind in ("baseline", "rerun") else "attempt"
-
-    @property
-    def delta(self) -> float | None:
-        """Against the best it was judged against; None for a baseline or a run without a number."""
-        value, before = self.val_bpb, self.best_before
-        if value is None or before is None or self.kind != "attempt":
-            return None
-        return value - before
 
     @property
     def is_baseline(self) -> bool:
@@ -204,7 +197,10 @@ def attempt(commit: str, branch: str, runs: tuple[Record, ...], lessons: tuple[L
         status = decided[-1] if decided else UNDECIDED
     values = tuple(r.val_bpb for r in runs if r.ok and r.val_bpb is not None)
     mean = sum(values) / len(values) if values else None
-    return Attempt(commit, branch, runs, lessons, started, status, values, mean)
+    first = runs[0]
+    judged = first.kind not in ("baseline", "rerun")
+    delta = mean - first.best_before if mean is not None and first.best_before is not None and judged else None
+    return Attempt(commit, branch, runs, lessons, started, status, values, mean, delta)
 
 
 def _by_branch(records: list[Record], branch: str | None) -> list[tuple[str, list[Record]]]:

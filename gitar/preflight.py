@@ -49,30 +49,36 @@ def check_lock(git: Git) -> None:
                      "wait for it with `gitar wait`, then commit again")
 
 
+def check_source(path: str, source: bytes) -> None:
+    """One Python file compiles; otherwise one line naming the file and line."""
+    try:
+        compile(source, path, "exec", dont_inherit=True)
+    except SyntaxError as e:
+        raise GitarError(f"syntax error in {path} line {e.lineno}: {e.msg}; fix it and try again") from None
+    except ValueError as e:  # e.g. null bytes: not a Python source file
+        raise GitarError(f"{path} is not Python source ({e}); restore it with `git checkout -- {path}`") from None
+
+
 def check_syntax(git: Git, paths: list[str]) -> None:
     for path in paths:
-        if not path.endswith(".py"):
-            continue
-        source = git.staged_blob(path)
-        try:
-            compile(source, path, "exec", dont_inherit=True)
-        except SyntaxError as e:
-            raise GitarError(f"syntax error in {path} line {e.lineno}: {e.msg}; fix it and try again") from None
-        except ValueError as e:  # e.g. null bytes: not a Python source file
-            raise GitarError(f"{path} is not Python source ({e}); restore it with `git checkout -- {path}`") from None
+        if path.endswith(".py"):
+            check_source(path, git.staged_blob(path))
 
 
-def check_model(git: Git, paths: list[str], ground: Ground) -> None:
-    if MODEL_FILE not in paths:
-        return
-    raw = git.staged_blob(MODEL_FILE)
+def check_model_source(raw: bytes, ground: Ground, where: Path) -> None:
+    """model.json parses and validates against the schema and ground.json."""
     try:
         obj = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise GitarError(f"{MODEL_FILE}: not UTF-8 text; save it as UTF-8 JSON") from None
     except json.JSONDecodeError as e:
         raise GitarError(f"{MODEL_FILE}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    parse_model(obj, git.root / MODEL_FILE, ground)
+    parse_model(obj, where, ground)
+
+
+def check_model(git: Git, paths: list[str], ground: Ground) -> None:
+    if MODEL_FILE in paths:
+        check_model_source(git.staged_blob(MODEL_FILE), ground, git.root / MODEL_FILE)
 
 
 def smoke(git: Git, ground: Ground) -> str:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from gitar import experiment, lock, state
 from gitar.commands.common import Workspace, open_workspace
+from gitar.config import MODEL_FILE
 from gitar.errors import ExitCode, GitarError
 from gitar.paths import Paths
-from gitar.preflight import owned
+from gitar.preflight import check_model_source, check_source, owned
 from gitar.records import Record
 
 MAX_DESCRIPTION = 4096  # a commit subject plus a paragraph; a megabyte is a mistake, not a description
@@ -70,6 +71,7 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
     if (op := ws.git.operation_in_progress()) is not None:
         raise GitarError(f"{op} is in progress; finish or abort it before trying an experiment")
     files = changed_agent_files(ws)
+    _check_cheaply(ws, files)
     paths = Paths(ws.git.common_dir)
     token = lock.new_token()
     held = lock.acquire(ws.git.common_dir, purpose="try", token=token, commit=ws.head)
@@ -98,6 +100,22 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
     finally:
         if not transferred:
             held.release()
+
+
+def _check_cheaply(ws: Workspace, files: list[str]) -> None:
+    """The preflight's sub-second checks on the work tree, before anything is committed.
+
+    The pre-commit hook runs them again on what is staged (it guards plain `git commit`
+    too); here they spare a broken idea the commit and the hook start-up.
+    """
+    for path in files:
+        full = ws.git.root / path
+        if not full.is_file():
+            continue  # a deletion: the hook's smoke step reports what it breaks
+        if path.endswith(".py"):
+            check_source(path, full.read_bytes())
+        elif path == MODEL_FILE:
+            check_model_source(full.read_bytes(), ws.ground, full)
 
 
 def _commit(ws: Workspace, text: str, files: list[str], env: dict[str, str], paths: Paths,

@@ -270,3 +270,23 @@ def test_usage_errors_exit_refused(workspace: Workspace) -> None:
     assert proc.returncode == REFUSED and "--repeat" in proc.stderr
     proc = workspace.gitar("run", "no-such-rev")
     assert proc.returncode == REFUSED and "unknown revision" in proc.stderr
+
+
+def test_hook_refuses_a_plain_commit_with_a_syntax_error(measured: Workspace) -> None:
+    ws = measured
+    head = ws.tip()
+    (ws.root / "train.py").write_text(fake_train(0.5) + "\nclass Broken(:\n")
+    ws.git("add", "train.py")
+    proc = ws.git("commit", "-m", "plain commit, broken syntax", check=False)
+    assert proc.returncode != 0 and "syntax error in train.py line" in proc.stdout + proc.stderr
+    assert ws.tip() == head
+
+
+def test_hook_refuses_a_plain_commit_with_an_invalid_model_json(measured: Workspace) -> None:
+    ws = measured
+    head = ws.tip()
+    (ws.root / "model.json").write_text('{"architecture": ')
+    ws.git("add", "model.json")
+    proc = ws.git("commit", "-m", "plain commit, truncated model.json", check=False)
+    assert proc.returncode != 0 and "model.json: invalid JSON at line 1" in proc.stdout + proc.stderr
+    assert ws.tip() == head
