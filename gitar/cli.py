@@ -136,12 +136,13 @@ def wait_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    directory: Annotated[Path, typer.Argument(help="a new directory for the demo workspace")] = Path("gitar-demo"),
+    directory: Annotated[Path | None, typer.Argument(
+        help="a new directory for the demo workspace (default: ./gitar-demo, or -2, -3… if taken)")] = None,
 ) -> None:
     """Build a CPU workspace with an embedded corpus and run the loop in it (no GPU, no network)."""
-    from gitar.commands.demo import run_demo
+    from gitar.commands.demo import default_directory, run_demo
 
-    run_demo(directory, echo=typer.echo)
+    run_demo(directory or default_directory(Path.cwd()), echo=typer.echo)
     raise typer.Exit(ExitCode.KEPT)
 
 

@@ -44,6 +44,15 @@ def template_dir() -> Path:
                      "(pip install -e . from a checkout)", ExitCode.INTERNAL)
 
 
+def default_directory(parent: Path) -> Path:
+    """./gitar-demo, or the first free ./gitar-demo-N: running the README command twice just works."""
+    for n in range(1, 1000):
+        candidate = parent / ("gitar-demo" if n == 1 else f"gitar-demo-{n}")
+        if not candidate.exists() or not any(candidate.iterdir()):
+            return candidate
+    raise GitarError(f"{parent} holds 999 gitar-demo directories; remove some or give a DIR")
+
+
 def build_workspace(dest: Path) -> None:
     """The workspace files with the CPU preset, as a new git repository on main."""
     src = template_dir()

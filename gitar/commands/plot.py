@@ -56,6 +56,7 @@ def draw(h: History, output: Path) -> None:
 
     matplotlib.use("Agg")  # no display: write the file and nothing else
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     from matplotlib.transforms import blended_transform_factory
 
     attempts = h.attempts
@@ -88,6 +89,7 @@ def draw(h: History, output: Path) -> None:
         _limits(ax, [v for _, v in discard] + ys, ys)
         ax.set_xlim(-0.5, max(len(attempts) - 0.5, 1))
         ax.set_xlabel("experiment # (time order)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # experiments are counted, not measured
         ax.set_ylabel("val_bpb (lower is better)")
         ax.set_title(f"{h.branch}: {len(attempts)} experiments, {len(kept)} kept")
         ax.grid(True, alpha=0.25)

@@ -1,0 +1,50 @@
+"""`gitar demo`: the README's first command, end to end on the CPU with the real trainer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gitar.commands.demo import build_workspace, default_directory
+from gitar.config import load_ground, load_model
+
+
+def test_default_directory_never_reuses_a_taken_one(tmp_path: Path) -> None:
+    assert default_directory(tmp_path) == tmp_path / "gitar-demo"
+    (tmp_path / "gitar-demo").mkdir()
+    assert default_directory(tmp_path) == tmp_path / "gitar-demo"  # empty: fine to use
+    (tmp_path / "gitar-demo" / "f").write_text("x")
+    assert default_directory(tmp_path) == tmp_path / "gitar-demo-2"
+
+
+def test_workspace_is_the_project_files_with_the_cpu_preset(tmp_path: Path) -> None:
+    build_workspace(tmp_path)
+    ground = load_ground(tmp_path / "ground.json")
+    assert ground.training.mode == "cpu" and ground.cache_dir == (tmp_path / "data").resolve()
+    load_model(tmp_path / "model.json", ground)
+    assert (tmp_path / "hooks" / "gitar-hook").stat().st_mode & 0o111
+
+
+@pytest.mark.slow
+def test_demo_runs_the_loop(hermetic: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "gitar", "demo", str(dest)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "(baseline)" in out
+    assert "smoke step failed" in out  # the broken idea was refused before training
+    notes = subprocess.run(["git", "notes", "--ref", "gitar", "list"], cwd=dest, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    assert len(notes) == 2  # the baseline and the experiment; the refused idea left no commit
+    attempts = subprocess.run(["git", "for-each-ref", "refs/gitar/attempts/"], cwd=dest, capture_output=True,
+                              text=True, check=True).stdout.splitlines()
+    assert len(attempts) == 2
+    verify = subprocess.run([sys.executable, "-m", "gitar", "verify"], cwd=dest, capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    again = subprocess.run([sys.executable, "-m", "gitar", "demo", str(dest)], capture_output=True, text=True,
+                           cwd=tmp_path)
+    assert again.returncode == 2 and "not empty" in again.stderr
