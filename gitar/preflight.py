@@ -51,10 +51,14 @@ def check_lock(git: Git) -> None:
 
 def check_source(path: str, source: bytes) -> None:
     """One Python file compiles; otherwise one line naming the file and line."""
+    if b"\0" in source:  # compile() would blame a line it cannot name
+        raise GitarError(f"{path} is not Python source (it contains NUL bytes: a binary file?); "
+                         f"restore it with `git checkout -- {path}`")
     try:
         compile(source, path, "exec", dont_inherit=True)
     except SyntaxError as e:
-        raise GitarError(f"syntax error in {path} line {e.lineno}: {e.msg}; fix it and try again") from None
+        where = f" line {e.lineno}" if e.lineno else ""
+        raise GitarError(f"syntax error in {path}{where}: {e.msg}; fix it and try again") from None
     except ValueError as e:  # e.g. null bytes: not a Python source file
         raise GitarError(f"{path} is not Python source ({e}); restore it with `git checkout -- {path}`") from None
 
