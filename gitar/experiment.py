@@ -152,7 +152,7 @@ def _refusal(git: Git, plan: Plan, ground: Ground, paths: Paths, base: str) -> s
     """Why the plan's commit may not be measured at all: another harness, or changed evaluation data."""
     reason = integrity.harness_refusal(git, plan.commit, base)
     if reason is None and ground.experiment.evaluate == integrity.HARNESS:
-        reason = integrity.data_refusal(paths, plan.branch, ground)
+        reason = integrity.data_refusal(git, plan.branch, ground)
     return reason
 
 
@@ -217,7 +217,7 @@ def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, r
             return result, integrity.reported_only(result)
         if result.status != "ok":
             return result, integrity.Measurement(result.status, None, None, _float(result.summary.get("val_bpb")))
-        pinned = integrity.load_data_pin(paths, plan.branch)
+        pinned = integrity.load_data_pin(git, plan.branch)
         return result, integrity.measure(git, base, ground, result, evaluation, pinned,
                                          ground.experiment.timeout_s - result.wall_s, on_start=started)
     except runner.RunInterrupted as interrupted:

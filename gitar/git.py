@@ -42,8 +42,12 @@ class Change:
 class Git:
     """One repository with a work tree."""
 
-    def __init__(self, repo: pygit2.Repository) -> None:
+    def __init__(self, repo: pygit2.Repository, index_file: Path | None = None) -> None:
         self.repo = repo
+        # The index that "staged" reads (staged_paths, staged_blob, checkout-index) look at: None
+        # means git's own choice (inside a hook, the hook's temporary index); `gitar try` points
+        # it at the index it built for the commit, so the preflight checks exactly what it commits.
+        self.index_file = index_file
         workdir: str | None = repo.workdir
         if workdir is None:
             raise GitarError(f"{repo.path} is a bare repository; gitar needs a clone with a work tree "
@@ -61,11 +65,15 @@ class Git:
                              "cd into your research workspace (a clone of the gitar template)")
         return cls(pygit2.Repository(path))
 
+    def with_index(self, index_file: Path) -> Git:
+        """The same repository, with staged reads and hook-environment calls on another index."""
+        return Git(self.repo, index_file)
+
     # -- the CLI ---------------------------------------------------------------
 
     def run(self, *args: str, check: bool = True, env: Mapping[str, str] | None = None,
             input: str | None = None, keep_hook_env: bool = False, advice: str = "") -> subprocess.CompletedProcess[str]:
-        base = dict(os.environ) if keep_hook_env else clean_env()
+        base = self._hook_env() if keep_hook_env else clean_env()
         if env:
             base.update(env)
         try:
@@ -78,8 +86,15 @@ class Git:
             raise GitarError(_failure_line(args, proc, advice), ExitCode.INTERNAL)
         return proc
 
-    def out(self, *args: str, keep_hook_env: bool = False) -> str:
-        return self.run(*args, keep_hook_env=keep_hook_env).stdout.strip()
+    def out(self, *args: str, keep_hook_env: bool = False, env: Mapping[str, str] | None = None,
+            input: str | None = None) -> str:
+        return self.run(*args, keep_hook_env=keep_hook_env, env=env, input=input).stdout.strip()
+
+    def _hook_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.index_file is not None:
+            env["GIT_INDEX_FILE"] = str(self.index_file)
+        return env
 
     # -- reads -----------------------------------------------------------------
 
@@ -126,6 +141,12 @@ class Git:
         obj = self.repo.get(entry.id)
         return obj.data if isinstance(obj, pygit2.Blob) else None
 
+    def ref_blob(self, ref: str) -> bytes | None:
+        """The content of the blob a ref points at (gitar keeps small JSON pins so), or None."""
+        target = self.ref_target(ref)
+        obj = self.repo.get(target) if target is not None else None
+        return obj.data if isinstance(obj, pygit2.Blob) else None
+
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         if ancestor == descendant:
             return True
@@ -163,7 +184,7 @@ class Git:
         return [p for p in out.split("\0") if p]
 
     def staged_blob(self, path: str) -> bytes:
-        proc = subprocess.run(["git", "show", f":{path}"], cwd=self.root, capture_output=True)
+        proc = subprocess.run(["git", "show", f":{path}"], cwd=self.root, env=self._hook_env(), capture_output=True)
         if proc.returncode != 0:
             raise GitarError(f"cannot read the staged {path}: {proc.stderr.decode(errors='replace').strip()}",
                              ExitCode.INTERNAL)

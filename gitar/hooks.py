@@ -69,7 +69,7 @@ def stage_run() -> int:
     plan = experiment.plan_attempt(git, sha, branch, description, run_id, os.environ.get("GITAR_HYPOTHESIS"))
 
     if os.environ.get("GITAR_DETACH") == "1":
-        return _spawn_detached(git, plan)
+        return spawn_detached(git, plan)
 
     try:
         held = lock.acquire(git.common_dir, purpose="experiment", token=token, commit=sha)
@@ -88,15 +88,19 @@ def stage_run() -> int:
     return 0
 
 
-def _spawn_detached(git: Git, plan: experiment.Plan) -> int:
-    """Start the run in its own session and return once it has taken the lock over."""
+def spawn_detached(git: Git, plan: experiment.Plan, env: dict[str, str] | None = None) -> int:
+    """Start the run in its own session and return once it has taken the lock over.
+
+    env carries the lock token (GITAR_LOCK_TOKEN) and the hypothesis (GITAR_HYPOTHESIS);
+    by default the hook's own environment, where `gitar try` put them.
+    """
     paths = Paths(git.common_dir)
     paths.logs.mkdir(parents=True, exist_ok=True)
     out = open(paths.logs / f"{plan.commit[:12]}-{plan.run_id[:8]}.runner.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "gitar.hooks", "detached", plan.run_id, plan.commit, plan.branch],
         cwd=git.root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        start_new_session=True, env=os.environ.copy())
+        start_new_session=True, env=env if env is not None else os.environ.copy())
     out.close()
     deadline = time.time() + DETACH_START_TIMEOUT_S
     while time.time() < deadline:

@@ -135,15 +135,22 @@ def changed_files(expected: Mapping[str, str], actual: Mapping[str, str] | None)
     return sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
 
 
-def _pin_path(paths: Paths, branch: str) -> Path:
-    # A branch name holds "/": one flat file per branch, the name made filesystem-safe.
+DATA_PREFIX = "refs/gitar/data/"
+
+
+def data_ref(branch: str) -> str:
+    return DATA_PREFIX + branch
+
+
+def _legacy_pin_path(paths: Paths, branch: str) -> Path:
+    # Where gitar 0.1 kept the pin, one file per branch; read once and moved into git.
     return paths.base / "bases" / (branch.replace("%", "%25").replace("/", "%2F") + ".json")
 
 
-def load_data_pin(paths: Paths, branch: str) -> dict[str, str] | None:
+def _parse_pin(raw: bytes) -> dict[str, str] | None:
     try:
-        obj = json.loads(_pin_path(paths, branch).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
         return None
     data = obj.get("data") if isinstance(obj, dict) else None
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
@@ -151,33 +158,53 @@ def load_data_pin(paths: Paths, branch: str) -> dict[str, str] | None:
     return {str(k): v for k, v in data.items()}
 
 
-def save_data_pin(paths: Paths, branch: str, files: Mapping[str, str]) -> None:
-    path = _pin_path(paths, branch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"branch": branch, "data": dict(files)}, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def load_data_pin(git: Git, branch: str) -> dict[str, str] | None:
+    """The sha256 of each evaluation file the branch was first measured on, or None.
+
+    The pin is a JSON blob that refs/gitar/data/<branch> points at: in git, so `gitar sync`
+    carries it to runners and other clones beside the base ref, and gc keeps it.
+    """
+    raw = git.ref_blob(data_ref(branch))
+    if raw is not None:
+        return _parse_pin(raw)
+    legacy = _legacy_pin_path(Paths(git.common_dir), branch)
+    try:
+        pinned = _parse_pin(legacy.read_bytes())
+    except OSError:
+        return None
+    if pinned is not None:
+        save_data_pin(git, branch, pinned)
+    return pinned
 
 
-def forget_data_pin(paths: Paths, branch: str) -> None:
-    _pin_path(paths, branch).unlink(missing_ok=True)
+def save_data_pin(git: Git, branch: str, files: Mapping[str, str]) -> None:
+    """Create the branch's pin; a pin that exists already (another process, a sync) is kept."""
+    body = json.dumps({"branch": branch, "data": dict(sorted(files.items()))}, indent=1) + "\n"
+    blob = git.out("hash-object", "-w", "--stdin", input=body)
+    git.run("update-ref", "-m", f"gitar: data pin of {branch}", data_ref(branch), blob, "", check=False)
 
 
-def pin_data(paths: Paths, branch: str, ground: Ground) -> dict[str, str] | None:
+def forget_data_pin(git: Git, branch: str) -> None:
+    git.delete_ref(data_ref(branch))
+    _legacy_pin_path(Paths(git.common_dir), branch).unlink(missing_ok=True)
+
+
+def pin_data(git: Git, branch: str, ground: Ground) -> dict[str, str] | None:
     """The branch's data pin, made from the files as they are now if it has none yet."""
-    pinned = load_data_pin(paths, branch)
+    pinned = load_data_pin(git, branch)
     if pinned is not None:
         return pinned
     files = hash_evaluation_data(ground)
     if files is not None:
-        save_data_pin(paths, branch, files)
+        save_data_pin(git, branch, files)
+        return load_data_pin(git, branch)  # the pin that won, should another process have made one
     return files
 
 
-def data_refusal(paths: Paths, branch: str, ground: Ground) -> str | None:
+def data_refusal(git: Git, branch: str, ground: Ground) -> str | None:
     """Why the branch's evaluation data cannot be trusted now, or None (the data may be unprepared:
     training then fails on its own, with prepare.py's message)."""
-    pinned = pin_data(paths, branch, ground)
+    pinned = pin_data(git, branch, ground)
     if pinned is None:
         return None
     changed = changed_files(pinned, hash_evaluation_data(ground))

@@ -38,11 +38,12 @@ def check_ownership(paths: list[str], ground: Ground) -> None:
                              f"undo it with `git restore --staged --worktree -- {path}`")
 
 
-def check_lock(git: Git) -> None:
+def check_lock(git: Git, token: str | None = None) -> None:
+    """No other experiment holds the lock (the holder's own commit passes its token)."""
     info = lock.read(git.common_dir)
     if info is None or not info.alive():
         return
-    if info.token and info.token == os.environ.get("GITAR_LOCK_TOKEN"):
+    if info.token and info.token == (token or os.environ.get(lock.TOKEN_ENV)):
         return
     raise GitarError(f"another experiment is running in this repository (pid {info.pid}"
                      f"{', commit ' + info.commit[:7] if info.commit else ''}); "
@@ -121,10 +122,10 @@ def _smoke_error(crash_file: Path, output: str) -> str:
     return lines[-1][:300] if lines else "train.py exited without printing `smoke: ok`"
 
 
-def run_checks(git: Git, ground: Ground, *, echo: bool = True) -> None:
+def run_checks(git: Git, ground: Ground, *, echo: bool = True, token: str | None = None) -> None:
     paths = git.staged_paths()
     check_ownership(paths, ground)
-    check_lock(git)
+    check_lock(git, token)
     check_syntax(git, paths)
     check_model(git, paths, ground)
     if ground.experiment.smoke and any(owned(p, ground.experiment.agent_owned) for p in paths):

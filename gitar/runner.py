@@ -77,13 +77,13 @@ class RunResult:
     survivors: tuple[int, ...] = ()
 
 
-class RunInterrupted(BaseException):
+class RunInterrupted(KeyboardInterrupt):
     """The runner was asked to stop (SIGINT/SIGTERM/SIGHUP) and killed the training group.
 
-    A BaseException, like KeyboardInterrupt: a stop request must pass through the
-    `except Exception` clauses on its way up, not be mistaken for a failure of gitar.
-    The caller catches it to record the attempt as aborted and exit with
-    ExitCode.INTERRUPTED.
+    A KeyboardInterrupt: a stop request must pass through the `except Exception`
+    clauses on its way up, not be mistaken for a failure of gitar, and every command
+    already maps KeyboardInterrupt to ExitCode.INTERRUPTED. experiment.py records the
+    attempt as aborted on its way up.
     """
 
     def __init__(self, result: RunResult, signum: int) -> None:
@@ -225,12 +225,32 @@ class _StopSignals:
 
 
 @contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP pending from a commit until its run is under way.
+
+    Between `git commit` and the running-state file nothing records the attempt, so a
+    stop request there would leave a commit nobody measured. Held, it is delivered when
+    the runner installs its handlers (and then recorded as aborted) or when this ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextmanager
 def _catch_stop_signals() -> Iterator[_StopSignals]:
     catcher = _StopSignals()
     if threading.current_thread() is not threading.main_thread():
         yield catcher  # Python only delivers signals to the main thread
         return
     previous = {sig: signal.signal(sig, catcher._handle) for sig in _STOP_SIGNALS}
+    # A caller that held the stop signals back (stop_signals_held) gets them delivered here.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     try:
         yield catcher
     finally:

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gitar import basepins
 from gitar.errors import ExitCode, GitarError
 from gitar.experiment import ground_at
 from gitar.git import Git
@@ -81,6 +82,7 @@ class SyncResult:
     notes_pushed: bool = False
     branch: BranchPush | None = None
     rejections: list[str] = field(default_factory=list)  # one line per rejected try
+    pins: basepins.PinPlan | None = None  # branch bases and data pins adopted, pushed, disagreeing
 
     def lines(self) -> list[str]:
         out = [f"records: {'merged from ' + self.remote if self.merged else 'nothing new from ' + self.remote}"
@@ -94,6 +96,11 @@ class SyncResult:
                 out.append(f"branch: {where} up to date")
             else:
                 out.append(f"branch: {b.branch} not pushed: {b.reason}")
+        if self.pins is not None:
+            names = [r.removeprefix("refs/gitar/") for r in self.pins.adopted]
+            if names:
+                out.append(f"bases and data pins adopted from {self.remote}: {', '.join(names)}")
+            out.extend(f"warning: {line}" for line in self.pins.conflicts)
         return out
 
 
@@ -112,10 +119,11 @@ def sync(git: Git, remote: str = "origin", *, push: bool = True, tries: int = MA
         # branch's lease may be what was rejected.
         remote_notes = fetch(git, remote, prefix, pins=n == 1)
         result.merged = merge_notes(git, remote) or result.merged
+        result.pins = basepins.reconcile(git, remote)
         if not push:
             return result
         plan = plan_branch_push(git, remote, prefix)
-        rejected = _push(git, remote, remote_notes, plan, result)
+        rejected = _push(git, remote, remote_notes, plan, result, basepins.push_args(result.pins))
         if not rejected:
             result.branch = plan
             git.run("maintenance", "run", "--auto", "--quiet", check=False)
@@ -156,6 +164,7 @@ def fetch(git: Git, remote: str, prefix: str | None, *, pins: bool = True) -> st
     # Forced only into tracking refs, which mirror the remote; the attempt pins are not forced:
     # a pin never moves, so a differing one would be damage, and damage must not spread.
     specs = [f"{_ATTEMPTS_GLOB}:{_ATTEMPTS_GLOB}"] if pins else []
+    specs += basepins.fetch_specs(remote)
     if prefix:
         specs.append(f"+refs/heads/{prefix}*:{tracking_branch_ref(remote, prefix)}*")
     tracking = tracking_notes_ref(remote)
@@ -265,10 +274,10 @@ def plan_branch_push(git: Git, remote: str, prefix: str | None) -> BranchPush | 
 
 
 def _push(git: Git, remote: str, remote_notes: str | None, plan: BranchPush | None,
-          result: SyncResult) -> str:
-    """One push of pins, notes and branch; '' if nothing was rejected, else the first rejection."""
+          result: SyncResult, base_pins: list[str]) -> str:
+    """One push of pins, bases, notes and branch; '' if nothing was rejected, else the first rejection."""
     ours = git.ref_target(NOTES_REF)
-    args = ["push", "--porcelain", remote, f"{_ATTEMPTS_GLOB}:{_ATTEMPTS_GLOB}"]
+    args = ["push", "--porcelain", remote, f"{_ATTEMPTS_GLOB}:{_ATTEMPTS_GLOB}", *base_pins]
     if ours is not None and ours != remote_notes:
         args += [f"--force-with-lease={NOTES_REF}:{remote_notes or ''}", f"{NOTES_REF}:{NOTES_REF}"]
     if plan is not None and plan.action == PUSHED and plan.local is not None:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitar import lock
+from gitar import integrity, lock
 from gitar.commands.run import measure_chain
 from gitar.errors import GitarError
 from gitar.experiment import ground_at
@@ -90,7 +90,7 @@ def run_ci(branch: str | None = None, remote: str = "origin", *, with_sync: bool
 def pending_commits(git: Git, branch: str, tip: str, prefix: str) -> tuple[list[str], Best | None]:
     """The commits without a verdict, oldest first, and the best they build on (None: no baseline yet)."""
     notebook = Notebook(git)
-    walk = _experiment_chain(git, tip, prefix)
+    walk = _experiment_chain(git, tip, prefix, integrity.base_commit(git, branch))
     pending: list[str] = []
     for sha in walk:
         if judged(notebook.records(sha), branch):
@@ -103,13 +103,17 @@ def pending_commits(git: Git, branch: str, tip: str, prefix: str) -> tuple[list[
     return pending[::-1], None
 
 
-def _experiment_chain(git: Git, tip: str, prefix: str) -> list[str]:
-    """First-parent commits from the tip, newest first, down to and including the fork point.
+def _experiment_chain(git: Git, tip: str, prefix: str, base: str | None = None) -> list[str]:
+    """First-parent commits from the tip, newest first, down to and including where the branch started.
 
-    The experiment's own commits are those no other history has: commits reachable from a
-    branch outside the experiment prefix (main, the template) are not experiments; the
-    newest of them on the chain, where the branch started, is its baseline.
+    Where it started is its recorded base (refs/gitar/base/<branch>, made by `gitar init` and
+    shared by `gitar sync`) when the tip descends from it. Without one, the experiment's own
+    commits are those no other history has: commits reachable from a branch outside the
+    experiment prefix (main, the template) are not experiments, and the newest of them on the
+    chain is the start. The start is the baseline.
     """
+    if base is not None and git.is_ancestor(base, tip):
+        return [*git.out("rev-list", "--first-parent", tip, f"^{base}").split(), base]
     own = git.out("rev-list", "--first-parent", tip, "--not",
                   f"--exclude=refs/heads/{prefix}*", "--glob=refs/heads/*",
                   f"--exclude=refs/remotes/*/{prefix}*", "--glob=refs/remotes/*").split()

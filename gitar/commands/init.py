@@ -20,7 +20,6 @@ from gitar import integrity
 from gitar.config import GROUND_FILE, MODEL_FILE, Ground, load_ground, load_model
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git, clean_env
-from gitar.paths import Paths
 from gitar.records import NOTES_REF
 
 # Config that makes notes follow the commits they describe and show where people look.
@@ -67,14 +66,13 @@ def init_workspace(tag: str, start: str | Path = ".") -> InitResult:
 
 
 def _record_base(git: Git, branch: str, ground: Ground, *, fresh: bool) -> None:
-    paths = Paths(git.common_dir)
     if fresh:
         # A new branch of an old name: the base and data pin of the deleted one do not apply.
-        integrity.forget_data_pin(paths, branch)
+        integrity.forget_data_pin(git, branch)
     if fresh or integrity.base_commit(git, branch) is None:
         integrity.record_base(git, branch, git.resolve("HEAD"))
     if ground.experiment.evaluate == integrity.HARNESS:
-        integrity.pin_data(paths, branch, ground)
+        integrity.pin_data(git, branch, ground)
 
 
 def _branch_name(git: Git, ground: Ground, tag: str) -> str:

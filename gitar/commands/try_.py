@@ -3,6 +3,12 @@
 This command adds what a plain `git commit` lacks: refusals before anything is
 committed, staging of the agent-owned files only, the lock, a live progress line on
 a terminal (hook output is buffered until the hook ends), and one result line.
+
+When the hooks a commit would run are only gitar's own (gitar/hookset.py), this
+process runs both hook stages itself — the same preflight on an index holding
+exactly what is committed, then the same run — and commits with the hooks off: the
+hooks would only start three more Python processes to reach the same code. Any
+other hook configured, and the commit goes through the hooks.
 """
 
 from __future__ import annotations
@@ -12,14 +18,16 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitar import experiment, lock, state
+from gitar import experiment, hooks, lock, preflight, runner, state
 from gitar.commands.common import Workspace, open_workspace
 from gitar.config import MODEL_FILE
 from gitar.errors import ExitCode, GitarError
+from gitar.hookset import foreign_hooks
 from gitar.paths import Paths
 from gitar.preflight import check_model_source, check_source, owned
 from gitar.records import Record
@@ -72,34 +80,96 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
         raise GitarError(f"{op} is in progress; finish or abort it before trying an experiment")
     files = changed_agent_files(ws)
     _check_cheaply(ws, files)
-    paths = Paths(ws.git.common_dir)
+    if (ws.git.gitdir / "index.lock").exists():
+        raise GitarError(f"another git process is using this repository ({ws.git.gitdir / 'index.lock'} "
+                         "exists); wait for it, or remove that file if no git command is running")
     token = lock.new_token()
     held = lock.acquire(ws.git.common_dir, purpose="try", token=token, commit=ws.head)
-    run_id = experiment.new_run_id()
-    transferred = False
+    attempt = _Attempt(ws, text, why, files, token, experiment.new_run_id(), detach)
+    outcome: Record | Started | None = None
     try:
         ws.git.run("add", "-A", "--", *files)
-        env = {"GITAR_LOCK_TOKEN": token, "GITAR_RUN_ID": run_id, "GITAR_DETACH": "1" if detach else "0",
-               "GITAR_HYPOTHESIS": why or "",
+        with _watching(Paths(ws.git.common_dir), on_progress):
+            outcome = attempt.in_process() if foreign_hooks(ws.git) is None else attempt.through_hooks()
+        return outcome
+    finally:
+        if not isinstance(outcome, Started):  # a detached runner holds the lock now
+            held.release()
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    ws: Workspace
+    text: str
+    hypothesis: str | None
+    files: list[str]
+    token: str
+    run_id: str
+    detach: bool
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(self.ws.git.common_dir)
+
+    def in_process(self) -> Record | Started:
+        """Both hook stages in this process; the commit itself with the hooks off."""
+        git = self.ws.git
+        self.paths.base.mkdir(parents=True, exist_ok=True)
+        index = self.paths.base / f"index-{self.run_id}"
+        to_index = {"GIT_INDEX_FILE": str(index)}
+        try:
+            # The commit's own index: HEAD plus the agent's files, nothing else anyone staged.
+            git.run("read-tree", "HEAD", env=to_index)
+            git.run("add", "-A", "--", *self.files, env=to_index)
+            preflight.run_checks(git.with_index(index), self.ws.ground, token=self.token, echo=False)
+            # From the commit until the run is under way, a stop request waits (see stop_signals_held);
+            # the detached runner inherits the wait and ends it when its own run starts.
+            with runner.stop_signals_held():
+                sha = self._commit(index)
+                plan = experiment.plan_attempt(git, sha, self.ws.branch, git.commit(sha).message.strip(),
+                                               self.run_id, self.hypothesis)
+                if not self.detach:
+                    return experiment.execute(git, plan)
+                env = {**os.environ, lock.TOKEN_ENV: self.token, "GITAR_HYPOTHESIS": self.hypothesis or ""}
+                hooks.spawn_detached(git, plan, env)
+            return self._outcome(sha)
+        finally:
+            index.unlink(missing_ok=True)
+
+    def _commit(self, index: Path) -> str:
+        git = self.ws.git
+        # --cleanup=whitespace: the default would drop description lines starting with "#".
+        git.run("-c", f"core.hooksPath={os.devnull}", "commit", "--cleanup=whitespace", "--quiet", "-F", "-",
+                env={"GIT_INDEX_FILE": str(index)}, input=self.text,
+                advice="nothing was committed; your edits are untouched")
+        sha = git.ref_target(f"refs/heads/{self.ws.branch}")
+        if sha is None or sha == self.ws.head or git.commit(sha).parent_ids[0] != self.ws.head:
+            raise GitarError(f"{self.ws.branch} moved during the commit (now {str(sha)[:7]}); "
+                             "someone else commits here — nothing was run", ExitCode.INTERNAL)
+        return sha
+
+    def through_hooks(self) -> Record | Started:
+        env = {lock.TOKEN_ENV: self.token, "GITAR_RUN_ID": self.run_id, "GITAR_DETACH": "1" if self.detach else "0",
+               "GITAR_HYPOTHESIS": self.hypothesis or "",
                # the hooks call `python`: make it this interpreter, the one with gitar and torch
                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-        output = _commit(ws, text, files, env, paths, on_progress)
-        new_head = ws.git.ref_target(f"refs/heads/{ws.branch}")
-        record = experiment.read_result(ws.git, run_id)
+        output = _commit(self.ws, self.text, self.files, env)
+        new_head = self.ws.git.ref_target(f"refs/heads/{self.ws.branch}")
+        if new_head == self.ws.head and experiment.read_result(self.ws.git, self.run_id) is None:
+            raise GitarError(_refusal(output))
+        return self._outcome(new_head, output)
+
+    def _outcome(self, sha: str | None, output: str = "") -> Record | Started:
+        """The record if the run ended, the started run if it is detached and under way."""
+        record = experiment.read_result(self.ws.git, self.run_id)
         if record is not None:
             return record
-        current = state.load(paths)
-        if detach and current is not None and current.run_id == run_id:
-            transferred = True
-            return Started(run_id, current.commit, text, current.log)
-        if new_head == ws.head:
-            raise GitarError(_refusal(output))
-        raise GitarError("the commit was made but no experiment ran; are the hooks installed? "
-                         f"run `gitar init {ws.branch.split('/', 1)[-1]}` again. git said: {_tail(output)}",
-                         ExitCode.INTERNAL)
-    finally:
-        if not transferred:
-            held.release()
+        current = state.load(self.paths)
+        if self.detach and current is not None and current.run_id == self.run_id:
+            return Started(self.run_id, current.commit, self.text, current.log)
+        raise GitarError(f"the commit {str(sha)[:7]} was made but no experiment ran; are the hooks installed? "
+                         f"run `gitar init {self.ws.branch.split('/', 1)[-1]}` again"
+                         + (f". git said: {_tail(output)}" if output else ""), ExitCode.INTERNAL)
 
 
 def _check_cheaply(ws: Workspace, files: list[str]) -> None:
@@ -118,8 +188,30 @@ def _check_cheaply(ws: Workspace, files: list[str]) -> None:
             check_model_source(full.read_bytes(), ws.ground, full)
 
 
-def _commit(ws: Workspace, text: str, files: list[str], env: dict[str, str], paths: Paths,
-            on_progress: Callable[[Paths], None] | None) -> str:
+@contextmanager
+def _watching(paths: Paths, on_progress: Callable[[Paths], None] | None) -> Iterator[None]:
+    """Call on_progress every half second from a thread while the body runs."""
+    if on_progress is None:
+        yield
+        return
+    callback = on_progress
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            callback(paths)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+
+
+def _commit(ws: Workspace, text: str, files: list[str], env: dict[str, str]) -> str:
+    """`git commit` of the agent's files through the hooks; returns what git and the hooks printed."""
     # --cleanup=whitespace: the default would drop description lines starting with "#".
     args = ["commit", "--cleanup=whitespace", "-F", "-", "--", *files]
     with tempfile.TemporaryFile() as out:
@@ -130,27 +222,12 @@ def _commit(ws: Workspace, text: str, files: list[str], env: dict[str, str], pat
         assert proc.stdin is not None
         proc.stdin.write(text.encode())
         proc.stdin.close()
-        stop = threading.Event()
-        watcher = None
-        if on_progress is not None:
-            callback = on_progress
-
-            def watch() -> None:
-                while not stop.wait(0.5):
-                    callback(paths)
-
-            watcher = threading.Thread(target=watch, daemon=True)
-            watcher.start()
         try:
             proc.wait()
         except KeyboardInterrupt:
             # The hooks got the same Ctrl-C: let them record the attempt as aborted first.
             proc.wait()
             raise
-        finally:
-            stop.set()
-            if watcher is not None:
-                watcher.join()
         out.seek(0)
         return out.read().decode("utf-8", "replace")
 

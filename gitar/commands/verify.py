@@ -22,7 +22,6 @@ from pathlib import Path
 from gitar import integrity
 from gitar.errors import GitarError
 from gitar.git import Git
-from gitar.paths import Paths
 from gitar.records import KEEP, Notebook, Record
 
 
@@ -60,7 +59,7 @@ def verify_branch(branch: str | None = None, start: str | Path = ".") -> Verific
         raise GitarError(f"{name} has no recorded base ({integrity.base_ref(name)}); run `gitar init TAG` "
                          "on the branch to record one, then verify again")
     expected = integrity.harness_sha256(git, base)
-    pin = integrity.load_data_pin(Paths(git.common_dir), name)
+    pin = integrity.load_data_pin(git, name)
     data = integrity.data_digest(pin) if pin is not None else None
     kept = sorted((r for _, records in Notebook(git).all() for r in records if r.branch == name and r.status == KEEP),
                   key=lambda r: (r.started or "", r.commit, r.run_id))
