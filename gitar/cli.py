@@ -15,12 +15,15 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gitar.errors import ExitCode, GitarError
 from gitar.paths import Paths
+
+if TYPE_CHECKING:
+    from gitar.records import Record
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="git as the loop, the lab notebook and the referee of autonomous ML research.")
@@ -53,14 +56,23 @@ def try_cmd(
     detach: Annotated[bool, typer.Option("--detach", help="return once the run has started")] = False,
     hypothesis: Annotated[str | None, typer.Option("--hypothesis", help="why you expect it to help")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the record as JSON")] = False,
+    remote: Annotated[str | None, typer.Option(
+        "--remote", help="preflight here, push, and let this remote's GPU runner measure it")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="with --remote: return once pushed")] = False,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="with --remote: stop waiting after this many seconds")] = None,
+    poll: Annotated[float, typer.Option("--poll", help="with --remote: seconds between fetches of the records")] = 10.0,
 ) -> None:
     """Commit train.py/model.json changes; the hooks preflight, train, judge and record them."""
     from gitar.commands.try_ import Started, try_experiment
     from gitar.records import record_dict
+    from gitar.remote_queue import Queued
     from gitar.report import exit_code, result_line
 
+    if remote is None and (no_wait or timeout is not None):
+        raise typer.BadParameter("goes with --remote", param_hint="--no-wait/--timeout")
     live = sys.stderr.isatty() and not as_json
-    outcome = try_experiment(description, detach=detach, hypothesis=hypothesis, on_progress=_live_progress() if live else None)
+    outcome = try_experiment(description, detach=detach, hypothesis=hypothesis,
+                             on_progress=_live_progress() if live and remote is None else None, remote=remote)
     if live:
         sys.stderr.write("\r\033[K")
     if isinstance(outcome, Started):
@@ -68,8 +80,31 @@ def try_cmd(
         _emit(f"started {outcome.commit[:7]} \"{outcome.description.splitlines()[0][:60]}\"; "
               "`gitar status` to watch, `gitar wait` for the result", data, as_json)
         raise typer.Exit(ExitCode.KEPT)
+    if isinstance(outcome, Queued):
+        if no_wait:
+            data = {"status": "queued", "commit": outcome.commit, "remote": outcome.remote, "branch": outcome.branch}
+            _emit(f"queued {outcome.commit[:7]} \"{outcome.description.splitlines()[0][:60]}\" for the runner of "
+                  f"{outcome.remote}; `gitar wait --remote {outcome.remote}` for the result", data, as_json)
+            raise typer.Exit(ExitCode.KEPT)
+        outcome = _wait_remote(outcome.remote, outcome.commit, timeout, poll)
     _emit(result_line(outcome), record_dict(outcome), as_json)
     raise typer.Exit(exit_code(outcome))
+
+
+def _wait_remote(remote: str, commit: str | None, timeout: float | None, poll: float) -> Record:
+    """The verdict of a queued commit (the branch tip by default), fetched from the remote."""
+    from gitar.commands.common import open_workspace
+    from gitar.remote_queue import wait_for_verdict
+
+    ws = open_workspace()
+    sha = ws.git.resolve(commit) if commit else ws.head
+    typer.echo(f"gitar: waiting for the runner of {remote} to measure {sha[:7]}…", err=True)
+    try:
+        return wait_for_verdict(ws.git, ws.branch, sha, remote, timeout_s=timeout, poll_s=poll)
+    except KeyboardInterrupt:
+        typer.echo(f"gitar: stopped waiting; {sha[:7]} stays queued — `gitar wait --remote {remote}` "
+                   "picks the result up later", err=True)
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
 
 
 def _live_progress() -> Callable[[Paths], None]:
@@ -123,13 +158,16 @@ def status_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
 def wait_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     timeout: Annotated[float | None, typer.Option("--timeout", help="give up after this many seconds")] = None,
+    remote: Annotated[str | None, typer.Option(
+        "--remote", help="wait for this remote's runner to measure the branch tip (gitar try --remote --no-wait)")] = None,
+    poll: Annotated[float, typer.Option("--poll", help="with --remote: seconds between fetches")] = 10.0,
 ) -> None:
     """Block until the running experiment is recorded; prints what `gitar try` would have."""
     from gitar.commands.wait import wait_for_result
     from gitar.records import record_dict
     from gitar.report import exit_code, result_line
 
-    record = wait_for_result(timeout_s=timeout)
+    record = _wait_remote(remote, None, timeout, poll) if remote else wait_for_result(timeout_s=timeout)
     _emit(result_line(record), record_dict(record), as_json)
     raise typer.Exit(exit_code(record))
 
@@ -263,7 +301,7 @@ def ci_cmd(
 ) -> None:
     """A GPU runner's job: measure the pushed branch's unmeasured commits in order, then sync."""
     from gitar.commands.ci import run_ci
-    from gitar.records import Record, record_dict
+    from gitar.records import record_dict
     from gitar.report import result_line
 
     def show(record: Record) -> None:

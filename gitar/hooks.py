@@ -27,6 +27,7 @@ from gitar.recovery import recover
 from gitar.report import result_line
 
 DETACH_START_TIMEOUT_S = 30.0
+REMOTE_ENV = "GITAR_REMOTE"  # set by `gitar try --remote`: the remote's runner measures the commit
 
 
 def _experiment_branch(git: Git) -> tuple[str, Ground] | None:
@@ -62,6 +63,9 @@ def stage_run() -> int:
     if found is None:
         return 0
     branch, _ = found
+    if os.environ.get(REMOTE_ENV):
+        print(f"gitar: queued for the runner of {os.environ[REMOTE_ENV]}")
+        return 0
     sha = git.resolve("HEAD")
     description = git.commit(sha).message.strip()
     run_id = os.environ.get("GITAR_RUN_ID") or experiment.new_run_id()

@@ -109,7 +109,7 @@ def sync(git: Git, remote: str = "origin", *, push: bool = True, tries: int = MA
     """Fetch and merge the remote's records; then push ours, starting over on every rejection."""
     if tries < 1:
         raise GitarError(f"tries must be at least 1, got {tries}")
-    _check_remote(git, remote)
+    check_remote(git, remote)
     result = SyncResult(remote=remote)
     prefix = _branch_prefix(git)
     for n in range(1, tries + 1):
@@ -140,7 +140,7 @@ def backoff_s(attempt: int) -> float:
     return random.uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(attempt, 10)))
 
 
-def _check_remote(git: Git, remote: str) -> None:
+def check_remote(git: Git, remote: str) -> None:
     if git.run("remote", "get-url", remote, check=False).returncode != 0:
         raise GitarError(f"no remote named {remote!r} in this clone; list them with `git remote -v` "
                          f"or add one with `git remote add {remote} URL`")

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitar import experiment, hooks, lock, preflight, runner, state
+from gitar import experiment, hooks, lock, preflight, remote_queue, runner, state
 from gitar.commands.common import Workspace, open_workspace
 from gitar.config import MODEL_FILE
 from gitar.errors import ExitCode, GitarError
@@ -31,6 +31,8 @@ from gitar.hookset import foreign_hooks
 from gitar.paths import Paths
 from gitar.preflight import check_model_source, check_source, owned
 from gitar.records import Record
+from gitar.remote_queue import Queued
+from gitar.sync import check_remote
 
 MAX_DESCRIPTION = 4096  # a commit subject plus a paragraph; a megabyte is a mistake, not a description
 
@@ -72,10 +74,20 @@ def changed_agent_files(ws: Workspace) -> list[str]:
 
 
 def try_experiment(description: str, *, detach: bool = False, hypothesis: str | None = None,
-                   start: str | Path = ".", on_progress: Callable[[Paths], None] | None = None) -> Record | Started:
+                   start: str | Path = ".", on_progress: Callable[[Paths], None] | None = None,
+                   remote: str | None = None) -> Record | Started | Queued:
+    """Refuse early, commit the agent's files, and run the experiment here, detached, or on a remote's runner.
+
+    With `remote`, the commit is preflighted here and pushed for the remote's runner instead of
+    run (remote_queue.py); the caller waits for the verdict or returns at once.
+    """
     text = check_description(description)
     why = check_description(hypothesis, "--hypothesis") if hypothesis is not None else None
+    if remote is not None and detach:
+        raise GitarError("--detach runs the experiment here in the background; with --remote use --no-wait")
     ws = open_workspace(start)
+    if remote is not None:
+        check_remote(ws.git, remote)
     if (op := ws.git.operation_in_progress()) is not None:
         raise GitarError(f"{op} is in progress; finish or abort it before trying an experiment")
     files = changed_agent_files(ws)
@@ -85,8 +97,8 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
                          "exists); wait for it, or remove that file if no git command is running")
     token = lock.new_token()
     held = lock.acquire(ws.git.common_dir, purpose="try", token=token, commit=ws.head)
-    attempt = _Attempt(ws, text, why, files, token, experiment.new_run_id(), detach)
-    outcome: Record | Started | None = None
+    attempt = _Attempt(ws, text, why, files, token, experiment.new_run_id(), detach, remote)
+    outcome: Record | Started | Queued | None = None
     try:
         ws.git.run("add", "-A", "--", *files)
         with _watching(Paths(ws.git.common_dir), on_progress):
@@ -106,12 +118,13 @@ class _Attempt:
     token: str
     run_id: str
     detach: bool
+    remote: str | None = None  # queue the commit for this remote's runner instead of running it here
 
     @property
     def paths(self) -> Paths:
         return Paths(self.ws.git.common_dir)
 
-    def in_process(self) -> Record | Started:
+    def in_process(self) -> Record | Started | Queued:
         """Both hook stages in this process; the commit itself with the hooks off."""
         git = self.ws.git
         self.paths.base.mkdir(parents=True, exist_ok=True)
@@ -126,6 +139,8 @@ class _Attempt:
             # the detached runner inherits the wait and ends it when its own run starts.
             with runner.stop_signals_held():
                 sha = self._commit(index)
+                if self.remote is not None:
+                    return self._queue(sha)
                 plan = experiment.plan_attempt(git, sha, self.ws.branch, git.commit(sha).message.strip(),
                                                self.run_id, self.hypothesis)
                 if not self.detach:
@@ -148,15 +163,21 @@ class _Attempt:
                              "someone else commits here — nothing was run", ExitCode.INTERNAL)
         return sha
 
-    def through_hooks(self) -> Record | Started:
+    def _queue(self, sha: str) -> Queued:
+        git = self.ws.git
+        return remote_queue.queue(git, self.ws.branch, sha, git.commit(sha).message.strip(), str(self.remote))
+
+    def through_hooks(self) -> Record | Started | Queued:
         env = {lock.TOKEN_ENV: self.token, "GITAR_RUN_ID": self.run_id, "GITAR_DETACH": "1" if self.detach else "0",
-               "GITAR_HYPOTHESIS": self.hypothesis or "",
+               "GITAR_HYPOTHESIS": self.hypothesis or "", hooks.REMOTE_ENV: self.remote or "",
                # the hooks call `python`: make it this interpreter, the one with gitar and torch
                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
         output = _commit(self.ws, self.text, self.files, env)
         new_head = self.ws.git.ref_target(f"refs/heads/{self.ws.branch}")
         if new_head == self.ws.head and experiment.read_result(self.ws.git, self.run_id) is None:
             raise GitarError(_refusal(output))
+        if self.remote is not None and new_head is not None:
+            return self._queue(new_head)
         return self._outcome(new_head, output)
 
     def _outcome(self, sha: str | None, output: str = "") -> Record | Started:

@@ -66,6 +66,21 @@ print("seed: " + os.environ.get("GITAR_SEED", "42"))
 '''
 
 
+# A user's own pre-commit hook, appended to .pre-commit-config.yaml: with it, `gitar try` commits
+# through the hooks (gitar/hookset.py) and the marker file shows the hook ran.
+USER_HOOK_CONFIG = """\
+  - repo: local
+    hooks:
+      - id: user-marker
+        name: a user's own hook
+        entry: sh -c 'echo ran >> .git/user-hook-ran'
+        language: system
+        pass_filenames: false
+        always_run: true
+        stages: [pre-commit]
+"""
+
+
 def fake_train(val_bpb: float = 1.0, mode: str = "ok", sleep_s: float = 0.0) -> str:
     return FAKE_TRAIN.format(val_bpb=val_bpb, mode=mode, sleep_s=sleep_s)
 

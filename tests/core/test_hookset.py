@@ -16,19 +16,7 @@ import pytest
 
 from gitar.git import Git
 from gitar.hookset import foreign_hooks
-from tests.core.conftest import Workspace, fake_train, make_workspace
-
-USER_HOOK = """\
-  - repo: local
-    hooks:
-      - id: user-marker
-        name: a user's own hook
-        entry: sh -c 'echo ran >> .git/user-hook-ran'
-        language: system
-        pass_filenames: false
-        always_run: true
-        stages: [pre-commit]
-"""
+from tests.core.conftest import USER_HOOK_CONFIG, Workspace, fake_train, make_workspace
 
 
 def test_only_gitars_hooks_by_default(workspace: Workspace) -> None:
@@ -63,7 +51,7 @@ def test_a_users_own_hook_still_runs_under_gitar_try(hermetic: Path, tmp_path: P
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     ws = make_workspace(tmp_path / "ws")
     config = ws.root / ".pre-commit-config.yaml"
-    config.write_text(config.read_text() + USER_HOOK)
+    config.write_text(config.read_text() + USER_HOOK_CONFIG)
     ws.git("commit", "-qam", "a user hook")
     monkeypatch.chdir(ws.root)
     assert ws.gitar("init", "t1").returncode == 0
@@ -84,7 +72,7 @@ def test_the_preflight_sees_only_what_is_committed(hermetic: Path, tmp_path: Pat
     ws = make_workspace(tmp_path / "ws")
     if user_hook:
         config = ws.root / ".pre-commit-config.yaml"
-        config.write_text(config.read_text() + USER_HOOK)
+        config.write_text(config.read_text() + USER_HOOK_CONFIG)
         ws.git("commit", "-qam", "a user hook")
     monkeypatch.chdir(ws.root)
     assert ws.gitar("init", "t1").returncode == 0
