@@ -37,16 +37,31 @@ def _emit(record_line: str, data: Mapping[str, object] | None, as_json: bool) ->
 
 
 @app.command("init")
-def init_cmd(tag: Annotated[str, typer.Argument(help="names the branch autoresearch/TAG")]) -> None:
+def init_cmd(
+    tag: Annotated[str, typer.Argument(help="names the branch autoresearch/TAG")],
+    worktrees: Annotated[int, typer.Option(
+        "--worktrees", help="N worktrees, one per GPU: branches autoresearch/TAG-gpu0..N-1, device K pinned")] = 0,
+    worktree_dir: Annotated[Path | None, typer.Option(
+        "--worktree-dir", help="where the worktrees go (default: beside this checkout)")] = None,
+) -> None:
     """Create the experiment branch autoresearch/TAG here and install the hooks."""
     from gitar.commands.init import init_workspace
 
-    result = init_workspace(tag)
-    verb = "created" if result.created else "already on"
-    typer.echo(f"gitar: {verb} {result.branch}; hooks installed; notes shown by `git log`")
-    for w in result.warnings:
-        typer.echo(f"gitar: warning: {w}", err=True)
-    typer.echo("gitar: next: `gitar run` measures the baseline, then `gitar try \"what I changed\"`")
+    if worktree_dir is not None and not worktrees:
+        raise typer.BadParameter("goes with --worktrees N", param_hint="--worktree-dir")
+    result = init_workspace(tag, worktrees=worktrees, worktree_dir=worktree_dir)
+    if result.worktrees:
+        for w in result.worktrees:
+            verb = "created" if w.created else "kept"
+            typer.echo(f"gitar: {verb} {w.branch} in {w.path} (GPU {w.device})")
+        typer.echo("gitar: hooks installed; notes shown by `git log`")
+    else:
+        verb = "created" if result.created else "already on"
+        typer.echo(f"gitar: {verb} {result.branch}; hooks installed; notes shown by `git log`")
+    for warning in result.warnings:
+        typer.echo(f"gitar: warning: {warning}", err=True)
+    where = " in each worktree" if result.worktrees else ""
+    typer.echo(f"gitar: next: `gitar run` measures the baseline{where}, then `gitar try \"what I changed\"`")
     raise typer.Exit(ExitCode.KEPT)
 
 

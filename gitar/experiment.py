@@ -26,7 +26,7 @@ from gitar.git import Git, clean_env
 from gitar.judge import Best, Policy, Sigma, Verdict, current_best, judge, sigma_of
 from gitar.noise import branch_noise, commit_spread
 from gitar.paths import Paths
-from gitar.records import ABORTED, KEEP, REJECTED, UNDECIDED, Notebook, Record
+from gitar.records import ABORTED, CRASH, KEEP, REJECTED, UNDECIDED, Notebook, Record
 from gitar.worktree import PENDING, move_branch
 
 DEFAULT_SEED = 42
@@ -104,7 +104,7 @@ def execute(git: Git, plan: Plan, *, pid: int | None = None) -> Record:
     by the next command (recorded as aborted, branch back to the best). Only the run that
     decides gets the plan's run id, the one `gitar try` and `gitar wait` look for.
     """
-    paths = Paths(git.common_dir)
+    paths = Paths.of(git)
     notebook = Notebook(git)
     ground = ground_at(git, plan.commit)
     policy = Policy.of(ground.experiment)
@@ -137,6 +137,10 @@ def execute(git: Git, plan: Plan, *, pid: int | None = None) -> Record:
             undecided.kind = "confirm"
             notebook.append(undecided)
             earlier.append(val_bpb)
+    except GitarError as e:
+        # Committed and pinned, but it could not be run or measured (the log's volume is full,
+        # the snapshot cannot be written, ...): recorded with the reason, never left unjudged.
+        return finish(git, plan, _not_run(git, plan, ground, e))
     finally:
         shutil.rmtree(snapshot, ignore_errors=True)
         state.clear(paths, plan.run_id)
@@ -163,6 +167,13 @@ def _rejected(git: Git, plan: Plan, ground: Ground, reason: str) -> Record:
                   best_commit=plan.best.commit if plan.best else None, rule=ground.experiment.keep_rule,
                   reason=reason, seed=plan.seed, started=_iso(time.time()), host=socket.gethostname(),
                   harness_sha256=integrity.harness_sha256(git, plan.commit))
+
+
+def _not_run(git: Git, plan: Plan, ground: Ground, error: GitarError) -> Record:
+    record = _rejected(git, plan, ground, f"could not run: {error.message}")
+    record.status = CRASH
+    record.error = {"type": "GitarError", "message": error.message, "traceback": []}
+    return record
 
 
 def _verdict(measured: integrity.Measurement, result: runner.RunResult, plan: Plan, policy: Policy,
@@ -196,7 +207,7 @@ def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, r
     # The run sees the committed files only: later edits in the work tree cannot leak into it.
     git.export_tree(plan.commit, snapshot)
     env = clean_env({"GITAR_WORKSPACE": str(git.root), "GITAR_SEED": str(plan.seed),
-                     "GITAR_COMMIT": plan.commit, "GITAR_RUN_ID": run_key})
+                     "GITAR_COMMIT": plan.commit, "GITAR_RUN_ID": run_key, **paths.device_env()})
     env.pop("GITAR_SMOKE", None)
     env.pop(integrity.EXPORT_ENV, None)
     harness = ground.experiment.evaluate == integrity.HARNESS
@@ -219,7 +230,8 @@ def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, r
             return result, integrity.Measurement(result.status, None, None, _float(result.summary.get("val_bpb")))
         pinned = integrity.load_data_pin(git, plan.branch)
         return result, integrity.measure(git, base, ground, result, evaluation, pinned,
-                                         ground.experiment.timeout_s - result.wall_s, on_start=started)
+                                         ground.experiment.timeout_s - result.wall_s, on_start=started,
+                                         device_env=paths.device_env())
     except runner.RunInterrupted as interrupted:
         finish(git, plan, _record(git, plan, ground, interrupted.result, None, None))
         raise
@@ -237,7 +249,7 @@ def _repeat_noise(notebook: Notebook, record: Record) -> dict[str, Any] | None:
 
 def finish(git: Git, plan: Plan, record: Record) -> Record:
     """Write the record, then move the branch; the result file lets `try`/`wait` find it."""
-    paths = Paths(git.common_dir)
+    paths = Paths.of(git)
     Notebook(git).append(record)
     if plan.kind == "attempt" and record.status != KEEP:
         back_to = plan.best.commit if plan.best else _first_parent(git, plan.commit)
@@ -327,7 +339,7 @@ def _error(result: runner.RunResult) -> dict[str, object]:
 
 
 def result_path(git: Git, run_id: str) -> Path:
-    return Paths(git.common_dir).result(run_id)
+    return Paths.of(git).result(run_id)
 
 
 def read_result(git: Git, run_id: str) -> Record | None:

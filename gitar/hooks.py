@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from gitar import experiment, lock, state
+from gitar import experiment, lock, runner, state
 from gitar.config import Ground
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git
@@ -76,7 +76,8 @@ def stage_run() -> int:
         return spawn_detached(git, plan)
 
     try:
-        held = lock.acquire(git.common_dir, purpose="experiment", token=token, commit=sha)
+        held = lock.acquire(git.common_dir, purpose="experiment", token=token, commit=sha,
+                            name=Paths.of(git).lock_name)
     except GitarError as e:
         # Someone else's experiment holds the GPU: this commit cannot be measured now.
         record = Record(status=REJECTED, commit=sha, branch=branch, description=description, run_id=run_id,
@@ -84,8 +85,16 @@ def stage_run() -> int:
         record = experiment.finish(git, plan, record)
         print(f"gitar: {result_line(record)}")
         return 0
+    # Joined from the `gitar try` that made the commit: from now on the lock names this process,
+    # so it never looks stale while the run goes on, and the run stops if that `gitar try` dies.
+    starter = None if held.owned else held.info
     try:
-        record = experiment.execute(git, plan)
+        if starter is not None:
+            held.transfer(os.getpid())
+        # A stop arriving between the run and its record waits for the record (runner.stop_signals_held).
+        with runner.stop_signals_held(), \
+                runner.stop_if_gone(starter.pid if starter else None, starter.pid_start if starter else None):
+            record = experiment.execute(git, plan)
     finally:
         held.release()
     print(f"gitar: {result_line(record)}")
@@ -98,7 +107,7 @@ def spawn_detached(git: Git, plan: experiment.Plan, env: dict[str, str] | None =
     env carries the lock token (GITAR_LOCK_TOKEN) and the hypothesis (GITAR_HYPOTHESIS);
     by default the hook's own environment, where `gitar try` put them.
     """
-    paths = Paths(git.common_dir)
+    paths = Paths.of(git)
     paths.logs.mkdir(parents=True, exist_ok=True)
     out = open(paths.logs / f"{plan.commit[:12]}-{plan.run_id[:8]}.runner.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -120,7 +129,8 @@ def spawn_detached(git: Git, plan: experiment.Plan, env: dict[str, str] | None =
 def stage_detached(run_id: str, sha: str, branch: str) -> int:
     git = Git.discover()
     token = os.environ.get("GITAR_LOCK_TOKEN")
-    held = lock.acquire(git.common_dir, purpose="experiment", token=token, commit=sha)
+    held = lock.acquire(git.common_dir, purpose="experiment", token=token, commit=sha,
+                            name=Paths.of(git).lock_name)
     held.transfer(os.getpid())
     try:
         plan = experiment.plan_attempt(git, sha, branch, git.commit(sha).message.strip(), run_id,

@@ -287,7 +287,7 @@ class EvaluationRun:
 
 def measure(git: Git, base: str, ground: Ground, trained: runner.RunResult, run: EvaluationRun,
             pinned: Mapping[str, str] | None, timeout_s: float,
-            on_start: Callable[[int], None] | None = None) -> Measurement:
+            on_start: Callable[[int], None] | None = None, device_env: Mapping[str, str] | None = None) -> Measurement:
     """The harness's val_bpb of the model train.py exported, from a process of its own.
 
     Runs only after a successful training run. The evaluator reads the base commit's
@@ -312,6 +312,7 @@ def measure(git: Git, base: str, ground: Ground, trained: runner.RunResult, run:
     env = clean_env({"GITAR_WORKSPACE": str(git.root), "PYTHONPATH": _gitar_path()})
     for key in [k for k in env if k.startswith("GITAR_") and k != "GITAR_WORKSPACE"]:
         del env[key]
+    env.update(device_env or {})  # the GPU the model trained on
     result = runner.run_training(command, cwd=run.directory, env=env, log_path=run.log_path,
                                  crash_path=run.crash_path, timeout_s=max(timeout_s, 0.0), on_start=on_start)
     return _interpret(result, out, reported, digest)

@@ -33,8 +33,9 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
-def lock_path(gitdir: Path) -> Path:
-    return Path(gitdir) / "gitar" / "lock"
+def lock_path(gitdir: Path, name: str = "lock") -> Path:
+    """The lock file. One per GPU: a worktree pinned to device K locks `lock-gpuK` (paths.py)."""
+    return Path(gitdir) / "gitar" / name
 
 
 def _start_time(pid: int) -> int | None:
@@ -228,18 +229,18 @@ def _write_new(path: Path, info: LockInfo) -> None:
     _fsync_dir(path.parent)
 
 
-def read(gitdir: Path) -> LockInfo | None:
+def read(gitdir: Path, name: str = "lock") -> LockInfo | None:
     """The current holder, or None if there is no lock file or it cannot be read."""
-    seen = _look(lock_path(gitdir))
+    seen = _look(lock_path(gitdir, name))
     return _parse(seen.raw) if seen is not None else None
 
 
-def clear_stale(gitdir: Path) -> bool:
+def clear_stale(gitdir: Path, name: str = "lock") -> bool:
     """Remove the lock if its holder is dead, or it is unreadable and old; True if removed.
 
     For recovery and `gitar status`, which find a dead run without wanting the lock.
     """
-    path = lock_path(gitdir)
+    path = lock_path(gitdir, name)
     seen = _look(path)
     if seen is None:
         return False
@@ -255,9 +256,10 @@ def _held_message(info: LockInfo) -> str:
             "wait for it with `gitar wait` or see `gitar status`")
 
 
-def acquire(gitdir: Path, *, purpose: str, token: str | None = None, commit: str | None = None) -> Lock:
+def acquire(gitdir: Path, *, purpose: str, token: str | None = None, commit: str | None = None,
+            name: str = "lock") -> Lock:
     """Take the repository's experiment lock, join it (same token), or raise GitarError REFUSED."""
-    path = lock_path(gitdir)
+    path = lock_path(gitdir, name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -2,21 +2,52 @@
 
 No reset, checkout or `git clean` ever touches .git/gitar/, so logs, the running
 state and the lock survive whatever the experiment loop does to the work tree.
+
+Logs, snapshots and results are shared by all worktrees of a clone (run ids are
+unique). The running state belongs to one worktree: each worktree runs its own
+experiment. The lock belongs to a GPU: a worktree made by `gitar init --worktrees`
+is pinned to one device (a `device` file in its own git dir) and takes that device's
+lock; every unpinned worktree shares the one lock of the whole clone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gitar.git import Git
+
+DEVICE_FILE = "device"
 
 
 @dataclass(frozen=True)
 class Paths:
     common_dir: Path  # the git dir shared by all worktrees of a clone
+    gitdir: Path | None = None  # this worktree's own git dir (None or common_dir: the main worktree)
+    device: str | None = None  # the GPU this worktree is pinned to (CUDA_VISIBLE_DEVICES), if any
+
+    @classmethod
+    def of(cls, git: Git) -> Paths:
+        return cls(git.common_dir, git.gitdir, read_device(git.gitdir))
 
     @property
     def base(self) -> Path:
         return self.common_dir / "gitar"
+
+    @property
+    def own(self) -> Path:
+        """This worktree's own gitar directory."""
+        return (self.gitdir or self.common_dir) / "gitar"
+
+    @property
+    def lock_name(self) -> str:
+        return "lock" if self.device is None else f"lock-gpu{self.device}"
+
+    def device_env(self) -> dict[str, str]:
+        """What pins a process to this worktree's GPU."""
+        return {} if self.device is None else {"CUDA_VISIBLE_DEVICES": self.device}
 
     @property
     def logs(self) -> Path:
@@ -32,7 +63,7 @@ class Paths:
 
     @property
     def running(self) -> Path:
-        return self.base / "running.json"
+        return self.own / "running.json"
 
     def log(self, commit: str, run_id: str) -> Path:
         return self.logs / f"{commit[:12]}-{run_id[:8]}.log"
@@ -42,3 +73,16 @@ class Paths:
 
     def result(self, run_id: str) -> Path:
         return self.results / f"{run_id}.json"
+
+
+def read_device(gitdir: Path) -> str | None:
+    try:
+        text = (gitdir / "gitar" / DEVICE_FILE).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text or None
+
+
+def write_device(gitdir: Path, device: str) -> None:
+    (gitdir / "gitar").mkdir(parents=True, exist_ok=True)
+    (gitdir / "gitar" / DEVICE_FILE).write_text(device + "\n")

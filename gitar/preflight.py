@@ -20,6 +20,7 @@ from gitar import lock, runner
 from gitar.config import MODEL_FILE, Ground, parse_model
 from gitar.errors import GitarError
 from gitar.git import Git
+from gitar.paths import Paths
 
 SMOKE_TIMEOUT_S = 120.0  # generous for the CPU; the default model's smoke step takes a few seconds
 
@@ -40,7 +41,7 @@ def check_ownership(paths: list[str], ground: Ground) -> None:
 
 def check_lock(git: Git, token: str | None = None) -> None:
     """No other experiment holds the lock (the holder's own commit passes its token)."""
-    info = lock.read(git.common_dir)
+    info = lock.read(git.common_dir, Paths.of(git).lock_name)
     if info is None or not info.alive():
         return
     if info.token and info.token == (token or os.environ.get(lock.TOKEN_ENV)):

@@ -10,6 +10,7 @@ Two situations, both detected from git and the running-state file alone:
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 
@@ -23,11 +24,11 @@ from gitar.worktree import move_branch
 def recover(git: Git) -> list[str]:
     """Repair the repository after an interruption; returns one line per repair made."""
     notes: list[str] = []
-    paths = Paths(git.common_dir)
+    paths = Paths.of(git)
     running = state.load(paths)
     if running is not None and not state.pid_alive(running.pid):
         notes.append(_abort_dead_run(git, paths, running))
-    if lock.clear_stale(git.common_dir):
+    if lock.clear_stale(git.common_dir, paths.lock_name):
         notes.append("cleared a stale experiment lock left by a process that no longer runs")
     branch = git.current_branch()
     if branch is not None:
@@ -41,19 +42,32 @@ def _abort_dead_run(git: Git, paths: Paths, running: state.Running) -> str:
     if running.pgid is not None:
         runner.kill_group(running.pgid, grace_s=5.0)
     notebook = Notebook(git)
-    recorded = any(r.run_id == running.run_id for r in notebook.records(running.commit))
-    if not recorded:
-        notebook.append(Record(
+    record = next((r for r in notebook.records(running.commit) if r.run_id == running.run_id), None)
+    if record is None:
+        record = Record(
             status=ABORTED, commit=running.commit, branch=running.branch, description=running.description,
             run_id=running.run_id, kind=running.kind, best_commit=running.best_commit, seed=running.seed,
             reason="gitar stopped during the run (killed or machine restarted); recorded by the next command",
-            log=running.log, started=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(running.started))))
+            log=running.log, started=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(running.started)))
+        notebook.append(record)
+    _save_result(paths, record)
     if running.move_branch and running.best_commit is not None:
         move_branch(git, running.branch, running.commit, running.best_commit,
                     f"gitar: aborted {running.commit[:7]}, back to best {running.best_commit[:7]}")
     state.clear(paths, running.run_id)
     shutil.rmtree(paths.snapshots / running.run_id, ignore_errors=True)
     return f"recovered an interrupted run of {running.commit[:7]} ({running.description[:50]!r}): recorded as aborted"
+
+
+def _save_result(paths: Paths, record: Record) -> None:
+    """The result file the dead runner would have written: `gitar wait` then reports this attempt."""
+    target = paths.result(record.run_id)
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(record.to_line() + "\n")
+    os.replace(tmp, target)
 
 
 def _finish_reset(git: Git, branch: str) -> str | None:

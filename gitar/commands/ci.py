@@ -31,6 +31,7 @@ from gitar.errors import GitarError
 from gitar.experiment import ground_at
 from gitar.git import Git
 from gitar.judge import Best, current_best
+from gitar.paths import Paths
 from gitar.records import Notebook, Record
 from gitar.recovery import recover
 from gitar.sync import SyncResult, judged, sync, tracking_branch_ref
@@ -77,7 +78,7 @@ def run_ci(branch: str | None = None, remote: str = "origin", *, with_sync: bool
             except GitarError as e:  # the records are safe here; the final sync tries again
                 print(f"gitar: warning: sync after {record.commit[:7]} failed: {e.message}", file=sys.stderr)
 
-    with lock.acquire(git.common_dir, purpose="ci", commit=tip):
+    with lock.acquire(git.common_dir, purpose="ci", commit=tip, name=Paths.of(git).lock_name):
         pending, best = pending_commits(git, name, tip, prefix)
         outcome.pending = pending
         _check_out(git, name, best.commit if best else (pending[0] if pending else tip), tip)

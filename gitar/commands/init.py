@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gitar import integrity
 from gitar.config import GROUND_FILE, MODEL_FILE, Ground, load_ground, load_model
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git, clean_env
+from gitar.paths import read_device, write_device
 from gitar.records import NOTES_REF
 
 # Config that makes notes follow the commits they describe and show where people look.
@@ -36,14 +37,26 @@ class InitResult:
     branch: str
     created: bool
     warnings: list[str]
+    worktrees: list[Worktree] = field(default_factory=list)  # --worktrees N: one per GPU
 
 
-def init_workspace(tag: str, start: str | Path = ".") -> InitResult:
+@dataclass(frozen=True)
+class Worktree:
+    branch: str
+    path: Path
+    device: str
+    created: bool
+
+
+def init_workspace(tag: str, start: str | Path = ".", *, worktrees: int = 0,
+                   worktree_dir: str | Path | None = None) -> InitResult:
     git = Git.discover(start)
     if git.head_is_unborn():
         raise GitarError("this repository has no commits yet; commit the workspace files first")
     ground = load_ground(git.root / GROUND_FILE)
     load_model(git.root / MODEL_FILE, ground)
+    if worktrees:
+        return _init_worktrees(git, ground, tag, worktrees, worktree_dir)
     branch = _branch_name(git, ground, tag)
     current = git.current_branch()
     created = False
@@ -57,12 +70,73 @@ def init_workspace(tag: str, start: str | Path = ".") -> InitResult:
         git.run("switch", "-c", branch, advice="commit or stash your changes first")
         created = True
     _record_base(git, branch, ground, fresh=created)
+    _configure(git)
+    return InitResult(branch=branch, created=created, warnings=_data_warnings(ground))
+
+
+def _configure(git: Git) -> None:
+    """Hooks and config, shared by every worktree of the clone."""
     _install_hooks(git)
     for key, value in NOTES_CONFIG.items():
         git.run("config", key, value)
     # The hooks start `python -m gitar.hooks` with this interpreter: the one that has gitar and torch.
     git.run("config", "gitar.python", sys.executable)
-    return InitResult(branch=branch, created=created, warnings=_data_warnings(ground))
+
+
+MAX_WORKTREES = 64
+
+
+def _init_worktrees(git: Git, ground: Ground, tag: str, n: int, where: str | Path | None) -> InitResult:
+    """One worktree and branch per GPU (autoresearch/TAG-gpuK, device K), all from the current commit.
+
+    Each worktree runs its own experiments on its own GPU at the same time as the others
+    (its lock is its device's, paths.py); they share one notebook, so `gitar log --all`,
+    `gitar memory --all` and `gitar best --all` see every agent's attempts. Safe to run
+    again: existing worktrees of these branches are repaired, not recreated.
+    """
+    if not 1 <= n <= MAX_WORKTREES:
+        raise GitarError(f"--worktrees must be between 1 and {MAX_WORKTREES}, got {n}")
+    if (op := git.operation_in_progress()) is not None:
+        raise GitarError(f"{op} is in progress; finish or abort it first")
+    parent = Path(where).expanduser().resolve() if where is not None else git.root.parent
+    existing = _worktree_paths(git)
+    start = git.resolve("HEAD")
+    plan: list[tuple[str, Path, str, bool]] = []
+    for k in range(n):
+        branch = _branch_name(git, ground, f"{tag}-gpu{k}")
+        path = parent / f"{git.root.name}-{tag}-gpu{k}"
+        has_branch = git.ref_target(f"refs/heads/{branch}") is not None
+        if has_branch and existing.get(branch) != path:
+            raise GitarError(f"branch {branch} already exists{' in ' + str(existing[branch]) if branch in existing else ''}; "
+                             "pick another tag")
+        if not has_branch and path.exists():
+            raise GitarError(f"{path} already exists; move it away or pass --worktree-dir DIR")
+        plan.append((branch, path, str(k), not has_branch))
+    made: list[Worktree] = []
+    for branch, path, device, fresh in plan:
+        if fresh:
+            git.run("worktree", "add", "--quiet", "-b", branch, str(path), start,
+                    advice=f"could not create the worktree {path}")
+        tree = Git.discover(path)
+        _record_base(tree, branch, ground, fresh=fresh)
+        if read_device(tree.gitdir) != device:
+            write_device(tree.gitdir, device)
+        made.append(Worktree(branch, path, device, fresh))
+    _configure(git)
+    return InitResult(branch=made[0].branch, created=any(w.created for w in made), warnings=_data_warnings(ground),
+                      worktrees=made)
+
+
+def _worktree_paths(git: Git) -> dict[str, Path]:
+    """{branch: worktree path} of the clone's worktrees."""
+    out: dict[str, Path] = {}
+    path: Path | None = None
+    for line in git.out("worktree", "list", "--porcelain").splitlines():
+        if line.startswith("worktree "):
+            path = Path(line[len("worktree "):]).resolve()
+        elif line.startswith("branch refs/heads/") and path is not None:
+            out[line[len("branch refs/heads/"):]] = path
+    return out
 
 
 def _record_base(git: Git, branch: str, ground: Ground, *, fresh: bool) -> None:

@@ -22,6 +22,7 @@ from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
 from gitar.git import Git
 from gitar.judge import Best, current_best
+from gitar.paths import Paths
 from gitar.records import KEEP, Notebook, Record
 from gitar.sync import judged
 from gitar.worktree import move_branch
@@ -39,11 +40,11 @@ def run_commit(rev: str = "HEAD", repeat: int = 1, start: str | Path = ".") -> l
         if repeat != 1:
             raise GitarError(f"--repeat re-measures the tip of {ws.branch}; {rev} ({sha[:7]}) is not the tip")
         chain = unmeasured_chain(ws.git, ws.branch, tip, sha, rev)
-        with lock.acquire(ws.git.common_dir, purpose="run", commit=sha):
+        with lock.acquire(ws.git.common_dir, purpose="run", commit=sha, name=Paths.of(ws.git).lock_name):
             best = current_best(Notebook(ws.git), ws.branch, tip)
             return measure_chain(ws.git, ws.branch, chain, best)
     records: list[Record] = []
-    with lock.acquire(ws.git.common_dir, purpose="run", commit=sha):
+    with lock.acquire(ws.git.common_dir, purpose="run", commit=sha, name=Paths.of(ws.git).lock_name):
         for _ in range(repeat):
             plan = experiment.plan_rerun(ws.git, sha, ws.branch)
             records.append(experiment.execute(ws.git, plan))

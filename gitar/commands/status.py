@@ -46,7 +46,7 @@ class Status:
 
 def get_status(start: str | Path = ".") -> Status:
     ws = open_workspace(start)
-    paths = Paths(ws.git.common_dir)
+    paths = Paths.of(ws.git)
     running = state.load(paths)
     progress = runner.read_progress(Path(running.log)) if running else None
     notebook = Notebook(ws.git)

@@ -96,12 +96,13 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
         raise GitarError(f"another git process is using this repository ({ws.git.gitdir / 'index.lock'} "
                          "exists); wait for it, or remove that file if no git command is running")
     token = lock.new_token()
-    held = lock.acquire(ws.git.common_dir, purpose="try", token=token, commit=ws.head)
+    held = lock.acquire(ws.git.common_dir, purpose="try", token=token, commit=ws.head,
+                        name=Paths.of(ws.git).lock_name)
     attempt = _Attempt(ws, text, why, files, token, experiment.new_run_id(), detach, remote)
     outcome: Record | Started | Queued | None = None
     try:
         ws.git.run("add", "-A", "--", *files)
-        with _watching(Paths(ws.git.common_dir), on_progress):
+        with _watching(Paths.of(ws.git), on_progress):
             outcome = attempt.in_process() if foreign_hooks(ws.git) is None else attempt.through_hooks()
         return outcome
     finally:
@@ -122,7 +123,7 @@ class _Attempt:
 
     @property
     def paths(self) -> Paths:
-        return Paths(self.ws.git.common_dir)
+        return Paths.of(self.ws.git)
 
     def in_process(self) -> Record | Started | Queued:
         """Both hook stages in this process; the commit itself with the hooks off."""
@@ -244,10 +245,12 @@ def _commit(ws: Workspace, text: str, files: list[str], env: dict[str, str]) -> 
         proc.stdin.write(text.encode())
         proc.stdin.close()
         try:
-            proc.wait()
-        except KeyboardInterrupt:
-            # The hooks got the same Ctrl-C: let them record the attempt as aborted first.
-            proc.wait()
+            with runner.stop_signals_interrupt():
+                proc.wait()
+        except KeyboardInterrupt as stop:
+            # A terminal's Ctrl-C reached the hooks too, a signal to gitar alone did not: pass it
+            # on if need be, and return only once the run is recorded as aborted.
+            state.stop_hook_run(Paths.of(ws.git), env.get("GITAR_RUN_ID", ""), proc, runner.signal_of(stop))
             raise
         out.seek(0)
         return out.read().decode("utf-8", "replace")

@@ -17,7 +17,7 @@ POLL_S = 0.5
 
 def wait_for_result(start: str | Path = ".", timeout_s: float | None = None) -> Record:
     ws = open_workspace(start, need_experiment_branch=False)
-    paths = Paths(ws.git.common_dir)
+    paths = Paths.of(ws.git)
     running = state.load(paths)
     if running is None:
         latest = _latest_result(paths)

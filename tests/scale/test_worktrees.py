@@ -1,0 +1,111 @@
+"""Many agents on one machine: `gitar init TAG --worktrees N`, one worktree, branch and GPU each."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.core.conftest import Workspace, fake_train, make_workspace
+
+# The fake trainer, plus a line that leaves behind which GPU it was given.
+SEES_DEVICE = 'import os\nopen(os.environ["GITAR_WORKSPACE"] + "/device.seen", "w").write(os.environ.get("CUDA_VISIBLE_DEVICES", "none"))\n'
+
+
+@pytest.fixture
+def lab(hermetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    ws = make_workspace(tmp_path / "ws")
+    monkeypatch.chdir(ws.root)
+    return ws
+
+
+def _tree(main: Workspace, k: int) -> Workspace:
+    return Workspace(main.root.parent / f"ws-t1-gpu{k}")
+
+
+def test_init_makes_one_worktree_per_gpu_and_is_safe_to_repeat(lab: Workspace) -> None:
+    proc = lab.gitar("init", "t1", "--worktrees", "2")
+    assert proc.returncode == 0, proc.stderr
+    for k in (0, 1):
+        tree = _tree(lab, k)
+        assert f"created autoresearch/t1-gpu{k} in {tree.root} (GPU {k})" in proc.stdout
+        assert tree.git("branch", "--show-current").stdout.strip() == f"autoresearch/t1-gpu{k}"
+        gitdir = Path(tree.git("rev-parse", "--absolute-git-dir").stdout.strip())
+        assert (gitdir / "gitar" / "device").read_text().strip() == str(k)
+        assert tree.git("rev-parse", f"refs/gitar/base/autoresearch/t1-gpu{k}").stdout.strip() == lab.head()
+    again = lab.gitar("init", "t1", "--worktrees", "2")
+    assert again.returncode == 0 and "kept autoresearch/t1-gpu1" in again.stdout, again.stderr
+    assert lab.git("branch", "--show-current").stdout.strip() == "main"  # the main checkout stays put
+
+
+def test_worktrees_run_at_once_each_on_its_own_gpu(lab: Workspace) -> None:
+    assert lab.gitar("init", "t1", "--worktrees", "2").returncode == 0
+    trees = [_tree(lab, k) for k in (0, 1)]
+    for tree in trees:
+        assert tree.gitar("run").returncode == 0
+        (tree.root / "train.py").write_text(SEES_DEVICE + fake_train(0.5, "sleep", 2.0))
+    procs = [subprocess.Popen([sys.executable, "-m", "gitar", "try", f"on gpu {k}"], cwd=tree.root,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+             for k, tree in enumerate(trees)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err  # both kept: neither waited for nor refused by the other
+        assert out.startswith("keep "), out
+    for k, tree in enumerate(trees):
+        assert (tree.root / "device.seen").read_text() == str(k)
+        [rec] = tree.records(tree.tip(f"autoresearch/t1-gpu{k}"))
+        assert rec["description"] == f"on gpu {k}" and rec["branch"] == f"autoresearch/t1-gpu{k}"
+    everything = lab.gitar("log", "--all")
+    assert "on gpu 0" in everything.stdout and "on gpu 1" in everything.stdout
+
+
+def test_an_unpinned_worktree_shares_the_clones_lock(lab: Workspace) -> None:
+    """Two checkouts with no device of their own would share a GPU: one experiment at a time."""
+    assert lab.gitar("init", "t1").returncode == 0
+    other = lab.root.parent / "plain"
+    lab.git("worktree", "add", "-q", "-b", "autoresearch/t2", str(other))
+    plain = Workspace(other)
+    assert lab.gitar("run").returncode == 0 and plain.gitar("run").returncode == 0
+    lab.write_train(0.5, "sleep", 3.0)
+    running = subprocess.Popen([sys.executable, "-m", "gitar", "try", "holds the GPU"], cwd=lab.root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        gitar_dir = lab.root / ".git" / "gitar"
+        for _ in range(200):
+            if (gitar_dir / "running.json").exists():
+                break
+            subprocess.run(["sleep", "0.05"])
+        plain.write_train(0.5)
+        proc = plain.gitar("try", "wants the same GPU")
+        assert proc.returncode == 2 and "another experiment is running" in proc.stderr, proc.stderr
+    finally:
+        running.communicate(timeout=60)
+
+
+def test_a_killed_run_is_recovered_in_its_own_worktree(lab: Workspace) -> None:
+    assert lab.gitar("init", "t1", "--worktrees", "2").returncode == 0
+    a, b = _tree(lab, 0), _tree(lab, 1)
+    for tree in (a, b):
+        assert tree.gitar("run").returncode == 0
+    best = a.tip("autoresearch/t1-gpu0")
+    a.write_train(0.5, "sleep", 60.0)
+    proc = subprocess.Popen([sys.executable, "-m", "gitar", "try", "killed"], cwd=a.root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    gitdir = Path(a.git("rev-parse", "--absolute-git-dir").stdout.strip())
+    running = gitdir / "gitar" / "running.json"
+    for _ in range(400):
+        if running.exists() and '"pgid"' in running.read_text() and '"pgid": null' not in running.read_text():
+            break
+        subprocess.run(["sleep", "0.05"])
+    proc.kill()
+    proc.wait()
+    assert b.gitar("status").returncode == 0  # another worktree's command leaves it alone
+    assert running.exists()
+    assert a.gitar("status").returncode == 0  # its own finishes it
+    assert not running.exists()
+    assert a.tip("autoresearch/t1-gpu0") == best
+    killed = [r for r in a.all_records() if r["description"] == "killed"]
+    assert [r["status"] for r in killed] == ["aborted"]
