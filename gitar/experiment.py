@@ -155,6 +155,8 @@ def _base_fallback(git: Git, plan: Plan) -> str:
 def _refusal(git: Git, plan: Plan, ground: Ground, paths: Paths, base: str) -> str | None:
     """Why the plan's commit may not be measured at all: another harness, or changed evaluation data."""
     reason = integrity.harness_refusal(git, plan.commit, base)
+    if reason is None:
+        reason = integrity.ownership_refusal(git, plan.commit, base, ground.experiment.agent_owned)
     if reason is None and ground.experiment.evaluate == integrity.HARNESS:
         reason = integrity.data_refusal(git, plan.branch, ground)
     return reason

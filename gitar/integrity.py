@@ -37,6 +37,7 @@ from gitar import runner
 from gitar.config import GROUND_FILE, Ground
 from gitar.git import Git, clean_env
 from gitar.paths import Paths
+from gitar.preflight import owned
 from gitar.records import REJECTED
 
 HARNESS_FILES = ("prepare.py", GROUND_FILE)
@@ -94,6 +95,21 @@ def harness_refusal(git: Git, sha: str, base: str) -> str | None:
         return (f"harness differs from the branch base {base[:7]}: {'/'.join(changed) or 'prepare.py/ground.json'} "
                 "changed; experiments may change only the agent-owned files")
     return None
+
+
+def ownership_refusal(git: Git, sha: str, base: str, agent_owned: tuple[str, ...]) -> str | None:
+    """Why the commit may not be measured: it changes files only the user may change, or None.
+
+    The pre-commit hook refuses such a commit where it is made; this catches the ones made
+    without it (`--no-verify`, another clone, pushed for a runner), against the branch base.
+    """
+    changed = [p for p in git.out("diff", "--name-only", "--no-renames", base, sha).splitlines() if p]
+    foreign = [p for p in changed if not owned(p, agent_owned)]
+    if not foreign:
+        return None
+    more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+    return (f"changes files that are not agent-owned since the branch base {base[:7]}: "
+            f"{', '.join(foreign[:3])}{more}; experiments may change only {', '.join(agent_owned)}")
 
 
 # ---------------------------------------------------------------------------
