@@ -13,7 +13,8 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -27,6 +28,17 @@ if TYPE_CHECKING:
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="git as the loop, the lab notebook and the referee of autonomous ML research.")
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C or SIGTERM during a run: one line saying what became of it, exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo("gitar: interrupted; any run under way was stopped and recorded as aborted "
+                   "(`gitar log` shows it)", err=True)
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
 
 
 def _emit(record_line: str, data: Mapping[str, object] | None, as_json: bool) -> None:
@@ -86,8 +98,9 @@ def try_cmd(
     if remote is None and (no_wait or timeout is not None):
         raise typer.BadParameter("goes with --remote", param_hint="--no-wait/--timeout")
     live = sys.stderr.isatty() and not as_json
-    outcome = try_experiment(description, detach=detach, hypothesis=hypothesis,
-                             on_progress=_live_progress() if live and remote is None else None, remote=remote)
+    with _interruptible():
+        outcome = try_experiment(description, detach=detach, hypothesis=hypothesis,
+                                 on_progress=_live_progress() if live and remote is None else None, remote=remote)
     if live:
         sys.stderr.write("\r\033[K")
     if isinstance(outcome, Started):
@@ -149,7 +162,8 @@ def run_cmd(
     from gitar.records import record_dict
     from gitar.report import exit_code, result_line
 
-    records = run_commit(rev, repeat)
+    with _interruptible():
+        records = run_commit(rev, repeat)
     for r in records:
         _emit(result_line(r), record_dict(r), as_json)
     raise typer.Exit(max(exit_code(r) for r in records))
@@ -322,7 +336,8 @@ def ci_cmd(
     def show(record: Record) -> None:
         _emit(result_line(record), record_dict(record), as_json)
 
-    outcome = run_ci(branch, remote, with_sync=with_sync, on_record=show)
+    with _interruptible():
+        outcome = run_ci(branch, remote, with_sync=with_sync, on_record=show)
     for line in outcome.recovered:
         typer.echo(f"gitar: {line}", err=True)
     if not outcome.pending:

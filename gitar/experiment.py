@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gitar import integrity, runner, state
+from gitar import integrity, runner, state, stops
 from gitar.config import GROUND_FILE, Ground, parse_ground
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git, clean_env
@@ -104,6 +104,13 @@ def execute(git: Git, plan: Plan, *, pid: int | None = None) -> Record:
     by the next command (recorded as aborted, branch back to the best). Only the run that
     decides gets the plan's run id, the one `gitar try` and `gitar wait` look for.
     """
+    # Stop requests wait except while a trainer or the evaluator runs (the runner takes them
+    # there): a Ctrl-C never falls between a run and its record.
+    with stops.stop_signals_held():
+        return _execute(git, plan, pid)
+
+
+def _execute(git: Git, plan: Plan, pid: int | None) -> Record:
     paths = Paths.of(git)
     notebook = Notebook(git)
     ground = ground_at(git, plan.commit)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from gitar import experiment, lock, runner, state
+from gitar import experiment, lock, state, stops
 from gitar.config import Ground
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git
@@ -91,9 +91,9 @@ def stage_run() -> int:
     try:
         if starter is not None:
             held.transfer(os.getpid())
-        # A stop arriving between the run and its record waits for the record (runner.stop_signals_held).
-        with runner.stop_signals_held(), \
-                runner.stop_if_gone(starter.pid if starter else None, starter.pid_start if starter else None):
+        # A stop arriving between the run and its record waits for the record (stops.stop_signals_held).
+        with stops.stop_signals_held(), \
+                stops.stop_if_gone(starter.pid if starter else None, starter.pid_start if starter else None):
             record = experiment.execute(git, plan)
     finally:
         held.release()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gitar.errors import ExitCode, GitarError
-from gitar.runner import process_stat
+from gitar.processes import process_stat
 
 TOKEN_ENV = "GITAR_LOCK_TOKEN"
 CORRUPT_STALE_AFTER_S = 5.0  # an unreadable lock this young may be being written right now

@@ -14,9 +14,10 @@ import os
 import shutil
 import time
 
-from gitar import lock, runner, state
+from gitar import lock, state
 from gitar.git import Git
 from gitar.paths import Paths
+from gitar.processes import kill_group
 from gitar.records import ABORTED, KEEP, Notebook, Record
 from gitar.worktree import move_branch
 
@@ -40,7 +41,7 @@ def recover(git: Git) -> list[str]:
 
 def _abort_dead_run(git: Git, paths: Paths, running: state.Running) -> str:
     if running.pgid is not None:
-        runner.kill_group(running.pgid, grace_s=5.0)
+        kill_group(running.pgid, grace_s=5.0)
     notebook = Notebook(git)
     record = next((r for r in notebook.records(running.commit) if r.run_id == running.run_id), None)
     if record is None:

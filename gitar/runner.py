@@ -1,11 +1,9 @@
 """Run one training process under a hard time limit and read what it left behind.
 
-The post-commit hook calls run_training() with the experiment's command. The trainer
-runs in a process group of its own, so that everything it starts (data-loader workers,
-compiler subprocesses) can be stopped together: a single orphan left behind would keep
-GPU memory and poison the next experiment. The group is killed on a timeout, when the
-runner is asked to stop, and when the trainer exits but leaves children behind; each
-time the runner checks that no member survived.
+experiment.py calls run_training() with the experiment's command. The trainer runs in
+a process group of its own (processes.py), killed on a timeout, when the runner is asked
+to stop (stops.py: SIGINT, SIGTERM, SIGHUP), and when the trainer exits but leaves
+children behind; each time the runner checks that no member survived.
 
 parse_summary() reads the `---` block the trainer prints at the end (the same block
 autoresearch prints); read_progress() reads the last step line for live progress.
@@ -13,7 +11,6 @@ autoresearch prints); read_progress() reads the last step line for live progress
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
@@ -22,26 +19,22 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, BinaryIO
 
 from gitar.errors import GitarError
+from gitar.processes import kill_group, pdeathsig_preexec
+from gitar.stops import StopSignals, catch_stop_signals
 
 TAIL_LINES = 30  # lines kept in RunResult.log_tail and in derived crash records
-_POLL_S = 0.05  # how often a dying group is checked
-_KILL_WAIT_S = 5.0  # how long SIGKILL may take to empty a group before giving up on it
 _SUPERVISE_POLL_S = 0.25  # latency of noticing a signal or the deadline while the trainer runs
 _SUMMARY_BYTES = 256 * 1024  # the summary block is at the very end; never read a big log whole
 _PROGRESS_BYTES = 64 * 1024
 _PROGRESS_MAX_BYTES = 4 * 1024 * 1024
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 _INT_KEYS = frozenset({"num_steps", "depth", "seed"})
 # Keys start lower-case (num_params_M is one): an exception line "ValueError: x" is not a key.
@@ -100,165 +93,9 @@ class Progress:
     budget_s: float
 
 
-@dataclass(frozen=True)
-class ProcessStat:
-    state: str  # "R", "S", "D", "Z" (zombie), ...
-    pgrp: int
-    start_time: int  # clock ticks after boot: with the pid, identifies a process across pid reuse
-
-
 def expand_command(command: Sequence[str], python: str = sys.executable) -> list[str]:
     """ground.json experiment.command with "{python}" replaced by the interpreter running gitar."""
     return [part.replace("{python}", python) for part in command]
-
-
-# ---------------------------------------------------------------------------
-# Processes and process groups
-# ---------------------------------------------------------------------------
-
-
-def process_stat(pid: int) -> ProcessStat | None:
-    """State, group and start time of a process from /proc (Linux); None if gone or unknown."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may itself contain ") ".
-    fields = raw[raw.rfind(b")") + 2 :].split()
-    try:
-        return ProcessStat(state=fields[0].decode(), pgrp=int(fields[2]), start_time=int(fields[19]))
-    except (IndexError, ValueError):
-        return None
-
-
-def live_members(pgid: int) -> list[int]:
-    """Pids of the group's members that are still running (zombies hold no memory: ignored)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return []
-    except PermissionError:
-        pass  # a member we may not signal still exists
-    if not Path("/proc/self/stat").exists():
-        return [pgid]  # cannot list the members; the group exists
-    members = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            stat = process_stat(int(entry.name))
-            if stat is not None and stat.pgrp == pgid and stat.state not in ("Z", "X"):
-                members.append(int(entry.name))
-    return members
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with suppress(ProcessLookupError):  # the last member may exit between check and signal
-        os.killpg(pgid, sig)
-
-
-def _wait_gone(pgid: int, timeout_s: float, reap: Callable[[], object], hurry: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        reap()  # our own child turns into a zombie until waited for
-        if not live_members(pgid):
-            return True
-        if time.monotonic() >= deadline or hurry():
-            return False
-        time.sleep(_POLL_S)
-
-
-def kill_group(
-    pgid: int,
-    *,
-    grace_s: float = 10.0,
-    reap: Callable[[], object] = lambda: None,
-    hurry: Callable[[], bool] = lambda: False,
-) -> tuple[int, ...]:
-    """SIGTERM the whole group, give it grace_s to save and exit, then SIGKILL; verify it is gone.
-
-    Returns the pids still alive after SIGKILL (normally none). `hurry` cuts the grace
-    short (a second Ctrl-C); `reap` waits for the runner's own child. Recovery may call
-    this with a pgid read from the running-state file of a runner that died.
-    """
-    reap()
-    if not live_members(pgid):
-        return ()  # nothing to signal, and an empty group's number may be reused later
-    _signal_group(pgid, signal.SIGTERM)
-    if _wait_gone(pgid, grace_s, reap, hurry):
-        return ()
-    _signal_group(pgid, signal.SIGKILL)
-    _wait_gone(pgid, _KILL_WAIT_S, reap, lambda: False)
-    return tuple(live_members(pgid))
-
-
-def _pdeathsig_preexec() -> Callable[[], None] | None:
-    """Ask Linux to SIGKILL the trainer if the runner dies, even by SIGKILL.
-
-    A second line of defence: the first is kill_group(), and recovery from the pgid the
-    caller recorded. The death signal follows the thread that spawned the child, which
-    here is the one blocked in run_training() until the group is gone.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork, not in the child
-    except (OSError, AttributeError):
-        return None
-    runner = os.getpid()
-
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != runner:  # the runner died before the request took effect
-            os._exit(1)
-
-    return arm
-
-
-class _StopSignals:
-    """SIGINT/SIGTERM/SIGHUP recorded instead of acted on, so the runner can kill the group first."""
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-        self.consumed = False  # the run was aborted for them; else they are passed on at the end
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.received.append(signum)
-
-
-@contextmanager
-def stop_signals_held() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM/SIGHUP pending from a commit until its run is under way.
-
-    Between `git commit` and the running-state file nothing records the attempt, so a
-    stop request there would leave a commit nobody measured. Held, it is delivered when
-    the runner installs its handlers (and then recorded as aborted) or when this ends.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-@contextmanager
-def _catch_stop_signals() -> Iterator[_StopSignals]:
-    catcher = _StopSignals()
-    if threading.current_thread() is not threading.main_thread():
-        yield catcher  # Python only delivers signals to the main thread
-        return
-    previous = {sig: signal.signal(sig, catcher._handle) for sig in _STOP_SIGNALS}
-    # A caller that held the stop signals back (stop_signals_held) gets them delivered here.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-    try:
-        yield catcher
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        if catcher.received and not catcher.consumed:
-            # Arrived after the trainer had finished: the caller's handler still gets it.
-            signal.raise_signal(catcher.received[0])
 
 
 # ---------------------------------------------------------------------------
@@ -285,9 +122,9 @@ def _write_log(log: BinaryIO, log_path: Path, line: str) -> None:
                          "free space on that volume and try again") from None
 
 
-def _supervise(proc: subprocess.Popen[bytes], deadline: float, stop: _StopSignals) -> str | None:
+def _supervise(proc: subprocess.Popen[bytes], deadline: float, stop: StopSignals) -> str | None:
     """Wait for the trainer; return "timeout" or "aborted" if it had to be stopped."""
-    while not stop.received:
+    while not stop.stops:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return "timeout"
@@ -331,27 +168,27 @@ def run_training(
             raise GitarError(f"cannot prepare the crash file {crash_path}: {e.strerror}") from None
         child_env = {**env, "GITAR_CRASH_FILE": str(crash_path), "PYTHONUNBUFFERED": "1"}
 
-        with _catch_stop_signals() as stop:
+        with catch_stop_signals() as stop:
             started_at, t0 = time.time(), time.monotonic()
             try:
                 proc = subprocess.Popen(
                     argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_pdeathsig_preexec(),
+                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pdeathsig_preexec(),
                 )
             except OSError as e:
                 raise GitarError(f"experiment.command: cannot start {argv[0]!r} in {cwd}: {e.strerror}; "
                                  "fix experiment.command in ground.json") from None
             pgid = proc.pid  # start_new_session: the trainer leads a new session and group
-            n_signals = len(stop.received)
+            n_signals = len(stop.stops)
 
             def hurry() -> bool:
-                return len(stop.received) > n_signals
+                return len(stop.stops) > n_signals
 
             try:
                 if on_start is not None:
                     on_start(pgid)
                 reason = _supervise(proc, t0 + timeout_s, stop)
-                n_signals = len(stop.received)
+                n_signals = len(stop.stops)
                 # Also after a normal exit: children left behind would keep GPU memory.
                 survivors = kill_group(pgid, grace_s=grace_s, reap=proc.poll, hurry=hurry)
             except BaseException:
@@ -363,11 +200,14 @@ def run_training(
 
         output = _read_tail(log, start_offset, _SUMMARY_BYTES)
         result = _result(reason, returncode, output, crash_path, log_path, pgid, survivors,
-                         started_at, ended_at, timeout_s, stop.received)
-        _write_log(log, log_path, f"{result.status}, exit {returncode}, {result.wall_s:.1f} s"
-                                  + (f", still alive after SIGKILL: {list(survivors)}" if survivors else ""))
+                         started_at, ended_at, timeout_s, stop.stops)
+        with suppress(GitarError):
+            # The closing line is for people reading the log; a full volume must not cost the
+            # result of a run that has already happened.
+            _write_log(log, log_path, f"{result.status}, exit {returncode}, {result.wall_s:.1f} s"
+                                      + (f", still alive after SIGKILL: {list(survivors)}" if survivors else ""))
     if reason == "aborted":
-        raise RunInterrupted(result, stop.received[0])
+        raise RunInterrupted(result, stop.stops[0])
     return result
 
 

@@ -13,11 +13,10 @@ import subprocess
 import time
 from contextlib import suppress
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
-from gitar import runner
 from gitar.paths import Paths
+from gitar.processes import process_alive
 
 _GROUP_SIGNAL_S = 0.3  # git exits this fast when a terminal's Ctrl-C reached it too
 _RECORD_WAIT_S = 30.0  # the runner's grace for the trainer (10 s) and SIGKILL (5 s), with room
@@ -68,19 +67,8 @@ def clear(paths: Paths, run_id: str) -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process still runs. A zombie does not: in a container nobody may ever reap it."""
-    stat = runner.process_stat(pid)
-    if stat is not None:
-        return stat.state not in ("Z", "X")
-    if Path("/proc/self/stat").exists():
-        return False  # Linux, and no /proc entry: gone
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether the process that runs an experiment still runs (a zombie does not)."""
+    return process_alive(pid)
 
 
 def stop_hook_run(paths: Paths, run_id: str, commit: subprocess.Popen[bytes], signum: int) -> None:

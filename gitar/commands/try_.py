@@ -14,6 +14,7 @@ other hook configured, and the commit goes through the hooks.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitar import experiment, hooks, lock, preflight, remote_queue, runner, state
+from gitar import experiment, hooks, lock, preflight, remote_queue, state, stops
 from gitar.commands.common import Workspace, open_workspace
 from gitar.config import MODEL_FILE
 from gitar.errors import ExitCode, GitarError
@@ -138,7 +139,7 @@ class _Attempt:
             preflight.run_checks(git.with_index(index), self.ws.ground, token=self.token, echo=False)
             # From the commit until the run is under way, a stop request waits (see stop_signals_held);
             # the detached runner inherits the wait and ends it when its own run starts.
-            with runner.stop_signals_held():
+            with stops.stop_signals_held():
                 sha = self._commit(index)
                 if self.remote is not None:
                     return self._queue(sha)
@@ -220,6 +221,8 @@ def _watching(paths: Paths, on_progress: Callable[[Paths], None] | None) -> Iter
     stop = threading.Event()
 
     def watch() -> None:
+        # Stop signals are the main thread's: delivered to this thread, they would slip past its hold.
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops.STOP_SIGNALS)
         while not stop.wait(0.5):
             callback(paths)
 
@@ -245,12 +248,12 @@ def _commit(ws: Workspace, text: str, files: list[str], env: dict[str, str]) -> 
         proc.stdin.write(text.encode())
         proc.stdin.close()
         try:
-            with runner.stop_signals_interrupt():
+            with stops.stop_signals_interrupt():
                 proc.wait()
         except KeyboardInterrupt as stop:
             # A terminal's Ctrl-C reached the hooks too, a signal to gitar alone did not: pass it
             # on if need be, and return only once the run is recorded as aborted.
-            state.stop_hook_run(Paths.of(ws.git), env.get("GITAR_RUN_ID", ""), proc, runner.signal_of(stop))
+            state.stop_hook_run(Paths.of(ws.git), env.get("GITAR_RUN_ID", ""), proc, stops.signal_of(stop))
             raise
         out.seek(0)
         return out.read().decode("utf-8", "replace")
