@@ -52,7 +52,8 @@ def synthesise_history(ws: Workspace, n: int) -> None:
     for i in range(n):
         mark = i + 1
         keep = i % 10 == 0
-        body = f"# attempt {i}\n".encode()
+        # An agent-owned file, as a real attempt changes: a commit touching anything else is rejected.
+        body = (fake_train(1.0) + f"# attempt {i}\n").encode()
         msg = f"attempt {i}".encode()
         lines.append(f"commit refs/gitar/bench/{i % 2}")
         lines.append(f"mark :{mark}")
@@ -60,7 +61,7 @@ def synthesise_history(ws: Workspace, n: int) -> None:
         lines.append(f"data {len(msg)}")
         lines.append(msg.decode())
         lines.append(f"from {tip}" if tip != "" else "")
-        lines.append(f"M 100644 inline attempt.txt\ndata {len(body)}\n{body.decode()}")
+        lines.append(f"M 100644 inline train.py\ndata {len(body)}\n{body.decode()}")
         lines.append("")
         status = "keep" if keep else "discard"
         rec = {"status": status, "val_bpb": 1.0 - i * 1e-5, "description": f"attempt {i}",

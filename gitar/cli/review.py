@@ -1,0 +1,122 @@
+"""Review: log, show, best, memory, learn, plot, verify — all drawn from the records in git."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gitar.errors import ExitCode, GitarError
+
+app = typer.Typer()
+
+
+@app.command("log")
+def log_cmd(
+    all_branches: Annotated[bool, typer.Option("--all", help="every branch, not only the current one")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per attempt")] = False,
+    tsv: Annotated[bool, typer.Option("--tsv", help="autoresearch's results.tsv, oldest first "
+                                      "(timeout/aborted -> crash; rejected left out)")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", help="only the N newest attempts")] = None,
+) -> None:
+    """Every attempt on the branch, newest first: sha, status, val_bpb, delta, memory, seconds, description."""
+    from gitar.commands.log import json_lines, load_history, newest_first, table_lines, tsv_text
+
+    if as_json and tsv:
+        raise GitarError("--json and --tsv are two formats; pick one")
+    h = load_history(all_branches)
+    attempts = newest_first(h, limit)
+    if tsv:
+        typer.echo(tsv_text(attempts[::-1]), nl=False)
+    else:
+        # One write: 10,000 attempts are 10,000 lines.
+        typer.echo("\n".join(json_lines(attempts) if as_json else table_lines(h, attempts)))
+    raise typer.Exit(ExitCode.KEPT)
+
+
+@app.command("show")
+def show_cmd(
+    rev: Annotated[str, typer.Argument(help="the experiment's commit (discarded ones too)")] = "HEAD",
+    lines: Annotated[int, typer.Option("--lines", help="how many lines of the log to show")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """One experiment: its records, its diff against its parent, the last lines of its log."""
+    from gitar.commands.show import show_commit, shown_lines
+
+    shown = show_commit(rev, lines)
+    if as_json:
+        typer.echo(json.dumps(shown.as_dict(), ensure_ascii=False))
+    else:
+        for line in shown_lines(shown):
+            typer.echo(line)
+    raise typer.Exit(ExitCode.KEPT)
+
+
+@app.command("best")
+def best_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The branch's best commit: mean val_bpb over its runs, run count, measured noise."""
+    from gitar.commands.best import best_lines, find_best
+
+    report = find_best()
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), ensure_ascii=False))
+    else:
+        for line in best_lines(report):
+            typer.echo(line)
+    raise typer.Exit(ExitCode.KEPT)
+
+
+@app.command("memory")
+def memory_cmd(
+    max_chars: Annotated[int, typer.Option("--max-chars", help="the digest's size limit")] = 6000,
+) -> None:
+    """What was tried, kept, discarded, broken and learned: read it before each hypothesis."""
+    from gitar.commands.memory import build_memory
+
+    typer.echo(build_memory(max_chars))
+    raise typer.Exit(ExitCode.KEPT)
+
+
+@app.command("learn")
+def learn_cmd(
+    rev: Annotated[str, typer.Argument(help="the experiment's commit")],
+    lesson: Annotated[str, typer.Argument(help="what it taught, one line")],
+) -> None:
+    """Keep a lesson with an experiment (a line in its note); `gitar memory` shows it."""
+    from gitar.commands.learn import learn
+    from gitar.history import one_line
+
+    saved, record = learn(rev, lesson)
+    typer.echo(f"learned on {saved.commit[:7]} ({record.status} \"{one_line(record.description, 60)}\"): "
+               f"{one_line(saved.lesson, 120)}")
+    raise typer.Exit(ExitCode.KEPT)
+
+
+@app.command("plot")
+def plot_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="the PNG to write")] = Path("progress.png"),
+) -> None:
+    """autoresearch's progress chart from the records: val_bpb per experiment, the best as a step line."""
+    from gitar.commands.plot import plot_progress
+
+    done = plot_progress(output)
+    typer.echo(f"wrote {done.path} ({done.attempts} experiments, {done.kept} kept)")
+    raise typer.Exit(ExitCode.KEPT)
+
+
+@app.command("verify")
+def verify_cmd(
+    branch: Annotated[str | None, typer.Option("--branch", help="the experiment branch (default: checked out)")] = None,
+) -> None:
+    """Re-check every kept record of the branch: its base's harness, the commit's files, the evaluator.
+
+    Exit 0 when clean, 1 when a problem was found (one line each), 2 when the branch cannot be checked.
+    """
+    from gitar.commands.verify import verification_lines, verify_branch
+
+    result = verify_branch(branch)
+    for line in verification_lines(result):
+        typer.echo(line)
+    raise typer.Exit(ExitCode.KEPT if result.clean else ExitCode.NOT_KEPT)
