@@ -339,7 +339,7 @@ def _interpret(result: runner.RunResult, out: Path, reported: float | None, dige
         return Measurement("timeout", None, None, reported, data_sha256=digest, error={
             "type": "Timeout", "message": "the harness evaluation ran past experiment.timeout_s, which covers "
                                           "training and evaluation; process group killed"})
-    data = _read_json(out) if result.returncode == 0 else None
+    data = runner.read_json_file(out) if result.returncode == 0 else None
     if data is None:
         crash = dict(result.crash or {})
         message = str(crash.get("message") or "exited without a result")
@@ -377,14 +377,6 @@ def _gitar_path() -> str:
     here = str(Path(__file__).resolve().parent.parent)
     rest = os.environ.get("PYTHONPATH")
     return os.pathsep.join([here, rest]) if rest else here
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def _number(v: object) -> float | None:

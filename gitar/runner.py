@@ -227,9 +227,10 @@ def _read_tail(f: BinaryIO, start: int, max_bytes: int) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def _read_crash_file(crash_path: Path) -> dict[str, Any] | None:
+def read_json_file(path: Path) -> dict[str, Any] | None:
+    """A JSON object a process left behind (its crash record, its result), or None if absent or damaged."""
     try:
-        obj = json.loads(crash_path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return obj if isinstance(obj, dict) else None
@@ -280,7 +281,7 @@ def _result(reason: str | None, returncode: int | None, output: str, crash_path:
     status = reason or ("ok" if returncode == 0 and finite else "crash")
     crash = None
     if status != "ok":
-        crash = _read_crash_file(crash_path) or _derived_crash(status, returncode, summary, lines,
+        crash = read_json_file(crash_path) or _derived_crash(status, returncode, summary, lines,
                                                                timeout_s, signals)
     return RunResult(
         status=status, returncode=returncode, signal=_signal_name(returncode), summary=summary,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gitar.cli.output import emit, interruptible
+from gitar.cli.output import emit, emit_lines, interruptible
 from gitar.errors import ExitCode
 from gitar.paths import Paths
 
@@ -147,11 +146,7 @@ def status_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
     from gitar.commands.status import get_status, status_lines
 
     s = get_status()
-    if as_json:
-        typer.echo(json.dumps(s.as_dict()))
-    else:
-        for line in status_lines(s):
-            typer.echo(line)
+    emit_lines(s.as_dict(), status_lines(s), as_json)
     raise typer.Exit(ExitCode.KEPT)
 
 

@@ -22,6 +22,15 @@ def interruptible() -> Iterator[None]:
         raise typer.Exit(ExitCode.INTERRUPTED) from None
 
 
+def emit_lines(data: Mapping[str, object], lines: list[str], as_json: bool) -> None:
+    """A report: its JSON, or its lines for a person."""
+    if as_json:
+        typer.echo(json.dumps(data, ensure_ascii=False))
+    else:
+        for line in lines:
+            typer.echo(line)
+
+
 def emit(record_line: str, data: Mapping[str, object] | None, as_json: bool) -> None:
     if as_json and data is not None:
         typer.echo(json.dumps(data, ensure_ascii=False))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from gitar.cli.output import emit_lines
 from gitar.errors import ExitCode, GitarError
 
 app = typer.Typer()
@@ -46,11 +46,7 @@ def show_cmd(
     from gitar.commands.show import show_commit, shown_lines
 
     shown = show_commit(rev, lines)
-    if as_json:
-        typer.echo(json.dumps(shown.as_dict(), ensure_ascii=False))
-    else:
-        for line in shown_lines(shown):
-            typer.echo(line)
+    emit_lines(shown.as_dict(), shown_lines(shown), as_json)
     raise typer.Exit(ExitCode.KEPT)
 
 
@@ -60,11 +56,7 @@ def best_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     from gitar.commands.best import best_lines, find_best
 
     report = find_best()
-    if as_json:
-        typer.echo(json.dumps(report.as_dict(), ensure_ascii=False))
-    else:
-        for line in best_lines(report):
-            typer.echo(line)
+    emit_lines(report.as_dict(), best_lines(report), as_json)
     raise typer.Exit(ExitCode.KEPT)
 
 
