@@ -1,11 +1,13 @@
 """gitar's own overhead per experiment, and how fast a broken idea is refused.
 
-    python benchmarks/bench_loop.py [--runs 5] [--history 10 10000]
+    python benchmarks/bench_loop.py [--runs 5] [--history 10 10000] [--real] [--through-hooks]
 
 Overhead = wall time of the whole `gitar try` minus the training process's own wall
 time (recorded in the record as wall_seconds). The trainer is a fake that prints a
-summary at once, so what remains is gitar: the CLI, git commit, the pre-commit
-framework and both hooks, the (fake) smoke step, the run's bookkeeping and the record.
+summary at once, so what remains is gitar: the CLI, the preflight and its (fake) smoke
+step, git commit, the run's bookkeeping and the record. With the shipped hook config
+`gitar try` runs both hook stages itself; --through-hooks also times a workspace with a
+user's own hook, where the commit goes through the pre-commit framework and both hooks.
 History of N prior attempts is synthesised with git fast-import: kept attempts on the
 branch, discarded ones beside it, each with a note and an attempt ref, as gitar leaves them.
 Also: a syntax error refused (median seconds), and with --real, a shape error refused by
@@ -28,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.core.conftest import Workspace, fake_train, make_workspace  # noqa: E402
+from tests.core.conftest import USER_HOOK_CONFIG, Workspace, fake_train, make_workspace  # noqa: E402
 
 
 def hermetic_env(home: Path) -> None:
@@ -102,8 +104,13 @@ def one_try(ws: Workspace, value: float) -> float:
     return elapsed - float(rec["wall_seconds"])
 
 
-def measure_overhead(tmp: Path, history: int, runs: int) -> float:
-    ws = make_workspace(tmp / f"ws{history}")
+def measure_overhead(tmp: Path, history: int, runs: int, *, through_hooks: bool = False) -> float:
+    ws = make_workspace(tmp / f"ws{history}{'-hooks' if through_hooks else ''}")
+    if through_hooks:
+        # A user's own hook in the config: `gitar try` then commits through the pre-commit framework.
+        config = ws.root / ".pre-commit-config.yaml"
+        config.write_text(config.read_text() + USER_HOOK_CONFIG)
+        ws.git("commit", "-qam", "a user hook")
     os.chdir(ws.root)
     assert ws.gitar("init", "t1").returncode == 0
     if history:
@@ -155,6 +162,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--history", type=int, nargs="+", default=[10, 10_000])
     ap.add_argument("--real", action="store_true", help="also time the smoke step of the real train.py")
+    ap.add_argument("--through-hooks", action="store_true",
+                    help="also time a try that commits through the hooks (a user's own hook configured)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="gitar-bench-") as d:
         tmp = Path(d)
@@ -168,6 +177,10 @@ def main() -> None:
         if len(args.history) >= 2:
             lo, hi = args.history[0], args.history[-1]
             print(f"ratio {hi} / {lo} attempts: {results[hi] / results[lo]:.2f}x")
+        if args.through_hooks:
+            hooked = measure_overhead(tmp, args.history[0], args.runs, through_hooks=True)
+            print(f"overhead through the hooks, {args.history[0]:>6} prior attempts: median {hooked:.3f} s "
+                  f"over {args.runs} tries")
         print(f"syntax error refused in: median {measure_refusal(tmp, args.runs):.3f} s")
         if args.real:
             print(f"shape error refused by the smoke step (real train.py, shipped model.json): "
