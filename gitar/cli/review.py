@@ -51,12 +51,19 @@ def show_cmd(
 
 
 @app.command("best")
-def best_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def best_cmd(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    all_branches: Annotated[bool, typer.Option("--all", help="every experiment branch, and the best of them")] = False,
+) -> None:
     """The branch's best commit: mean val_bpb over its runs, run count, measured noise."""
-    from gitar.commands.best import best_lines, find_best
+    from gitar.commands.best import best_lines, find_best, find_global_best, global_best_lines
 
-    report = find_best()
-    emit_lines(report.as_dict(), best_lines(report), as_json)
+    if all_branches:
+        every = find_global_best()
+        emit_lines(every.as_dict(), global_best_lines(every), as_json)
+    else:
+        report = find_best()
+        emit_lines(report.as_dict(), best_lines(report), as_json)
     raise typer.Exit(ExitCode.KEPT)
 
 

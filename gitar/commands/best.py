@@ -45,6 +45,77 @@ def find_best(start: str | Path = ".") -> BestReport:
     return best_report(history.load(ws.git, ws.branch))
 
 
+@dataclass(frozen=True)
+class BranchBest:
+    branch: str
+    best: Attempt | None  # the branch tip, when it was kept there
+    attempts: int
+    kept: int
+
+
+@dataclass(frozen=True)
+class GlobalBest:
+    """Every experiment branch's best, and the best of them: what many agents reached together."""
+
+    branches: list[BranchBest]
+
+    @property
+    def best(self) -> BranchBest | None:
+        top: BranchBest | None = None
+        top_value = 0.0
+        for b in self.branches:  # sorted by name: a tie goes to the first
+            value = b.best.val_bpb if b.best is not None else None
+            if value is not None and (top is None or value < top_value):
+                top, top_value = b, value
+        return top
+
+    def as_dict(self) -> dict[str, Any]:
+        top = self.best
+        return {"best": {**top.best.as_dict(), "branch": top.branch} if top and top.best else None,
+                "branches": [{"branch": b.branch, "best": b.best.as_dict() if b.best else None,
+                              "attempts": b.attempts, "kept": b.kept} for b in self.branches]}
+
+
+def find_global_best(start: str | Path = ".") -> GlobalBest:
+    """The best of every experiment branch (local, or only on a remote this clone syncs with)."""
+    ws = open_workspace(start, need_experiment_branch=False)
+    prefix = ws.ground.experiment.branch_prefix
+    tips: dict[str, str] = {}
+    listing = ws.git.out("for-each-ref", "--format=%(objectname) %(refname)", f"refs/heads/{prefix}",
+                         f"refs/remotes/*/{prefix}")
+    for line in listing.splitlines():
+        sha, _, ref = line.partition(" ")
+        local = ref.startswith("refs/heads/")
+        name = ref.removeprefix("refs/heads/") if local else ref.split("/", 3)[3]
+        if local or name not in tips:
+            tips[name] = sha
+    by_branch: dict[str, list[Attempt]] = {}
+    for a in history.load(ws.git, None).unordered:
+        by_branch.setdefault(a.branch, []).append(a)
+    branches = []
+    for name in sorted(tips):
+        mine = by_branch.get(name, [])
+        tip = next((a for a in mine if a.commit == tips[name]), None)
+        best = tip if tip is not None and tip.status == "keep" and tip.values else None
+        branches.append(BranchBest(name, best, len(mine), sum(a.status == "keep" for a in mine)))
+    return GlobalBest(branches)
+
+
+def global_best_lines(g: GlobalBest) -> list[str]:
+    top = g.best
+    if top is None or top.best is None or top.best.val_bpb is None:
+        return [f"no best yet on any of {len(g.branches)} experiment branches: `gitar run` measures a baseline"]
+    b = top.best
+    lines = [f"best of {len(g.branches)} branches: {b.commit[:7]} val_bpb {b.val_bpb:.6f} on {top.branch} "
+             f"\"{history.one_line(b.description, 72)}\""]
+    width = max(len(x.branch) for x in g.branches)
+    for x in g.branches:
+        value = f"{x.best.commit[:7]} {x.best.val_bpb:.6f}" if x.best and x.best.val_bpb is not None else "- (no best yet)"
+        mark = "  <- best" if x is top else ""
+        lines.append(f"  {x.branch:<{width}}  {value}  ({x.attempts} attempts, {x.kept} kept){mark}")
+    return lines
+
+
 def best_report(h: History) -> BestReport:
     counts = h.counts
     return BestReport(branch=h.branch or "", best=h.best, baseline=h.lineage[0] if h.lineage else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -109,3 +110,21 @@ def test_a_killed_run_is_recovered_in_its_own_worktree(lab: Workspace) -> None:
     assert a.tip("autoresearch/t1-gpu0") == best
     killed = [r for r in a.all_records() if r["description"] == "killed"]
     assert [r["status"] for r in killed] == ["aborted"]
+
+
+def test_best_all_names_the_best_of_every_agent(lab: Workspace) -> None:
+    assert lab.gitar("init", "t1", "--worktrees", "3").returncode == 0
+    trees = [_tree(lab, k) for k in (0, 1, 2)]
+    for tree, value in zip(trees[:2], (0.6, 0.4), strict=True):
+        assert tree.gitar("run").returncode == 0
+        tree.write_train(value)
+        assert tree.gitar("try", f"reach {value}").returncode == 0
+    proc = lab.gitar("best", "--all")  # from the main checkout, which is on no experiment branch
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("best of 3 branches: ") and "val_bpb 0.400000 on autoresearch/t1-gpu1" in lines[0]
+    assert "<- best" in next(line for line in lines[1:] if "t1-gpu1" in line)
+    assert "(no best yet)" in next(line for line in lines[1:] if "t1-gpu2" in line)
+    data = json.loads(lab.gitar("best", "--all", "--json").stdout)
+    assert data["best"]["branch"] == "autoresearch/t1-gpu1" and data["best"]["val_bpb"] == 0.4
+    assert [b["branch"] for b in data["branches"]] == [f"autoresearch/t1-gpu{k}" for k in (0, 1, 2)]
