@@ -3,7 +3,9 @@
     python benchmarks/bench_review.py [--runs 5] [--history 10 10000] [--full-records]
 
 Each figure is the wall time of the whole command as a subprocess (`python -m gitar
-...`, interpreter start included), median of --runs. The history is built with
+...`, interpreter start included), median of --runs. gitar's modules are compiled to
+bytecode first, as installing it does: where PYTHONDONTWRITEBYTECODE is set, each run
+would otherwise compile every module edited since the last compile. The history is built with
 bench_loop.synthesise_history: N prior attempts with notes and attempt refs, every
 10th kept. Its records are short (a few fields); --full-records also rewrites every
 note as a record of the size gitar writes (all fields, ~1 KB) with a start time,
@@ -13,6 +15,7 @@ and measures again, since parsing is most of the cost.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import resource
@@ -106,6 +109,7 @@ def main() -> None:
     ap.add_argument("--history", type=int, nargs="+", default=[10, 10_000])
     ap.add_argument("--full-records", action="store_true", help="also measure with full-size records")
     args = ap.parse_args()
+    compileall.compile_dir(ROOT / "gitar", quiet=1)
     with tempfile.TemporaryDirectory(prefix="gitar-bench-") as d:
         tmp = Path(d)
         home = tmp / "home"

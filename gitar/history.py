@@ -9,8 +9,12 @@ re-measurements) and the lessons learned from it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
+import gc
+import operator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +52,8 @@ class Attempt:
     values: tuple[float, ...]  # val_bpb of its successful runs
     val_bpb: float | None  # their mean: the number the judge compares against
     delta: float | None  # val_bpb against the best it was judged against; None for baselines and failures
+    memory_gb: float | None  # the largest peak memory of its successful runs
+    training_seconds: float | None  # the mean training time of its successful runs (of all runs if none)
 
     @property
     def first(self) -> Record:
@@ -71,18 +77,6 @@ class Attempt:
     def is_baseline(self) -> bool:
         """The first measurement of the branch: kept with nothing to be judged against."""
         return self.status == KEEP and self.best_before is None and self.val_bpb is not None
-
-    @property
-    def memory_gb(self) -> float | None:
-        peaks = [r.peak_vram_mb for r in self.ok_runs if r.peak_vram_mb is not None]
-        return max(peaks) / 1024 if peaks else None
-
-    @property
-    def training_seconds(self) -> float | None:
-        secs = [r.training_seconds for r in self.ok_runs if r.training_seconds is not None]
-        if not secs:
-            secs = [r.training_seconds for r in self.runs if r.training_seconds is not None]
-        return sum(secs) / len(secs) if secs else None
 
     @property
     def description(self) -> str:
@@ -142,6 +136,13 @@ class History:
     @functools.cached_property
     def attempts(self) -> list[Attempt]:
         """Oldest first; ties (same second) by branch, then commit, so the order is stable."""
+        if all(a.started is not None for a in self.unordered):
+            # Every record has its start: three stable sorts on one plain key each (the last decides,
+            # the earlier ones break its ties) compare floats and strings directly, not tuples.
+            ordered = sorted(self.unordered, key=operator.attrgetter("commit"))
+            ordered.sort(key=operator.attrgetter("branch"))
+            ordered.sort(key=operator.attrgetter("started"))
+            return ordered
         return sorted(self.unordered, key=lambda a: (self.when(a), a.branch, a.commit))
 
     @functools.cached_property
@@ -178,29 +179,88 @@ def one_line(text: str, limit: int = 160) -> str:
 def load(git: Git, branch: str | None) -> History:
     """The attempts of `branch` (every branch when None), from one pass over the notes."""
     attempts: list[Attempt] = []
-    for commit, records, lessons in Notebook(git).entries():
-        for name, runs in _by_branch(records, branch):
-            if len(runs) > 1:
-                runs.sort(key=_run_order)  # a merged note (cat_sort_uniq) holds its lines sorted, not in time order
-            attempts.append(attempt(commit, name, tuple(runs), tuple(lessons), _started(runs[0])))
+    with _no_collection():
+        for commit, records, lessons in Notebook(git).entries():
+            if len(records) == 1 and not lessons:  # nearly every note: one run, nothing learned yet
+                r = records[0]
+                if branch is None or r.branch == branch:
+                    attempts.append(attempt(commit, r.branch, (r,), (), _started(r)))
+                continue
+            for name, runs in _by_branch(records, branch):
+                if len(runs) > 1:
+                    runs.sort(key=_run_order)  # a merged note (cat_sort_uniq) holds its lines sorted, not in time order
+                attempts.append(attempt(commit, name, tuple(runs), tuple(lessons), _started(runs[0])))
     tip = git.ref_target(f"refs/heads/{branch}") if branch is not None else None
     lineage = _lineage(git, attempts, tip) if branch is not None else []
     return History(git=git, branch=branch, unordered=attempts, tip=tip, lineage=lineage)
 
 
+@contextlib.contextmanager
+def _no_collection() -> Iterator[None]:
+    """No cyclic garbage collection while the notebook is read.
+
+    Reading 10,000 notes allocates some 100,000 dicts, lists and records, none of them in a
+    reference cycle: each collection the allocations trigger walks every object read so far
+    and frees nothing. Reference counting still frees everything. On the way out the objects
+    go straight to the oldest generation (freeze, then unfreeze, moves them there and resets
+    the count of new ones), where collections would move them anyway, instead of being walked
+    once more by the collection that re-enabling would start.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.unfreeze()
+        gc.enable()
+
+
 def attempt(commit: str, branch: str, runs: tuple[Record, ...], lessons: tuple[Lesson, ...] = (),
             started: float | None = None) -> Attempt:
+    first = runs[0]
+    judged = first.kind not in ("baseline", "rerun")
+    if len(runs) == 1:  # nearly every attempt: the same numbers as below without the lists
+        v = first.val_bpb
+        ok = v is not None and first.ok
+        one: tuple[float, ...] = (v,) if ok and v is not None else ()
+        mean = float(v) if ok and v is not None else None
+        peak = first.peak_vram_mb if ok else None
+        secs = first.training_seconds
+        delta = mean - first.best_before if mean is not None and first.best_before is not None and judged else None
+        return _new_attempt(commit, branch, runs, lessons, started, first.status, one, mean, delta,
+                            None if peak is None else peak / 1024, None if secs is None else float(secs))
     if any(r.status == KEEP for r in runs):
         status = KEEP
     else:
         decided = [r.status for r in runs if r.status != UNDECIDED]
         status = decided[-1] if decided else UNDECIDED
-    values = tuple(r.val_bpb for r in runs if r.ok and r.val_bpb is not None)
+    ok_runs = [r for r in runs if r.ok]
+    values = tuple(r.val_bpb for r in ok_runs if r.val_bpb is not None)
     mean = sum(values) / len(values) if values else None
-    first = runs[0]
-    judged = first.kind not in ("baseline", "rerun")
     delta = mean - first.best_before if mean is not None and first.best_before is not None and judged else None
-    return Attempt(commit, branch, runs, lessons, started, status, values, mean, delta)
+    peaks = [r.peak_vram_mb for r in ok_runs if r.peak_vram_mb is not None]
+    secs_list = [r.training_seconds for r in ok_runs if r.training_seconds is not None]
+    if not secs_list:
+        secs_list = [r.training_seconds for r in runs if r.training_seconds is not None]
+    return _new_attempt(commit, branch, runs, lessons, started, status, values, mean, delta,
+                        max(peaks) / 1024 if peaks else None, sum(secs_list) / len(secs_list) if secs_list else None)
+
+
+def _new_attempt(commit: str, branch: str, runs: tuple[Record, ...], lessons: tuple[Lesson, ...],
+                 started: float | None, status: str, values: tuple[float, ...], val_bpb: float | None,
+                 delta: float | None, memory_gb: float | None, training_seconds: float | None) -> Attempt:
+    """Attempt(...) without its generated __init__, which sets each field of a frozen dataclass
+    through object.__setattr__, at nearly three times the cost of one dict of the same fields
+    (10,000 attempts per review command). tests/review checks that every field is here."""
+    a = object.__new__(Attempt)
+    a.__dict__.update({
+        "commit": commit, "branch": branch, "runs": runs, "lessons": lessons, "started": started, "status": status,
+        "values": values, "val_bpb": val_bpb, "delta": delta, "memory_gb": memory_gb,
+        "training_seconds": training_seconds})
+    return a
 
 
 def _by_branch(records: list[Record], branch: str | None) -> list[tuple[str, list[Record]]]:

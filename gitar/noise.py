@@ -15,7 +15,6 @@ barely move) so that a person can see when one odd run dominates `std`.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -74,8 +73,15 @@ def pooled_spread(groups: Iterable[Sequence[float]]) -> Spread | None:
         unshrink = math.sqrt(len(g) / (len(g) - 1))
         deviations.extend(abs(x - mean) * unshrink for x in g)
     std = math.sqrt(squares / (n - len(used)))
-    mad = MAD_TO_STD * statistics.median(deviations)
+    mad = MAD_TO_STD * _median(deviations)
     return Spread(n=n, std=std, mad=mad)
+
+
+def _median(values: list[float]) -> float:
+    # statistics.median, without importing statistics (and fractions, decimal, random) on every command.
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _values(records: Iterable[Record], branch: str) -> list[float]:
@@ -91,6 +97,8 @@ def noise_from(entries: Iterable[tuple[str, Sequence[Record]]], branch: str) -> 
     """The noise of a branch from (commit, records) pairs, e.g. those of Notebook.all()."""
     groups: dict[str, list[float]] = {}
     for commit, records in entries:
+        if len(records) < 2:  # nearly every commit: one run, no spread to pool
+            continue
         values = _values(records, branch)
         if len(values) >= 2:
             groups[commit] = values

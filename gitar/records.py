@@ -11,7 +11,6 @@ without the pin, `git gc` would collect a discarded commit and turn its note int
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from typing import Any
 import pygit2
 
 from gitar.git import Git
+from gitar.notes_read import note_blobs
 
 NOTES_REF = "refs/notes/gitar"
 ATTEMPTS_PREFIX = "refs/gitar/attempts/"
@@ -103,23 +103,30 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
-        known = _known_fields()
-        if data.keys() <= known:  # the usual case: a line this version of gitar wrote
-            args, extra = data, {}
+        return cls._adopt(dict(data))  # a copy: the caller's dict stays its own
+
+    @classmethod
+    def _adopt(cls, data: dict[str, Any]) -> Record:
+        """The record of a freshly parsed line, which becomes the record's attribute dict.
+
+        Filled without the generated __init__: with ~40 fields it was most of the cost of
+        reading 10,000 records. A field the line leaves out reads its default from the
+        class, where dataclass keeps it; only default_factory fields get a value here.
+        """
+        if data.keys() <= _KNOWN:  # the usual case: a line this version of gitar wrote
+            extra: dict[str, Any] = {}
         else:
-            args = {k: v for k, v in data.items() if k in known}
-            extra = {k: v for k, v in data.items() if k not in known}
-        if not _required_fields() <= args.keys():
-            raise TypeError(f"missing {', '.join(sorted(_required_fields() - args.keys()))}")
-        # Filled without the generated __init__: with ~40 fields it is most of the cost of reading
-        # 10,000 records, and the fields of a parsed line need no defaults beyond these.
+            extra = {k: v for k, v in data.items() if k not in _KNOWN}
+            for k in extra:
+                del data[k]
+        if not data.keys() >= _REQUIRED:
+            raise TypeError(f"missing {', '.join(sorted(_REQUIRED - data.keys()))}")
+        for name, factory in _FACTORIES:  # a fresh value each, as __init__ would make
+            if name not in data:
+                data[name] = factory()
+        data["extra"] = extra
         record = object.__new__(cls)
-        record.__dict__.update(_defaults())
-        record.__dict__.update(args)
-        for name, factory in _factories():  # a fresh value each, as __init__ would make
-            if name not in args:
-                record.__dict__[name] = factory()
-        record.extra = extra
+        record.__dict__ = data
         return record
 
     @property
@@ -143,58 +150,68 @@ class Lesson:
         return json.dumps({k: v for k, v in data.items() if v is not None}, ensure_ascii=False)
 
 
-_TEXT_FIELDS = frozenset(("status", "commit", "branch", "description", "run_id"))
-_NUMBER_FIELDS = frozenset(("val_bpb", "best_before", "delta", "peak_vram_mb", "training_seconds", "total_seconds",
-                            "wall_seconds", "mfu_percent", "total_tokens_M", "num_steps", "num_params_M", "depth",
-                            "reported_val_bpb"))
+_TEXT_FIELDS = ("status", "commit", "branch", "description", "run_id")
+_NUMBER_FIELDS = ("val_bpb", "best_before", "delta", "peak_vram_mb", "training_seconds", "total_seconds",
+                  "wall_seconds", "mfu_percent", "total_tokens_M", "num_steps", "num_params_M", "depth",
+                  "reported_val_bpb")
 _warned: set[tuple[str, int, str]] = set()
 
 
 def _check_types(data: dict[str, Any]) -> None:
     # A hand-edited note with a string where a number belongs would crash every reader later.
     # Exact types: json gives str, int, float, bool, None (and bool must not pass as a number).
-    keys = data.keys()
-    for key in _TEXT_FIELDS & keys:
-        if type(data[key]) is not str:
+    # Lookups over fixed tuples: a set intersection per record (10,000 per review command) cost
+    # more than the checks themselves.
+    get = data.get
+    for key in _TEXT_FIELDS:
+        v = get(key, "")
+        if type(v) is not str:
             raise ValueError(f"{key} is not a string")
-    for key in _NUMBER_FIELDS & keys:
-        v = data[key]
+    for key in _NUMBER_FIELDS:
+        v = get(key)
         if v is not None and type(v) is not float and type(v) is not int:
             raise ValueError(f"{key} is not a number")
 
 
-@functools.cache
-def _known_fields() -> frozenset[str]:
-    # Computed once: dataclasses.fields() per record is a quarter of reading 10,000 notes.
-    return frozenset(f.name for f in fields(Record)) - {"extra"}
+# Computed once (dataclasses.fields() per record was a quarter of reading 10,000 notes).
+_KNOWN = frozenset(f.name for f in fields(Record)) - {"extra"}
+_REQUIRED = frozenset(f.name for f in fields(Record) if f.default is MISSING and f.default_factory is MISSING)
+_FACTORIES: tuple[tuple[str, Callable[[], Any]], ...] = tuple(
+    (f.name, f.default_factory) for f in fields(Record) if f.default_factory is not MISSING and f.name != "extra")
 
 
-@functools.cache
-def _required_fields() -> frozenset[str]:
-    return frozenset(f.name for f in fields(Record) if f.default is MISSING and f.default_factory is MISSING)
+# The C scanner behind json.loads, called directly: loads() adds two regex matches and three
+# Python calls per line, a quarter of parsing 10,000 records.
+_scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
-@functools.cache
-def _defaults() -> dict[str, Any]:
-    return {f.name: f.default for f in fields(Record) if f.default is not MISSING}
-
-
-@functools.cache
-def _factories() -> tuple[tuple[str, Callable[[], Any]], ...]:
-    return tuple((f.name, f.default_factory) for f in fields(Record)
-                 if f.default_factory is not MISSING and f.name != "extra")
+def _json_line(line: str) -> Any:
+    """json.loads(line) for a stripped line; on any failure json.loads itself raises its usual error."""
+    try:
+        value, end = _scan_once(line, 0)
+    except StopIteration:
+        return json.loads(line)
+    if end != len(line):  # trailing data: let json.loads say so in its own words
+        return json.loads(line)
+    return value
 
 
 def parse_lines(text: str, where: str) -> tuple[list[Record], list[Lesson]]:
     """The runs and the lessons of one note; a line that is neither is skipped with one warning."""
     records: list[Record] = []
     lessons: list[Lesson] = []
-    for n, line in enumerate(text.splitlines(), 1):
+    # Lines as git counts them (cat_sort_uniq merges notes by them): split at newlines only.
+    # str.splitlines would also split at U+2028, U+2029 and U+0085, which json.dumps leaves
+    # unescaped inside strings with ensure_ascii=False: a description holding one made its
+    # record unreadable.
+    newline = text.find("\n")
+    one = newline == -1 or newline == len(text) - 1  # nearly every note: one run, one line
+    for n, line in enumerate((text,) if one else text.split("\n"), 1):
         line = line.strip()
         if not line:
             continue
         try:
-            data = json.loads(line)
+            data = _json_line(line)
             if type(data) is not dict or "status" not in data or "commit" not in data:
                 raise ValueError("not a gitar record")
             _check_types(data)
@@ -204,7 +221,7 @@ def parse_lines(text: str, where: str) -> tuple[list[Record], list[Lesson]]:
                 lessons.append(Lesson(commit=data["commit"], lesson=data["lesson"],
                                       branch=_str_or_none(data.get("branch")), time=_str_or_none(data.get("time"))))
             else:
-                records.append(Record.from_dict(data))
+                records.append(Record._adopt(data))
         except (ValueError, TypeError) as e:
             _warn_once(where, n, line, str(e))
     return records, lessons
@@ -280,16 +297,8 @@ class Notebook:
 
     def entries(self) -> Iterator[tuple[str, list[Record], list[Lesson]]]:
         """(commit, records, lessons) for every annotated commit; one pass over the notes tree."""
-        if self.git.ref_target(NOTES_REF) is None:
-            return
-        repo = self.git.repo
-        for note in repo.notes(NOTES_REF):  # type: ignore[call-arg]
-            annotated = str(note.annotated_id)
-            # The blob by its id: Note.message looks the note up again by path (10x slower at 10,000 notes).
-            blob = repo.get(note.id)
-            text = blob.data.decode("utf-8", "replace") if isinstance(blob, pygit2.Blob) else ""
-            records, lessons = parse_lines(text, annotated)
-            yield annotated, records, lessons
+        for annotated, data in note_blobs(self.git, NOTES_REF):
+            yield annotated, *parse_lines(data.decode("utf-8", "replace"), annotated)
 
     def pin(self, sha: str, description: str) -> None:
         self.git.pin(ATTEMPTS_PREFIX + sha, sha, f"gitar: attempt {description[:60]}")

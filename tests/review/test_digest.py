@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+import random
+import re
 
 import pandas as pd
 import pytest
 
 from benchmarks.bench_loop import synthesise_history
 from gitar.commands.log import tsv_status, tsv_text
-from gitar.commands.memory import Section, fit, normalise
+from gitar.commands.memory import _NUMBER, Section, fit, normalise
 from gitar.history import Attempt, attempt
 from gitar.records import Lesson, Record, parse_lines
 from tests.core.conftest import Workspace
@@ -105,3 +108,39 @@ def test_a_parsed_record_equals_the_one_written() -> None:
     [back] = parse_lines(rec.to_line(), "c" * 40)[0]
     assert back == rec and back.extra == {"written_by": "a newer gitar"}
     assert back.kind == "attempt" and back.seed is None  # defaults filled as __init__ fills them
+
+
+def test_a_record_with_unicode_line_separators_reads_back() -> None:
+    # json.dumps(ensure_ascii=False) leaves U+2028, U+2029 and U+0085 raw inside strings: a note is
+    # split into lines at newlines only (as git merges notes), or such a record would be lost.
+    rec = Record(status="keep", commit="c" * 40, branch="b", description="a\u2028b\u2029c\x85d", run_id="r",
+                 val_bpb=1.0, hypothesis="why\u2028not")
+    lesson = Lesson("c" * 40, "learned\u2029this")
+    records, lessons = parse_lines(rec.to_line() + "\n" + lesson.to_line() + "\r\n", "c" * 40)
+    assert records == [rec] and lessons == [lesson]
+
+
+def test_attempt_built_without_init_has_every_field() -> None:
+    # attempt() fills the frozen dataclass's fields in one dict: a field added to Attempt and not
+    # there would be missing from every attempt read from the notes.
+    one = _attempt(1, "keep", 0.99)
+    rec = one.runs[0]
+    two = attempt(rec.commit, rec.branch, (rec, rec), (), 1.0)
+    for a in (one, two):
+        assert set(vars(a)) == {f.name for f in dataclasses.fields(Attempt)}
+        assert Attempt(**vars(a)) == a
+    assert (one.values, one.val_bpb, one.memory_gb) == ((0.99,), 0.99, 2.0) and two.values == (0.99, 0.99)
+
+
+def test_the_number_pattern_matches_its_plain_form() -> None:
+    # memory._NUMBER is written to begin with a character class (for speed); it must replace exactly
+    # what the plain pattern replaces.
+    plain = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?")
+    rnd = random.Random(0)
+    alphabet = "0123456789.-+e ax_#٣²"
+    for _ in range(20_000):
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12)))
+        assert _NUMBER.sub(" # ", text) == plain.sub(" # ", text), text
+    # Non-ASCII descriptions take the regex path, ASCII ones the byte translation: the same words.
+    assert normalise("naïve Über-change 3e-4, x_y") == " ".join(sorted({"#", "naïve", "über", "change", "x_y"}))
+    assert normalise("naive Uber-change 3e-4, x_y") == " ".join(sorted({"#", "naive", "uber", "change", "x_y"}))
