@@ -50,7 +50,8 @@ def new_run_id() -> str:
 
 
 def _iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+    # Milliseconds: a fast loop starts several runs a second, and review orders attempts by start.
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)

@@ -70,11 +70,12 @@ def best_cmd(
 @app.command("memory")
 def memory_cmd(
     max_chars: Annotated[int, typer.Option("--max-chars", help="the digest's size limit")] = 6000,
+    all_branches: Annotated[bool, typer.Option("--all", help="also what every other agent's branch tried")] = False,
 ) -> None:
     """What was tried, kept, discarded, broken and learned: read it before each hypothesis."""
     from gitar.commands.memory import build_memory
 
-    typer.echo(build_memory(max_chars))
+    typer.echo(build_memory(max_chars, all_branches=all_branches))
     raise typer.Exit(ExitCode.KEPT)
 
 

@@ -101,11 +101,34 @@ def normalise(description: str) -> str:
     return " ".join(sorted(set(_WORD.findall(text)) - _STOPWORDS))
 
 
-def build_memory(max_chars: int = DEFAULT_MAX_CHARS, start: str | Path = ".") -> str:
+def build_memory(max_chars: int = DEFAULT_MAX_CHARS, start: str | Path = ".", *, all_branches: bool = False) -> str:
     if max_chars < MIN_MAX_CHARS:
         raise GitarError(f"--max-chars must be at least {MIN_MAX_CHARS}, got {max_chars}")
-    ws = open_workspace(start)
-    return render(history.load(ws.git, ws.branch), max_chars)
+    ws = open_workspace(start, need_experiment_branch=not all_branches)
+    if not all_branches:
+        return render(history.load(ws.git, ws.branch), max_chars)
+    mine = history.load(ws.git, ws.branch) if ws.branch.startswith(ws.ground.experiment.branch_prefix) else None
+    return "\n".join(fit(sections_all(history.load(ws.git, None), mine), max_chars))
+
+
+def sections_all(every: History, mine: History | None) -> list[Section]:
+    """`--all`: this branch's best and lineage (when on one), and what every agent tried.
+
+    Lessons, near misses, discards and failures come from every branch, so an idea another
+    agent already tried shows up as a repeat here too.
+    """
+    discards = sorted((a for a in every.unordered if a.status == DISCARD), key=_delta_key)
+    branches = sorted({a.branch for a in every.unordered})
+    shared = f"all {len(branches)} branches: {len(every.unordered)} attempts; `gitar best --all` compares their bests"
+    if mine is not None:
+        head = _summary(mine)
+        summary = Section(f"{head.title} (+ every branch)", [*head.lines, shared], head.keep_tail)
+        return [summary, _lineage(mine), _lessons(every), _near_misses(mine, discards), _discarded(discards),
+                _failed(every)]
+    c = every.counts
+    lines = [shared, f"{c[KEEP]} kept, {c[DISCARD]} discarded, {c['crash']} crashed, {c['timeout']} timed out"]
+    return [Section("gitar memory: every branch", lines), _lessons(every), _near_misses(every, discards),
+            _discarded(discards), _failed(every)]
 
 
 def render(h: History, max_chars: int = DEFAULT_MAX_CHARS) -> str:

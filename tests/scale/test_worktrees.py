@@ -128,3 +128,20 @@ def test_best_all_names_the_best_of_every_agent(lab: Workspace) -> None:
     data = json.loads(lab.gitar("best", "--all", "--json").stdout)
     assert data["best"]["branch"] == "autoresearch/t1-gpu1" and data["best"]["val_bpb"] == 0.4
     assert [b["branch"] for b in data["branches"]] == [f"autoresearch/t1-gpu{k}" for k in (0, 1, 2)]
+
+
+def test_memory_all_shows_what_the_other_agents_tried(lab: Workspace) -> None:
+    assert lab.gitar("init", "t1", "--worktrees", "2").returncode == 0
+    a, b = _tree(lab, 0), _tree(lab, 1)
+    for tree in (a, b):
+        assert tree.gitar("run").returncode == 0
+    b.write_train(1.5)
+    assert b.gitar("try", "swap the optimizer for sgd").returncode == 1
+    mine = a.gitar("memory")
+    assert mine.returncode == 0 and "sgd" not in mine.stdout
+    every = a.gitar("memory", "--all")
+    assert every.returncode == 0, every.stderr
+    assert "swap the optimizer for sgd" in every.stdout and "all 2 branches" in every.stdout
+    assert "gitar memory: autoresearch/t1-gpu0" in every.stdout  # this branch's summary leads
+    from_main = lab.gitar("memory", "--all")
+    assert from_main.returncode == 0 and "swap the optimizer for sgd" in from_main.stdout, from_main.stderr
