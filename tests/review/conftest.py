@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,10 +46,6 @@ def _seeded_train(val_bpb: float) -> str:
 
 
 def _attempt(ws: Workspace, val_bpb: float, description: str, mode: str = "ok", hypothesis: str | None = None) -> str:
-    # Records give their start to the second, and the fake trainer finishes well within one: two
-    # attempts started in one second would be ordered by commit id, and the tests by time order
-    # would depend on the ids. Each attempt starts in a second of its own.
-    time.sleep(1 - time.time() % 1)
     ws.write_train(val_bpb, mode)
     args = ["try", description, "--json"] + (["--hypothesis", hypothesis] if hypothesis else [])
     proc = ws.gitar(*args)
