@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.core.conftest import USER_HOOK_CONFIG, Workspace, fake_train, make_workspace  # noqa: E402
+from tests.core.conftest import Workspace, fake_train, make_workspace  # noqa: E402
 
 
 def hermetic_env(home: Path) -> None:
@@ -108,9 +108,7 @@ def measure_overhead(tmp: Path, history: int, runs: int, *, through_hooks: bool 
     ws = make_workspace(tmp / f"ws{history}{'-hooks' if through_hooks else ''}")
     if through_hooks:
         # A user's own hook in the config: `gitar try` then commits through the pre-commit framework.
-        config = ws.root / ".pre-commit-config.yaml"
-        config.write_text(config.read_text() + USER_HOOK_CONFIG)
-        ws.git("commit", "-qam", "a user hook")
+        ws.add_user_hook()
     os.chdir(ws.root)
     assert ws.gitar("init", "t1").returncode == 0
     if history:

@@ -106,6 +106,12 @@ class Workspace:
     def write_train(self, val_bpb: float = 1.0, mode: str = "ok", sleep_s: float = 0.0) -> None:
         (self.root / "train.py").write_text(fake_train(val_bpb, mode, sleep_s))
 
+    def add_user_hook(self) -> None:
+        """Commit a user's own pre-commit hook (USER_HOOK_CONFIG): `gitar try` then goes through the hooks."""
+        config = self.root / ".pre-commit-config.yaml"
+        config.write_text(config.read_text() + USER_HOOK_CONFIG)
+        self.git("commit", "-qam", "a user hook")
+
     def head(self) -> str:
         return self.git("rev-parse", "HEAD").stdout.strip()
 

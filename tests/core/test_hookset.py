@@ -16,7 +16,7 @@ import pytest
 
 from gitar.git import Git
 from gitar.hookset import foreign_hooks
-from tests.core.conftest import USER_HOOK_CONFIG, Workspace, fake_train, make_workspace
+from tests.core.conftest import Workspace, fake_train, make_workspace
 
 
 def test_only_gitars_hooks_by_default(workspace: Workspace) -> None:
@@ -50,9 +50,7 @@ def test_a_harmless_file_in_the_hooks_dir_is_not_a_hook(workspace: Workspace) ->
 def test_a_users_own_hook_still_runs_under_gitar_try(hermetic: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     ws = make_workspace(tmp_path / "ws")
-    config = ws.root / ".pre-commit-config.yaml"
-    config.write_text(config.read_text() + USER_HOOK_CONFIG)
-    ws.git("commit", "-qam", "a user hook")
+    ws.add_user_hook()
     monkeypatch.chdir(ws.root)
     assert ws.gitar("init", "t1").returncode == 0
     assert foreign_hooks(Git.discover(ws.root)) is not None
@@ -71,9 +69,7 @@ def test_the_preflight_sees_only_what_is_committed(hermetic: Path, tmp_path: Pat
     """A module staged beside train.py but not committed with it is missing in the smoke step too."""
     ws = make_workspace(tmp_path / "ws")
     if user_hook:
-        config = ws.root / ".pre-commit-config.yaml"
-        config.write_text(config.read_text() + USER_HOOK_CONFIG)
-        ws.git("commit", "-qam", "a user hook")
+        ws.add_user_hook()
     monkeypatch.chdir(ws.root)
     assert ws.gitar("init", "t1").returncode == 0
     assert ws.gitar("run").returncode == 0

@@ -11,16 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.core.conftest import USER_HOOK_CONFIG, Workspace, fake_train
+from tests.core.conftest import Workspace, fake_train
 from tests.scale.conftest import BRANCH, Lab, run_job
 
 
 def _agent(lab: Lab, name: str = "agent", *, user_hook: bool = False) -> Workspace:
     agent = lab.clone(name)
     if user_hook:
-        config = agent.root / ".pre-commit-config.yaml"
-        config.write_text(config.read_text() + USER_HOOK_CONFIG)
-        agent.git("commit", "-qam", "a user hook")
+        agent.add_user_hook()
     assert agent.gitar("init", "t1").returncode == 0
     return agent
 
