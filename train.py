@@ -11,8 +11,9 @@ Environment:
   GITAR_SMOKE=1           pre-commit check: build this model on the CPU, take one optimizer step on
                           random tokens, print `smoke: ok ...` and exit, before any data is touched
   GITAR_CRASH_FILE=<path> on failure, write a JSON record there (type, message, traceback, phase, step)
-  GITAR_EXPORT_PATH=<path> after training, save the model there as a torch.export program: gitar measures
-                          the val_bpb it records from that program with prepare.py alone, in another process
+  GITAR_EXPORT_PATH=<path> after training, save the model there as a torch.export program instead of
+                          evaluating it: gitar measures the val_bpb it records from that program with
+                          prepare.py alone, in another process
 """
 
 from __future__ import annotations
@@ -843,16 +844,19 @@ def main() -> None:
 
     total_tokens = step * opt.total_batch_size
 
-    # ---- Export for gitar's harness evaluation, then this script's own evaluation
+    # ---- Evaluation: gitar's harness measures the exported model (the validation shard is not
+    # even visible in its sandbox), so this script evaluates only when run on its own.
     model.eval()
     export_path = os.environ.get("GITAR_EXPORT_PATH")
+    val_bpb = None
     if export_path:
         RUN.phase = "export"
         with autocast_ctx:
             export_for_evaluation(model, Path(export_path), cfg.evaluation.batch_size, MAX_SEQ_LEN)
-    RUN.phase = "eval"
-    with autocast_ctx, torch.no_grad():
-        val_bpb = evaluate_bpb(model, tokenizer, cfg.evaluation.batch_size)
+    else:
+        RUN.phase = "eval"
+        with autocast_ctx, torch.no_grad():
+            val_bpb = evaluate_bpb(model, tokenizer, cfg.evaluation.batch_size)
 
     # ---- Summary (the block gitar parses; keys and order as upstream, then what ran it)
     t_end = time.time()
@@ -863,7 +867,8 @@ def main() -> None:
     # Peak GPU memory held by tensors; there is no VRAM to report on a CPU (or MPS) run.
     peak_vram_mb = torch.cuda.max_memory_allocated(device) / 1024 / 1024 if device.type == "cuda" else 0.0
     print("---")
-    print(f"val_bpb: {val_bpb:.6f}")
+    if val_bpb is not None:
+        print(f"val_bpb: {val_bpb:.6f}")
     print(f"training_seconds: {total_training_time:.1f}")
     print(f"total_seconds: {t_end - t_start:.1f}")
     print(f"peak_vram_mb: {peak_vram_mb:.1f}")

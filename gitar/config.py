@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +43,15 @@ KEEP_RULES = ("strict", "margin", "confirm")  # see gitar/judge.py for each rule
 # train.py exports, or the number train.py prints (for trainers that cannot export a torch model;
 # `gitar verify` flags every record measured that way).
 EVALUATE_SOURCES = ("harness", "reported")
+SANDBOXES = ("bwrap", "off")  # experiment.sandbox: gitar/sandbox.py; "off" runs train.py unconfined
+# training.allowance_s when ground.json has none: seconds a trainer may run past its budget for
+# start-up, compilation and the export. gitar times the trainer itself; a run past budget +
+# allowance is rejected, so at most this much more training can hide in it (README).
+DEFAULT_ALLOWANCE_S = {"train": 120.0, "test": 60.0, "cpu": 120.0}
+DEFAULT_PROCESSES = 16384  # tasks: threads count too, and torch starts one per core in several pools
+DEFAULT_LOG_MB = 64
+DEFAULT_FILE_MB = 65536  # the export of a large model is gigabytes; this stops a disk-filling file
+AUTO_MEMORY_FRACTION = 0.9  # memory_mb "auto": of the machine's memory, leaving some to the system
 
 T = TypeVar("T")
 
@@ -76,10 +85,16 @@ class TrainingConfig:
     max_seq_len: int
     time_budget_s: Mapping[str, float]
     eval_tokens: int
+    allowance: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_ALLOWANCE_S))
 
     @property
     def budget_s(self) -> float:
         return self.time_budget_s[self.mode]
+
+    @property
+    def allowance_s(self) -> float:
+        """How long past its budget a trainer may run (start-up, compilation, export)."""
+        return self.allowance[self.mode]
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,16 @@ class ProcessorConfig:
     attention: str
     compile: bool | None  # None means auto
     peak_flops: float | None  # None means auto (from SM count and clock)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """experiment.limits: what one run may use (gitar/limits.py enforces them)."""
+
+    memory_mb: int | None = None  # None: "auto", a share of the machine's memory
+    processes: int = DEFAULT_PROCESSES
+    log_mb: int = DEFAULT_LOG_MB
+    file_mb: int = DEFAULT_FILE_MB
 
 
 @dataclass(frozen=True)
@@ -104,6 +129,8 @@ class ExperimentConfig:
     noise_floor: float  # the val_bpb standard deviation assumed until measured, and the least ever used
     smoke: bool  # run the CPU smoke step at pre-commit
     evaluate: str = "harness"  # optional in ground.json: one of EVALUATE_SOURCES
+    sandbox: str = "bwrap"  # optional in ground.json: one of SANDBOXES
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 @dataclass(frozen=True)
@@ -210,6 +237,7 @@ def parse_ground(obj: Any, path: Path) -> Ground:
         max_seq_len=tr.get("max_seq_len", integer(8, 1 << 20)),
         time_budget_s=time_budget,
         eval_tokens=tr.get("eval_tokens", integer(1)),
+        allowance=_allowance(tr),
     )
     tr.done()
     if training.eval_tokens < training.max_seq_len:
@@ -238,6 +266,8 @@ def parse_ground(obj: Any, path: Path) -> Ground:
         noise_floor=e.get("noise_floor", number(0, 1)),
         smoke=e.get("smoke", boolean),
         evaluate=e.optional("evaluate", choice(EVALUATE_SOURCES), "harness"),
+        sandbox=e.optional("sandbox", choice(SANDBOXES), "bwrap"),
+        limits=_limits(e),
     )
     e.done()
     both = set(experiment.agent_owned) & set(experiment.user_owned)
@@ -252,6 +282,29 @@ def parse_ground(obj: Any, path: Path) -> Ground:
     top.done()
     return Ground(path=path, data=data, tokenizer=tok, training=training,
                   processor=processor, experiment=experiment)
+
+
+def _allowance(tr: Section) -> dict[str, float]:
+    if "allowance_s" not in tr.obj:
+        return dict(DEFAULT_ALLOWANCE_S)
+    a = tr.section("allowance_s")
+    out = {m: a.get(m, number(0)) for m in MODES}
+    a.done()
+    return out
+
+
+def _limits(e: Section) -> LimitsConfig:
+    if "limits" not in e.obj:
+        return LimitsConfig()
+    li = e.section("limits")
+    limits = LimitsConfig(
+        memory_mb=li.optional("memory_mb", auto_or(integer(64)), None),
+        processes=li.optional("processes", integer(16), DEFAULT_PROCESSES),
+        log_mb=li.optional("log_mb", integer(1), DEFAULT_LOG_MB),
+        file_mb=li.optional("file_mb", integer(1), DEFAULT_FILE_MB),
+    )
+    li.done()
+    return limits
 
 
 def load_ground(path: str | os.PathLike[str] = GROUND_FILE) -> Ground:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gitar import integrity, runner, state, stops
+from gitar import confine, integrity, runner, state, stops
 from gitar.config import GROUND_FILE, Ground, parse_ground
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git, clean_env
@@ -192,20 +192,21 @@ def _verdict(measured: integrity.Measurement, result: runner.RunResult, plan: Pl
         return Verdict(REJECTED, measured.reason, plan.best.val_bpb if plan.best else None, None, policy.rule)
     verdict = judge(measured.status, measured.val_bpb, plan.best, policy, sigma,
                     _error_line(measured.error or result.crash), remeasure=plan.kind == "rerun", earlier=earlier)
-    note = measured.mismatch
-    return replace(verdict, reason=f"{verdict.reason}; {note}") if note else verdict
+    notes = [n for n in (measured.mismatch, result.log_incomplete) if n]
+    return replace(verdict, reason="; ".join([verdict.reason, *notes])) if notes else verdict
 
 
 def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, run_key: str,
            pid: int | None, base: str) -> tuple[runner.RunResult, integrity.Measurement]:
     """One training run of the plan's commit in a fresh snapshot, then its measurement.
 
-    With experiment.evaluate "harness" (the default) train.py saves its model outside the
-    snapshot and gitar's evaluator measures it (integrity.measure); both processes share
-    the run's hard timeout. An interrupt is recorded, then raised.
+    The trainer runs in the sandbox (gitar/confine.py), timed by gitar: a run still going at
+    its budget plus training.allowance_s is stopped and rejected, whatever it prints. With
+    experiment.evaluate "harness" (the default) train.py saves its model in its output
+    directory and gitar's evaluator measures it (integrity.measure) in a sandbox of its
+    own; both share the run's hard timeout. An interrupt is recorded, then raised.
     """
     log_path = paths.log(plan.commit, run_key)
-    crash_path = paths.crash(plan.commit, run_key)
     if snapshot.exists():
         shutil.rmtree(snapshot)
     running = state.Running(
@@ -216,37 +217,61 @@ def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, r
     running.save(paths)
     # The run sees the committed files only: later edits in the work tree cannot leak into it.
     git.export_tree(plan.commit, snapshot)
+    harness = ground.experiment.evaluate == integrity.HARNESS
+    evaluation = integrity.EvaluationRun.of(paths, log_path, run_key)
+    evaluation.prepare()
     env = clean_env({"GITAR_WORKSPACE": str(git.root), "GITAR_SEED": str(plan.seed),
                      "GITAR_COMMIT": plan.commit, "GITAR_RUN_ID": run_key, **paths.device_env()})
     env.pop("GITAR_SMOKE", None)
     env.pop(integrity.EXPORT_ENV, None)
-    harness = ground.experiment.evaluate == integrity.HARNESS
-    evaluation = integrity.EvaluationRun.of(paths, log_path, run_key)
     if harness:
-        evaluation.prepare()
         env[integrity.EXPORT_ENV] = str(evaluation.export_path)
+    command = runner.expand_command(ground.experiment.command)
+    confined = confine.for_training(git, ground, command, snapshot, evaluation.outbox, run_key)
+    allowed_s = ground.training.budget_s + ground.training.allowance_s
+    deadline_s = min(ground.experiment.timeout_s, allowed_s)
 
-    def started(pgid: int) -> None:
-        running.with_(pgid=pgid).save(paths)
+    def started(proc: runner.Started) -> None:
+        running.with_(pgid=proc.pgid, trainer_pid=proc.pid, trainer_start=proc.start_time,
+                      pid_namespace=proc.pid_namespace, sandbox=confined.label).save(paths)
 
     try:
         result = runner.run_training(
-            runner.expand_command(ground.experiment.command), cwd=snapshot, env=env,
-            log_path=log_path, crash_path=crash_path, timeout_s=ground.experiment.timeout_s,
-            on_start=started)
+            command, cwd=snapshot, env=env, log_path=log_path, crash_path=evaluation.trainer_crash_path,
+            timeout_s=deadline_s, on_start=started, confined=confined, needs_val_bpb=not harness)
+        over = _over_budget(result, ground, allowed_s, deadline_s)
+        if over is not None:
+            return result, integrity.Measurement(REJECTED, None, None, _float(result.summary.get("val_bpb")),
+                                                 reason=over)
         if not harness:
             return result, integrity.reported_only(result)
         if result.status != "ok":
             return result, integrity.Measurement(result.status, None, None, _float(result.summary.get("val_bpb")))
         pinned = integrity.load_data_pin(git, plan.branch)
         return result, integrity.measure(git, base, ground, result, evaluation, pinned,
-                                         ground.experiment.timeout_s - result.wall_s, on_start=started,
-                                         device_env=paths.device_env())
+                                         ground.experiment.timeout_s - result.wall_s, run_id=run_key + "-eval",
+                                         on_start=started, device_env=paths.device_env())
     except runner.RunInterrupted as interrupted:
         finish(git, plan, _record(git, plan, ground, interrupted.result, None, None))
         raise
     finally:
         evaluation.cleanup()
+
+
+def _over_budget(result: runner.RunResult, ground: Ground, allowed_s: float, deadline_s: float) -> str | None:
+    """Why a run trained longer than it may, by gitar's own clock; None if it kept to its time.
+
+    gitar cannot see when train.py's training phase starts (anything train.py prints may be
+    a lie), so it bounds the whole trainer: budget + allowance. A run stopped at that
+    deadline, or one that ran past it, is rejected: its extra time could have been training.
+    """
+    stopped_at_deadline = result.status == "timeout" and deadline_s >= allowed_s - 1e-9
+    if not stopped_at_deadline and not (result.status == "ok" and result.wall_s > allowed_s):
+        return None
+    t = ground.training
+    return (f"over its time: the trainer ran {result.wall_s:.1f} s by gitar's clock, past the {t.mode} budget "
+            f"{t.budget_s:g} s + training.allowance_s {t.allowance_s:g} s for start-up, compilation and export; "
+            "stopped and not measured (make it finish within its budget, or raise the allowance in ground.json)")
 
 
 def _repeat_noise(notebook: Notebook, record: Record) -> dict[str, Any] | None:
@@ -326,7 +351,7 @@ def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verd
         depth=_int(s.get("depth")), seed=plan.seed, started=_iso(result.started_at), ended=_iso(result.ended_at),
         host=socket.gethostname(), platform=platform or None,
         harness_sha256=integrity.harness_sha256(git, plan.commit), log=str(result.log_path),
-        error=_failure(result, measured),
+        error=_failure(result, measured), sandbox=result.sandbox, limits=result.limits,
     )
 
 

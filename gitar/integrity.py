@@ -9,15 +9,16 @@ something the run can change:
   before it trains, whatever hooks it bypassed;
 - the files the evaluation reads (the tokenizer and the pinned validation shard) are
   hashed when a branch is first measured and must hash the same before every run and
-  again, inside the evaluator, after train.py has exited (train.py could rewrite them);
-- the recorded val_bpb comes from gitar/harness/evaluate.py, a separate process that runs
-  only the pinned prepare.py on the model train.py exported (see measure()).
+  again after train.py has exited, when gitar copies them for the evaluator: each is
+  read once, hashed as it is copied, and the evaluator reads only the copy;
+- the recorded val_bpb comes from gitar/harness/evaluate.py, a separate process in a
+  sandbox of its own that runs only the pinned prepare.py on the model train.py exported
+  (see measure()).
 
-No check here stops code that runs as the same user from editing gitar or the notes
-themselves; that needs a sandbox around train.py. What it stops is every shortcut
-available from inside the training process and its files: printing a number, patching
-the evaluation in memory, rewriting the harness or the data on disk, and peeking at the
-future (the causality probe). `gitar verify` re-checks the kept records afterwards.
+train.py itself runs in a sandbox (gitar/sandbox.py, gitar/confine.py) that cannot write
+any of this, sees neither the validation shard nor gitar's state, and whose processes all
+end with it; these checks are what holds when ground.json turns the sandbox off, and
+what `gitar verify` re-checks afterwards.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ import json
 import math
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gitar import runner
+from gitar import confine, runner
 from gitar.config import GROUND_FILE, Ground
 from gitar.git import Git, clean_env
 from gitar.paths import Paths
@@ -270,46 +272,94 @@ def reported_only(result: runner.RunResult) -> Measurement:
 
 @dataclass(frozen=True)
 class EvaluationRun:
-    """Where one harness evaluation runs and writes, outside the snapshot train.py ran in."""
+    """Where one run's trainer writes and its harness evaluation reads and writes.
 
-    export_path: Path  # train.py saves its model here (GITAR_EXPORT_PATH)
-    directory: Path  # the pinned prepare.py and ground.json, written after training
+    out/ is the only directory the trainer may write besides its snapshot: the export and
+    its crash record. eval/ is written by gitar after every process of the trainer is gone:
+    the base's prepare.py and ground.json from git, and private copies of the export and
+    of the evaluation files, each read once and hashed as it was copied. result/ is the
+    evaluator's only writable directory. The trainer never sees eval/ or result/.
+    """
+
+    root: Path
     log_path: Path
-    crash_path: Path
 
     @classmethod
     def of(cls, paths: Paths, log_path: Path, run_key: str) -> EvaluationRun:
-        root = paths.base / "evaluations"
-        return cls(export_path=root / f"{run_key}.pt2", directory=root / run_key, log_path=log_path,
-                   crash_path=log_path.with_name(log_path.stem + ".eval-crash.json"))
+        return cls(root=paths.runs / run_key, log_path=log_path)
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "out"
+
+    @property
+    def export_path(self) -> Path:
+        return self.outbox / "model.pt2"
+
+    @property
+    def trainer_crash_path(self) -> Path:
+        return self.outbox / "crash.json"
+
+    @property
+    def inputs(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "result"
+
+    @property
+    def crash_path(self) -> Path:
+        return self.results / "crash.json"
 
     def prepare(self) -> None:
-        """Before training: no export from an earlier run can pass for this one's, and what a
-        gitar that died mid-run left (an export can be gigabytes) goes. One experiment runs per
-        clone at a time (the lock), so everything in the folder is stale."""
-        root = self.export_path.parent
-        if root.is_symlink() or root.is_file():
-            root.unlink()
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
+        """Before training: an empty out/ (no export from an earlier run can pass for this one's)."""
+        _remove(self.root)
+        self.outbox.mkdir(parents=True)
 
     def cleanup(self) -> None:
-        for path in (self.export_path, self.directory):
-            if path.is_symlink() or path.is_file():
-                path.unlink()
-            elif path.exists():
-                shutil.rmtree(path, ignore_errors=True)
+        _remove(self.root)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def copy_once(source: Path, dest: Path) -> str | None:
+    """Copy a regular file, hashing the bytes as they pass: the copy is exactly what was hashed.
+
+    None if the source is missing or not a regular file (a symlink the trainer left is not
+    followed). Returns the sha256.
+    """
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    h = hashlib.sha256()
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest, "wb") as out:
+            while chunk := f.read(_HASH_CHUNK):
+                h.update(chunk)
+                out.write(chunk)
+    return h.hexdigest()
 
 
 def measure(git: Git, base: str, ground: Ground, trained: runner.RunResult, run: EvaluationRun,
-            pinned: Mapping[str, str] | None, timeout_s: float,
-            on_start: Callable[[int], None] | None = None, device_env: Mapping[str, str] | None = None) -> Measurement:
-    """The harness's val_bpb of the model train.py exported, from a process of its own.
+            pinned: Mapping[str, str] | None, timeout_s: float, *, run_id: str,
+            on_start: Callable[[runner.Started], None] | None = None,
+            device_env: Mapping[str, str] | None = None) -> Measurement:
+    """The harness's val_bpb of the model train.py exported, from a sandbox of its own.
 
-    Runs only after a successful training run. The evaluator reads the base commit's
-    prepare.py and ground.json, written fresh from git (train.py may have rewritten the
-    snapshot's copies), under what is left of the run's hard timeout. Raises
-    runner.RunInterrupted like training does.
+    Runs only after a successful training run, whose every process is gone. The evaluator
+    reads the base commit's prepare.py and ground.json, written fresh from git, and copies
+    of the export and the evaluation files that gitar made and hashed just now, under what
+    is left of the run's hard timeout. Raises runner.RunInterrupted like training does.
     """
     reported = _number(trained.summary.get("val_bpb"))
     if pinned is None:
@@ -317,21 +367,43 @@ def measure(git: Git, base: str, ground: Ground, trained: runner.RunResult, run:
                            reason="the evaluation data was not prepared when the run started, so the harness "
                                   "cannot vouch for it; run `python prepare.py` and measure again")
     digest = data_digest(pinned)
-    if not run.export_path.is_file():
+    _remove(run.inputs)
+    _remove(run.results)
+    run.results.mkdir(parents=True)
+    program = run.inputs / "model.pt2"
+    program_sha = copy_once(run.export_path, program)
+    if program_sha is None:
         return Measurement("crash", None, None, reported, data_sha256=digest, error={
             "type": "NoExport", "message": f"train.py did not export its model for the harness evaluation "
                                            f"(${EXPORT_ENV}; see program.md)"})
-    _write_harness(git, base, run.directory, pinned)
-    out = run.directory / "result.json"
-    command = [sys.executable, "-m", "gitar.harness.evaluate", "--workspace", str(run.directory),
-               "--program", str(run.export_path), "--out", str(out), "--expect", str(run.directory / "expect.json")]
+    copies = {name: run.inputs / "cache" / name for name in evaluation_files(ground)}
+    actual: dict[str, str] = {}
+    for name, path in evaluation_files(ground).items():
+        sha = copy_once(path, copies[name])
+        if sha is not None:
+            actual[name] = sha
+    changed = changed_files(pinned, actual)
+    if changed:
+        return Measurement(REJECTED, None, None, reported, data_sha256=digest,
+                           reason=f"evaluation data changed during the run: {', '.join(changed)} in "
+                                  f"{ground.cache_dir} differ from the branch's pin; restore it (`python prepare.py`)")
+    _write_harness(git, base, run.inputs, pinned)
+    out = run.results / "result.json"
+    # No --expect: the evaluator's copies are the bytes just hashed, and nothing else can write them.
+    command = [sys.executable, "-m", "gitar.harness.evaluate", "--workspace", str(run.inputs),
+               "--program", str(program), "--out", str(out)]
     env = clean_env({"GITAR_WORKSPACE": str(git.root), "PYTHONPATH": _gitar_path()})
     for key in [k for k in env if k.startswith("GITAR_") and k != "GITAR_WORKSPACE"]:
         del env[key]
     env.update(device_env or {})  # the GPU the model trained on
-    result = runner.run_training(command, cwd=run.directory, env=env, log_path=run.log_path,
-                                 crash_path=run.crash_path, timeout_s=max(timeout_s, 0.0), on_start=on_start)
-    return _interpret(result, out, reported, digest)
+    confined = confine.for_evaluation(git, ground, run.inputs, run.results, copies, run_id)
+    result = runner.run_training(command, cwd=run.results, env=env, log_path=run.log_path,
+                                 crash_path=run.crash_path, timeout_s=max(timeout_s, 0.0), on_start=on_start,
+                                 confined=confined, needs_val_bpb=False)
+    measured = _interpret(result, out, reported, digest)
+    details = dict(measured.evaluation or {})
+    details["program_sha256"] = program_sha
+    return replace(measured, evaluation=details)
 
 
 def _interpret(result: runner.RunResult, out: Path, reported: float | None, digest: str) -> Measurement:
@@ -361,10 +433,7 @@ def _interpret(result: runner.RunResult, out: Path, reported: float | None, dige
 
 
 def _write_harness(git: Git, base: str, directory: Path, pinned: Mapping[str, str]) -> None:
-    if directory.is_symlink() or directory.is_file():
-        directory.unlink()
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    directory.mkdir(parents=True, exist_ok=True)
     for name in HARNESS_FILES:
         blob = git.blob_at(base, name)
         if blob is not None:

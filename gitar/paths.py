@@ -62,6 +62,11 @@ class Paths:
         return self.base / "results"
 
     @property
+    def runs(self) -> Path:
+        """One directory per run: what the trainer wrote (out/), the evaluator's inputs and result."""
+        return self.base / "runs"
+
+    @property
     def running(self) -> Path:
         return self.own / "running.json"
 

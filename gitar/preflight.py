@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
-from gitar import lock, runner
+from gitar import confine, lock, runner
 from gitar.config import MODEL_FILE, Ground, parse_model
 from gitar.errors import GitarError
 from gitar.git import Git
@@ -88,29 +88,43 @@ def check_model(git: Git, paths: list[str], ground: Ground) -> None:
 
 
 def smoke(git: Git, ground: Ground) -> str:
-    """Run the staged train.py in smoke mode from a copy of the index; returns its `smoke:` line."""
-    with tempfile.TemporaryDirectory(prefix="gitar-smoke-") as tmp:
+    """Run the staged train.py in smoke mode from a copy of the index; returns its `smoke:` line.
+
+    The smoke step runs the agent's code as much as training does, so it runs in the same
+    sandbox (without any data) and no process it starts outlives it.
+    """
+    with tempfile.TemporaryDirectory(prefix="gitar-smoke-") as tmp, \
+            tempfile.TemporaryDirectory(prefix="gitar-smoke-log-") as logs:
         # The index, not the work tree: an untracked module that train.py imports would be
         # missing in the real run too, so it must be missing here.
         git.run("checkout-index", "-a", f"--prefix={tmp}/", keep_hook_env=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-        env.update({"GITAR_SMOKE": "1", "GITAR_WORKSPACE": str(git.root), "PYTHONUNBUFFERED": "1",
-                    "GITAR_CRASH_FILE": str(Path(tmp) / ".gitar-smoke-crash.json")})
+        env.update({"GITAR_SMOKE": "1", "GITAR_WORKSPACE": str(git.root)})
+        env.pop("GITAR_EXPORT_PATH", None)
         command = runner.expand_command(ground.experiment.command)
+        crash = Path(tmp) / ".gitar-smoke-crash.json"
+        log = Path(logs) / "smoke.log"
+        confined = confine.for_smoke(git, ground, command, Path(tmp), f"smoke-{uuid.uuid4().hex}")
         try:
-            proc = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True,
-                                  errors="replace", timeout=SMOKE_TIMEOUT_S, start_new_session=True)
-        except subprocess.TimeoutExpired:
+            result = runner.run_training(command, cwd=Path(tmp), env=env, log_path=log, crash_path=crash,
+                                         timeout_s=SMOKE_TIMEOUT_S, grace_s=2.0, confined=confined,
+                                         needs_val_bpb=False)
+        except GitarError as e:
+            raise GitarError(f"smoke step: {e.message}") from None
+        if result.status == "timeout":
             raise GitarError(f"smoke step: train.py took over {SMOKE_TIMEOUT_S:g} s for one step on CPU; "
-                             "something blocks or the model is far too large") from None
-        except OSError as e:
-            raise GitarError(f"smoke step: cannot start {command[0]}: {e.strerror}; "
-                             "check experiment.command in ground.json") from None
-        output = proc.stdout + proc.stderr
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("smoke: ok")), None)
-        if proc.returncode == 0 and line:
+                             "something blocks or the model is far too large")
+        output = log.read_text(errors="replace")
+        line = next((ln for ln in output.splitlines() if ln.startswith("smoke: ok")), None)
+        if result.status == "ok" and line:
             return line
-        raise GitarError(f"smoke step failed: {_smoke_error(Path(tmp) / '.gitar-smoke-crash.json', output)}")
+        cause = (result.crash or {}).get("message") if (result.crash or {}).get("type") == "LimitExceeded" else None
+        raise GitarError(f"smoke step failed: {cause or _smoke_error(crash, _trainer_output(output))}")
+
+
+def _trainer_output(log: str) -> str:
+    # The log's own [gitar] header and footer lines are not the trainer's words.
+    return "\n".join(ln for ln in log.splitlines() if not ln.startswith("[gitar] "))
 
 
 def _smoke_error(crash_file: Path, output: str) -> str:
@@ -126,6 +140,7 @@ def _smoke_error(crash_file: Path, output: str) -> str:
 def run_checks(git: Git, ground: Ground, *, echo: bool = True, token: str | None = None) -> None:
     paths = git.staged_paths()
     check_ownership(paths, ground)
+    confine.check_available(ground)
     check_lock(git, token)
     check_syntax(git, paths)
     check_model(git, paths, ground)

@@ -90,6 +90,8 @@ class Record:
     reported_val_bpb: float | None = None  # the val_bpb train.py printed, kept for comparison
     evaluation: dict[str, Any] | None = None  # the harness evaluation: shape, device, dtype, causality probe
     data_sha256: str | None = None  # sha256 over the evaluation files' hashes (tokenizer, validation shard)
+    sandbox: str | None = None  # how train.py was confined: "bwrap <version>" or "off"
+    limits: dict[str, Any] | None = None  # memory/process/file/log limits of the run and what enforced them
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer gitar wrote, kept verbatim
 
     def to_line(self) -> str:

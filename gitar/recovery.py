@@ -13,11 +13,14 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 
 from gitar import lock, state
 from gitar.git import Git
+from gitar.judge import current_best
+from gitar.limits import RunGroup
 from gitar.paths import Paths
-from gitar.processes import kill_group
+from gitar.processes import kill_group, process_stat
 from gitar.records import ABORTED, KEEP, Notebook, Record
 from gitar.worktree import move_branch
 
@@ -39,9 +42,54 @@ def recover(git: Git) -> list[str]:
     return notes
 
 
+def _stop_leftovers(running: state.Running) -> None:
+    """Kill what is left of the dead runner's trainer or evaluator — only what provably is it.
+
+    The running-state file is gitar's (the sandbox cannot reach it), yet a pid or a process
+    group alone is no proof: pids are reused, and a hand-made file could name anything.
+    What counts: the run's own control group (named after its run id), and a process whose
+    pid, start time and command line or environment (the run id) all match what gitar recorded.
+    """
+    for name in (running.run_id, running.run_id + "-eval"):
+        group = RunGroup.find(name)
+        if group is not None:
+            group.kill()
+            group.remove()
+    pid = running.trainer_pid
+    if pid is not None and running.trainer_start is not None and _started_for(pid, running):
+        kill_group(pid, grace_s=5.0)
+
+
+def _started_for(pid: int, running: state.Running) -> bool:
+    stat = process_stat(pid)
+    if stat is None or stat.start_time != running.trainer_start or stat.pgrp != pid:
+        return False
+    marker = running.run_id.encode()
+    for part in ("cmdline", "environ"):
+        try:
+            if marker in Path(f"/proc/{pid}/{part}").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _back_to(git: Git, running: state.Running) -> str | None:
+    """Where the branch may go back to: the best the run was judged against if the notebook
+    says it is a kept commit of the branch, else the attempt's parent; never a commit the
+    running-state file alone names."""
+    notebook = Notebook(git)
+    if not notebook.is_pinned(running.commit):
+        return None  # gitar pins every attempt before it runs: this one never ran under gitar
+    best = running.best_commit
+    if best is not None and current_best(notebook, running.branch, best) is not None:
+        return best
+    parents = git.commit(running.commit).parent_ids
+    return str(parents[0]) if parents else None
+
+
 def _abort_dead_run(git: Git, paths: Paths, running: state.Running) -> str:
-    if running.pgid is not None:
-        kill_group(running.pgid, grace_s=5.0)
+    _stop_leftovers(running)
     notebook = Notebook(git)
     record = next((r for r in notebook.records(running.commit) if r.run_id == running.run_id), None)
     if record is None:
@@ -52,11 +100,13 @@ def _abort_dead_run(git: Git, paths: Paths, running: state.Running) -> str:
             log=running.log, started=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(running.started)))
         notebook.append(record)
     _save_result(paths, record)
-    if running.move_branch and running.best_commit is not None:
-        move_branch(git, running.branch, running.commit, running.best_commit,
-                    f"gitar: aborted {running.commit[:7]}, back to best {running.best_commit[:7]}")
+    target = _back_to(git, running) if running.move_branch else None
+    if target is not None:
+        move_branch(git, running.branch, running.commit, target,
+                    f"gitar: aborted {running.commit[:7]}, back to best {target[:7]}")
     state.clear(paths, running.run_id)
     shutil.rmtree(paths.snapshots / running.run_id, ignore_errors=True)
+    shutil.rmtree(paths.runs / running.run_id, ignore_errors=True)
     return f"recovered an interrupted run of {running.commit[:7]} ({running.description[:50]!r}): recorded as aborted"
 
 

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import select
 import shlex
 import signal
 import subprocess
@@ -22,12 +23,15 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from gitar import sandbox as sandbox_mod
 from gitar.errors import GitarError
-from gitar.processes import kill_group, pdeathsig_preexec
+from gitar.limits import Limits, RunGroup, file_size_preexec
+from gitar.logpump import LogPump
+from gitar.processes import kill_group, pdeathsig_preexec, process_stat
 from gitar.stops import StopSignals, catch_stop_signals
 
 TAIL_LINES = 30  # lines kept in RunResult.log_tail and in derived crash records
@@ -35,6 +39,10 @@ _SUPERVISE_POLL_S = 0.25  # latency of noticing a signal or the deadline while t
 _SUMMARY_BYTES = 256 * 1024  # the summary block is at the very end; never read a big log whole
 _PROGRESS_BYTES = 64 * 1024
 _PROGRESS_MAX_BYTES = 4 * 1024 * 1024
+_INFO_TIMEOUT_S = 30.0  # bwrap reports its namespace once set up; a loaded machine may take seconds
+_NAMESPACE_WAIT_S = 5.0  # the kernel empties a namespace whose pid 1 died at once; this is a bound
+_PUMP_JOIN_S = 10.0
+_JSON_FILE_MAX_BYTES = 1 << 20
 
 _INT_KEYS = frozenset({"num_steps", "depth", "seed"})
 # Keys start lower-case (num_params_M is one): an exception line "ValueError: x" is not a key.
@@ -68,6 +76,9 @@ class RunResult:
     log_tail: str
     pgid: int
     survivors: tuple[int, ...] = ()
+    sandbox: str | None = None  # "bwrap <version>" or "off"; None: run without gitar's confinement
+    limits: dict[str, Any] | None = None  # the limits and what enforced them
+    log_incomplete: str | None = None  # why the log lacks part of the output (its volume filled up)
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -136,6 +147,31 @@ def _supervise(proc: subprocess.Popen[bytes], deadline: float, stop: StopSignals
     return "aborted"
 
 
+@dataclass(frozen=True)
+class Started:
+    """The trainer gitar started: what recovery needs to find exactly it, and nothing else, later."""
+
+    pid: int  # the process gitar started (bwrap, or the command itself without a sandbox)
+    pgid: int  # its process group (it leads a new session)
+    start_time: int | None  # clock ticks after boot (/proc/PID/stat): tells it apart from a reused pid
+    pid_namespace: int | None = None  # the sandbox's PID namespace (bwrap --info-fd)
+
+
+@dataclass(frozen=True)
+class Confined:
+    """How a run is confined: the sandbox (None: experiment.sandbox "off") and the limits."""
+
+    sandbox: sandbox_mod.Bwrap | None
+    confinement: sandbox_mod.Confinement | None
+    protected: tuple[Path, ...]  # paths no bind may expose (the repository, its git dir, the data cache)
+    limits: Limits
+    run_id: str  # names the run's control group
+
+    @property
+    def label(self) -> str:
+        return self.sandbox.label if self.sandbox is not None else sandbox_mod.OFF
+
+
 def run_training(
     command: Sequence[str],
     *,
@@ -145,21 +181,29 @@ def run_training(
     crash_path: Path,
     timeout_s: float,
     grace_s: float = 10.0,
-    on_start: Callable[[int], None] | None = None,
+    on_start: Callable[[Started], None] | None = None,
+    confined: Confined | None = None,
+    needs_val_bpb: bool = True,
 ) -> RunResult:
     """Run the trainer in its own process group with a hard timeout; return what happened.
 
-    stdout and stderr are appended to log_path (between a [gitar] header and footer line).
-    Raises GitarError if the log cannot be written or the command cannot be started, and
-    RunInterrupted (carrying the aborted result) if the runner receives SIGINT, SIGTERM or
-    SIGHUP. In every case no process of the group is left running.
+    With `confined`, the command runs inside the sandbox, in a control group with the
+    run's limits, and its output reaches log_path through gitar (head and tail kept
+    within limits.log_bytes). stdout and stderr are appended to log_path between a
+    [gitar] header and footer line. needs_val_bpb: whether a run counts as ok only with
+    a finite val_bpb in its summary (the number train.py reports); a run that the harness
+    measures needs only exit 0. Raises GitarError if the log cannot be written or the
+    command cannot be started, and RunInterrupted (carrying the aborted result) if the
+    runner receives SIGINT, SIGTERM or SIGHUP. In every case no process of the run is
+    left running: none in its group, its PID namespace or its control group.
     """
     argv = list(command)
     if not argv:
         raise GitarError("experiment.command is empty; set it in ground.json, e.g. [\"{python}\", \"train.py\"]")
     with _open_log(log_path) as log:
+        how = f"; sandbox {confined.label}" if confined is not None else ""
         _write_log(log, log_path, f"{time.strftime('%Y-%m-%d %H:%M:%S')} run {shlex.join(argv)} "
-                                  f"in {cwd} (timeout {timeout_s:g} s)")
+                                  f"in {cwd} (timeout {timeout_s:g} s{how})")
         start_offset = log.tell()
         try:
             crash_path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,40 +211,54 @@ def run_training(
         except OSError as e:
             raise GitarError(f"cannot prepare the crash file {crash_path}: {e.strerror}") from None
         child_env = {**env, "GITAR_CRASH_FILE": str(crash_path), "PYTHONUNBUFFERED": "1"}
+        group = RunGroup.create(confined.run_id, confined.limits) if confined is not None else None
+        try:
+            with _Launch(argv, cwd, child_env, log, confined, group) as launch:
+                if group is not None:
+                    _write_log(log, log_path, f"limits: {group.kind}, {_limit_words(confined)}")
+                with catch_stop_signals() as stop:
+                    started_at, t0 = time.time(), time.monotonic()
+                    proc = launch.start()
+                    n_signals = len(stop.stops)
 
-        with catch_stop_signals() as stop:
-            started_at, t0 = time.time(), time.monotonic()
-            try:
-                proc = subprocess.Popen(
-                    argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pdeathsig_preexec(),
-                )
-            except OSError as e:
-                raise GitarError(f"experiment.command: cannot start {argv[0]!r} in {cwd}: {e.strerror}; "
-                                 "fix experiment.command in ground.json") from None
-            pgid = proc.pid  # start_new_session: the trainer leads a new session and group
-            n_signals = len(stop.stops)
+                    def hurry() -> bool:
+                        return len(stop.stops) > n_signals
 
-            def hurry() -> bool:
-                return len(stop.stops) > n_signals
-
-            try:
-                if on_start is not None:
-                    on_start(pgid)
-                reason = _supervise(proc, t0 + timeout_s, stop)
-                n_signals = len(stop.stops)
-                # Also after a normal exit: children left behind would keep GPU memory.
-                survivors = kill_group(pgid, grace_s=grace_s, reap=proc.poll, hurry=hurry)
-            except BaseException:
-                kill_group(pgid, grace_s=grace_s, reap=proc.poll, hurry=hurry)
-                raise
-            returncode = proc.poll()  # None only if the trainer itself survived SIGKILL
-            stop.consumed = reason == "aborted"
-            ended_at = time.time()
-
-        output = _read_tail(log, start_offset, _SUMMARY_BYTES)
-        result = _result(reason, returncode, output, crash_path, log_path, pgid, survivors,
-                         started_at, ended_at, timeout_s, stop.stops)
+                    try:
+                        started = launch.started()
+                        if on_start is not None:
+                            on_start(started)
+                        reason = _supervise(proc, t0 + timeout_s, stop)
+                        n_signals = len(stop.stops)
+                        # Also after a normal exit: children left behind would keep GPU memory.
+                        survivors = launch.stop(grace_s, hurry)
+                    except BaseException:
+                        launch.stop(grace_s, hurry)
+                        raise
+                    returncode = launch.returncode()  # None only if the trainer itself survived SIGKILL
+                    stop.consumed = reason == "aborted"
+                    ended_at = time.time()
+                launch.finish_log()
+                usage = group.usage() if group is not None else None
+        finally:
+            if group is not None:
+                group.remove()
+        pump = launch.pump
+        output = pump.end_text() if pump is not None else _read_tail(log, start_offset, _SUMMARY_BYTES)
+        result = _result(reason, returncode, output, crash_path, log_path, started.pgid, survivors,
+                         started_at, ended_at, timeout_s, stop.stops, needs_val_bpb)
+        if pump is not None and pump.error is not None:
+            # The run happened; only its log is short. Its result stands, with a word about the log.
+            result = replace(result, log_incomplete=f"the log {log_path} is incomplete: {pump.error.strerror}; "
+                                                    "free space on that volume")
+        if confined is not None:
+            result = replace(result, sandbox=confined.label, limits={
+                **confined.limits.describe(), "enforced_by": group.kind if group is not None else "rlimit only"})
+        cause = usage.cause(confined.limits) if usage is not None and confined is not None else None
+        if cause is not None and result.status == "crash":
+            # The kernel's verdict beats whatever the trainer managed to write as it died.
+            result = replace(result, crash={"type": "LimitExceeded", "message": cause,
+                                            "traceback": (result.crash or {}).get("traceback", "")})
         with suppress(GitarError):
             # The closing line is for people reading the log; a full volume must not cost the
             # result of a run that has already happened.
@@ -209,6 +267,158 @@ def run_training(
     if reason == "aborted":
         raise RunInterrupted(result, stop.stops[0])
     return result
+
+
+def _limit_words(confined: Confined | None) -> str:
+    if confined is None:
+        return ""
+    d = confined.limits.describe()
+    return ", ".join(f"{k} {v}" for k, v in d.items() if v is not None)
+
+
+class _Launch:
+    """Starting the trainer (confined or not), and proving afterwards that all of it is gone."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], log: BinaryIO,
+                 confined: Confined | None, group: RunGroup | None) -> None:
+        self.argv, self.cwd, self.env, self.log = argv, cwd, env, log
+        self.confined, self.group = confined, group
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pump: LogPump | None = None
+        self._fds: list[int] = []
+        self._info_r: int | None = None
+        self._namespace: int | None = None
+
+    def __enter__(self) -> _Launch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds:
+            with suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+
+    def _pipe(self) -> tuple[int, int]:
+        r, w = os.pipe()
+        self._fds += [r, w]
+        return r, w
+
+    def _close(self, fd: int) -> None:
+        if fd in self._fds:
+            self._fds.remove(fd)
+            os.close(fd)
+
+    def start(self) -> subprocess.Popen[bytes]:
+        c = self.confined
+        argv, env = self.argv, self.env
+        pass_fds: tuple[int, ...] = ()
+        if c is not None and c.sandbox is not None and c.confinement is not None:
+            self._info_r, info_w = self._pipe()
+            argv = sandbox_mod.command(c.sandbox, c.confinement, self.argv, protected=c.protected, info_fd=info_w)
+            env = sandbox_mod.environment(self.env, c.confinement)
+            pass_fds = (info_w,)
+        stdout: int | BinaryIO = self.log
+        out_r = out_w = None
+        if c is not None:
+            out_r, out_w = self._pipe()
+            stdout = out_w
+        preexec = _preexec([*( [self.group.join_preexec()] if self.group is not None else []),
+                            *( [file_size_preexec(c.limits)] if c is not None else [])])
+        try:
+            self.proc = subprocess.Popen(
+                argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=preexec, pass_fds=pass_fds)
+        except (OSError, subprocess.SubprocessError) as e:
+            what = getattr(e, "strerror", None) or str(e)
+            raise GitarError(f"experiment.command: cannot start {self.argv[0]!r} in {self.cwd}: {what}; "
+                             "fix experiment.command in ground.json") from None
+        for fd in pass_fds:
+            self._close(fd)
+        if out_r is not None and out_w is not None:
+            self._close(out_w)
+            self.pump = LogPump(out_r, self.log, c.limits.log_bytes if c is not None else 1 << 62)
+            self.pump.start()
+        return self.proc
+
+    def started(self) -> Started:
+        assert self.proc is not None
+        stat = process_stat(self.proc.pid)
+        if self._info_r is not None:
+            self._namespace = _read_namespace(self._info_r)
+            self._close(self._info_r)
+        return Started(self.proc.pid, self.proc.pid, stat.start_time if stat else None, self._namespace)
+
+    def returncode(self) -> int | None:
+        """The trainer's exit status; a signal that killed it inside the sandbox, negative as for a child.
+
+        bwrap exits with 128 + N when the command died of signal N (it is pid 1's child, not ours).
+        """
+        assert self.proc is not None
+        code = self.proc.poll()
+        if code is not None and self._namespace is not None and 128 < code <= 128 + 64:
+            return -(code - 128)
+        return code
+
+    def stop(self, grace_s: float, hurry: Callable[[], bool]) -> tuple[int, ...]:
+        """Everything of the run gone: the process group, the PID namespace, the control group."""
+        assert self.proc is not None
+        proc = self.proc
+        # In a sandbox nothing inside can save anything gitar needs: no grace. bwrap's death takes
+        # the namespace with it (--die-with-parent, then the kernel kills what pid 1 leaves).
+        grace = 0.0 if self._namespace is not None else grace_s
+        survivors = set(kill_group(proc.pid, grace_s=grace, reap=proc.poll, hurry=hurry))
+        if self.group is not None:
+            survivors.update(self.group.kill())
+        if self._namespace is not None:
+            survivors.update(_wait_namespace_empty(self._namespace))
+        return tuple(sorted(survivors))
+
+    def finish_log(self) -> None:
+        if self.pump is not None:
+            # Every writer is dead, so the pipe is at its end; the thread only has to drain it.
+            self.pump.join(timeout=_PUMP_JOIN_S)
+
+
+def _preexec(steps: list[Callable[[], None]]) -> Callable[[], None] | None:
+    death = pdeathsig_preexec()
+    todo = [*steps, *([death] if death is not None else [])]
+
+    def run() -> None:
+        for step in todo:
+            step()
+
+    return run if todo else None
+
+
+def _read_namespace(fd: int) -> int | None:
+    """The sandbox's PID namespace from bwrap's --info-fd JSON (written once it has set up)."""
+    data = b""
+    deadline = time.monotonic() + _INFO_TIMEOUT_S
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+        with suppress(ValueError):
+            info = json.loads(data)
+            ns = info.get("pid-namespace") if isinstance(info, dict) else None
+            return ns if isinstance(ns, int) else None
+    return None
+
+
+def _wait_namespace_empty(namespace: int) -> list[int]:
+    deadline = time.monotonic() + _NAMESPACE_WAIT_S
+    while True:
+        members = sandbox_mod.namespace_members(namespace)
+        if not members or time.monotonic() >= deadline:
+            return members
+        for pid in members:
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
 
 
 # ---------------------------------------------------------------------------
@@ -228,10 +438,18 @@ def _read_tail(f: BinaryIO, start: int, max_bytes: int) -> str:
 
 
 def read_json_file(path: Path) -> dict[str, Any] | None:
-    """A JSON object a process left behind (its crash record, its result), or None if absent or damaged."""
+    """A JSON object a process left behind (its crash record, its result), or None if absent or damaged.
+
+    The trainer writes its crash record: anything bigger than a record is not one, and a
+    file of gigabytes must not become gitar's memory.
+    """
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        with open(path, "rb") as f:
+            raw = f.read(_JSON_FILE_MAX_BYTES + 1)
+        if len(raw) > _JSON_FILE_MAX_BYTES:
+            return None
+        obj = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -273,12 +491,12 @@ def _signal_name(returncode: int | None) -> str | None:
 
 def _result(reason: str | None, returncode: int | None, output: str, crash_path: Path, log_path: Path, pgid: int,
             survivors: tuple[int, ...], started_at: float, ended_at: float, timeout_s: float,
-            signals: list[int]) -> RunResult:
+            signals: list[int], needs_val_bpb: bool = True) -> RunResult:
     summary = parse_summary(output)
     lines = output.splitlines()
     val_bpb = summary.get("val_bpb")
     finite = isinstance(val_bpb, float) and math.isfinite(val_bpb)
-    status = reason or ("ok" if returncode == 0 and finite else "crash")
+    status = reason or ("ok" if returncode == 0 and (finite or not needs_val_bpb) else "crash")
     crash = None
     if status != "ok":
         crash = read_json_file(crash_path) or _derived_crash(status, returncode, summary, lines,

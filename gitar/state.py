@@ -38,6 +38,12 @@ class Running:
     pid: int  # the gitar process that runs the experiment
     pgid: int | None = None  # the training process group, once started
     seed: int | None = None
+    # The process gitar started for the run (bwrap), identified beyond its pid: recovery kills
+    # only a process whose start time matches, or what is in the run's namespace or cgroup.
+    trainer_pid: int | None = None
+    trainer_start: int | None = None
+    pid_namespace: int | None = None
+    sandbox: str | None = None
 
     def save(self, paths: Paths) -> None:
         paths.running.parent.mkdir(parents=True, exist_ok=True)

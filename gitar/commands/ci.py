@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitar import integrity, lock
+from gitar import confine, integrity, lock
 from gitar.commands.run import measure_chain
 from gitar.errors import GitarError
 from gitar.experiment import ground_at
@@ -63,7 +63,9 @@ def run_ci(branch: str | None = None, remote: str = "origin", *, with_sync: bool
     if tip is None:
         raise GitarError(f"no branch {name} on {remote} nor in this clone; push it, or fetch it with "
                          f"`gitar sync {remote}`")
-    prefix = ground_at(git, tip).experiment.branch_prefix
+    ground = ground_at(git, tip)
+    confine.check_available(ground)
+    prefix = ground.experiment.branch_prefix
     if not name.startswith(prefix):
         raise GitarError(f"{name} is not an experiment branch (branches named {prefix}TAG); "
                          "the runner measures experiment branches only")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from gitar import experiment, lock
+from gitar import confine, experiment, lock
 from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
 from gitar.git import Git
@@ -32,6 +32,7 @@ def run_commit(rev: str = "HEAD", repeat: int = 1, start: str | Path = ".") -> l
     if repeat < 1:
         raise GitarError(f"--repeat must be at least 1, got {repeat}")
     ws = open_workspace(start)
+    confine.check_available(ws.ground)
     sha = ws.git.resolve(rev)
     tip = ws.git.ref_target(f"refs/heads/{ws.branch}")
     if sha != tip:

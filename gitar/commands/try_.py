@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitar import experiment, hooks, lock, preflight, remote_queue, state, stops
+from gitar import confine, experiment, hooks, lock, preflight, remote_queue, state, stops
 from gitar.commands.common import Workspace, open_workspace
 from gitar.config import MODEL_FILE
 from gitar.errors import ExitCode, GitarError
@@ -93,6 +93,7 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
         raise GitarError(f"{op} is in progress; finish or abort it before trying an experiment")
     files = changed_agent_files(ws)
     _check_cheaply(ws, files)
+    confine.check_available(ws.ground)
     if (ws.git.gitdir / "index.lock").exists():
         raise GitarError(f"another git process is using this repository ({ws.git.gitdir / 'index.lock'} "
                          "exists); wait for it, or remove that file if no git command is running")

@@ -44,8 +44,7 @@ if MODE == "crash":
             json.dump({{"type": "RuntimeError", "message": "CUDA error: out of memory (fake)", "traceback": ["line 1"], "phase": "train"}}, f)
     raise RuntimeError("CUDA error: out of memory (fake)")
 if MODE == "hang":
-    with open(os.environ["GITAR_WORKSPACE"] + "/.git/hang.pid", "w") as f:
-        f.write(str(os.getpid()))
+    print("hanging", flush=True)  # tests find this process through /proc (trainer_processes)
     time.sleep(600)
 if MODE == "nosummary":
     sys.exit(0)
@@ -83,6 +82,25 @@ USER_HOOK_CONFIG = """\
 
 def fake_train(val_bpb: float = 1.0, mode: str = "ok", sleep_s: float = 0.0) -> str:
     return FAKE_TRAIN.format(val_bpb=val_bpb, mode=mode, sleep_s=sleep_s)
+
+
+def trainer_processes(root: Path) -> list[int]:
+    """Pids of live processes started for runs in the workspace at root: the sandbox and the
+    trainer inside it carry GITAR_WORKSPACE in their environment. (The trainer cannot leave a
+    pid file anywhere a test could read: the sandbox lets it write only its own snapshot.)"""
+    marker = f"GITAR_WORKSPACE={root}".encode() + b"\0"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry.name}/environ").read_bytes()
+            state = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in environ and state not in (b"Z", b"X"):
+            found.append(int(entry.name))
+    return found
 
 
 @dataclass

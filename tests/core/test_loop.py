@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.core.conftest import Workspace, fake_train
+from tests.core.conftest import Workspace, fake_train, trainer_processes
 
 
 def _result(proc: object) -> str:
@@ -105,13 +105,7 @@ def test_timeout_kills_the_process_group(hermetic: Path, tmp_path: Path, monkeyp
     proc = ws.gitar("try", "hangs forever")
     assert proc.returncode == 1, _result(proc)
     assert proc.stdout.startswith("timeout ")
-    pid = int((ws.root / ".git" / "hang.pid").read_text())
-    try:
-        os.kill(pid, 0)
-        alive = True
-    except ProcessLookupError:
-        alive = False
-    assert not alive, "the trainer survived its timeout"
+    assert trainer_processes(ws.root) == [], "the trainer survived its timeout"
     [rec] = [r for r in ws.all_records() if r["status"] == "timeout"]
     assert rec["error"]["type"] == "Timeout"
 
@@ -203,9 +197,9 @@ def test_killed_gitar_is_recorded_as_aborted_by_the_next_command(workspace: Work
     assert proc.returncode == 0, _result(proc)
     running = json.loads((ws.root / ".git" / "gitar" / "running.json").read_text())
     deadline = time.time() + 20
-    while not (ws.root / ".git" / "hang.pid").exists() and time.time() < deadline:
+    while "hanging" not in Path(running["log"]).read_text() and time.time() < deadline:
         time.sleep(0.1)
-    trainer = int((ws.root / ".git" / "hang.pid").read_text())
+    assert trainer_processes(ws.root), "the trainer did not start"
     os.kill(running["pid"], signal.SIGKILL)  # the runner dies without a word
     time.sleep(0.3)
     status = ws.gitar("status")
@@ -214,14 +208,9 @@ def test_killed_gitar_is_recorded_as_aborted_by_the_next_command(workspace: Work
     assert rec["commit"] == running["commit"] and rec["run_id"] == running["run_id"]
     assert ws.tip() == best
     deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            os.kill(trainer, 0)
-        except ProcessLookupError:
-            break
+    while trainer_processes(ws.root) and time.time() < deadline:
         time.sleep(0.1)
-    else:
-        raise AssertionError("the trainer outlived its runner")
+    assert trainer_processes(ws.root) == [], "the trainer outlived its runner"
     assert not (ws.root / ".git" / "gitar" / "lock").exists()
     assert ws.gitar("run").returncode == 0  # a re-measurement of the best, recorded as such
     assert ws.records(best)[-1]["kind"] == "rerun"

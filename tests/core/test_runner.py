@@ -22,6 +22,7 @@ from gitar.errors import GitarError
 from gitar.runner import (
     Progress,
     RunResult,
+    Started,
     expand_command,
     parse_summary,
     read_progress,
@@ -106,7 +107,7 @@ def child_env() -> dict[str, str]:
 
 def run_script(tmp_path: Path, source: str, *, interpreter: str = sys.executable, suffix: str = ".py",
                timeout_s: float = 30.0, grace_s: float = 1.0,
-               on_start: Callable[[int], None] | None = None) -> RunResult:
+               on_start: Callable[[Started], None] | None = None) -> RunResult:
     script = tmp_path / f"train{suffix}"
     script.write_text(textwrap.dedent(source))
     return run_training([interpreter, str(script)], cwd=tmp_path, env=child_env(),
@@ -120,7 +121,7 @@ def run_script(tmp_path: Path, source: str, *, interpreter: str = sys.executable
 
 
 def test_ok_run_parses_summary_and_reports_the_group(tmp_path: Path) -> None:
-    started: list[int] = []
+    started: list[Started] = []
     result = run_script(tmp_path, f"""
         import os, sys
         print("stdin:", repr(sys.stdin.read()))
@@ -133,7 +134,7 @@ def test_ok_run_parses_summary_and_reports_the_group(tmp_path: Path) -> None:
     """, on_start=started.append)
     assert result.status == "ok", result
     assert result.returncode == 0 and result.signal is None and result.crash is None
-    assert started == [result.pgid]
+    assert [s.pgid for s in started] == [result.pgid]
     assert result.summary["val_bpb"] == pytest.approx(0.9979)
     assert result.summary["num_steps"] == 953 and isinstance(result.summary["num_steps"], int)
     assert result.summary["device"] == "cuda"
@@ -282,8 +283,8 @@ def test_children_left_behind_by_the_trainer_are_killed(tmp_path: Path) -> None:
 def test_failing_on_start_still_kills_the_group(tmp_path: Path) -> None:
     seen: list[int] = []
 
-    def on_start(pgid: int) -> None:
-        seen.append(pgid)
+    def on_start(proc: Started) -> None:
+        seen.append(proc.pgid)
         raise OSError("cannot record the running state")
 
     with pytest.raises(OSError, match="running state"):
@@ -301,7 +302,7 @@ before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal
 try:
     run_training(["bash", str(work / "slow.sh")], cwd=work, env=dict(os.environ),
                  log_path=work / "run.log", crash_path=work / "crash.json", timeout_s=120, grace_s=grace_s,
-                 on_start=lambda pgid: (work / "pgid").write_text(str(pgid)))
+                 on_start=lambda proc: (work / "pgid").write_text(str(proc.pgid)))
 except RunInterrupted as e:
     after = {s: signal.getsignal(s) for s in before}
     (work / "result.json").write_text(json.dumps({

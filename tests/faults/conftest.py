@@ -4,15 +4,18 @@ The trainer behaves like train.py where it matters to gitar: step lines, the sum
 block, and train.py's failure contract (run(): a crash record in $GITAR_CRASH_FILE,
 the traceback on stderr, exit 1). It also does what a real run does to the process
 table: it starts a child in its own process group (a data-loader worker) and writes
-both pids to .git/fault/pids.json, so a test can check that no process of the
-experiment survives. With `wait=True` it stops after its step lines until the test
-creates .git/fault/go: the test edits train.py meanwhile (an edit made during the
-run) and then lets the fault happen.
+both pids to pids.json in the one directory its sandbox may write besides its snapshot
+(the run's output directory, where the crash record goes), so a test can check that no
+process of the experiment survives; the pids it sees are the sandbox's own, and the test
+maps them to the host's through the sandbox's PID namespace. With `wait=True` it stops
+after its step lines until the test creates `go` in that directory: the test edits
+train.py meanwhile (an edit made during the run) and then lets the fault happen.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -36,7 +39,7 @@ WAIT = {wait!r}
 if os.environ.get("GITAR_SMOKE") == "1":
     print("smoke: ok loss=9.0 params=0.1M", flush=True)
     sys.exit(0)
-STATE = os.path.join(os.environ["GITAR_WORKSPACE"], ".git", "fault")
+STATE = os.path.dirname(os.environ["GITAR_CRASH_FILE"])
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,7 +64,6 @@ def write_crash_record(exc):
 
 
 def main():
-    os.makedirs(STATE, exist_ok=True)
     # A data-loader worker: same process group, not a direct concern of the trainer's exit.
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     tmp = os.path.join(STATE, "pids.json.tmp")
@@ -144,14 +146,15 @@ class FaultWorkspace:
     ws: Workspace
     baseline: str
     hooks: bool  # True: a foreign hook is installed, so `gitar try` commits through the hooks
+    _running: dict[str, Any] | None = None  # the run wait_running() saw start
 
     @property
     def root(self) -> Path:
         return self.ws.root
 
-    @property
-    def state(self) -> Path:
-        return self.root / ".git" / "fault"
+    def state(self, running: dict[str, Any]) -> Path:
+        """The running trainer's output directory: where it leaves pids.json and waits for `go`."""
+        return self.gitar_dir / "runs" / str(running["run_id"]) / "out"
 
     @property
     def gitar_dir(self) -> Path:
@@ -164,8 +167,7 @@ class FaultWorkspace:
 
     def start_try(self, description: str, *, preexec: Callable[[], None] | None = None) -> subprocess.Popen[str]:
         """`gitar try` in the background, leading its own process group (as a shell job would)."""
-        for name in ("pids.json", "go"):
-            (self.state / name).unlink(missing_ok=True)
+        self._running = None
         return subprocess.Popen([sys.executable, "-m", "gitar", "try", description], cwd=self.root,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True, preexec_fn=preexec)
@@ -173,25 +175,51 @@ class FaultWorkspace:
     def wait_running(self, proc: subprocess.Popen[str], timeout_s: float = 30) -> tuple[Pids, dict[str, Any]]:
         """Block until the trainer has printed its steps and gitar's running state names its group."""
         deadline = time.monotonic() + timeout_s
-        pids_file = self.state / "pids.json"
         running_file = self.gitar_dir / "running.json"
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 out, err = proc.communicate()
                 raise AssertionError(f"gitar try ended before the run was under way: rc={proc.returncode} "
                                      f"stdout={out!r} stderr={err!r}")
-            if pids_file.exists() and running_file.exists():
-                running = json.loads(running_file.read_text())
-                if running.get("pgid") is not None:
-                    pids = Pids(**json.loads(pids_file.read_text()))
-                    assert running["pgid"] == pids.pgid
-                    return pids, running
+            running = json.loads(running_file.read_text()) if running_file.exists() else {}
+            pids_file = self.state(running) / "pids.json" if running.get("pid_namespace") else None
+            if pids_file is not None and pids_file.exists():
+                inside = json.loads(pids_file.read_text())
+                host = host_pids(int(running["pid_namespace"]))
+                pids = Pids(trainer=host[inside["trainer"]], child=host[inside["child"]],
+                            pgid=_pgrp(host[inside["trainer"]]))
+                self._running = running
+                return pids, running
             time.sleep(0.02)
         proc.kill()
         raise AssertionError(f"the run did not start within {timeout_s} s: {proc.communicate()!r}")
 
     def go(self) -> None:
-        (self.state / "go").write_text("")
+        assert self._running is not None, "go() before wait_running()"
+        (self.state(self._running) / "go").write_text("")
+
+
+def host_pids(pid_namespace: int) -> dict[int, int]:
+    """The sandbox's pids (as its processes see them) -> the host's, from /proc/PID/status NSpid."""
+    out: dict[int, int] = {}
+    target = f"pid:[{pid_namespace}]"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "ns" / "pid") != target:
+                continue
+            line = next(ln for ln in (entry / "status").read_text().splitlines() if ln.startswith("NSpid:"))
+        except (OSError, StopIteration):
+            continue
+        levels = line.split()[1:]
+        out[int(levels[-1])] = int(levels[0])
+    return out
+
+
+def _pgrp(pid: int) -> int:
+    raw = Path(f"/proc/{pid}/stat").read_bytes()
+    return int(raw[raw.rfind(b")") + 2 :].split()[2])
 
 
 def _add_foreign_hook(root: Path) -> None:

@@ -325,14 +325,16 @@ def log_volume_full(fw: FaultWorkspace) -> Outcome:
     RLIMIT_FSIZE (inherited by everything it starts): a write that would take a file past
     1 MiB fails with EFBIG, as a write to a full volume fails with ENOSPC. The files gitar
     writes for its bookkeeping (lock, state, objects, the record) stay far below that; the
-    flooding log does not, so the trainer's own writes fail and then gitar's closing line.
+    flooding log does not. gitar writes the log (the trainer writes into a pipe), so the run
+    itself goes on: its result stands, judged from the end of the output gitar kept in memory,
+    and the record says the log is incomplete.
     """
     o = _run_with(fw, "flood", _go, preexec=_fsize_limit(1024 * 1024))
-    o.status = "crash"
+    o.status = "keep"  # the fault suite's trainer reports 0.5, better than the baseline's 1.0
 
     def check(r: Record) -> None:
-        # The trainer's own failure, from its crash record: not lost to gitar's failing closing log line.
-        assert r["error"]["type"] == "OSError" and "File too large" in r["error"]["message"], r["error"]
+        assert r["val_bpb"] == 0.5, r
+        assert "is incomplete: File too large" in r["reason"], r["reason"]
 
     o.check = check
     return o

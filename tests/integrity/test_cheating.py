@@ -23,27 +23,31 @@ def test_the_baseline_is_measured_by_the_harness(measured: Measured) -> None:
     assert rec["status"] == "keep" and rec["kind"] == "baseline"
     assert rec["val_bpb_source"] == "harness"
     val_bpb = float(rec["val_bpb"])  # type: ignore[arg-type]
-    # train.py's own evaluation of the same model, eager instead of exported: the same number on a CPU.
-    assert abs(float(rec["reported_val_bpb"]) - val_bpb) < 1e-5  # type: ignore[arg-type]
     assert 1.0 < val_bpb < 4.0, val_bpb
+    # One evaluation per run: train.py exports instead of evaluating (it cannot even see the
+    # validation shard in its sandbox), so it reports no number of its own.
+    assert "reported_val_bpb" not in rec
+    assert str(rec["sandbox"]).startswith("bwrap ")
     evaluation = rec["evaluation"]
     assert isinstance(evaluation, dict)
     assert evaluation["causality"]["ok"] is True and evaluation["causality"]["max_diff"] == 0.0
     assert (evaluation["batch_size"], evaluation["seq_len"], evaluation["dtype"]) == (16, 256, "float32")
+    assert len(str(evaluation["program_sha256"])) == 64
     assert isinstance(rec["data_sha256"], str) and len(rec["data_sha256"]) == 64
     log = Path(str(rec["log"])).read_text()
     assert "causality probe: ok" in log and "gitar.harness.evaluate" in log
-    # The export and the evaluator's files do not outlive the run.
-    assert not any((measured.ws.root / ".git" / "gitar" / "evaluations").iterdir())
+    assert [line for line in log.splitlines() if line.startswith("val_bpb: ")] == [f"val_bpb: {val_bpb:.6f}"]
+    # What the trainer wrote and the evaluator's copies do not outlive the run.
+    assert not any((measured.ws.root / ".git" / "gitar" / "runs").iterdir())
 
 
 def test_printing_and_patching_a_better_number_changes_nothing(measured: Measured) -> None:
     """Both shortcuts in one run (each real run costs a minute on two cores): train.py rebinds the
     evaluation function, the eval token count and the token-bytes table in prepare, rewrites the
-    snapshot's prepare.py on disk, and still prints a fake val_bpb line of its own at the end."""
+    snapshot's prepare.py on disk, and prints a fake val_bpb line of its own at the end."""
     ws = measured.ws
     cheat = MAIN_START.replace("    from prepare", "    import prepare as _p\n"
-        "    _real_bytes, _real_eval, _real_tokens = _p.get_token_bytes, _p.evaluate_bpb, _p.EVAL_TOKENS\n"
+        "    _real_bytes, _real_eval = _p.get_token_bytes, _p.evaluate_bpb\n"
         "    _p.get_token_bytes = lambda device='cpu': _real_bytes(device) * 100  # 100x the bytes per token\n"
         "    _p.EVAL_TOKENS = _p.MAX_SEQ_LEN * 16  # one easy batch\n"
         "    _p.evaluate_bpb = lambda model, tokenizer, batch_size: _real_eval(model, tokenizer, batch_size) / 2\n"
@@ -52,25 +56,17 @@ def test_printing_and_patching_a_better_number_changes_nothing(measured: Measure
         "    Path(_p.__file__).write_text(_src.replace('return float(total_nats.item()', "
         "'return 0.0 * float(total_nats.item()'))\n"
         "    from prepare")
-    # At the end, the test's own witness: the unpatched evaluation of the same model, then the fake line.
-    witness = ("    _p.get_token_bytes, _p.EVAL_TOKENS = _real_bytes, _real_tokens\n"
-               "    with autocast_ctx, torch.no_grad():\n"
-               "        print(f'honest: {_real_eval(model, tokenizer, cfg.evaluation.batch_size):.6f}')\n"
-               "    print('---')\n"
-               "    print('val_bpb: 0.000001')\n")
+    fake = "    print('---')\n    print('val_bpb: 0.000001')\n"
     edit_train(ws, (MAIN_START, cheat),
-               ('    print(f"seed: {seed}", flush=True)\n', '    print(f"seed: {seed}", flush=True)\n' + witness))
+               ('    print(f"seed: {seed}", flush=True)\n', '    print(f"seed: {seed}", flush=True)\n' + fake))
     rec = try_json(ws, "a better evaluation")
     assert rec["reported_val_bpb"] == 0.000001  # what the cheat claimed
     assert rec["val_bpb_source"] == "harness"
     assert "train.py printed val_bpb 0.000001 but the harness measured" in str(rec["reason"])
-    log = Path(str(rec["log"])).read_text().splitlines()
-    [honest] = [float(line.split()[1]) for line in log if line.startswith("honest: ")]
-    # Recorded: the honest number of the model this run trained, to the last printed digit.
-    assert abs(float(rec["val_bpb"]) - honest) < 2e-6, (rec["val_bpb"], honest)  # type: ignore[arg-type]
-    # The patched evaluation did run inside train.py: the number it printed first was ~1/200 of the truth.
-    patched = next(float(line.split()[1]) for line in log if line.startswith("val_bpb: "))
-    assert patched < honest / 50
+    # Recorded: the harness's number of a model like the baseline's (same code, same budget), not
+    # the claim, and not the 1/200 that the patched evaluation would have given.
+    baseline = float(measured.record["val_bpb"])  # type: ignore[arg-type]
+    assert 0.8 * baseline < float(rec["val_bpb"]) < 1.25 * baseline, (rec["val_bpb"], baseline)  # type: ignore[arg-type]
 
 
 def test_a_model_without_the_causal_mask_is_rejected(measured: Measured) -> None:
@@ -86,4 +82,4 @@ def test_a_model_without_the_causal_mask_is_rejected(measured: Measured) -> None
 
 def test_records_say_where_the_number_came_from(measured: Measured) -> None:
     line = json.dumps(measured.record)
-    assert '"val_bpb_source": "harness"' in line and '"reported_val_bpb"' in line
+    assert '"val_bpb_source": "harness"' in line and '"sandbox": "bwrap ' in line

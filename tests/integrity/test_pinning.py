@@ -5,7 +5,11 @@ These runs stop before training or right after a stand-in trainer, so they take 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from tests.integrity.conftest import BRANCH, Measured, try_json
@@ -53,14 +57,43 @@ def test_evaluation_data_changed_between_runs_is_rejected_untrained(measured: Me
     assert "training_seconds" not in rec
 
 
-def test_evaluation_data_changed_during_the_run_is_rejected(measured: Measured) -> None:
+def test_train_py_cannot_rewrite_the_validation_shard(measured: Measured) -> None:
+    """Inside its sandbox the cache holds no validation shard, and what train.py writes there
+    lands in a private tmpfs: the real shard is untouched and the run measured as usual."""
     ws = measured.ws
     val_shard = f"shard_{json.loads((ws.root / 'ground.json').read_text())['data']['val_shard']:05d}.parquet"
+    real = ws.root / "cache" / "data" / val_shard
+    before = hashlib.sha256(real.read_bytes()).hexdigest()
     stand_in(ws.root, f"shard = Path(os.environ['GITAR_WORKSPACE']) / 'cache' / 'data' / {val_shard!r}\n"
+                      "print('visible' if shard.exists() else 'absent', flush=True)\n"
                       "shard.write_bytes(b'PAR1 easier text PAR1')\n"
                       "Path(os.environ['GITAR_EXPORT_PATH']).write_bytes(b'not a model')")
     rec = try_json(ws, "rewrite the validation shard")
-    assert rec["status"] == "rejected"
+    assert hashlib.sha256(real.read_bytes()).hexdigest() == before
+    assert "absent" in Path(str(rec["log"])).read_text()
+    # Judged on what it exported (here: nothing loadable), not on any change to the data.
+    assert rec["status"] == "crash" and "could not be loaded" in str(rec["reason"])
+
+
+def test_evaluation_data_changed_during_the_run_is_rejected(measured: Measured) -> None:
+    """Something outside the sandbox (the agent's own shell) rewrites the shard while train.py
+    runs: gitar hashes each evaluation file as it copies it for the evaluator, after training."""
+    ws = measured.ws
+    val_shard = f"shard_{json.loads((ws.root / 'ground.json').read_text())['data']['val_shard']:05d}.parquet"
+    stand_in(ws.root, "import time\nprint('waiting', flush=True)\ntime.sleep(4)\n"
+                      "Path(os.environ['GITAR_EXPORT_PATH']).write_bytes(b'not a model')")
+    ws.git("add", "train.py")
+    proc = subprocess.Popen([sys.executable, "-m", "gitar", "try", "a shard rewritten meanwhile", "--json"],
+                            cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = ws.root / ".git" / "gitar" / "logs"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any("waiting" in p.read_text(errors="replace")
+                                                     for p in logs.glob("*.log")):
+        time.sleep(0.05)
+    (ws.root / "cache" / "data" / val_shard).write_bytes(b"PAR1 easier text PAR1")
+    out, err = proc.communicate(timeout=300)
+    rec = json.loads(out)
+    assert rec["status"] == "rejected", (out, err)
     assert rec["reason"].startswith(f"evaluation data changed during the run: data/{val_shard} in ")
     assert rec["reported_val_bpb"] == 0.5 and "val_bpb" not in rec
 

@@ -69,11 +69,12 @@ def commit_train(ws: Workspace, val_bpb: float, message: str, mode: str = "ok", 
     return ws.head()
 
 
-def job(runner: Workspace, step: str, branch: str = BRANCH, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """One step of the CI job, exactly as the workflow runs it."""
+def job(runner: Workspace, step: str, branch: str = BRANCH, timeout: float = 120,
+        script: Path = JOB_SCRIPT) -> subprocess.CompletedProcess[str]:
+    """One step of the CI job, exactly as the workflow runs it (script: where the trusted checkout keeps it)."""
     env = dict(os.environ, GITAR_BRANCH=branch, GITAR_PYTHON=_python())
     env.pop("GITAR_GIT_TOKEN", None)
-    return subprocess.run(["bash", str(JOB_SCRIPT), step], cwd=runner.root, capture_output=True, text=True,
+    return subprocess.run(["bash", str(script), step], cwd=runner.root, capture_output=True, text=True,
                           env=env, timeout=timeout)
 
 
