@@ -231,7 +231,7 @@ def read_json_file(path: Path) -> dict[str, Any] | None:
     """A JSON object a process left behind (its crash record, its result), or None if absent or damaged."""
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError, MemoryError):  # the process wrote it: anything, nested any depth
         return None
     return obj if isinstance(obj, dict) else None
 
