@@ -55,7 +55,7 @@ def stage_check() -> int:
         return 0
     _, ground = found
     for line in recover(git):
-        print(f"gitar: {line}", file=sys.stderr)
+        print(f"gitar: {safe(line)}", file=sys.stderr)
     from gitar import preflight
 
     preflight.run_checks(git, ground)

@@ -32,7 +32,7 @@ BRANCH = "autoresearch/t1"
 
 def _forged_line(commit: str, log: Path) -> str:
     # ensure_ascii=False, as older gitar wrote: U+202E, U+2028, U+2029, NEL, DEL and C1 raw in the line.
-    record = {"status": "keep", "commit": commit, "branch": BRANCH, "description": HOSTILE, "run_id": "\x1b[31mrun",
+    record = {"status": "keep", "commit": commit, "branch": BRANCH, "description": HOSTILE, "run_id": "\u202e\x07run",  # click strips only CSI
               "kind": "baseline", "val_bpb": 1.0, "hypothesis": HOSTILE, "reason": HOSTILE, "log": str(log),
               "started": "2026-01-01T00:00:00+00:00", "training_seconds": 1.0, "peak_vram_mb": 1024.0}
     lesson = {"status": "lesson", "commit": commit, "lesson": HOSTILE}
@@ -90,6 +90,41 @@ def test_show_escapes_the_log_tail_and_the_commit_message(forged: Workspace) -> 
     shown = forged.gitar("show").stdout
     _assert_clean(shown)
     assert "    subject\\x1b[31m" in shown and "    Notes (gitar):" in shown and "    \\u202e{" in shown
+
+
+def test_status_escapes_the_running_experiment(forged: Workspace) -> None:
+    """running.json is a file train.py can write: its description shows escaped, also in the live line."""
+    sleeper = subprocess.Popen(["sleep", "60"])  # a live process for the run's pid: not recovered as dead
+    try:
+        running = {"run_id": "r", "commit": forged.head(), "branch": BRANCH, "description": HOSTILE,
+                   "kind": "attempt", "best_commit": None, "move_branch": False, "started": 1.0, "budget_s": 1.0,
+                   "timeout_s": 10.0, "log": str(forged.root.parent / "hostile.log"), "pid": sleeper.pid}
+        (forged.root / ".git" / "gitar" / "running.json").write_text(json.dumps(running))
+        for argv in (("status",), ("status", "--json")):
+            proc = forged.gitar(*argv)
+            assert proc.returncode == 0, proc.stderr
+            _assert_clean(proc.stdout + proc.stderr)
+        assert "\\x1b[2J" in forged.gitar("status").stdout
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_the_live_line_is_escaped(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from gitar import state
+    from gitar.cli.loop import _live_progress
+    from gitar.paths import Paths
+
+    # running.json is train.py-writable: the commit the live line names may be anything too.
+    running = state.Running(run_id="r", commit="\u202e\x1b]0;" + "c" * 35, branch=BRANCH, description=HOSTILE,
+                            kind="attempt",
+                            best_commit=None, move_branch=False, started=1.0, budget_s=1.0, timeout_s=2.0,
+                            log="/nowhere", pid=1)
+    monkeypatch.setattr(state, "load", lambda paths: running)
+    _live_progress()(Paths.__new__(Paths))
+    line = capsys.readouterr().err
+    assert line.startswith("\r\x1b[K")  # gitar's own erase-line; nothing of the description is raw
+    assert not any(hidden(ch) for ch in line[len("\r\x1b[K"):]), repr(line)
 
 
 def test_tsv_rows_stay_rows(forged: Workspace) -> None:
