@@ -27,6 +27,8 @@ from gitar.judge import Best, Policy, Sigma, Verdict, current_best, judge, sigma
 from gitar.noise import branch_noise, commit_spread
 from gitar.paths import Paths
 from gitar.records import ABORTED, CRASH, KEEP, REJECTED, UNDECIDED, Notebook, Record
+from gitar.text import subject
+from gitar.validate import parse_json
 from gitar.worktree import PENDING, move_branch
 
 DEFAULT_SEED = 42
@@ -38,11 +40,7 @@ def ground_at(git: Git, sha: str) -> Ground:
     if blob is None:
         raise GitarError(f"{GROUND_FILE}: not in commit {sha[:12]}; an experiment branch must carry "
                          "the workspace files (run gitar init in a clone of the template)")
-    try:
-        obj = json.loads(blob.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise GitarError(f"{GROUND_FILE} in commit {sha[:12]} is not valid JSON: {e}") from None
-    return parse_ground(obj, git.root / GROUND_FILE)
+    return parse_ground(parse_json(blob, f"{GROUND_FILE} in commit {sha[:12]}"), git.root / GROUND_FILE)
 
 
 def new_run_id() -> str:
@@ -83,7 +81,7 @@ def plan_rerun(git: Git, sha: str, branch: str, run_id: str | None = None) -> Pl
     """Another measurement of an existing commit (`gitar run`): the baseline if the branch has none."""
     notebook = Notebook(git)
     best = current_best(notebook, branch, sha)
-    description = git.commit(sha).message.strip()
+    description = subject(git.commit(sha).message)  # the subject: the body is no description
     kind = "rerun" if best is not None else "baseline"
     return Plan(sha, branch, description, kind, best, run_id or new_run_id(), _next_seed(notebook, sha, branch))
 

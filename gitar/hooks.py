@@ -1,6 +1,10 @@
 """What the git hooks run (hooks/gitar-hook calls `python -m gitar.hooks STAGE`).
 
 - `check` (pre-commit): preflight; a non-zero exit refuses the commit.
+- `message FILE` (commit-msg): the message's first line is the experiment's description, so it
+  obeys the description rule (gitar/text.py); a non-zero exit refuses the commit. The
+  pre-commit stage runs before git has the message, so only this stage can refuse it while
+  nothing is committed yet.
 - `run` (post-commit): the experiment for HEAD. git ignores a post-commit hook's exit
   code, so everything that matters is in the record this writes.
 - `detached RUN_ID` : the same run in a background process for `gitar try --detach`.
@@ -22,9 +26,10 @@ from gitar.config import Ground
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git
 from gitar.paths import Paths
-from gitar.records import REJECTED, Record
+from gitar.records import REJECTED, Notebook, Record
 from gitar.recovery import recover
 from gitar.report import result_line
+from gitar.text import DESCRIPTION_CHARS, HYPOTHESIS, NOTE_CHARS, check_message, check_text, safe, subject
 
 DETACH_START_TIMEOUT_S = 30.0
 REMOTE_ENV = "GITAR_REMOTE"  # set by `gitar try --remote`: the remote's runner measures the commit
@@ -50,11 +55,57 @@ def stage_check() -> int:
         return 0
     _, ground = found
     for line in recover(git):
-        print(f"gitar: {line}", file=sys.stderr)
+        print(f"gitar: {safe(line)}", file=sys.stderr)
     from gitar import preflight
 
     preflight.run_checks(git, ground)
     return 0
+
+
+def stage_message(path: str) -> int:
+    """commit-msg: refuse a message whose subject is no description (a plain `git commit` on the branch)."""
+    git = Git.discover()
+    if _experiment_branch(git) is None:
+        return 0
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            message = f.read()
+    except OSError as e:
+        raise GitarError(f"cannot read the commit message {path}: {e.strerror}") from None
+    check_message(message)
+    return 0
+
+
+def reject_unfit(git: Git, plan: experiment.Plan, message: str) -> Record | None:
+    """Record a commit whose message or hypothesis breaks the rules as rejected (pinned, branch back
+
+    to the best) and return that record; None when the message is fine.
+    """
+    record = unfit_message(plan, message)
+    if record is None:
+        return None
+    Notebook(git).pin(plan.commit, record.description)
+    return experiment.finish(git, plan, record)
+
+
+def unfit_message(plan: experiment.Plan, message: str) -> Record | None:
+    """The rejected record of a commit whose message or hypothesis breaks the rules, else None.
+
+    The commit-msg hook refuses such a message before the commit exists; this is for commits
+    that skipped it (`--no-verify`, hooks installed by an older gitar, pushed from elsewhere).
+    They are never trained: the record, with the description escaped and clipped, says why.
+    """
+    try:
+        check_message(message)
+        if plan.hypothesis is not None:
+            check_text(plan.hypothesis, HYPOTHESIS)
+    except GitarError as e:
+        return Record(status=REJECTED, commit=plan.commit, branch=plan.branch,
+                      description=safe(subject(message))[:DESCRIPTION_CHARS] or "(no description)",
+                      run_id=plan.run_id, parent=plan.best.commit if plan.best else None,
+                      hypothesis=safe(plan.hypothesis)[:NOTE_CHARS] if plan.hypothesis else None,
+                      reason=f"not run: {e.message}")
+    return None
 
 
 def stage_run() -> int:
@@ -67,10 +118,15 @@ def stage_run() -> int:
         print(f"gitar: queued for the runner of {os.environ[REMOTE_ENV]}")
         return 0
     sha = git.resolve("HEAD")
-    description = git.commit(sha).message.strip()
+    message = git.commit(sha).message
+    description = subject(message)
     run_id = os.environ.get("GITAR_RUN_ID") or experiment.new_run_id()
     token = os.environ.get("GITAR_LOCK_TOKEN")
     plan = experiment.plan_attempt(git, sha, branch, description, run_id, os.environ.get("GITAR_HYPOTHESIS"))
+    rejected = reject_unfit(git, plan, message)
+    if rejected is not None:
+        print(f"gitar: {safe(result_line(rejected))}")
+        return 0
 
     if os.environ.get("GITAR_DETACH") == "1":
         return spawn_detached(git, plan)
@@ -83,7 +139,7 @@ def stage_run() -> int:
         record = Record(status=REJECTED, commit=sha, branch=branch, description=description, run_id=run_id,
                         parent=plan.best.commit if plan.best else None, reason=str(e))
         record = experiment.finish(git, plan, record)
-        print(f"gitar: {result_line(record)}")
+        print(f"gitar: {safe(result_line(record))}")
         return 0
     # Joined from the `gitar try` that made the commit: from now on the lock names this process,
     # so it never looks stale while the run goes on, and the run stops if that `gitar try` dies.
@@ -97,7 +153,7 @@ def stage_run() -> int:
             record = experiment.execute(git, plan)
     finally:
         held.release()
-    print(f"gitar: {result_line(record)}")
+    print(f"gitar: {safe(result_line(record))}")
     return 0
 
 
@@ -133,7 +189,7 @@ def stage_detached(run_id: str, sha: str, branch: str) -> int:
                             name=Paths.of(git).lock_name)
     held.transfer(os.getpid())
     try:
-        plan = experiment.plan_attempt(git, sha, branch, git.commit(sha).message.strip(), run_id,
+        plan = experiment.plan_attempt(git, sha, branch, subject(git.commit(sha).message), run_id,
                                        os.environ.get("GITAR_HYPOTHESIS"))
         experiment.execute(git, plan)
     finally:
@@ -146,17 +202,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args[:1] == ["check"]:
             return stage_check()
+        if args[:1] == ["message"] and len(args) == 2:
+            return stage_message(args[1])
         if args[:1] == ["run"]:
             return stage_run()
         if args[:1] == ["detached"] and len(args) == 4:
             return stage_detached(args[1], args[2], args[3])
     except GitarError as e:
-        print(f"gitar: refused: {e.message}" if args[:1] == ["check"] else f"gitar: error: {e.message}",
+        refused = args[:1] in (["check"], ["message"])
+        print(f"gitar: refused: {safe(e.message)}" if refused else f"gitar: error: {safe(e.message)}",
               file=sys.stderr)
         return 1 if e.code != ExitCode.KEPT else 0
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)
-    print("usage: python -m gitar.hooks check|run", file=sys.stderr)
+    print("usage: python -m gitar.hooks check|message FILE|run", file=sys.stderr)
     return 2
 
 

@@ -168,7 +168,7 @@ def _legacy_pin_path(paths: Paths, branch: str) -> Path:
 def _parse_pin(raw: bytes) -> dict[str, str] | None:
     try:
         obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     data = obj.get("data") if isinstance(obj, dict) else None
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):

@@ -90,7 +90,7 @@ def _parse(raw: bytes) -> LockInfo | None:
     try:
         obj: Any = json.loads(raw.decode("utf-8"))
         info = LockInfo(**{k: obj[k] for k in _FIELDS})
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         return None
     typed = (
         isinstance(info.pid, int) and isinstance(info.token, str) and isinstance(info.host, str)

@@ -21,6 +21,7 @@ from gitar.config import MODEL_FILE, Ground, parse_model
 from gitar.errors import GitarError
 from gitar.git import Git
 from gitar.paths import Paths
+from gitar.validate import parse_json
 
 SMOKE_TIMEOUT_S = 120.0  # generous for the CPU; the default model's smoke step takes a few seconds
 
@@ -73,13 +74,7 @@ def check_syntax(git: Git, paths: list[str]) -> None:
 
 def check_model_source(raw: bytes, ground: Ground, where: Path) -> None:
     """model.json parses and validates against the schema and ground.json."""
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise GitarError(f"{MODEL_FILE}: not UTF-8 text; save it as UTF-8 JSON") from None
-    except json.JSONDecodeError as e:
-        raise GitarError(f"{MODEL_FILE}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    parse_model(obj, where, ground)
+    parse_model(parse_json(raw, MODEL_FILE), where, ground)
 
 
 def check_model(git: Git, paths: list[str], ground: Ground) -> None:
@@ -131,7 +126,7 @@ def _smoke_error(crash_file: Path, output: str) -> str:
     try:
         crash = json.loads(crash_file.read_text())
         return f"{crash.get('type', 'Error')}: {str(crash.get('message', '')).strip().splitlines()[0][:300]}"
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError, IndexError, AttributeError, RecursionError):  # train.py wrote it: anything
         pass
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "train.py exited without printing `smoke: ok`"

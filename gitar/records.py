@@ -21,6 +21,7 @@ import pygit2
 
 from gitar.git import Git
 from gitar.notes_read import note_blobs
+from gitar.text import json_line
 
 NOTES_REF = "refs/notes/gitar"
 ATTEMPTS_PREFIX = "refs/gitar/attempts/"
@@ -100,8 +101,9 @@ class Record:
         # Readable in `git log`: the verdict and the number first, bookkeeping after.
         ordered = {k: data.pop(k) for k in _LEAD if k in data}
         ordered.update(data)
-        # One line, always: json escapes newlines inside strings, and cat_sort_uniq merges by line.
-        return json.dumps(ordered, ensure_ascii=False)
+        # One line, always, and nothing a terminal acts on (json_line): cat_sort_uniq merges by
+        # line, and `git log --notes` prints the note raw.
+        return json_line(ordered)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
@@ -149,7 +151,7 @@ class Lesson:
     def to_line(self) -> str:
         data = {"status": LESSON, "lesson": self.lesson, "commit": self.commit, "branch": self.branch,
                 "time": self.time}
-        return json.dumps({k: v for k, v in data.items() if v is not None}, ensure_ascii=False)
+        return json_line({k: v for k, v in data.items() if v is not None})
 
 
 _TEXT_FIELDS = ("status", "commit", "branch", "description", "run_id")
@@ -224,7 +226,7 @@ def parse_lines(text: str, where: str) -> tuple[list[Record], list[Lesson]]:
                                       branch=_str_or_none(data.get("branch")), time=_str_or_none(data.get("time"))))
             else:
                 records.append(Record._adopt(data))
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, RecursionError) as e:  # a forged note may nest 100,000 deep
             _warn_once(where, n, line, str(e))
     return records, lessons
 

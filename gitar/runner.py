@@ -449,7 +449,7 @@ def read_json_file(path: Path) -> dict[str, Any] | None:
         if len(raw) > _JSON_FILE_MAX_BYTES:
             return None
         obj = json.loads(raw.decode("utf-8"))
-    except (OSError, ValueError, RecursionError):
+    except (OSError, ValueError, RecursionError, MemoryError):  # the process wrote it: anything, nested any depth
         return None
     return obj if isinstance(obj, dict) else None
 

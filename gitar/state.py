@@ -61,7 +61,7 @@ def load(paths: Paths) -> Running | None:
         return Running(**data)
     except FileNotFoundError:
         return None
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         # A torn write cannot happen (os.replace), so this is damage: treat as nothing running.
         return None
 

@@ -1,7 +1,8 @@
 """Reading JSON configuration with one-line errors, and the typed checkers for its keys.
 
 read_json() turns every way a file can be unreadable (missing, a directory, not UTF-8,
-invalid JSON, a duplicate key) into one GitarError line that names the file. A Section
+invalid JSON, a duplicate key, nested too deeply, too large) into one GitarError line that
+names the file; parse_json() does the same for JSON read from git or a process. A Section
 reads one object key by key, remembers which keys were used and rejects the rest with
 a "did you mean"; the checkers (integer, number, string, choice, ...) each take
 (section, key, value) and return the typed value or raise one line naming the dotted key.
@@ -21,19 +22,30 @@ from gitar.errors import GitarError
 
 T = TypeVar("T")
 
+# A configuration file is a few hundred bytes of flat objects. Past these bounds it is a mistake
+# or an attack: Python's parser would raise RecursionError (or recurse in every later reader)
+# on 100,000 nested brackets, and read any size into memory.
+MAX_JSON_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
+_DEPTH_FAILURES = (RecursionError, MemoryError)
 
-def read_json(path: Path) -> Any:
-    name = path.name
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GitarError(f"{name}: file not found at {path}; create it (see README) or run from the workspace") from None
-    except IsADirectoryError:
-        raise GitarError(f"{name}: {path} is a directory, expected a JSON file") from None
-    except UnicodeDecodeError as e:
-        raise GitarError(f"{name}: not UTF-8 text (byte {e.start}); save it as UTF-8 JSON") from None
-    except OSError as e:
-        raise GitarError(f"{name}: cannot read {path}: {e.strerror}") from None
+
+def parse_json(raw: bytes | str, name: str) -> Any:
+    """Parse JSON from the repository or a process; every way it can fail is one GitarError line.
+
+    Duplicate keys are refused, and so are files over MAX_JSON_BYTES, nesting deeper than
+    MAX_JSON_DEPTH, and numbers the parser refuses (Python limits integers to 4300 digits).
+    """
+    size = len(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else len(raw)
+    if size > MAX_JSON_BYTES:
+        raise GitarError(f"{name}: more than {MAX_JSON_BYTES} bytes; a configuration file is a few hundred")
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise GitarError(f"{name}: not UTF-8 text (byte {e.start}); save it as UTF-8 JSON") from None
+    else:
+        text = raw
 
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -44,9 +56,48 @@ def read_json(path: Path) -> Any:
         return out
 
     try:
-        return json.loads(text, object_pairs_hook=no_duplicates)
+        value = json.loads(text, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as e:
         raise GitarError(f"{name}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except _DEPTH_FAILURES:
+        raise GitarError(f"{name}: nested too deeply (more than {MAX_JSON_DEPTH} levels of objects and "
+                         "lists); a configuration file is flat") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise GitarError(f"{name}: a value the JSON parser refuses ({str(e).split(';')[0]})") from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise GitarError(f"{name}: nested too deeply (more than {MAX_JSON_DEPTH} levels of objects and lists); "
+                         "a configuration file is flat")
+    return value
+
+
+def json_depth(value: Any) -> int:
+    """How deeply objects and lists nest in a parsed value, without recursion (a scalar is 0)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest  # enough to refuse it
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def read_json(path: Path) -> Any:
+    name = path.name
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)  # one byte more than allowed is enough to refuse it
+    except FileNotFoundError:
+        raise GitarError(f"{name}: file not found at {path}; create it (see README) or run from the workspace") from None
+    except IsADirectoryError:
+        raise GitarError(f"{name}: {path} is a directory, expected a JSON file") from None
+    except OSError as e:
+        raise GitarError(f"{name}: cannot read {path}: {e.strerror}") from None
+    return parse_json(raw, name)
 
 
 def describe(value: Any) -> str:

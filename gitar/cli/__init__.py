@@ -2,22 +2,29 @@
 
 One typer app per command group (loop, review, scale), composed here into the one
 `gitar` command. Errors are mapped to exit codes in one place (main): a GitarError
-prints its one line and exits with its code; anything unexpected prints one line, saves
-the traceback under .git/gitar/ (or the temp dir) and exits INTERNAL.
+prints its one line and exits with its code; a usage error (a missing argument, an
+unknown option) is one line too, exit 2; anything unexpected prints one line, saves
+the traceback under .git/gitar/ (or the temp dir) and exits INTERNAL. With --json,
+try/run/wait print that line as a JSON object on stdout instead. A closed stdout
+(`gitar show | head -1`) ends the command quietly with exit 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
 
+import click
 import typer
 
 from gitar.cli import loop, review, scale
 from gitar.errors import ExitCode, GitarError
+from gitar.text import json_line, safe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="git as the loop, the lab notebook and the referee of autonomous ML research.")
@@ -42,20 +49,80 @@ def _save_traceback() -> str:
         return "(could not be saved)"
 
 
+# Commands whose every outcome, with --json, is one JSON object on stdout (refusals and errors too).
+_JSON_OUTCOMES = ("try", "run", "wait")
+_STATUS_OF = {ExitCode.REFUSED: "refused", ExitCode.INTERRUPTED: "interrupted"}
+
+
+def _wants_json(args: list[str]) -> bool:
+    options = args[: args.index("--")] if "--" in args else args
+    return bool(options) and options[0] in _JSON_OUTCOMES and "--json" in options
+
+
+def _usage_line(e: click.UsageError) -> str:
+    """click's usage error as one line naming the argument (typer would draw a four-line box)."""
+    command = e.ctx.command_path if e.ctx is not None else "gitar"
+    param = e.param if isinstance(e, click.MissingParameter) else None
+    if param is not None and param.param_type_name == "argument":
+        hint = getattr(param, "help", None)
+        what = f"missing argument {param.human_readable_name}" + (f" ({hint})" if hint else "")
+    else:
+        what = e.format_message().rstrip(".")
+        what = what[:1].lower() + what[1:]
+    return f"{command}: {what}; see `{command} --help`"
+
+
+def _pipe_closed() -> int:
+    """The reader went away (`gitar show | head -1`): not an error. Exit 0 without another word.
+
+    Later writes, and the interpreter's last flush, go to /dev/null: a flush into the closed pipe
+    at exit would print a BrokenPipeError warning and exit 120.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return int(ExitCode.KEPT)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and map every outcome to a documented exit code (README, "Exit codes")."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    as_json = _wants_json(args)
+
+    def fail(code: ExitCode, message: str, kind: str = "error: ") -> int:
+        """One line on stderr (`gitar: error: …`), or with --json one object on stdout."""
+        if as_json:
+            typer.echo(json_line({"status": _STATUS_OF.get(code, "error"), "exit_code": int(code),
+                                  "message": message}))
+        else:
+            typer.echo(f"gitar: {kind}{safe(message)}", err=True)
+        return int(code)
+
+    stdout = sys.stdout
     try:
-        app(args=argv, prog_name="gitar", standalone_mode=True)
-    except SystemExit as e:  # typer.Exit from a command, or a usage error (click exits 2)
-        return e.code if isinstance(e.code, int) else int(ExitCode.KEPT if e.code is None else ExitCode.REFUSED)
+        try:
+            code = app(args=args, prog_name="gitar", standalone_mode=False)
+            sys.stdout.flush()
+        except SystemExit as e:
+            # typer catches a closed pipe itself: it wraps sys.stdout in click's PacifyFlushWrapper
+            # and exits 1, the code for "not kept". The swapped stdout tells it from a real 1.
+            if sys.stdout is not stdout:
+                return _pipe_closed()
+            return e.code if isinstance(e.code, int) else int(ExitCode.KEPT if e.code is None else ExitCode.REFUSED)
+    except BrokenPipeError:
+        return _pipe_closed()
+    except click.exceptions.NoArgsIsHelpError as e:
+        typer.echo(e.format_message())  # `gitar` alone: the help, as before
+        return int(ExitCode.REFUSED)
+    except click.UsageError as e:
+        return fail(ExitCode.REFUSED, _usage_line(e))
+    except click.ClickException as e:
+        return fail(ExitCode.REFUSED, e.format_message())
     except GitarError as e:
-        typer.echo(f"gitar: error: {e.message}", err=True)
-        return int(e.code)
-    except KeyboardInterrupt:
-        typer.echo("gitar: interrupted", err=True)
-        return int(ExitCode.INTERRUPTED)
+        return fail(e.code, e.message, "" if e.code == ExitCode.INTERRUPTED else "error: ")
+    except (KeyboardInterrupt, click.Abort):
+        return fail(ExitCode.INTERRUPTED, "interrupted", "")
     except Exception as e:
         where = _save_traceback()
-        typer.echo(f"gitar: internal error: {type(e).__name__}: {e} (traceback: {where})", err=True)
-        return int(ExitCode.INTERNAL)
-    return int(ExitCode.KEPT)
+        return fail(ExitCode.INTERNAL, f"{type(e).__name__}: {e} (traceback: {where})", "internal error: ")
+    return int(ExitCode.KEPT) if code is None else int(code)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gitar.cli.output import emit, emit_lines, interruptible
+from gitar.cli.output import emit, emit_lines, interruptible, say
 from gitar.errors import ExitCode
 from gitar.paths import Paths
 
@@ -36,13 +36,13 @@ def init_cmd(
     if result.worktrees:
         for w in result.worktrees:
             verb = "created" if w.created else "kept"
-            typer.echo(f"gitar: {verb} {w.branch} in {w.path} (GPU {w.device})")
+            say(f"gitar: {verb} {w.branch} in {w.path} (GPU {w.device})")
         typer.echo("gitar: hooks installed; notes shown by `git log`")
     else:
         verb = "created" if result.created else "already on"
-        typer.echo(f"gitar: {verb} {result.branch}; hooks installed; notes shown by `git log`")
+        say(f"gitar: {verb} {result.branch}; hooks installed; notes shown by `git log`")
     for warning in result.warnings:
-        typer.echo(f"gitar: warning: {warning}", err=True)
+        say(f"gitar: warning: {warning}", err=True)
     where = " in each worktree" if result.worktrees else ""
     typer.echo(f"gitar: next: `gitar run` measures the baseline{where}, then `gitar try \"what I changed\"`")
     raise typer.Exit(ExitCode.KEPT)
@@ -62,6 +62,7 @@ def try_cmd(
 ) -> None:
     """Commit train.py/model.json changes; the hooks preflight, train, judge and record them."""
     from gitar.commands.try_ import Started, try_experiment
+    from gitar.history import one_line
     from gitar.records import record_dict
     from gitar.remote_queue import Queued
     from gitar.report import exit_code, result_line
@@ -76,17 +77,18 @@ def try_cmd(
         sys.stderr.write("\r\033[K")
     if isinstance(outcome, Started):
         data = {"status": "started", "run_id": outcome.run_id, "commit": outcome.commit, "log": outcome.log}
-        emit(f"started {outcome.commit[:7]} \"{outcome.description.splitlines()[0][:60]}\"; "
-              "`gitar status` to watch, `gitar wait` for the result", data, as_json)
+        emit(f"started {outcome.commit[:7]} \"{one_line(outcome.description, 60)}\"; "
+             "`gitar status` to watch, `gitar wait` for the result", data, as_json, ExitCode.KEPT)
         raise typer.Exit(ExitCode.KEPT)
     if isinstance(outcome, Queued):
         if no_wait:
             data = {"status": "queued", "commit": outcome.commit, "remote": outcome.remote, "branch": outcome.branch}
-            emit(f"queued {outcome.commit[:7]} \"{outcome.description.splitlines()[0][:60]}\" for the runner of "
-                  f"{outcome.remote}; `gitar wait --remote {outcome.remote}` for the result", data, as_json)
+            emit(f"queued {outcome.commit[:7]} \"{one_line(outcome.description, 60)}\" for the runner of "
+                 f"{outcome.remote}; `gitar wait --remote {outcome.remote}` for the result", data, as_json,
+                 ExitCode.KEPT)
             raise typer.Exit(ExitCode.KEPT)
         outcome = _wait_remote(outcome.remote, outcome.commit, timeout, poll)
-    emit(result_line(outcome), record_dict(outcome), as_json)
+    emit(result_line(outcome), record_dict(outcome), as_json, exit_code(outcome))
     raise typer.Exit(exit_code(outcome))
 
 
@@ -97,12 +99,12 @@ def _wait_remote(remote: str, commit: str | None, timeout: float | None, poll: f
 
     ws = open_workspace()
     sha = ws.git.resolve(commit) if commit else ws.head
-    typer.echo(f"gitar: waiting for the runner of {remote} to measure {sha[:7]}…", err=True)
+    say(f"gitar: waiting for the runner of {remote} to measure {sha[:7]}…", err=True)
     try:
         return wait_for_verdict(ws.git, ws.branch, sha, remote, timeout_s=timeout, poll_s=poll)
     except KeyboardInterrupt:
-        typer.echo(f"gitar: stopped waiting; {sha[:7]} stays queued — `gitar wait --remote {remote}` "
-                   "picks the result up later", err=True)
+        say(f"gitar: stopped waiting; {sha[:7]} stays queued — `gitar wait --remote {remote}` "
+            "picks the result up later", err=True)
         raise typer.Exit(ExitCode.INTERRUPTED) from None
 
 
@@ -110,13 +112,14 @@ def _live_progress() -> Callable[[Paths], None]:
     """A progress line on the terminal, read from the log file (hook output is buffered)."""
     from gitar import runner, state
     from gitar.commands.status import progress_line
+    from gitar.text import safe
 
     def show(paths: Paths) -> None:
         running = state.load(paths)
         if running is None:
             return
         line = progress_line(running, runner.read_progress(Path(running.log)))
-        sys.stderr.write("\r\033[K" + line[:150])
+        sys.stderr.write("\r\033[K" + safe(line)[:150])
         sys.stderr.flush()
 
     return show
@@ -136,7 +139,7 @@ def run_cmd(
     with interruptible():
         records = run_commit(rev, repeat)
     for r in records:
-        emit(result_line(r), record_dict(r), as_json)
+        emit(result_line(r), record_dict(r), as_json, exit_code(r))
     raise typer.Exit(max(exit_code(r) for r in records))
 
 
@@ -164,7 +167,7 @@ def wait_cmd(
     from gitar.report import exit_code, result_line
 
     record = _wait_remote(remote, None, timeout, poll) if remote else wait_for_result(timeout_s=timeout)
-    emit(result_line(record), record_dict(record), as_json)
+    emit(result_line(record), record_dict(record), as_json, exit_code(record))
     raise typer.Exit(exit_code(record))
 
 

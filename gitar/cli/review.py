@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from gitar.cli.output import emit_lines
+from gitar.cli.output import emit_lines, say
 from gitar.errors import ExitCode, GitarError
 
 app = typer.Typer()
@@ -31,8 +31,11 @@ def log_cmd(
     if tsv:
         typer.echo(tsv_text(attempts[::-1]), nl=False)
     else:
-        # One write: 10,000 attempts are 10,000 lines.
-        typer.echo("\n".join(json_lines(attempts) if as_json else table_lines(h, attempts)))
+        # One write: 10,000 attempts are 10,000 lines (json_lines are escaped already).
+        if as_json:
+            typer.echo("\n".join(json_lines(attempts)))
+        else:
+            say(table_lines(h, attempts))
     raise typer.Exit(ExitCode.KEPT)
 
 
@@ -75,7 +78,7 @@ def memory_cmd(
     """What was tried, kept, discarded, broken and learned: read it before each hypothesis."""
     from gitar.commands.memory import build_memory
 
-    typer.echo(build_memory(max_chars, all_branches=all_branches))
+    typer.echo(build_memory(max_chars, all_branches=all_branches))  # escaped line by line as it is fitted
     raise typer.Exit(ExitCode.KEPT)
 
 
@@ -89,8 +92,8 @@ def learn_cmd(
     from gitar.history import one_line
 
     saved, record = learn(rev, lesson)
-    typer.echo(f"learned on {saved.commit[:7]} ({record.status} \"{one_line(record.description, 60)}\"): "
-               f"{one_line(saved.lesson, 120)}")
+    say(f"learned on {saved.commit[:7]} ({record.status} \"{one_line(record.description, 60)}\"): "
+        f"{one_line(saved.lesson, 120)}")
     raise typer.Exit(ExitCode.KEPT)
 
 
@@ -102,7 +105,7 @@ def plot_cmd(
     from gitar.commands.plot import plot_progress
 
     done = plot_progress(output)
-    typer.echo(f"wrote {done.path} ({done.attempts} experiments, {done.kept} kept)")
+    say(f"wrote {done.path} ({done.attempts} experiments, {done.kept} kept)")
     raise typer.Exit(ExitCode.KEPT)
 
 
@@ -117,6 +120,5 @@ def verify_cmd(
     from gitar.commands.verify import verification_lines, verify_branch
 
     result = verify_branch(branch)
-    for line in verification_lines(result):
-        typer.echo(line)
+    say(verification_lines(result))
     raise typer.Exit(ExitCode.KEPT if result.clean else ExitCode.NOT_KEPT)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from gitar.cli.output import emit, interruptible
+from gitar.cli.output import emit, interruptible, say
 from gitar.errors import ExitCode
 
 app = typer.Typer()
@@ -20,8 +20,7 @@ def sync_cmd(
     """Share records, attempt pins and the experiment branch with a remote; never loses a record."""
     from gitar.commands.sync import sync_clone
 
-    for line in sync_clone(remote, push=push).lines():
-        typer.echo(f"gitar: {line}")
+    say(f"gitar: {line}" for line in sync_clone(remote, push=push).lines())
     raise typer.Exit(ExitCode.KEPT)
 
 
@@ -43,12 +42,10 @@ def ci_cmd(
 
     with interruptible():
         outcome = run_ci(branch, remote, with_sync=with_sync, on_record=show)
-    for line in outcome.recovered:
-        typer.echo(f"gitar: {line}", err=True)
+    say((f"gitar: {line}" for line in outcome.recovered), err=True)
     if not outcome.pending:
-        typer.echo(f"gitar: {outcome.branch} ({outcome.tip[:7]}): every commit is measured", err=True)
+        say(f"gitar: {outcome.branch} ({outcome.tip[:7]}): every commit is measured", err=True)
     if outcome.syncs:
-        for line in outcome.syncs[-1].lines():
-            typer.echo(f"gitar: {line}", err=True)
+        say((f"gitar: {line}" for line in outcome.syncs[-1].lines()), err=True)
     # A discard is a normal outcome of a job, not a failure of it.
     raise typer.Exit(ExitCode.KEPT)

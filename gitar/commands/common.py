@@ -11,6 +11,7 @@ from gitar.errors import GitarError
 from gitar.experiment import ground_at
 from gitar.git import Git
 from gitar.recovery import recover
+from gitar.text import safe
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,6 @@ def open_workspace(start: str | Path = ".", *, need_experiment_branch: bool = Tr
             raise GitarError(f"{branch} is not an experiment branch; create one with `gitar init TAG` "
                              f"(branches named {prefix}TAG)")
     for line in recover(git):
-        print(f"gitar: {line}", file=sys.stderr)
+        print(f"gitar: {safe(line)}", file=sys.stderr)  # names a description: untrusted text
     head = git.resolve("HEAD")
     return Workspace(git=git, branch=branch or "", head=head, ground=ground)

@@ -11,14 +11,14 @@ import datetime as dt
 from pathlib import Path
 
 from gitar.commands.common import open_workspace
-from gitar.commands.try_ import check_description
 from gitar.errors import GitarError
 from gitar.records import Lesson, Notebook, Record
+from gitar.text import LESSON, check_text
 
 
 def learn(rev: str, text: str, start: str | Path = ".") -> tuple[Lesson, Record]:
     """Append the lesson to REV's note; returns it and the experiment's first record."""
-    lesson_text = check_description(text, "the lesson")
+    lesson_text = check_text(text, LESSON)
     ws = open_workspace(start, need_experiment_branch=False)
     sha = ws.git.resolve(rev)
     notebook = Notebook(ws.git)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
 from gitar.history import FAILED, Attempt, History, one_line
 from gitar.records import DISCARD, KEEP, REJECTED
+from gitar.text import json_line, safe
 
 TSV_HEADER = ("commit", "val_bpb", "memory_gb", "status", "description")
 
@@ -72,7 +72,7 @@ def _row(a: Attempt) -> str:
 
 def json_lines(attempts: list[Attempt]) -> Iterator[str]:
     for a in attempts:
-        yield json.dumps(a.as_dict(), ensure_ascii=False)
+        yield json_line(a.as_dict())
 
 
 def tsv_status(status: str) -> str | None:
@@ -98,7 +98,9 @@ def tsv_text(attempts: list[Attempt]) -> str:
         crashed = status == "crash" or a.val_bpb is None
         value = "0.000000" if crashed else f"{a.val_bpb:.6f}"
         mem = "0.0" if crashed or a.memory_gb is None else f"{a.memory_gb:.1f}"
-        # Tabs and line breaks would split the row: every run of whitespace becomes one space.
-        rows.append((a.commit[:7], value, mem, "crash" if crashed else status, " ".join(a.first.description.split())))
+        # Tabs and line breaks would split the row: every run of whitespace becomes one space, and
+        # what else a terminal or a spreadsheet would act on is escaped (safe()).
+        rows.append((a.commit[:7], value, mem, "crash" if crashed else status,
+                     safe(" ".join(a.first.description.split()))))
     writer.writerows(rows)  # one call: 10,000 rows
     return out.getvalue()

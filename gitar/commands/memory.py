@@ -22,6 +22,7 @@ from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
 from gitar.history import FAILED, Attempt, History
 from gitar.records import DISCARD, KEEP, REJECTED
+from gitar.text import safe
 
 DEFAULT_MAX_CHARS = 6000
 MIN_MAX_CHARS = 300  # room for the summary lines at least
@@ -307,6 +308,9 @@ def fit(all_sections: list[Section], max_chars: int) -> list[str]:
     Passes in priority order, each with a higher cap on lines per section (PASSES):
     so a long first section (hundreds of kept commits) cannot push every other out.
     """
+    # Escaped before they are counted (safe(), lazily: only the lines shown are formatted), so a
+    # hostile description can neither break a line nor push the digest past max_chars.
+    all_sections = [Section(safe(s.title), Lines(s.lines, safe), s.keep_tail) for s in all_sections]
     left = max_chars + 1  # each line costs its length and a newline; the last line has none
     shown = [0] * len(all_sections)
     for cap in PASSES:

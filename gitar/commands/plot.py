@@ -16,6 +16,7 @@ from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
 from gitar.history import FAILED, History
 from gitar.records import DISCARD, KEEP
+from gitar.text import safe
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -47,7 +48,7 @@ def plot_progress(output: Path, start: str | Path = ".") -> Plotted:
 
 
 def _label(text: str) -> str:
-    line = history.one_line(text, 1000)
+    line = safe(history.one_line(text, 1000))
     return line if len(line) <= LABEL_CHARS else line[: LABEL_CHARS - 1] + "…"
 
 
@@ -80,8 +81,9 @@ def draw(h: History, output: Path) -> None:
             ax.scatter(xs, ys, s=size, c="#2ecc71", edgecolors="black", linewidths=0.6 if len(kept) <= 100 else 0.2,
                        zorder=4, label=f"kept ({len(kept)})")
         for i, a in _labelled(kept, len(attempts)):
+            # parse_math=False: a "$" in a description is text, not mathtext (which could fail the draw).
             ax.annotate(_label(a.description), (i, a.val_bpb), textcoords="offset points", xytext=(6, 6),
-                        fontsize=8, color="#135e33", rotation=25, ha="left", va="bottom")
+                        fontsize=8, color="#135e33", rotation=25, ha="left", va="bottom", parse_math=False)
         if failed:
             top = blended_transform_factory(ax.transData, ax.transAxes)
             ax.scatter(failed, [0.98] * len(failed), transform=top, marker="x", s=22, c="#d62728",

@@ -21,10 +21,12 @@ from gitar import confine, experiment, lock
 from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
 from gitar.git import Git
+from gitar.hooks import reject_unfit
 from gitar.judge import Best, current_best
 from gitar.paths import Paths
 from gitar.records import KEEP, Notebook, Record
 from gitar.sync import judged
+from gitar.text import subject
 from gitar.worktree import move_branch
 
 
@@ -90,11 +92,14 @@ def measure_chain(git: Git, branch: str, chain: list[str], best: Best | None,
         elif tip != sha:
             # Where `git commit` would have put the branch: the attempt is the tip while it runs.
             move_branch(git, branch, tip, sha, f"gitar: measure {sha[:7]}")
+        message = git.commit(sha).message
         if best is None:
             plan = experiment.plan_rerun(git, sha, branch)
         else:
-            plan = replace(experiment.plan_attempt(git, sha, branch, git.commit(sha).message.strip()), best=best)
-        record = experiment.execute(git, plan)
+            plan = replace(experiment.plan_attempt(git, sha, branch, subject(message)), best=best)
+        # A pushed commit never met the commit-msg hook: one whose message breaks the rules is not run.
+        rejected = reject_unfit(git, plan, message) if plan.kind == "attempt" else None
+        record = rejected or experiment.execute(git, plan)
         records.append(record)
         if record.status == KEEP:
             best = current_best(notebook, branch, sha)

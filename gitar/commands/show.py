@@ -71,7 +71,8 @@ def _tail(log: str | None, n: int) -> tuple[list[str], bool]:
 
 def shown_lines(s: Shown) -> list[str]:
     lines = [f"commit {s.commit}"]
-    lines += [f"    {line}" for line in s.message.splitlines()]
+    # Split at newlines only: any other line break (U+2028, \x1c…) is shown escaped in its line.
+    lines += [f"    {line}" for line in s.message.split("\n")]
     if not s.records:
         lines.append("no gitar record: this commit was never run as an experiment")
     hypotheses = sorted({r.hypothesis for r in s.records if r.hypothesis})
@@ -81,12 +82,13 @@ def shown_lines(s: Shown) -> list[str]:
     lines += [f"lesson: {x.lesson}" for x in s.lessons]
     lines.append("")
     lines.append(f"diff against {s.parent[:7]}:" if s.parent else "diff (root commit):")
-    lines += s.diff.splitlines() or ["(no changes)"]
+    lines += s.diff.split("\n") if s.diff else ["(no changes)"]
     if s.log is not None:
         lines.append("")
         if s.log_missing:
             lines.append(f"log {s.log}: not on this machine (logs stay where the run happened)")
         else:
             lines.append(f"log (last {len(s.log_tail)} lines of {s.log}):")
-            lines += s.log_tail
+            # Indented like the message: what train.py printed can never pass for a line of gitar's.
+            lines += [f"    {line}" for line in s.log_tail]
     return lines

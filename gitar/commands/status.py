@@ -9,6 +9,7 @@ from typing import Any
 
 from gitar import runner, state
 from gitar.commands.common import open_workspace
+from gitar.history import one_line
 from gitar.judge import Policy, current_best
 from gitar.noise import Noise, branch_noise
 from gitar.paths import Paths
@@ -84,7 +85,8 @@ def progress_line(running: state.Running, progress: runner.Progress | None) -> s
 def status_lines(s: Status) -> list[str]:
     lines = [f"branch {s.branch}"]
     if s.running is not None:
-        lines.append(f"{progress_line(s.running, s.progress)} \"{s.running.description.splitlines()[0][:60]}\"")
+        # one_line: a running.json is a file train.py could have written; its description may be anything.
+        lines.append(f"{progress_line(s.running, s.progress)} \"{one_line(s.running.description, 60)}\"")
         if s.confirming:
             so_far = ", ".join(f"{v:.6f}" for v in s.confirming)
             lines.append(f"confirm: run {len(s.confirming) + 1} of up to {s.policy.max_runs} of "

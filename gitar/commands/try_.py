@@ -34,8 +34,7 @@ from gitar.preflight import check_model_source, check_source, owned
 from gitar.records import Record
 from gitar.remote_queue import Queued
 from gitar.sync import check_remote
-
-MAX_DESCRIPTION = 4096  # a commit subject plus a paragraph; a megabyte is a mistake, not a description
+from gitar.text import DESCRIPTION, HYPOTHESIS, check_text, subject
 
 
 @dataclass(frozen=True)
@@ -46,17 +45,6 @@ class Started:
     commit: str
     description: str
     log: str
-
-
-def check_description(description: str, what: str = "the description") -> str:
-    text = description.strip()
-    if not text:
-        raise GitarError(f'{what} is empty; say what you changed: gitar try "what I changed"')
-    if len(text) > MAX_DESCRIPTION:
-        raise GitarError(f"{what} has {len(text)} characters; keep it under {MAX_DESCRIPTION}")
-    if "\0" in text:
-        raise GitarError(f"{what} contains a NUL byte; pass plain text")
-    return text
 
 
 def changed_agent_files(ws: Workspace) -> list[str]:
@@ -82,8 +70,8 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
     With `remote`, the commit is preflighted here and pushed for the remote's runner instead of
     run (remote_queue.py); the caller waits for the verdict or returns at once.
     """
-    text = check_description(description)
-    why = check_description(hypothesis, "--hypothesis") if hypothesis is not None else None
+    text = check_text(description, DESCRIPTION)
+    why = check_text(hypothesis, HYPOTHESIS) if hypothesis is not None else None
     if remote is not None and detach:
         raise GitarError("--detach runs the experiment here in the background; with --remote use --no-wait")
     ws = open_workspace(start)
@@ -144,7 +132,7 @@ class _Attempt:
                 sha = self._commit(index)
                 if self.remote is not None:
                     return self._queue(sha)
-                plan = experiment.plan_attempt(git, sha, self.ws.branch, git.commit(sha).message.strip(),
+                plan = experiment.plan_attempt(git, sha, self.ws.branch, subject(git.commit(sha).message),
                                                self.run_id, self.hypothesis)
                 if not self.detach:
                     return experiment.execute(git, plan)
@@ -168,7 +156,7 @@ class _Attempt:
 
     def _queue(self, sha: str) -> Queued:
         git = self.ws.git
-        return remote_queue.queue(git, self.ws.branch, sha, git.commit(sha).message.strip(), str(self.remote))
+        return remote_queue.queue(git, self.ws.branch, sha, subject(git.commit(sha).message), str(self.remote))
 
     def through_hooks(self) -> Record | Started | Queued:
         env = {lock.TOKEN_ENV: self.token, "GITAR_RUN_ID": self.run_id, "GITAR_DETACH": "1" if self.detach else "0",

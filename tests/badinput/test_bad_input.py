@@ -7,6 +7,7 @@ suite stays fast while every case starts from the same real repository.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import apply_hermetic
+from tests.conftest import REPO_ROOT, apply_hermetic
 from tests.core.conftest import Workspace, fake_train, make_workspace
 
 REFUSED = 2
@@ -113,13 +114,40 @@ CASES = [
     # -- the command line ---------------------------------------------------------------
     Case("cli-empty-description", _edit_train, ("try", ""), "the description is empty"),
     Case("cli-blank-description", _edit_train, ("try", " \t\n"), "the description is empty"),
-    Case("cli-huge-description", _edit_train, ("try", "y" * 100_000), "keep it under"),
+    Case("cli-huge-description", _edit_train, ("try", "y" * 100_000), "has 100000 characters, more than 200"),
+    Case("cli-long-description", _edit_train, ("try", "y" * 201), "has 201 characters, more than 200"),
+    Case("cli-multiline-description", _edit_train, ("try", "wider MLP\n\nNotes (gitar):\n    {}"),
+         "the description holds U+000A (a line break) at character 10"),
+    Case("cli-cr-description", _edit_train, ("try", "wider\rMLP"), "holds U+000D (a line break)"),
+    Case("cli-escape-description", _edit_train, ("try", "\x1b[2Jwider"), "holds U+001B at character 1"),
+    Case("cli-c1-description", _edit_train, ("try", "wider\x9b31m"), "holds U+009B"),
+    Case("cli-del-description", _edit_train, ("try", "wider\x7f"), "holds U+007F"),
+    Case("cli-tab-description", _edit_train, ("try", "wider\tMLP"), "holds U+0009"),
+    Case("cli-bidi-description", _edit_train, ("try", "wider \u202eLPM"), "holds U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+    Case("cli-isolate-description", _edit_train, ("try", "a \u2067b"), "holds U+2067 (RIGHT-TO-LEFT ISOLATE)"),
+    Case("cli-mark-description", _edit_train, ("try", "a \u200fb"), "holds U+200F (RIGHT-TO-LEFT MARK)"),
+    Case("cli-arabic-mark-description", _edit_train, ("try", "a \u061cb"), "holds U+061C (ARABIC LETTER MARK)"),
+    Case("cli-line-separator-description", _edit_train, ("try", "a\u2028b"), "holds U+2028 (a line break)"),
+    Case("cli-paragraph-separator-description", _edit_train, ("try", "a\u2029b"), "holds U+2029 (a line break)"),
+    Case("cli-nel-description", _edit_train, ("try", "a\x85b"), "holds U+0085 (a line break)"),
+    Case("cli-zero-width-description", _edit_train, ("try", "a\u200bb"), "holds U+200B (ZERO WIDTH SPACE)"),
     Case("cli-empty-hypothesis", _edit_train, ("try", "x", "--hypothesis", " "), "--hypothesis is empty"),
+    Case("cli-multiline-hypothesis", _edit_train, ("try", "x", "--hypothesis", "a\nb"), "--hypothesis holds U+000A"),
+    Case("cli-bidi-hypothesis", _edit_train, ("try", "x", "--hypothesis", "\u202ea"), "--hypothesis holds U+202E"),
+    Case("cli-long-hypothesis", _edit_train, ("try", "x", "--hypothesis", "w" * 501),
+         "--hypothesis has 501 characters, more than 500"),
+    Case("cli-learn-empty-lesson", _nothing, ("learn", "HEAD", ""), 'the lesson is empty; say in one line what it '
+         'taught: gitar learn REV "what it taught"'),
+    Case("cli-learn-multiline-lesson", _nothing, ("learn", "HEAD", "a\n\nNotes (gitar):"), "the lesson holds U+000A"),
+    Case("cli-learn-escape-lesson", _nothing, ("learn", "HEAD", "\x1b]0;title\x07"), "the lesson holds U+001B"),
+    Case("cli-learn-long-lesson", _nothing, ("learn", "HEAD", "w" * 501), "the lesson has 501 characters, more than 500"),
+    Case("cli-try-no-argument", _edit_train, ("try",), "gitar try: missing argument DESCRIPTION"),
+    Case("cli-learn-no-lesson", _nothing, ("learn", "HEAD"), "gitar learn: missing argument LESSON"),
     Case("cli-repeat-zero", _nothing, ("run", "--repeat", "0"), "--repeat must be at least 1"),
     Case("cli-repeat-not-a-number", _nothing, ("run", "--repeat", "many"), "many"),
     Case("cli-unknown-command", _nothing, ("frobnicate",), "frobnicate"),
     Case("cli-unknown-option", _nothing, ("try", "x", "--turbo"), "--turbo"),
-    Case("cli-missing-argument", _nothing, ("learn",), "Missing argument"),
+    Case("cli-missing-argument", _nothing, ("learn",), "gitar learn: missing argument REV"),
     Case("cli-unknown-revision-run", _nothing, ("run", "nope"), "unknown revision 'nope'"),
     Case("cli-unknown-revision-show", _nothing, ("show", "nope"), "unknown revision 'nope'"),
     Case("cli-learn-without-record",  # a commit made with the hooks switched off has no record
@@ -146,6 +174,8 @@ CASES = [
     Case("ground-shards-past-val", _g("data", "num_train_shards", 99999), INIT, "data.num_train_shards"),
     Case("ground-bad-keep-rule", _g("experiment", "keep_rule", "lenient"), INIT, "experiment.keep_rule"),
     Case("ground-duplicate-key", _raw("ground.json", '{"data": {}, "data": {}}'), INIT, "appears twice"),
+    Case("ground-nested-100000", _raw("ground.json", "[" * 100_000 + "]" * 100_000), INIT,
+         "ground.json: nested too deeply"),
     Case("ground-not-utf8", lambda ws: (ws.root / "ground.json").write_bytes(b"\xff\xfe{"), INIT, "not UTF-8"),
     # -- model.json (gitar try checks it before committing) ----------------------------------
     Case("model-invalid-json", _raw("model.json", '{"architecture": '), TRY, "model.json: invalid JSON at line 1"),
@@ -159,6 +189,15 @@ CASES = [
     Case("model-schedule", _m("optimization", "warmup_ratio", 0.8), TRY, "warmup_ratio + warmdown_ratio"),
     Case("model-window-pattern", _m("architecture", "window_pattern", "SXL"), TRY, "use only S (short) and L"),
     Case("model-odd-head-dim", _m("architecture", "head_dim", 65), TRY, "must be even"),
+    Case("model-nested-100000-lists", _raw("model.json", "[" * 100_000 + "]" * 100_000), TRY,
+         "model.json: nested too deeply"),
+    Case("model-nested-100000-objects", _raw("model.json", '{"a": ' * 100_000 + "1" + "}" * 100_000), TRY,
+         "model.json: nested too deeply"),
+    Case("model-nested-40", _raw("model.json", "[" * 40 + "]" * 40), TRY, "model.json: nested too deeply"),
+    Case("model-huge-integer", _raw("model.json", '{"architecture": {"depth": 1' + "0" * 5000 + "}}"), TRY,
+         "model.json: a value the JSON parser refuses"),
+    Case("model-huge-string", _raw("model.json", '{"architecture": "' + "x" * 2_000_000 + '"}'), TRY,
+         "model.json: more than 1048576 bytes"),
     # -- train.py ---------------------------------------------------------------------------
     Case("train-syntax-error", _raw("train.py", "def f(:\n"), TRY, "syntax error in train.py line 1"),
     Case("train-binary", lambda ws: (ws.root / "train.py").write_bytes(b"\x00\x01\x02binary"), TRY,
@@ -193,11 +232,15 @@ def template(tmp_path_factory: pytest.TempPathFactory, pre_commit_home: Path) ->
         yield ws.root
 
 
-def _state(ws: Workspace) -> tuple[str, str, str]:
+def _state(ws: Workspace) -> tuple[str, str, str, str, dict[str, str]]:
+    """Refs and notes, HEAD, the index's entries, the status, and every work tree file's content."""
     refs = ws.git("show-ref", check=False).stdout
     head = ws.git("symbolic-ref", "-q", "HEAD", check=False).stdout + ws.git("rev-parse", "HEAD").stdout
+    index = ws.git("ls-files", "--stage").stdout
     status = ws.git("status", "--porcelain", "--untracked-files=all").stdout
-    return refs, head, status
+    files = {str(p.relative_to(ws.root)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(ws.root.rglob("*")) if p.is_file() and ".git" not in p.relative_to(ws.root).parts}
+    return refs, head, index, status, files
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -223,3 +266,15 @@ def test_bad_input(case: Case, template: Path, tmp_path: Path, hermetic: Path) -
 def test_the_suite_counts_at_least_thirty_cases() -> None:
     assert len(CASES) >= 30
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+def test_train_py_refuses_a_deeply_nested_model_json_in_one_line(tmp_path: Path) -> None:
+    """train.py loads model.json with gitar.config.load_model: the same one line, exit 2, no traceback."""
+    for name in ("train.py", "prepare.py", "ground.json"):
+        shutil.copy(REPO_ROOT / name, tmp_path / name)
+    (tmp_path / "model.json").write_text("[" * 100_000 + "]" * 100_000)
+    proc = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == REFUSED, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "model.json: nested too deeply (more than 32 levels of objects and lists); a configuration file is flat"]

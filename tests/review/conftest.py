@@ -5,7 +5,8 @@ The history (branch autoresearch/t1), in time order:
   keep      "wider MLP"               0.990   hypothesis "more capacity pays at this size"
   discard   "increase LR to 0.04"     0.995
   discard   "Increase lr to 0.05"     0.9915  (the same idea with another number: one group)
-  crash     '"double" width<TAB>OOM<NL>second line'   (quote, tab and newline in the description)
+  crash     '"double" width<TAB>OOM<NL>second line'   (quote, tab and newline in the description: gitar
+            refuses them now, so the record is rewritten as an older gitar stored it)
   keep      "rotary base 20000"       0.980
 Each test gets its own copy, so it may add to the history or damage it freely.
 """
@@ -25,6 +26,16 @@ from tests.core.conftest import Workspace, fake_train, make_workspace
 from tests.core.conftest import workspace as workspace  # the fixture, for tests that start from nothing
 
 CRASH_DESCRIPTION = '"double" width\tOOM\nsecond line'
+
+
+def _as_older_gitar_wrote(ws: Workspace, sha: str, description: str) -> None:
+    """Put back into the commit's record a description that gitar refuses today."""
+    note = ws.git("notes", "--ref", "refs/notes/gitar", "show", sha).stdout
+    lines = [json.loads(line) for line in note.splitlines() if line.strip()]
+    for record in lines:
+        record["description"] = description
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines)
+    ws.git("notes", "--ref", "refs/notes/gitar", "add", "-f", "-m", text.rstrip("\n"), sha)
 
 
 @dataclass(frozen=True)
@@ -74,9 +85,10 @@ def review_template(tmp_path_factory: pytest.TempPathFactory, pre_commit_home: P
             wider=_attempt(ws, 0.99, "wider MLP", hypothesis="more capacity pays at this size"),
             lr04=_attempt(ws, 0.995, "increase LR to 0.04"),
             lr05=_attempt(ws, 0.9915, "Increase lr to 0.05"),
-            crash=_attempt(ws, 1.0, CRASH_DESCRIPTION, mode="crash"),
+            crash=_attempt(ws, 1.0, '"double" width OOM', mode="crash"),
             rotary=_attempt(ws, 0.98, "rotary base 20000"),
         )
+        _as_older_gitar_wrote(ws, built.crash, CRASH_DESCRIPTION)
     yield built
 
 
