@@ -8,8 +8,8 @@ DIR holds the branch base's prepare.py and ground.json, written from git after t
 never the snapshot train.py ran in (train.py could have rewritten those copies). MODEL.pt2
 is the torch.export program train.py saved: a graph of PyTorch operators and its tensors.
 Loading it imports nothing from train.py, and this module also refuses pickled Python
-objects in the archive and any graph node that is not a PyTorch operator, so the program is
-a pure function from tokens to logits. Nothing train.py printed, patched in its own memory
+objects in the archive and any graph node that is not a pure PyTorch operator
+(check_program), so the program is a function from tokens to logits and nothing else. Nothing train.py printed, patched in its own memory
 or left in its snapshot takes part in the number.
 
 While prepare.evaluate_bpb scores the program, the causality probe checks every batch it
@@ -158,14 +158,13 @@ class ProbedModel(torch.nn.Module):
         for row, diff in enumerate(row_max):
             if not diff <= self.tolerance:
                 position = int((change[row] > self.tolerance).nonzero()[0].item())
-                raise CausalityLeak(self.result(position=position, changed_after=int(t[row].item()), diff=diff))
+                raise CausalityLeak(self.result(position, int(t[row].item())))
 
-    def result(self, position: int | None = None, changed_after: int | None = None,
-               diff: float | None = None) -> Probe:
+    def result(self, position: int | None = None, changed_after: int | None = None) -> Probe:
         basis = (f"noise_floor {self.noise_floor:g} bpb x ln 2 x {MIN_BYTES_PER_TOKEN} byte per scored token (the "
                  "fewest): a change below it in every log-probability moves val_bpb by less than the noise floor")
         return Probe(ok=position is None, positions=self.positions, batches=self.batches,
-                     probes_per_batch=self.probes_per_batch, max_diff=self.max_diff if diff is None else diff,
+                     probes_per_batch=self.probes_per_batch, max_diff=self.max_diff,
                      tolerance=self.tolerance, detects_leak_fraction=detectable_fraction(self.positions),
                      miss_probability=PROBE_MISS_PROBABILITY, tolerance_basis=basis, seed=self.seed,
                      position=position, changed_after=changed_after)
@@ -178,11 +177,14 @@ def log_prob_change(logits: torch.Tensor, probed: torch.Tensor, keep: torch.Tens
     in one only as an infinite one."""
     out = torch.zeros(keep.shape, dtype=torch.float32, device=logits.device)
     for start in range(0, logits.size(0), chunk_rows):
-        a = logits[start : start + chunk_rows].float().log_softmax(-1)
-        b = probed[start : start + chunk_rows].float().log_softmax(-1)
+        rows = slice(start, start + chunk_rows)
+        if bool(((logits[rows] == probed[rows]).all(dim=-1) | ~keep[rows]).all()):
+            continue  # the same logits bit for bit (an honest model's): the same log-probabilities, at a fraction of the cost
+        a = logits[rows].float().log_softmax(-1)
+        b = probed[rows].float().log_softmax(-1)
         same = (a == b) | (a.isnan() & b.isnan())
         diff = torch.where(same, 0.0, (a - b).abs().nan_to_num(nan=math.inf))
-        out[start : start + chunk_rows] = diff.amax(dim=-1)
+        out[rows] = diff.amax(dim=-1)
     return torch.where(keep, out, 0.0)
 
 

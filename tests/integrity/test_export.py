@@ -173,13 +173,13 @@ def trained_looking(model: nn.Module) -> nn.Module:
     return model
 
 
-def evaluation(model: nn.Module, batches: int = 4, rows: int = 3, probes_per_batch: int = 1, seed: int | None = 7,
+def evaluation(model: nn.Module, batches: int = 4, rows: int = 3, probes_per_batch: int = 1, seed: int = 7,
                autocast: str | None = None) -> evaluate.Probe:
     """The probe as prepare.evaluate_bpb drives it: one scored forward per batch, `batches` batches.
     A fixed seed keeps the tests deterministic (the evaluator draws its seed from OS entropy)."""
     probed = evaluate.ProbedModel(model, VOCAB, NOISE_FLOOR, probes_per_batch, seed=seed)
     compute = torch.autocast(autocast, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    device = next(model.buffers(), torch.empty(0)).device
+    device = next(model.buffers(), torch.zeros(0)).device
     try:
         with compute, torch.no_grad():
             for i in range(batches):
