@@ -189,8 +189,9 @@ def evaluation(model: nn.Module, batches: int = 4, rows: int = 3, probes_per_bat
     return probed.result()
 
 
-def test_an_honest_model_passes_the_probe_with_exact_log_probabilities(tmp_path: Path) -> None:
-    result = evaluation(exported(trained_looking(tiny_gpt(VOCAB, SEQ)), tmp_path), batches=5)
+@pytest.mark.parametrize("pattern", ["SL", "L"], ids=["sliding-window-mask", "causal-kernel"])
+def test_an_honest_model_passes_the_probe_with_exact_log_probabilities(tmp_path: Path, pattern: str) -> None:
+    result = evaluation(exported(trained_looking(tiny_gpt(VOCAB, SEQ, window_pattern=pattern)), tmp_path), batches=5)
     assert result.ok and result.position is None
     assert (result.positions, result.batches) == (15, 5)  # one position per row of every scored batch
     assert result.max_diff == 0.0
