@@ -8,6 +8,7 @@ or read what an earlier call left. All tiny modules on the CPU, exported for rea
 
 from __future__ import annotations
 
+import operator
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,15 @@ def test_the_program_never_sees_the_loaders_storage(tmp_path: Path) -> None:
     with torch.no_grad(), pytest.raises(RuntimeError, match="out of bounds for storage"):
         probed(pair[0])
 
+
+
+@pytest.mark.parametrize(("target", "why"), [
+    (operator.iadd, "which is not a PyTorch operator this evaluation can run"),  # in place on a tensor
+    (torch.ops.prims.add.default, "an operator of torch.ops.prims, not a built-in aten operator"),
+])
+def test_only_aten_operators_and_pure_builtins_are_allowed(target: object, why: str) -> None:
+    program = export(Scratch())
+    [add] = [n for n in program.graph.nodes if n.target is torch.ops.aten.add.Tensor]
+    add.target = target  # the graph as a cheat could write it; checked in memory (it need not serialise)
+    with pytest.raises(GitarError, match=why):
+        evaluate.check_program(program)
