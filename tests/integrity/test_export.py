@@ -232,20 +232,21 @@ def test_the_unedited_train_py_passes_the_same_probe(tmp_path: Path) -> None:
 
 
 class NextTokenLeak(nn.Module):
-    """Logits from an embedding of the token, plus `eps` on the next token's logit where `leaks`
-    says so: the positions a cheat picked."""
+    """Logits from an embedding and a head (bf16 under autocast), plus `eps` on the next token's
+    logit where `leaks` says so: the positions a cheat picked."""
 
     def __init__(self, eps: float, leaks: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.emb = nn.Embedding(VOCAB, VOCAB)
+        self.emb = nn.Embedding(VOCAB, 32)
+        self.head = nn.Linear(32, VOCAB)
         self.eps = eps
         self.leaks = leaks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nxt = torch.nn.functional.one_hot(torch.roll(x, shifts=-1, dims=1), VOCAB).float()
         where = self.leaks(x) if self.leaks is not None else torch.ones_like(x, dtype=torch.bool)
-        return self.emb(x) + self.eps * nxt * where[..., None]
+        return self.head(self.emb(x)) + self.eps * nxt * where[..., None]
 
 
 def program_of(model: nn.Module, tmp_path: Path, autocast: str | None = None) -> evaluate.ExportedModel:
