@@ -31,8 +31,9 @@ def test_the_baseline_is_measured_by_the_harness(measured: Measured) -> None:
     evaluation = rec["evaluation"]
     assert isinstance(evaluation, dict)
     assert evaluation["causality"]["ok"] is True and evaluation["causality"]["max_diff"] == 0.0
+    assert evaluation["causality"]["positions"] == 256  # every row of the 16 scored batches probed
+    assert len(evaluation["program_sha256"]) == 64
     assert (evaluation["batch_size"], evaluation["seq_len"], evaluation["dtype"]) == (16, 256, "float32")
-    assert len(str(evaluation["program_sha256"])) == 64
     assert isinstance(rec["data_sha256"], str) and len(rec["data_sha256"]) == 64
     log = Path(str(rec["log"])).read_text()
     assert "causality probe: ok" in log and "gitar.harness.evaluate" in log

@@ -2,15 +2,19 @@
 
 train.export_for_evaluation must save exactly the model that trained (logits equal), the
 evaluator must load it without running Python from the archive, and the causality probe
-must pass an honest model and catch the leaks an agent introduces by accident.
+must pass an honest model with no change at all and catch the leaks an agent introduces, by
+accident or to win (tests/integrity/test_purity.py: programs that are not pure functions).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
+import math
 import pickle
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -27,6 +31,7 @@ from tests.conftest import REPO_ROOT
 from tests.harness.test_train import tiny_gpt
 
 VOCAB, SEQ = 64, 16
+NOISE_FLOOR = 1e-3  # ground.json's experiment.noise_floor
 _edits = itertools.count()
 
 
@@ -34,7 +39,11 @@ def exported(model: nn.Module, tmp_path: Path, batch: int = 3) -> evaluate.Expor
     path = tmp_path / "model.pt2"
     model.eval()
     train.export_for_evaluation(model, path, batch, SEQ)
-    return evaluate.ExportedModel(evaluate.load_program(path))
+    return evaluate.ExportedModel(load(path))
+
+
+def load(path: Path) -> torch.export.ExportedProgram:
+    return evaluate.load_program(path.read_bytes(), path.name)
 
 
 def tokens(batch: int = 3, seed: int = 0) -> torch.Tensor:
@@ -64,11 +73,13 @@ def test_export_under_bf16_autocast_on_cuda_matches_the_eager_model(tmp_path: Pa
     path = tmp_path / "model.pt2"
     with torch.autocast("cuda", dtype=torch.bfloat16):
         train.export_for_evaluation(model, path, 3, SEQ)
-    program = evaluate.ExportedModel(evaluate.load_program(path))
+    program = evaluate.ExportedModel(load(path))
     x = tokens().cuda()
     with torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
         torch.testing.assert_close(program(x), model(x), rtol=1e-2, atol=1e-2)
-        assert evaluate.causality_probe(program, x, VOCAB, rel_tol=evaluate.PROBE_TOLERANCE[torch.bfloat16]).ok
+    # The probe's tolerance assumes the GPU kernels too give a row the same numbers whatever the others hold.
+    result = evaluation(program, batches=8, autocast="cuda")
+    assert result.ok and result.max_diff == 0.0, result
 
 
 def test_export_keeps_the_attention_backend_and_records_the_input_shape(tmp_path: Path) -> None:
@@ -76,9 +87,9 @@ def test_export_keeps_the_attention_backend_and_records_the_input_shape(tmp_path
     path = tmp_path / "model.pt2"
     train.export_for_evaluation(model.eval(), path, 5, SEQ)
     assert all(m.backend == "sdpa" for m in model.modules() if isinstance(m, train.CausalSelfAttention))
-    assert evaluate.input_shape(evaluate.load_program(path), SEQ) == (5, SEQ)
+    assert evaluate.input_shape(load(path), SEQ) == (5, SEQ)
     with pytest.raises(GitarError, match=r"must be int64 token ids of shape \[batch, 32\]"):
-        evaluate.input_shape(evaluate.load_program(path), 32)
+        evaluate.input_shape(load(path), 32)
 
 
 def test_a_model_that_cannot_be_exported_is_a_clear_error(tmp_path: Path) -> None:
@@ -115,7 +126,7 @@ def test_pickled_python_objects_in_the_archive_are_refused(tmp_path: Path, monke
         with pytest.raises(GitarError, match="pickled Python object"):
             pickle.loads(pickle.dumps({"a": 1}))
     assert calls == [True]
-    evaluate.load_program(path)  # a real export needs no pickled objects
+    load(path)  # a real export needs no pickled objects
 
 
 def pickle_file(tmp_path: Path) -> Path:
@@ -162,61 +173,146 @@ def trained_looking(model: nn.Module) -> nn.Module:
     return model
 
 
-def probe(model: nn.Module, batch: int = 3) -> evaluate.Probe:
-    with torch.no_grad():
-        return evaluate.causality_probe(model, tokens(batch), VOCAB, rel_tol=1e-4)
+def evaluation(model: nn.Module, batches: int = 4, rows: int = 3, probes_per_batch: int = 1, seed: int = 7,
+               autocast: str | None = None) -> evaluate.Probe:
+    """The probe as prepare.evaluate_bpb drives it: one scored forward per batch, `batches` batches.
+    A fixed seed keeps the tests deterministic (the evaluator draws its seed from OS entropy)."""
+    probed = evaluate.ProbedModel(model, VOCAB, NOISE_FLOOR, probes_per_batch, seed=seed)
+    compute = torch.autocast(autocast, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    device = next(model.buffers(), torch.zeros(0)).device
+    try:
+        with compute, torch.no_grad():
+            for i in range(batches):
+                probed(tokens(rows, seed=i).to(device))
+    except evaluate.CausalityLeak as leak:
+        return leak.probe
+    return probed.result()
 
 
-def test_an_honest_model_passes_the_probe_with_exact_logits(tmp_path: Path) -> None:
-    result = probe(exported(trained_looking(tiny_gpt(VOCAB, SEQ)), tmp_path))
+@pytest.mark.parametrize("pattern", ["SL", "L"], ids=["sliding-window-mask", "causal-kernel"])
+def test_an_honest_model_passes_the_probe_with_exact_log_probabilities(tmp_path: Path, pattern: str) -> None:
+    result = evaluation(exported(trained_looking(tiny_gpt(VOCAB, SEQ, window_pattern=pattern)), tmp_path), batches=5)
     assert result.ok and result.position is None
-    assert result.positions == len(evaluate.probe_positions(SEQ, 8)) == 8
+    assert (result.positions, result.batches) == (15, 5)  # one position per row of every scored batch
     assert result.max_diff == 0.0
+    assert result.tolerance == NOISE_FLOOR * math.log(2)
+    assert result.detects_leak_fraction == pytest.approx(1 - 1e-6 ** (1 / 15))
+
+
+@pytest.mark.parametrize("pattern", ["SL", "L"], ids=["sliding-window-mask", "causal-kernel"])
+def test_an_honest_model_exported_under_bf16_autocast_passes_with_no_change(tmp_path: Path, pattern: str) -> None:
+    model = trained_looking(tiny_gpt(VOCAB, SEQ, window_pattern=pattern)).eval()
+    path = tmp_path / "model.pt2"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        train.export_for_evaluation(model, path, 3, SEQ)
+    result = evaluation(evaluate.ExportedModel(load(path)), batches=4, probes_per_batch=2, autocast="cpu")
+    assert result.ok and result.max_diff == 0.0 and result.positions == 4 * 3 * 2
 
 
 def test_a_train_py_without_the_causal_mask_is_caught(tmp_path: Path) -> None:
     leaky = edited_train(tmp_path, "F.scaled_dot_product_attention(q, k, v, is_causal=True)",
                          "F.scaled_dot_product_attention(q, k, v, is_causal=False)")
-    result = probe(exported(trained_looking(gpt_of(leaky)), tmp_path))
-    assert not result.ok and result.position == 0  # the first probed position already sees the future
-    assert result.max_diff > result.tolerance
+    result = evaluation(exported(trained_looking(gpt_of(leaky)), tmp_path))
+    assert not result.ok and result.position == 0  # position 0 already sees the changed tokens
+    assert result.max_diff > result.tolerance and result.batches == 1
 
 
 def test_a_train_py_with_a_token_shift_the_wrong_way_is_caught(tmp_path: Path) -> None:
     leaky = edited_train(tmp_path, "        x = norm(self.transformer.wte(idx))\n",
                          "        x = norm(self.transformer.wte(idx))\n"
                          "        x = x + torch.roll(x, shifts=-1, dims=1)  # token shift (meant to be +1)\n")
-    result = probe(exported(trained_looking(gpt_of(leaky)), tmp_path))
-    assert not result.ok and result.position == 0
+    result = evaluation(exported(trained_looking(gpt_of(leaky)), tmp_path))
+    assert not result.ok and result.position == result.changed_after  # it sees one token ahead
 
 
 def test_the_unedited_train_py_passes_the_same_probe(tmp_path: Path) -> None:
     same = edited_train(tmp_path, "is_causal=True", "is_causal=True")
-    result = probe(exported(trained_looking(gpt_of(same)), tmp_path))
+    result = evaluation(exported(trained_looking(gpt_of(same)), tmp_path))
     assert result.ok and result.max_diff == 0.0
 
 
-def test_probe_positions_cover_the_row_and_a_batch_of_one_still_checks_several() -> None:
-    assert evaluate.probe_positions(16, 4) == [0, 5, 9, 14]
-    assert evaluate.probe_positions(2, 8) == [0]
-    assert evaluate.probe_positions(1, 8) == []
-    calls: list[int] = []
-    model = trained_looking(tiny_gpt(VOCAB, SEQ)).eval()
+class NextTokenLeak(nn.Module):
+    """Logits from an embedding and a head (bf16 under autocast), plus `eps` on the next token's
+    logit where `leaks` says so: the positions a cheat picked."""
 
-    def counted(x: torch.Tensor) -> torch.Tensor:
-        calls.append(x.size(0))
-        return model(x)
+    def __init__(self, eps: float, leaks: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(VOCAB, 32)
+        self.head = nn.Linear(32, VOCAB)
+        self.eps = eps
+        self.leaks = leaks
 
-    result = probe(counted, batch=1)  # type: ignore[arg-type]
-    assert result.ok and result.positions == 8 and calls == [1] * 9  # the reference, then one per position
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nxt = torch.nn.functional.one_hot(torch.roll(x, shifts=-1, dims=1), VOCAB).float()
+        where = self.leaks(x) if self.leaks is not None else torch.ones_like(x, dtype=torch.bool)
+        return self.head(self.emb(x)) + self.eps * nxt * where[..., None]
 
 
-def test_a_leak_at_one_late_position_only_is_found() -> None:
-    class LateLeak(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            logits = torch.nn.functional.one_hot(x, VOCAB).float()
-            logits[:, SEQ - 2] += logits[:, SEQ - 1]  # position 14 sees token 15
-            return logits
+def program_of(model: nn.Module, tmp_path: Path, autocast: str | None = None) -> evaluate.ExportedModel:
+    path = tmp_path / "model.pt2"
+    compute = torch.autocast(autocast, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with compute, torch.no_grad():
+        torch.export.save(torch.export.export(model.eval(), (tokens(),)), path)
+    return evaluate.ExportedModel(load(path))
 
-    result = probe(LateLeak())
-    assert not result.ok and result.position == SEQ - 2
+
+@pytest.mark.parametrize("autocast", [None, "cpu"], ids=["float32", "bf16-autocast"])
+@pytest.mark.parametrize("eps", [1.0, 1e-2, 2e-3])
+def test_a_small_nudge_towards_the_next_token_at_every_position_is_caught(tmp_path: Path, eps: float,
+                                                                         autocast: str | None) -> None:
+    # eps = 1 passed the old probe (relative tolerance 1e-2 under bf16) and gained 0.44 bpb.
+    result = evaluation(program_of(NextTokenLeak(eps), tmp_path, autocast), autocast=autocast)
+    assert not result.ok and result.batches == 1
+    assert result.position == result.changed_after
+    assert result.max_diff > result.tolerance
+
+
+def test_what_hides_under_the_tolerance_is_worth_less_than_the_noise_floor(tmp_path: Path) -> None:
+    eps = 1e-4  # below the tolerance: passes, and moves no log-probability by more than eps
+    result = evaluation(program_of(NextTokenLeak(eps), tmp_path), batches=8)
+    assert result.ok and 0 < result.max_diff <= eps + 1e-5 < result.tolerance  # eps, and float32 rounding
+    assert result.tolerance / math.log(2) <= NOISE_FLOOR  # at >= 1 byte per scored token
+
+
+def probe_positions(seq_len: int, n: int) -> list[int]:
+    """Where the old probe looked: n positions spread over the row, the same every time."""
+    return sorted({round(i * (seq_len - 2) / max(n - 1, 1)) for i in range(n)})
+
+
+def test_a_leak_everywhere_but_at_predictable_positions_is_caught(tmp_path: Path) -> None:
+    honest_at = torch.zeros(SEQ, dtype=torch.bool)
+    honest_at[probe_positions(SEQ, 8)] = True
+    model = NextTokenLeak(5.0, lambda x: ~honest_at.expand(x.shape))
+    result = evaluation(program_of(model, tmp_path), batches=20)
+    assert not result.ok and result.position not in probe_positions(SEQ, 8)
+
+
+def test_a_leak_at_a_few_positions_picked_by_content_is_caught_over_many_batches(tmp_path: Path) -> None:
+    def picked(x: torch.Tensor) -> torch.Tensor:  # ~1/32 of positions, by a hash of the token and the one before
+        return (x * 7 + torch.roll(x, shifts=1, dims=1) * 3) % 32 == 0
+
+    # The old probe checked 24 positions of the first batch and missed this one; the new one checks
+    # one random position per row of every batch: P(miss) = (31/32)^512 < 1e-7 over 128 batches of 4.
+    result = evaluation(program_of(NextTokenLeak(5.0, picked), tmp_path), batches=128, rows=4)
+    assert not result.ok and result.position is not None and result.changed_after is not None
+    assert result.position <= result.changed_after and result.max_diff > 1.0
+
+
+def test_the_probe_draws_fresh_positions_from_os_entropy_each_evaluation() -> None:
+    model = NextTokenLeak(0.0)
+    seeds = {evaluate.ProbedModel(model, VOCAB, NOISE_FLOOR).seed for _ in range(4)}
+    assert len(seeds) == 4
+
+
+def test_the_detectable_leak_fraction_and_the_tolerance() -> None:
+    # The README's figures: the CPU preset scores 16 batches of 16 rows, the H100 default 10240 rows.
+    assert evaluate.detectable_fraction(65536 // 256) == pytest.approx(0.0526, abs=1e-4)
+    assert evaluate.detectable_fraction(20971520 // 2048) == pytest.approx(0.001348, abs=1e-6)
+    assert evaluate.detectable_fraction(0) == 1.0
+    assert evaluate.probe_tolerance(1e-3) == pytest.approx(6.931e-4, abs=1e-7)
+
+
+def test_the_probe_count_per_batch_is_at_least_one() -> None:
+    with pytest.raises(SystemExit):
+        evaluate.main(["--workspace", ".", "--program", "m.pt2", "--out", "r.json", "--probes-per-batch", "0"])
