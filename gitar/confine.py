@@ -77,9 +77,10 @@ def training_data(ground: Ground) -> sandbox.DataView:
 def for_training(git: Git, ground: Ground, command: list[str], snapshot: Path, outbox: Path,
                  run_id: str) -> Confined:
     bwrap = _bwrap(ground)
+    paths = Paths.of(git)
     confinement = sandbox.Confinement(
         workdir=snapshot, home=_home(), writable=(outbox,), readable=sandbox.readable_from_command(command),
-        data=training_data(ground), hidden=(Paths.of(git).base,)) if bwrap is not None else None
+        data=training_data(ground), hidden=(paths.base,), gpu_index=paths.device) if bwrap is not None else None
     return Confined(bwrap, confinement, protected(git, ground), limits_of(ground), run_id)
 
 
@@ -99,10 +100,11 @@ def for_evaluation(git: Git, ground: Ground, inputs: Path, results: Path, copies
     copies: cache-relative name -> gitar's private copy, shown at the cache's own path."""
     bwrap = _bwrap(ground)
     cache = ground.cache_dir
+    paths = Paths.of(git)
     confinement = sandbox.Confinement(
         workdir=results, home=_home(), readable=(inputs,), data=sandbox.DataView(cache, ()),
         overlays=tuple((copy, cache / name) for name, copy in copies.items()),
-        hidden=(Paths.of(git).base,)) if bwrap is not None else None
+        hidden=(paths.base,), gpu_index=paths.device) if bwrap is not None else None
     return Confined(bwrap, confinement, protected(git, ground), limits_of(ground), run_id)
 
 

@@ -47,7 +47,8 @@ class Paths:
 
     def device_env(self) -> dict[str, str]:
         """What pins a process to this worktree's GPU."""
-        return {} if self.device is None else {"CUDA_VISIBLE_DEVICES": self.device}
+        # PCI bus order: the order /dev/nvidiaN follows, so the sandbox passes in the right node.
+        return {} if self.device is None else {"CUDA_VISIBLE_DEVICES": self.device, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 
     @property
     def logs(self) -> Path:

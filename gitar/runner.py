@@ -202,6 +202,8 @@ def run_training(
         raise GitarError("experiment.command is empty; set it in ground.json, e.g. [\"{python}\", \"train.py\"]")
     with _open_log(log_path) as log:
         how = f"; sandbox {confined.label}" if confined is not None else ""
+        if confined is not None and confined.confinement is not None and confined.confinement.gpu_index is not None:
+            how += f", GPU {confined.confinement.gpu_index} only"
         _write_log(log, log_path, f"{time.strftime('%Y-%m-%d %H:%M:%S')} run {shlex.join(argv)} "
                                   f"in {cwd} (timeout {timeout_s:g} s{how})")
         start_offset = log.tell()

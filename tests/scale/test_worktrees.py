@@ -12,8 +12,9 @@ import pytest
 
 from tests.core.conftest import Workspace, fake_train, make_workspace
 
-# The fake trainer, plus a line that leaves behind which GPU it was given.
-SEES_DEVICE = 'import os\nopen(os.environ["GITAR_WORKSPACE"] + "/device.seen", "w").write(os.environ.get("CUDA_VISIBLE_DEVICES", "none"))\n'
+# The fake trainer, plus a line saying which GPU it was given (inside the sandbox the one GPU
+# passed in is device 0; the log's header names which one it is).
+SEES_DEVICE = 'import os\nprint("device seen:", os.environ.get("CUDA_VISIBLE_DEVICES", "none"), flush=True)\n'
 
 
 @pytest.fixture
@@ -56,8 +57,9 @@ def test_worktrees_run_at_once_each_on_its_own_gpu(lab: Workspace) -> None:
         assert p.returncode == 0, err  # both kept: neither waited for nor refused by the other
         assert out.startswith("keep "), out
     for k, tree in enumerate(trees):
-        assert (tree.root / "device.seen").read_text() == str(k)
         [rec] = tree.records(tree.tip(f"autoresearch/t1-gpu{k}"))
+        log = Path(str(rec["log"])).read_text()
+        assert "device seen: 0" in log and f", GPU {k} only)" in log, log
         assert rec["description"] == f"on gpu {k}" and rec["branch"] == f"autoresearch/t1-gpu{k}"
     everything = lab.gitar("log", "--all")
     assert "on gpu 0" in everything.stdout and "on gpu 1" in everything.stdout
