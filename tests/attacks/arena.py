@@ -2,9 +2,10 @@
 
 An Arena is a private copy of a measured gitar workspace with its own interpreter and its own
 copy of the gitar package: `python -m gitar` runs from a fresh `python -m venv` (torch and the
-other dependencies come from the shared venv as a plain path, never writable through it) with
-PYTHONPATH naming only the arena's gitar copy. So an attack that writes site-packages or edits
-gitar's source can only ever hit the arena's copies, never /work/main or this checkout.
+other dependencies come from the shared venv as a plain path entry) with PYTHONPATH naming only
+the arena's gitar copy. The attacks write the site-packages of the interpreter they run under
+(sysconfig's purelib) and the gitar they import, so they can only ever hit the arena's copies,
+never the shared venv, /work/main or this checkout.
 
 Everything here looks from the outside: the CLI's exit code and JSON, git's refs and notes,
 files on disk, /proc. Nothing imports gitar.

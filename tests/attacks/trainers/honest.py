@@ -2,8 +2,8 @@
 
 It speaks train.py's protocol (step lines, the `---` summary block, the torch.export program
 at $GITAR_EXPORT_PATH) and is deterministic: the same STEPS batches of the train split give
-the same table whatever the seed, so every honest run of it scores exactly the same val_bpb
-and a cheat that improves the number shows up as a number below that one. Counting takes
+the same table whatever the seed, so every honest run of it scores the same val_bpb (to ~1e-7,
+float noise) and a cheat that improves the number shows up as a number below that one. Counting takes
 milliseconds, so an attack run costs only python, torch and the evaluator's start-up.
 
 The attacks replace the hook functions below: the block that the suite inserts at the
