@@ -41,6 +41,7 @@ from tests.integrity.conftest import build_workspace, hermetic_session
 # experiment.timeout_s: training and evaluation together. An honest run takes ~10 s on two idle
 # cores; the longest attack (the budget overrun) trains 30 s. Room for a busy machine.
 TIMEOUT_S = 120
+ALLOWANCE_S = 22
 # Small limits for the resource attacks, set only if this gitar's ground.json accepts them
 # (experiment.limits; see limits_probe below). Generous for the tiny trainer and the evaluator.
 LIMITS = {"memory_mb": 1024, "processes": 256, "log_mb": 16}
@@ -76,6 +77,10 @@ def attack_template(tmp_path_factory: pytest.TempPathFactory, prepared_workspace
         (ws.root / "train.py").write_text(trainer())
         ground = json.loads((ws.root / "ground.json").read_text())
         ground["experiment"]["timeout_s"] = TIMEOUT_S
+        # The budget attack trains OVERRUN_S (30 s) against a 3 s budget: the allowance for start-up
+        # and export must stay below that, with room for the honest trainer on a busy machine.
+        # (A gitar without training.allowance_s refuses the key at init: then it is dropped.)
+        ground["training"]["allowance_s"] = {"train": 120, "test": 60, "cpu": ALLOWANCE_S}
         # The limits probe: a gitar that does not know experiment.limits (or one of its keys)
         # refuses it at init, since ground.json keys are validated. Keys it names are dropped and
         # init tried again; without any, the resource attacks meet whatever bounds that gitar has.
@@ -90,6 +95,11 @@ def attack_template(tmp_path_factory: pytest.TempPathFactory, prepared_workspace
             _commit_ground(ws.root, {**ground, "experiment": experiment})
             init = gitar("init", "t1")
             said = init.stdout + init.stderr
+            if "allowance_s" in said and "allowance_s" in ground["training"]:
+                del ground["training"]["allowance_s"]
+                ws.git("checkout", "-q", "main")
+                ws.git("branch", "-q", "-D", BRANCH, check=False)
+                continue
             if init.returncode == 0 or not limits or "limits" not in said:
                 break
             named = [key for key in limits if key in said]
