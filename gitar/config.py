@@ -104,6 +104,9 @@ class ExperimentConfig:
     noise_floor: float  # the val_bpb standard deviation assumed until measured, and the least ever used
     smoke: bool  # run the CPU smoke step at pre-commit
     evaluate: str = "harness"  # optional in ground.json: one of EVALUATE_SOURCES
+    # Public keys ("ed25519:<base64>") of the runners whose signed records are trusted (gitar/signing.py);
+    # optional in ground.json, default none.
+    runner_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,7 @@ def parse_ground(obj: Any, path: Path) -> Ground:
         noise_floor=e.get("noise_floor", number(0, 1)),
         smoke=e.get("smoke", boolean),
         evaluate=e.optional("evaluate", choice(EVALUATE_SOURCES), "harness"),
+        runner_keys=e.optional("runner_keys", _runner_keys, ()),
     )
     e.done()
     both = set(experiment.agent_owned) & set(experiment.user_owned)
@@ -252,6 +256,19 @@ def parse_ground(obj: Any, path: Path) -> Ground:
     top.done()
     return Ground(path=path, data=data, tokenizer=tok, training=training,
                   processor=processor, experiment=experiment)
+
+
+def _runner_keys(s: Section, k: str, v: Any) -> tuple[str, ...]:
+    from gitar.signing import parse_public
+
+    keys = str_list(nonempty=False)(s, k, v)
+    for key in keys:
+        try:
+            parse_public(key)
+        except ValueError as e:
+            raise s.fail(k, f"{describe(key)} is not a runner public key: {e} "
+                         "(`gitar ci --init-key` on the runner prints its key)") from None
+    return keys
 
 
 def load_ground(path: str | os.PathLike[str] = GROUND_FILE) -> Ground:

@@ -24,14 +24,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitar import experiment, hooks, lock, preflight, remote_queue, state, stops
+from gitar import experiment, hooks, lock, preflight, remote_queue, state, stops, trust
 from gitar.commands.common import Workspace, open_workspace
 from gitar.config import MODEL_FILE
 from gitar.errors import ExitCode, GitarError
 from gitar.hookset import foreign_hooks
+from gitar.judge import current_best
 from gitar.paths import Paths
 from gitar.preflight import check_model_source, check_source, owned
-from gitar.records import Record
+from gitar.records import Notebook, Record
 from gitar.remote_queue import Queued
 from gitar.sync import check_remote
 
@@ -93,6 +94,9 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
         raise GitarError(f"{op} is in progress; finish or abort it before trying an experiment")
     files = changed_agent_files(ws)
     _check_cheaply(ws, files)
+    # Before anything is committed: the bar this attempt will face must be gitar's own (trust.py).
+    best = current_best(Notebook(ws.git), ws.branch, ws.head)
+    trust.check_judging(ws.git, ws.branch, ws.head, best.commit if best else None)
     if (ws.git.gitdir / "index.lock").exists():
         raise GitarError(f"another git process is using this repository ({ws.git.gitdir / 'index.lock'} "
                          "exists); wait for it, or remove that file if no git command is running")
