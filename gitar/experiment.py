@@ -80,7 +80,7 @@ def plan_attempt(git: Git, sha: str, branch: str, description: str, run_id: str 
     best = current_best(notebook, branch, parent)
     # The attempt must build on where gitar left the branch (a plain commit on it does; a commit
     # on a branch moved back or sideways does not); its best must rest on gitar's own records.
-    trust.check_judging(git, branch, sha, best.commit if best else None)
+    trust.check_judging(git, branch, sha, parent, best.commit if best else None)
     return Plan(sha, branch, description, "attempt", best, run_id or new_run_id(),
                 _next_seed(notebook, sha, branch), hypothesis or None)
 
@@ -98,7 +98,7 @@ def plan_rerun(git: Git, sha: str, branch: str, run_id: str | None = None, *, ve
         if best is None:
             raise GitarError(f"{sha[:7]} is not a kept commit of {branch}; verify --rerun re-measures kept commits")
         return Plan(sha, branch, description, VERIFY, best, run_id or new_run_id(), _next_seed(notebook, sha, branch))
-    trust.check_judging(git, branch, sha, best.commit if best else None)
+    trust.check_judging(git, branch, sha, sha, best.commit if best else None)
     kind = "rerun" if best is not None else "baseline"
     return Plan(sha, branch, description, kind, best, run_id or new_run_id(), _next_seed(notebook, sha, branch))
 

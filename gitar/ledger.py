@@ -8,7 +8,8 @@ tree, shared by every worktree like the notes):
 
 - `records`: one line per record line gitar wrote, `<sha256 of the line> <run id> <commit>
   <origin>`, origin `here` (gitar wrote it in this clone), `synced:<remote>` (`gitar sync`
-  brought it) or `accepted` (a person accepted it with `gitar verify --accept`). Appended
+  brought it) or `accepted` (a person accepted it with `gitar verify --accept`); `removed`
+  marks a line a person accepted as gone from the notes. Appended
   with O_APPEND, one write per line: lines of concurrent writers never interleave.
 - `notes`: the notes commit gitar last left refs/notes/gitar at; it is also pinned as
   refs/gitar/ledger/notes so that a deleted or rewound notes ref loses nothing to gc.
@@ -37,6 +38,7 @@ from gitar.paths import Paths
 HERE = "here"
 SYNCED = "synced"  # written as synced:<remote>
 ACCEPTED = "accepted"
+REMOVED = "removed"  # a line gitar wrote is gone from the notes, and a person accepted that
 NOTES_PIN = "refs/gitar/ledger/notes"
 
 

@@ -21,7 +21,7 @@ records it in the ledger (records as `accepted`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,9 +185,71 @@ def best_problem(git: Git, branch: str, best_commit: str | None) -> str | None:
     return None
 
 
-def check_judging(git: Git, branch: str, on: str | None, best_commit: str | None) -> None:
-    """Refuse (exit 2) to judge on a notebook or branch that something other than gitar changed."""
-    for problem in (notes_problem(git), branch_problem(git, branch, on), best_problem(git, branch, best_commit)):
+def vanished_problem(git: Git, commit: str | None) -> str | None:
+    """Why the note on `commit` lacks record lines gitar wrote or synced there (`git notes edit`), or None."""
+    if commit is None:
+        return None
+    raw = Ledger.of(git).raw()
+    key = f" {commit} ".encode()
+    if key not in raw:  # nearly always: one substring test, no parsing
+        return None
+    try:
+        present = {line_hash(t) for t in git.repo.lookup_note(commit, NOTES_REF).message.split("\n") if t.strip()}
+    except KeyError:
+        present = set()
+    mine = [line.decode("utf-8", "replace").split(" ") for line in raw.split(b"\n") if key in line]
+    removed = {parts[0] for parts in mine if len(parts) == 4 and parts[3] == ledger.REMOVED}
+    gone = [parts for parts in mine
+            if len(parts) == 4 and parts[3] != ledger.REMOVED and parts[0] not in present and parts[0] not in removed]
+    if not gone:
+        return None
+    return (f"{len(gone)} record line{'s' if len(gone) != 1 else ''} gitar wrote on {commit[:7]} "
+            f"{'are' if len(gone) != 1 else 'is'} gone from its note (run {gone[0][1][:8]}): removed outside gitar; "
+            f"`gitar verify` lists them; restore the note from an older {NOTES_REF} commit (`git log {NOTES_REF}`) "
+            f"or accept the loss with {ACCEPT}")
+
+
+def unmeasured_problem(git: Git, branch: str, bar: str | None, has_best: bool) -> str | None:
+    """Why `bar` (the commit whose records would be the best) has none while gitar left a kept best, or None.
+
+    A commit made with the hooks off, on top of the best, has no verdict: judged on it, the
+    next attempt would face no best at all and be kept as a "baseline".
+    """
+    if has_best or bar is None:
+        return None
+    tip = Ledger.of(git).branch_tip(branch)
+    if tip is None or tip == bar:
+        return None
+    from gitar.judge import current_best
+    from gitar.records import Notebook
+
+    left = current_best(Notebook(git), branch, tip)
+    if left is None:
+        return None
+    return (f"{branch} is at {bar[:7]}, which has no verdict: gitar left the branch at its best {tip[:7]} "
+            f"(val_bpb {left.val_bpb:.6f}), and an attempt on {bar[:7]} would face no best at all; put it back "
+            f"with `git reset --keep {tip[:7]}` (then `gitar run {bar[:7]}` measures the commits in between) "
+            f"or accept where it is with {ACCEPT}")
+
+
+def check_judging(git: Git, branch: str, on: str | None, bar: str | None, best_commit: str | None, *,
+                  unmeasured_ok: bool = False) -> None:
+    """Refuse (exit 2) to judge on a notebook or branch that something other than gitar changed.
+
+    on: the commit the judgement builds on (the attempt, or the commit re-measured); bar: the
+    commit whose records are the best (the attempt's parent; the re-measured commit itself);
+    best_commit: the best found there, if any. unmeasured_ok: the commit may lack a verdict
+    (`gitar try --remote`, where the runner judges).
+    """
+    checks: tuple[Callable[[], str | None], ...] = (
+        lambda: notes_problem(git),
+        lambda: branch_problem(git, branch, on),
+        lambda: vanished_problem(git, bar),
+        lambda: None if unmeasured_ok else unmeasured_problem(git, branch, bar, best_commit is not None),
+        lambda: best_problem(git, branch, best_commit),
+    )
+    for check in checks:
+        problem = check()
         if problem is not None:
             raise GitarError(problem)
 
@@ -227,6 +289,26 @@ def record_synced(git: Git, before: str | None, after: str, remote: str) -> None
     book.set_notes(git, after)
 
 
+def vanished(git: Git) -> list[Entry]:
+    """Ledger lines (written here, synced, accepted) that are no longer in the notes, not accepted as gone."""
+    book = Ledger.of(git)
+    if not book.exists():
+        return []
+    present = {line_hash(t) for _, data in note_blobs(git, NOTES_REF)
+               for t in data.decode("utf-8", "replace").split("\n") if t.strip()}
+    seen: dict[str, Entry] = {}
+    removed: set[str] = set()
+    for line in book.raw().decode("utf-8", "replace").splitlines():
+        parts = line.split(" ")
+        if len(parts) != 4:
+            continue
+        if parts[3] == ledger.REMOVED:
+            removed.add(parts[0])
+        elif parts[0] not in seen:
+            seen[parts[0]] = Entry(*parts)
+    return [e for h, e in seen.items() if h not in present and h not in removed]
+
+
 def accept(git: Git, branch: str | None) -> list[str]:
     """Record the current notes, their unknown records and the branch's tip in the ledger; say what."""
     book = Ledger.of(git)
@@ -254,6 +336,13 @@ def accept(git: Git, branch: str | None) -> list[str]:
                         f"{'(adopted: no ledger yet)' if fresh else 'that gitar did not write'}")
     if len(entries) > 20:
         said.append(f"accepted: {len(entries) - 20} more records")
+    gone = vanished(git)
+    for e in gone[:20]:
+        said.append(f"accepted: record {e.commit[:7]} (run {e.run_id[:8]}) is gone from the notes "
+                    f"({e.origin} before)")
+    if len(gone) > 20:
+        said.append(f"accepted: {len(gone) - 20} more records gone from the notes")
+    entries += [Entry(e.sha256, e.run_id, e.commit, ledger.REMOVED) for e in gone]
     book.add(entries)
     if current is not None:
         book.set_notes(git, current, accept=True)

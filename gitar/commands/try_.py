@@ -94,9 +94,6 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
         raise GitarError(f"{op} is in progress; finish or abort it before trying an experiment")
     files = changed_agent_files(ws)
     _check_cheaply(ws, files)
-    # Before anything is committed: the bar this attempt will face must be gitar's own (trust.py).
-    best = current_best(Notebook(ws.git), ws.branch, ws.head)
-    trust.check_judging(ws.git, ws.branch, ws.head, best.commit if best else None)
     if (ws.git.gitdir / "index.lock").exists():
         raise GitarError(f"another git process is using this repository ({ws.git.gitdir / 'index.lock'} "
                          "exists); wait for it, or remove that file if no git command is running")
@@ -106,6 +103,11 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
     attempt = _Attempt(ws, text, why, files, token, experiment.new_run_id(), detach, remote)
     outcome: Record | Started | Queued | None = None
     try:
+        # Before anything is committed (and after the lock, so a running experiment is said first):
+        # the bar this attempt will face must be gitar's own (trust.py).
+        best = current_best(Notebook(ws.git), ws.branch, ws.head)
+        trust.check_judging(ws.git, ws.branch, ws.head, ws.head, best.commit if best else None,
+                            unmeasured_ok=remote is not None)
         ws.git.run("add", "-A", "--", *files)
         with _watching(Paths.of(ws.git), on_progress):
             outcome = attempt.in_process() if foreign_hooks(ws.git) is None else attempt.through_hooks()

@@ -115,6 +115,9 @@ def verify_branch(branch: str | None = None, start: str | Path = ".", *, require
     problems = [Problem("", "", p) for p in (trust.notes_problem(git),
                                              trust.branch_problem(git, name, git.ref_target(f"refs/heads/{name}")))
                 if p is not None]
+    problems += [Problem(e.commit, e.run_id, f"a record gitar {'wrote' if e.origin == 'here' else 'had'} here "
+                                             f"({e.origin}) is gone from the notes: removed outside gitar")
+                 for e in trust.vanished(git)]
     problems += [p for ln in kept for p in _check(git, ln.record, expected, base, data)]
     # Every run a kept commit's value averages (kept runs, re-runs, confirm runs): who vouches for it.
     counted = [ln for ln in lines if ln.commit in kept_commits and ln.record.ok]

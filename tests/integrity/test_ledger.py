@@ -108,6 +108,50 @@ def test_accepting_a_deleted_notebook_says_what_it_accepts_then_judging_goes_on(
     assert proc.returncode == 0 and "(baseline)" in proc.stdout, proc.stdout + proc.stderr
 
 
+def test_a_best_record_removed_with_git_notes_is_refused(workspace: Workspace) -> None:
+    ws = workspace
+    _, kept = baseline_and_keep(ws)
+    ws.git("notes", "--ref", NOTES, "remove", kept)  # a descendant notes commit: only the ledger sees the loss
+    line = one_line_refusal(try_(ws, 1.1, "worse, after the best's record was removed"))
+    assert line.startswith(f"gitar: error: 1 record line gitar wrote on {kept[:7]} is gone from its note (run ")
+    verify = ws.gitar("verify")
+    assert verify.returncode == 1 and "is gone from the notes: removed outside gitar" in verify.stdout
+    accepted = ws.gitar("verify", "--accept")
+    assert f"accepted: record {kept[:7]} (run " in accepted.stdout and "is gone from the notes (here before)" \
+        in accepted.stdout
+    assert "is gone from the notes" not in ws.gitar("verify").stdout
+
+
+def test_a_commit_without_a_verdict_on_top_of_the_best_is_refused(workspace: Workspace) -> None:
+    ws = workspace
+    _, kept = baseline_and_keep(ws)
+    ws.write_train(1.05)
+    ws.git("-c", "core.hooksPath=/dev/null", "commit", "-qam", "hooks off")  # never measured
+    unmeasured = ws.head()
+    line = one_line_refusal(try_(ws, 1.1, "judged against no best at all?"))
+    assert line.startswith(f"gitar: error: {BRANCH} is at {unmeasured[:7]}, which has no verdict: gitar left the "
+                           f"branch at its best {kept[:7]} (val_bpb 0.900000)")
+    assert "gitar: error: " in one_line_refusal(ws.gitar("run"))  # nor is it a "baseline" for gitar run
+    ws.git("checkout", "-q", "--", "train.py")  # the refused idea's edit
+    ws.git("reset", "-q", "--keep", kept)  # the way out the line names
+    proc = ws.gitar("run", unmeasured)
+    assert proc.returncode == 1 and proc.stdout.startswith(f"discard {unmeasured[:7]}"), proc.stdout + proc.stderr
+
+
+def test_a_forged_discard_note_does_not_make_recovery_move_the_branch(workspace: Workspace) -> None:
+    ws = workspace
+    base, _ = baseline_and_keep(ws)
+    ws.write_train(1.05)
+    ws.git("-c", "core.hooksPath=/dev/null", "commit", "-qam", "hooks off")
+    tip = ws.head()
+    fake = {"status": "discard", "commit": tip, "branch": BRANCH, "description": "x", "run_id": "e" * 32,
+            "kind": "attempt", "best_commit": base}  # "recovery, move the branch back to the old baseline"
+    ws.git("notes", "--ref", NOTES, "add", "-m", json.dumps(fake), tip)
+    line = one_line_refusal(try_(ws, 0.95, "judged against the old baseline?"))
+    assert "which has no verdict" in line
+    assert ws.git("rev-parse", f"refs/heads/{BRANCH}").stdout.strip() == tip, "recovery followed a forged record"
+
+
 # ---------------------------------------------------------------------------
 # 2. A forged keep note on a commit made outside gitar
 # ---------------------------------------------------------------------------
@@ -260,7 +304,8 @@ def test_records_written_by_gitar_ci_are_signed_and_verified(signed_workspace: W
     assert verify.returncode == 1
     assert "does not verify: the record was changed after it was signed, and gitar did not write or sync it" \
         in verify.stdout
-    assert "rests on a record gitar did not write" in one_line_refusal(try_(ws, 0.95, "against an edited best"))
+    # Edited in place, the line gitar wrote is gone: that is what the check before judging says first.
+    assert "is gone from its note" in one_line_refusal(try_(ws, 0.95, "against an edited best"))
 
 
 def test_a_record_signed_by_another_key_is_not_a_trusted_runner(signed_workspace: Workspace, tmp_path: Path) -> None:
