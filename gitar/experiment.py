@@ -27,7 +27,7 @@ from gitar.judge import Best, Policy, Sigma, Verdict, current_best, judge, sigma
 from gitar.noise import branch_noise, commit_spread
 from gitar.paths import Paths
 from gitar.records import ABORTED, CRASH, KEEP, REJECTED, UNDECIDED, VERIFY, Notebook, Record
-from gitar.worktree import MOVED_ELSEWHERE, PENDING, move_branch
+from gitar.worktree import MOVED_ELSEWHERE, PENDING, move_branch, moved_elsewhere
 
 DEFAULT_SEED = 42
 
@@ -309,12 +309,6 @@ def finish(git: Git, plan: Plan, record: Record) -> Record:
     tmp.write_text(record.to_line() + "\n")
     os.replace(tmp, paths.result(plan.run_id))
     return record
-
-
-def moved_elsewhere(branch: str, tip: str | None) -> str:
-    """The record's worktree field when gitar found the branch moved by someone else (see report.py)."""
-    where = f"is at {tip[:7]}" if tip else "was deleted"
-    return f"{MOVED_ELSEWHERE}: {branch} {where}, which gitar did not put there"
 
 
 def _first_parent(git: Git, sha: str) -> str | None:

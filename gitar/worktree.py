@@ -61,6 +61,12 @@ def move_branch(git: Git, branch: str, attempt: str, target: str, message: str) 
     return KEPT_EDITS if any(p in edited for p in changed) else FOLLOWED
 
 
+def moved_elsewhere(branch: str, tip: str | None) -> str:
+    """A record's worktree field when gitar found the branch moved by someone else (see report.py)."""
+    where = f"is at {tip[:7]}" if tip else "was deleted"
+    return f"{MOVED_ELSEWHERE}: {branch} {where}, which gitar did not put there"
+
+
 def _edited_paths(git: Git, attempt: str) -> set[str]:
     """Tracked files whose work-tree or index content differs from the attempt, plus untracked
     files that sit where the best has a file (the best's copy must not overwrite them)."""
