@@ -339,7 +339,7 @@ def accept(git: Git, branch: str | None) -> list[str]:
     gone = vanished(git)
     for e in gone[:20]:
         said.append(f"accepted: record {e.commit[:7]} (run {e.run_id[:8]}) is gone from the notes "
-                    f"({e.origin} before)")
+                    f"(it was {e.origin})")
     if len(gone) > 20:
         said.append(f"accepted: {len(gone) - 20} more records gone from the notes")
     entries += [Entry(e.sha256, e.run_id, e.commit, ledger.REMOVED) for e in gone]

@@ -115,8 +115,8 @@ def verify_branch(branch: str | None = None, start: str | Path = ".", *, require
     problems = [Problem("", "", p) for p in (trust.notes_problem(git),
                                              trust.branch_problem(git, name, git.ref_target(f"refs/heads/{name}")))
                 if p is not None]
-    problems += [Problem(e.commit, e.run_id, f"a record gitar {'wrote' if e.origin == 'here' else 'had'} here "
-                                             f"({e.origin}) is gone from the notes: removed outside gitar")
+    problems += [Problem(e.commit, e.run_id, f"a record {_origin_words(e.origin)} is gone from the notes: "
+                                             "removed or edited outside gitar")
                  for e in trust.vanished(git)]
     problems += [p for ln in kept for p in _check(git, ln.record, expected, base, data)]
     # Every run a kept commit's value averages (kept runs, re-runs, confirm runs): who vouches for it.
@@ -127,6 +127,12 @@ def verify_branch(branch: str | None = None, start: str | Path = ".", *, require
     if rerun:
         _rerun(git, name, base, rerun, v)
     return v
+
+
+def _origin_words(origin: str) -> str:
+    if origin.startswith(SYNCED):
+        return f"synced from {origin.partition(':')[2] or 'a remote'}"
+    return "accepted by hand" if origin == ACCEPTED else "gitar wrote here"
 
 
 def _check(git: Git, record: Record, expected: str, base: str, data: str | None) -> list[Problem]:
@@ -169,14 +175,7 @@ def _vouch(git: Git, branch: str, counted: list[trust.Line],
     for ln in counted:
         entry = entries.get(ln.sha256)
         state, kid = signing.check(ln.data(), keys)
-        if entry is None:
-            origin = "unknown"
-        elif entry.origin.startswith(SYNCED):
-            origin = f"synced from {entry.origin.partition(':')[2] or 'a remote'}"
-        elif entry.origin == ACCEPTED:
-            origin = "accepted by hand"
-        else:
-            origin = "written here"
+        origin = "unknown" if entry is None else _origin_words(entry.origin).replace("gitar wrote here", "written here")
         label = "signed by a trusted runner" if state == signing.TRUSTED else \
             origin + (" (unsigned)" if origin.startswith("synced") else "")
         counts[label] = counts.get(label, 0) + 1

@@ -115,9 +115,10 @@ def test_a_best_record_removed_with_git_notes_is_refused(workspace: Workspace) -
     line = one_line_refusal(try_(ws, 1.1, "worse, after the best's record was removed"))
     assert line.startswith(f"gitar: error: 1 record line gitar wrote on {kept[:7]} is gone from its note (run ")
     verify = ws.gitar("verify")
-    assert verify.returncode == 1 and "is gone from the notes: removed outside gitar" in verify.stdout
+    assert verify.returncode == 1
+    assert "a record gitar wrote here is gone from the notes: removed or edited outside gitar" in verify.stdout
     accepted = ws.gitar("verify", "--accept")
-    assert f"accepted: record {kept[:7]} (run " in accepted.stdout and "is gone from the notes (here before)" \
+    assert f"accepted: record {kept[:7]} (run " in accepted.stdout and "is gone from the notes (it was here)" \
         in accepted.stdout
     assert "is gone from the notes" not in ws.gitar("verify").stdout
 

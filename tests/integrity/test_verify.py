@@ -46,11 +46,13 @@ def test_a_record_that_claims_another_harness_or_source_is_reported(measured: Me
     assert proc.returncode == 1
     lines = proc.stdout.splitlines()
     sha = measured.baseline[:7]
-    assert lines[0].startswith(f"{sha} (run ") and "was measured by another harness than the base" in lines[0]
-    assert "prepare.py/ground.json hash to" in lines[1] and "not the 000000000000 it records" in lines[1]
-    assert lines[2].endswith("val_bpb was not measured by the harness evaluator (source: reported)")
-    assert lines[-2].endswith(FORGED)  # the rewritten line is no longer the one gitar wrote
-    n = 4 if sandboxed(measured) else 5
+    # Rewritten by hand: the line gitar wrote is gone, and the one in its place is not gitar's.
+    assert lines[0].endswith("a record gitar wrote here is gone from the notes: removed or edited outside gitar")
+    assert lines[1].startswith(f"{sha} (run ") and "was measured by another harness than the base" in lines[1]
+    assert "prepare.py/ground.json hash to" in lines[2] and "not the 000000000000 it records" in lines[2]
+    assert lines[3].endswith("val_bpb was not measured by the harness evaluator (source: reported)")
+    assert lines[-2].endswith(FORGED)
+    n = 5 if sandboxed(measured) else 6
     assert len(lines) == n + 1
     assert lines[-1] == f"verified 1 kept record of {BRANCH} against its base {sha}: {n} problems (runs: 1 unknown)"
 
