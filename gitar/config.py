@@ -131,6 +131,9 @@ class ExperimentConfig:
     evaluate: str = "harness"  # optional in ground.json: one of EVALUATE_SOURCES
     sandbox: str = "bwrap"  # optional in ground.json: one of SANDBOXES
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    # Public keys ("ed25519:<base64>") of the runners whose signed records are trusted (gitar/signing.py);
+    # optional in ground.json, default none.
+    runner_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,7 @@ def parse_ground(obj: Any, path: Path) -> Ground:
         evaluate=e.optional("evaluate", choice(EVALUATE_SOURCES), "harness"),
         sandbox=e.optional("sandbox", choice(SANDBOXES), "bwrap"),
         limits=_limits(e),
+        runner_keys=e.optional("runner_keys", _runner_keys, ()),
     )
     e.done()
     both = set(experiment.agent_owned) & set(experiment.user_owned)
@@ -305,6 +309,17 @@ def _limits(e: Section) -> LimitsConfig:
     )
     li.done()
     return limits
+def _runner_keys(s: Section, k: str, v: Any) -> tuple[str, ...]:
+    from gitar.signing import parse_public
+
+    keys = str_list(nonempty=False)(s, k, v)
+    for key in keys:
+        try:
+            parse_public(key)
+        except ValueError as e:
+            raise s.fail(k, f"{describe(key)} is not a runner public key: {e} "
+                         "(`gitar ci --init-key` on the runner prints its key)") from None
+    return keys
 
 
 def load_ground(path: str | os.PathLike[str] = GROUND_FILE) -> Ground:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from gitar import sandbox
+from gitar import sandbox, signing
 from gitar.config import Ground
 from gitar.git import Git
 from gitar.limits import MB, Limits, machine_memory_bytes
@@ -48,6 +48,12 @@ def _home() -> Path:
     # The same path as outside, so "~" in ground.json's cache_dir expands alike; its content is a
     # fresh empty directory in every sandbox.
     return Path.home()
+
+
+def _secrets() -> tuple[Path, ...]:
+    """Files no sandboxed process may read even where a bind would show them: the runner's
+    signing key (gitar/signing.py), whose signature is what makes a record trustworthy."""
+    return (signing.key_path().resolve(),)
 
 
 def protected(git: Git, ground: Ground) -> tuple[Path, ...]:
@@ -80,7 +86,7 @@ def for_training(git: Git, ground: Ground, command: list[str], snapshot: Path, o
     paths = Paths.of(git)
     confinement = sandbox.Confinement(
         workdir=snapshot, home=_home(), writable=(outbox,), readable=sandbox.readable_from_command(command),
-        data=training_data(ground), hidden=(paths.base,), gpu_index=paths.device) if bwrap is not None else None
+        data=training_data(ground), hidden=(paths.base,), masked=_secrets(), gpu_index=paths.device) if bwrap is not None else None
     return Confined(bwrap, confinement, protected(git, ground), limits_of(ground), run_id)
 
 
@@ -89,7 +95,7 @@ def for_smoke(git: Git, ground: Ground, command: list[str], copy: Path, run_id: 
     # No data: the smoke step builds the model on random tokens before any data is touched.
     confinement = sandbox.Confinement(
         workdir=copy, home=_home(), readable=sandbox.readable_from_command(command),
-        data=sandbox.DataView(ground.cache_dir, ()), hidden=(Paths.of(git).base,),
+        data=sandbox.DataView(ground.cache_dir, ()), hidden=(Paths.of(git).base,), masked=_secrets(),
         gpu=False) if bwrap is not None else None
     return Confined(bwrap, confinement, protected(git, ground), limits_of(ground), run_id)
 
@@ -104,7 +110,7 @@ def for_evaluation(git: Git, ground: Ground, inputs: Path, results: Path, copies
     confinement = sandbox.Confinement(
         workdir=results, home=_home(), readable=(inputs,), data=sandbox.DataView(cache, ()),
         overlays=tuple((copy, cache / name) for name, copy in copies.items()),
-        hidden=(paths.base,), gpu_index=paths.device) if bwrap is not None else None
+        hidden=(paths.base,), masked=_secrets(), gpu_index=paths.device) if bwrap is not None else None
     return Confined(bwrap, confinement, protected(git, ground), limits_of(ground), run_id)
 
 

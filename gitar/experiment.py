@@ -19,17 +19,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gitar import confine, integrity, runner, state, stops
+from gitar import confine, integrity, ledger, runner, state, stops, trust
 from gitar.config import GROUND_FILE, Ground, parse_ground
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git, clean_env
 from gitar.judge import Best, Policy, Sigma, Verdict, current_best, judge, sigma_of
 from gitar.noise import branch_noise, commit_spread
 from gitar.paths import Paths
-from gitar.records import ABORTED, CRASH, KEEP, REJECTED, UNDECIDED, Notebook, Record
+from gitar.records import ABORTED, CRASH, KEEP, REJECTED, UNDECIDED, VERIFY, Notebook, Record
 from gitar.text import subject
 from gitar.validate import parse_json
-from gitar.worktree import PENDING, move_branch
+from gitar.worktree import MOVED_ELSEWHERE, PENDING, move_branch, moved_elsewhere
 
 DEFAULT_SEED = 42
 
@@ -59,7 +59,7 @@ class Plan:
     commit: str
     branch: str
     description: str
-    kind: str  # attempt (a new commit on the branch) | baseline | rerun (an existing commit, branch never moves)
+    kind: str  # attempt (a new commit on the branch) | baseline | rerun | verify (an existing commit, branch never moves)
     best: Best | None
     run_id: str
     seed: int
@@ -68,20 +68,35 @@ class Plan:
 
 def plan_attempt(git: Git, sha: str, branch: str, description: str, run_id: str | None = None,
                  hypothesis: str | None = None) -> Plan:
-    """A new commit on the branch, judged against the best it was built on (its first parent)."""
+    """A new commit on the branch, judged against the best it was built on (its first parent).
+
+    Refuses (trust.check_judging) when the notebook or the branch is not what gitar left.
+    """
     notebook = Notebook(git)
     parents = git.commit(sha).parent_ids
     parent = str(parents[0]) if parents else None
     best = current_best(notebook, branch, parent)
+    # The attempt must build on where gitar left the branch (a plain commit on it does; a commit
+    # on a branch moved back or sideways does not); its best must rest on gitar's own records.
+    trust.check_judging(git, branch, sha, parent, best.commit if best else None)
     return Plan(sha, branch, description, "attempt", best, run_id or new_run_id(),
                 _next_seed(notebook, sha, branch), hypothesis or None)
 
 
-def plan_rerun(git: Git, sha: str, branch: str, run_id: str | None = None) -> Plan:
-    """Another measurement of an existing commit (`gitar run`): the baseline if the branch has none."""
+def plan_rerun(git: Git, sha: str, branch: str, run_id: str | None = None, *, verify: bool = False) -> Plan:
+    """Another measurement of an existing commit (`gitar run`): the baseline if the branch has none.
+
+    verify: a `gitar verify --rerun` run of a kept commit (kind "verify"): checked, never
+    counted, and not refused on a notebook that verify is there to examine.
+    """
     notebook = Notebook(git)
     best = current_best(notebook, branch, sha)
     description = subject(git.commit(sha).message)  # the subject: the body is no description
+    if verify:
+        if best is None:
+            raise GitarError(f"{sha[:7]} is not a kept commit of {branch}; verify --rerun re-measures kept commits")
+        return Plan(sha, branch, description, VERIFY, best, run_id or new_run_id(), _next_seed(notebook, sha, branch))
+    trust.check_judging(git, branch, sha, sha, best.commit if best else None)
     kind = "rerun" if best is not None else "baseline"
     return Plan(sha, branch, description, kind, best, run_id or new_run_id(), _next_seed(notebook, sha, branch))
 
@@ -189,7 +204,12 @@ def _verdict(measured: integrity.Measurement, result: runner.RunResult, plan: Pl
     if measured.status == REJECTED:
         return Verdict(REJECTED, measured.reason, plan.best.val_bpb if plan.best else None, None, policy.rule)
     verdict = judge(measured.status, measured.val_bpb, plan.best, policy, sigma,
-                    _error_line(measured.error or result.crash), remeasure=plan.kind == "rerun", earlier=earlier)
+                    _error_line(measured.error or result.crash), remeasure=plan.kind in ("rerun", VERIFY),
+                    earlier=earlier)
+    if plan.kind == VERIFY and verdict.status == KEEP and plan.best is not None and measured.val_bpb is not None:
+        verdict = replace(verdict, reason=f"verify --rerun: re-measured {measured.val_bpb:.6f} against the recorded "
+                                          f"mean {plan.best.val_bpb:.6f} of {plan.best.runs} run(s); "
+                                          "not counted in the best's mean or the noise")
     notes = [n for n in (measured.mismatch, result.log_incomplete) if n]
     return replace(verdict, reason="; ".join([verdict.reason, *notes])) if notes else verdict
 
@@ -281,10 +301,19 @@ def _repeat_noise(notebook: Notebook, record: Record) -> dict[str, Any] | None:
 
 
 def finish(git: Git, plan: Plan, record: Record) -> Record:
-    """Write the record, then move the branch; the result file lets `try`/`wait` find it."""
+    """Write the record, then move the branch; the result file lets `try`/`wait` find it.
+
+    An attempt's branch is on the attempt while it runs. If something else moved it meanwhile,
+    gitar leaves it where it is, and the record and the result line say so instead of
+    claiming the branch is back at the best.
+    """
     paths = Paths.of(git)
+    ref = f"refs/heads/{plan.branch}"
+    tip = git.ref_target(ref)
+    if plan.kind == "attempt" and tip != plan.commit:
+        record.worktree = moved_elsewhere(plan.branch, tip)
     Notebook(git).append(record)
-    if plan.kind == "attempt" and record.status != KEEP:
+    if plan.kind == "attempt" and record.status != KEEP and tip == plan.commit:
         back_to = plan.best.commit if plan.best else _first_parent(git, plan.commit)
         if back_to is not None:
             try:
@@ -294,6 +323,10 @@ def finish(git: Git, plan: Plan, record: Record) -> Record:
                 # The record is written and says not kept, so the next gitar command moves the
                 # branch (recovery); until then it stays on the attempt, never anywhere else.
                 record.worktree = f"{PENDING}: {e.message}"
+            if record.worktree == MOVED_ELSEWHERE:  # moved between the record and the move (the CAS failed)
+                record.worktree = moved_elsewhere(plan.branch, git.ref_target(ref))
+    elif plan.kind != VERIFY and tip == plan.commit and record.status == KEEP:
+        ledger.branch_set(git, plan.branch, plan.commit)  # a keep, a baseline, a re-run: the branch stays here
     paths.results.mkdir(parents=True, exist_ok=True)
     tmp = paths.result(plan.run_id).with_suffix(".tmp")
     tmp.write_text(record.to_line() + "\n")

@@ -108,7 +108,10 @@ class Git:
         return str(commit.id)
 
     def commit(self, sha: str) -> pygit2.Commit:
-        obj = self.repo.get(sha)
+        try:
+            obj = self.repo.get(sha)
+        except ValueError:  # not a hex id at all (a hand-written record's "commit": "")
+            obj = None
         if not isinstance(obj, pygit2.Commit):
             raise GitarError(f"{sha} is not a commit in this repository")
         return obj

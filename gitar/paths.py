@@ -68,6 +68,11 @@ class Paths:
         return self.base / "runs"
 
     @property
+    def ledger(self) -> Path:
+        """What gitar itself wrote (gitar/ledger.py): shared by every worktree, like the notes."""
+        return self.base / "ledger"
+
+    @property
     def running(self) -> Path:
         return self.own / "running.json"
 

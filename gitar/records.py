@@ -19,6 +19,7 @@ from typing import Any
 
 import pygit2
 
+from gitar import ledger, signing
 from gitar.git import Git
 from gitar.notes_read import note_blobs
 from gitar.text import json_line
@@ -34,6 +35,7 @@ REJECTED = "rejected"  # ran, but the result may not count (e.g. another experim
 # confirm keep rule: a successful run of a candidate whose verdict comes with a later run of it (kind "confirm")
 UNDECIDED = "undecided"
 STATUSES = (KEEP, DISCARD, CRASH, TIMEOUT, ABORTED, REJECTED, UNDECIDED)
+VERIFY = "verify"  # the kind of a `gitar verify --rerun` run: recorded, never counted (Record.ok)
 LESSON = "lesson"  # the status field of a lesson line: not a run, not one of STATUSES
 NOTE_WRITE_TRIES = 5  # another writer (a lesson during a run) may move the notes ref between read and write
 
@@ -56,7 +58,7 @@ class Record:
     description: str
     run_id: str
     schema: int = SCHEMA
-    kind: str = "attempt"  # attempt (the run that decided) | baseline | rerun | confirm (an undecided run)
+    kind: str = "attempt"  # attempt (the run that decided) | baseline | rerun | confirm (an undecided run) | verify
     hypothesis: str | None = None
     parent: str | None = None
     val_bpb: float | None = None
@@ -82,6 +84,9 @@ class Record:
     harness_sha256: str | None = None  # sha256 over prepare.py and ground.json of the commit
     log: str | None = None  # absolute path of the full training log
     error: dict[str, Any] | None = None  # type, message, traceback (last lines) for crashes and timeouts
+    # A runner's Ed25519 signature over the canonical record without this field (gitar/signing.py):
+    # {"key": key id, "sig": base64}. Written by `gitar ci` on a runner that holds a key.
+    signature: dict[str, str] | None = None
     worktree: str | None = None  # "followed" or "kept-edits" after the branch moved
     noise: dict[str, Any] | None = None  # {"n", "std", "mad"} of the commit's runs once it has run twice
     margin: float | None = None  # the improvement a keep had to exceed (keep rules margin, confirm)
@@ -135,8 +140,13 @@ class Record:
 
     @property
     def ok(self) -> bool:
-        """A successful measurement: it has a number that can be compared."""
-        return self.status in (KEEP, DISCARD, UNDECIDED) and self.val_bpb is not None
+        """A successful measurement that counts: it has a number that can be compared.
+
+        A `gitar verify --rerun` run (kind "verify") is recorded but never counts: it checks a
+        kept commit's number, and folding it in would move the best's mean, the noise and the
+        bar later attempts must beat.
+        """
+        return self.status in (KEEP, DISCARD, UNDECIDED) and self.val_bpb is not None and self.kind != VERIFY
 
 
 @dataclass(frozen=True)
@@ -269,11 +279,22 @@ class Notebook:
         return parse_lines(note.message, sha)
 
     def append(self, record: Record) -> None:
-        """Add one line to the commit's note (the write happens before any branch move)."""
-        self._append_line(record.commit, record.to_line(), "the record")
+        """Add one line to the commit's note (the write happens before any branch move).
+
+        Inside signing.signing(key) (`gitar ci` on a runner) the record is signed first. The
+        ledger (gitar/ledger.py) learns the line's hash and the notes tip gitar left.
+        """
+        signer = signing.active()
+        if signer is not None:
+            record.signature = None
+            record.signature = signer.sign(record_dict(record))
+        line = record.to_line()
+        self._append_line(record.commit, line, "the record")
+        ledger.wrote(self.git, line, record.run_id, record.commit)
 
     def add_lesson(self, lesson: Lesson) -> None:
         self._append_line(lesson.commit, lesson.to_line(), "the lesson")
+        ledger.wrote(self.git, None, "", lesson.commit)
 
     def _append_line(self, sha: str, line: str, what: str) -> None:
         sig = _signature(self.git.repo)

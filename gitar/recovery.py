@@ -15,9 +15,10 @@ import shutil
 import time
 from pathlib import Path
 
-from gitar import lock, state
+from gitar import lock, state, trust
 from gitar.git import Git
 from gitar.judge import current_best
+from gitar.ledger import Ledger
 from gitar.limits import RunGroup
 from gitar.paths import Paths
 from gitar.processes import kill_group, process_stat
@@ -125,8 +126,13 @@ def _finish_reset(git: Git, branch: str) -> str | None:
     tip = git.ref_target(f"refs/heads/{branch}")
     if tip is None:
         return None
-    mine = [r for r in Notebook(git).records(tip) if r.branch == branch]
+    lines = [ln for ln in trust.note_lines(git, tip) if ln.record.branch == branch]
+    mine = [ln.record for ln in lines]
     if not mine or any(r.status == KEEP for r in mine) or mine[-1].kind != "attempt":
+        return None
+    if lines[-1].sha256.encode() not in Ledger.of(git).raw():
+        # A record gitar did not write must not move the branch (to where a forged best_commit
+        # points); left as it is, the check before judging refuses and says why.
         return None
     target = mine[-1].best_commit or mine[-1].parent
     if target is None:

@@ -19,7 +19,7 @@ from gitar.errors import ExitCode, GitarError
 from gitar.git import Git
 from gitar.records import KEEP, REJECTED, Notebook, Record
 from gitar.sync import JUDGED, PUSHED, UP_TO_DATE, SyncResult, sync
-from gitar.worktree import PENDING, move_branch
+from gitar.worktree import MOVED_ELSEWHERE, PENDING, move_branch, moved_elsewhere
 
 DEFAULT_POLL_S = 10.0  # a run takes minutes; a fetch every 10 s costs the remote little
 FINAL = (*JUDGED, REJECTED)  # a runner that died leaves "aborted": its next job measures the commit again
@@ -86,4 +86,6 @@ def _follow(git: Git, branch: str, sha: str, record: Record) -> Record:
                                       f"gitar: {record.status} {sha[:7]} on the runner, back to best {back_to[:7]}")
     except GitarError as e:
         record.worktree = f"{PENDING}: {e.message}"  # recovery finishes the move at the next command
+    if record.worktree == MOVED_ELSEWHERE:
+        record.worktree = moved_elsewhere(branch, git.ref_target(f"refs/heads/{branch}"))
     return record

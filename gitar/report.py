@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gitar.errors import ExitCode
 from gitar.records import KEEP, Record
-from gitar.worktree import KEPT_EDITS, PENDING
+from gitar.worktree import KEPT_EDITS, MOVED_ELSEWHERE, PENDING
 
 
 def exit_code(record: Record) -> ExitCode:
@@ -34,7 +34,14 @@ def result_line(record: Record) -> str:
         parts.append(f"{record.training_seconds:.1f}s")
     parts.append(f'"{_first_line(record.description)}"')
     line = " ".join(p for p in parts if p)
-    if record.status != KEEP and record.kind == "attempt" and record.best_commit:
+    moved = record.worktree is not None and record.worktree.startswith(MOVED_ELSEWHERE)
+    if moved and record.kind == "attempt":
+        # Never "branch back at": gitar did not move it, and says where it is instead.
+        detail = (record.worktree or "").partition(": ")[2] or "the branch was moved by someone else"
+        line += f"; branch not moved: {detail}"
+        if record.best_commit and record.status != KEEP:
+            line += f"; the best is {record.best_commit[:7]} (`gitar verify` checks the branch)"
+    elif record.status != KEEP and record.kind == "attempt" and record.best_commit:
         line += f"; branch back at {record.best_commit[:7]}"
     if record.worktree == KEPT_EDITS:
         line += "; edits made during the run were kept in the work tree"

@@ -58,7 +58,7 @@ NVIDIA_SHARED = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset"
 ROCM = ("kfd", "dri/*")
 # Caches that would otherwise point outside the sandbox (and be shared between runs).
 _CACHE_VARS = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPYCACHEPREFIX",
-               "CUDA_CACHE_PATH", "TORCH_HOME", "HF_HOME")
+               "CUDA_CACHE_PATH", "TORCH_HOME", "HF_HOME", "GITAR_RUNNER_KEY")
 _PROBE_TIMEOUT_S = 20.0
 
 
@@ -141,6 +141,7 @@ class Confinement:
     # appear at the cache's own path, so the pinned prepare.py finds them where it looks.
     overlays: tuple[tuple[Path, Path], ...] = ()
     hidden: tuple[Path, ...] = ()  # directories replaced by an empty one (gitar's state under .git)
+    masked: tuple[Path, ...] = ()  # files that read as empty wherever a bind would show them (the runner key)
     gpu: bool = True  # pass the GPU device nodes in
     # The one GPU a pinned worktree owns (its CUDA index): only its /dev/nvidiaN is passed in,
     # so a trainer cannot take the other agents' GPUs by unsetting CUDA_VISIBLE_DEVICES.
@@ -231,6 +232,9 @@ def command(bwrap: Bwrap, confinement: Confinement, argv: Sequence[str], *, prot
         args += ["--bind", str(w), str(w)]
     for source, dest in c.overlays:
         args += ["--ro-bind", str(source), str(dest)]
+    for f in c.masked:
+        if f.is_file():  # bwrap cannot mount over a path that does not exist in the sandbox
+            args += ["--ro-bind", "/dev/null", str(f)]
     args += ["--chdir", str(c.workdir), "--"]
     return [*args, *argv]
 

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gitar import basepins
+from gitar import basepins, trust
 from gitar.errors import ExitCode, GitarError
 from gitar.experiment import ground_at
 from gitar.git import Git
@@ -198,6 +198,11 @@ def merge_notes(git: Git, remote: str) -> bool:
     theirs = git.ref_target(tracking_notes_ref(remote))
     if theirs is None:
         return False
+    # A notebook rewound or deleted here must not be merged over: the ledger would then
+    # descend from the damage and the next check would no longer see it.
+    problem = trust.notes_problem(git)
+    if problem is not None:
+        raise GitarError(problem)
     for _ in range(MERGE_CAS_TRIES):
         ours = git.ref_target(NOTES_REF)
         if ours is not None and git.is_ancestor(theirs, ours):
@@ -205,9 +210,11 @@ def merge_notes(git: Git, remote: str) -> bool:
         merged = _merge_on_scratch_ref(git, ours, theirs)
         try:
             git.update_ref(NOTES_REF, merged, ours, f"gitar sync: merge records from {remote}")
-            return True
         except GitarError:
             continue  # a record was appended meanwhile: merge again on top of it
+        # Not written here: the remote's records join the ledger as synced, with their origin.
+        trust.record_synced(git, ours, merged, remote)
+        return True
     raise GitarError(f"{NOTES_REF} kept moving while merging the records from {remote}; "
                      "run `gitar sync` again once the running experiment has recorded", ExitCode.INTERNAL)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+from gitar import ledger
 from gitar.errors import GitarError
 from gitar.git import Git
 
@@ -33,7 +34,13 @@ def move_branch(git: Git, branch: str, attempt: str, target: str, message: str) 
         raise GitarError("git's index is locked by another process (.git/index.lock), so the branch "
                          "stays on the attempt for now; the next gitar command moves it back")
     edited = _edited_paths(git, attempt) if checked_out else set()
-    git.update_ref(ref, target, attempt, message)
+    try:
+        git.update_ref(ref, target, attempt, message)
+    except GitarError:
+        if git.ref_target(ref) != attempt:
+            return MOVED_ELSEWHERE  # the compare-and-swap lost: someone moved it since the check above
+        raise
+    ledger.branch_set(git, branch, target)
     if not checked_out:
         return NOT_CHECKED_OUT
 
@@ -52,6 +59,12 @@ def move_branch(git: Git, branch: str, attempt: str, target: str, message: str) 
             os.unlink(git.root / path)
     git.run("update-index", "-q", "--refresh", check=False)
     return KEPT_EDITS if any(p in edited for p in changed) else FOLLOWED
+
+
+def moved_elsewhere(branch: str, tip: str | None) -> str:
+    """A record's worktree field when gitar found the branch moved by someone else (see report.py)."""
+    where = f"is at {tip[:7]}" if tip else "was deleted"
+    return f"{MOVED_ELSEWHERE}: {branch} {where}, which gitar did not put there"
 
 
 def _edited_paths(git: Git, attempt: str) -> set[str]:

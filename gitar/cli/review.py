@@ -112,13 +112,20 @@ def plot_cmd(
 @app.command("verify")
 def verify_cmd(
     branch: Annotated[str | None, typer.Option("--branch", help="the experiment branch (default: checked out)")] = None,
+    require_signed: Annotated[bool, typer.Option("--require-signed", help="a kept run not signed by a runner "
+                                                 "ground.json trusts is a problem")] = False,
+    accept: Annotated[bool, typer.Option("--accept", help="record the current notes, the records gitar did not "
+                                         "write and the branch tip in gitar's ledger (printing each), then verify")] = False,
+    rerun: Annotated[int, typer.Option("--rerun", help="re-measure the N best kept commits (recorded, never "
+                                       "counted, the branch never moves)", metavar="N")] = 0,
 ) -> None:
-    """Re-check every kept record of the branch: its base's harness, the commit's files, the evaluator.
+    """Re-check every kept record of the branch: its base's harness, the commit's files, the evaluator,
+    the sandbox, and that gitar wrote, synced or a trusted runner signed it.
 
     Exit 0 when clean, 1 when a problem was found (one line each), 2 when the branch cannot be checked.
     """
     from gitar.commands.verify import verification_lines, verify_branch
 
-    result = verify_branch(branch)
+    result = verify_branch(branch, require_signed=require_signed, accept=accept, rerun=rerun)
     say(verification_lines(result))
     raise typer.Exit(ExitCode.KEPT if result.clean else ExitCode.NOT_KEPT)

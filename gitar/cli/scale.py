@@ -31,9 +31,20 @@ def ci_cmd(
     with_sync: Annotated[bool, typer.Option("--sync/--no-sync", help="--no-sync: measure only, "
                                             "no fetch or push (a workflow's credential-free step)")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON record per measured run")] = False,
+    init_key: Annotated[bool, typer.Option("--init-key", help="make the runner's signing key if there is none "
+                                           "and print the public key for ground.json; run nothing")] = False,
 ) -> None:
-    """A GPU runner's job: measure the pushed branch's unmeasured commits in order, then sync."""
+    """A GPU runner's job: measure the pushed branch's unmeasured commits in order, then sync.
+
+    Every record it writes is signed with the runner's key ($GITAR_RUNNER_KEY, default
+    ~/.config/gitar/runner-key; made on first use).
+    """
+    from gitar.commands.ci import init_key as make_key
     from gitar.commands.ci import run_ci
+
+    if init_key:
+        typer.echo(make_key())
+        raise typer.Exit(ExitCode.KEPT)
     from gitar.records import Record, record_dict
     from gitar.report import result_line
 

@@ -11,6 +11,11 @@ pushed. Each job:
    (`gitar run` semantics: record, then move the branch), syncing after each;
 5. syncs once more, so records and branch moves reach the remote.
 
+Every record the job writes is signed with the runner's Ed25519 key (gitar/signing.py:
+GITAR_RUNNER_KEY or ~/.config/gitar/runner-key, made on first use or by `gitar ci --init-key`,
+which prints the public key for ground.json experiment.runner_keys). The key must stay
+out of reach of train.py: the sandbox hides it (signing.key_path()).
+
 Nothing is pushed before it is written: a runner killed mid-run pushed the records of
 the runs it finished and nothing of the one it was in; that commit still has no verdict,
 so the next job measures it again. Sync steps can be skipped (`--no-sync`) so that a
@@ -25,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitar import confine, integrity, lock
+from gitar import confine, integrity, ledger, lock, signing
 from gitar.commands.run import measure_chain
 from gitar.errors import GitarError
 from gitar.experiment import ground_at
@@ -50,6 +55,28 @@ class CiOutcome:
 
 def run_ci(branch: str | None = None, remote: str = "origin", *, with_sync: bool = True,
            start: str | Path = ".", on_record: Callable[[Record], None] | None = None) -> CiOutcome:
+    """The job; every record it writes is signed with the runner's key (made on first use)."""
+    signer, created = signing.load_or_create()
+    if created:
+        print(f"gitar: {key_line(signer, created=True)}", file=sys.stderr)
+    with signing.signing(signer):
+        return _run_ci(branch, remote, with_sync=with_sync, start=start, on_record=on_record)
+
+
+def key_line(signer: signing.Signer, *, created: bool) -> str:
+    """What to tell the user about the runner key: where it is, and the line ground.json needs."""
+    return (f"{'created the' if created else 'the'} runner key {signer.path} (key id {signer.key_id}); "
+            f'trust it by adding "{signer.public}" to ground.json experiment.runner_keys')
+
+
+def init_key() -> str:
+    """`gitar ci --init-key`: make the runner key if there is none; the line to put in ground.json."""
+    signer, created = signing.load_or_create()
+    return key_line(signer, created=created)
+
+
+def _run_ci(branch: str | None, remote: str, *, with_sync: bool, start: str | Path,
+            on_record: Callable[[Record], None] | None) -> CiOutcome:
     git = Git.discover(start)
     name = branch or git.current_branch()
     if not name:
@@ -137,6 +164,7 @@ def _check_out(git: Git, branch: str, start_at: str, tip: str) -> None:
     local = git.ref_target(ref)
     if local is None:
         git.update_ref(ref, start_at, None, f"gitar ci: {branch} from the pushed branch")
+        ledger.branch_set(git, branch, start_at)
     elif not git.is_ancestor(local, tip) and not judged(Notebook(git).records(local), branch) \
             and not Notebook(git).is_pinned(local):
         raise GitarError(f"{branch} here ({local[:7]}) has commits that are neither pushed nor measured; "

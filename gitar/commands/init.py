@@ -16,10 +16,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitar import integrity
+from gitar import integrity, trust
 from gitar.config import GROUND_FILE, MODEL_FILE, Ground, load_ground, load_model
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git, clean_env
+from gitar.ledger import Ledger
 from gitar.paths import read_device, write_device
 from gitar.records import NOTES_REF
 
@@ -140,6 +141,14 @@ def _worktree_paths(git: Git) -> dict[str, Path]:
 
 
 def _record_base(git: Git, branch: str, ground: Ground, *, fresh: bool) -> None:
+    book = Ledger.of(git)
+    if not book.exists():
+        # The ledger starts here. Records an older gitar wrote are adopted (`accepted`): running
+        # init is the user's act, as `gitar verify --accept` would be.
+        trust.accept(git, None)
+    tip = git.ref_target(f"refs/heads/{branch}")
+    if tip is not None and (fresh or book.branch_tip(branch) is None):
+        book.set_branch(branch, tip)
     if fresh:
         # A new branch of an old name: the base and data pin of the deleted one do not apply.
         integrity.forget_data_pin(git, branch)

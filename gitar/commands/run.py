@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from gitar import confine, experiment, lock
+from gitar import confine, experiment, ledger, lock
 from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
 from gitar.git import Git
@@ -89,6 +89,7 @@ def measure_chain(git: Git, branch: str, chain: list[str], best: Best | None,
         tip = git.ref_target(ref)
         if tip is None:
             git.update_ref(ref, sha, None, f"gitar: measure {sha[:7]}")
+            ledger.branch_set(git, branch, sha)
         elif tip != sha:
             # Where `git commit` would have put the branch: the attempt is the tip while it runs.
             move_branch(git, branch, tip, sha, f"gitar: measure {sha[:7]}")

@@ -24,14 +24,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitar import confine, experiment, hooks, lock, preflight, remote_queue, state, stops
+from gitar import confine, experiment, hooks, lock, preflight, remote_queue, state, stops, trust
 from gitar.commands.common import Workspace, open_workspace
 from gitar.config import MODEL_FILE
 from gitar.errors import ExitCode, GitarError
 from gitar.hookset import foreign_hooks
+from gitar.judge import current_best
 from gitar.paths import Paths
 from gitar.preflight import check_model_source, check_source, owned
-from gitar.records import Record
+from gitar.records import Notebook, Record
 from gitar.remote_queue import Queued
 from gitar.sync import check_remote
 from gitar.text import DESCRIPTION, HYPOTHESIS, check_text, subject
@@ -91,6 +92,11 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
     attempt = _Attempt(ws, text, why, files, token, experiment.new_run_id(), detach, remote)
     outcome: Record | Started | Queued | None = None
     try:
+        # Before anything is committed (and after the lock, so a running experiment is said first):
+        # the bar this attempt will face must be gitar's own (trust.py).
+        best = current_best(Notebook(ws.git), ws.branch, ws.head)
+        trust.check_judging(ws.git, ws.branch, ws.head, ws.head, best.commit if best else None,
+                            unmeasured_ok=remote is not None)
         ws.git.run("add", "-A", "--", *files)
         with _watching(Paths.of(ws.git), on_progress):
             outcome = attempt.in_process() if foreign_hooks(ws.git) is None else attempt.through_hooks()

@@ -17,11 +17,26 @@ def rewrite_note(ws: Workspace, commit: str, **changes: object) -> None:
     ws.git("notes", "--ref", "refs/notes/gitar", "add", "-f", "-m", "\n".join(json.dumps(r) for r in lines), commit)
 
 
+UNSANDBOXED = "records no sandbox: train.py ran unconfined (it could write .git and gitar's files)"
+FORGED = "written outside gitar: not in the ledger (not written here, not synced) and not signed by a trusted runner"
+
+
+def sandboxed(measured: Measured) -> bool:
+    """Whether the baseline ran in the sandbox (the record's `sandbox` field; the sandbox branch writes it)."""
+    return measured.record.get("sandbox") not in (None, "off")
+
+
 def test_an_honest_branch_verifies_clean(measured: Measured) -> None:
     proc = measured.ws.gitar("verify")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.splitlines() == [
-        f"verified 1 kept record of {BRANCH} against its base {measured.baseline[:7]}: clean"]
+    sha, run = measured.baseline[:7], str(measured.record["run_id"])[:8]
+    summary = f"verified 1 kept record of {BRANCH} against its base {sha}"
+    if sandboxed(measured):
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.splitlines() == [f"{summary}: clean (runs: 1 written here)"]
+    else:  # measured without the sandbox: the one problem verify must report
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert proc.stdout.splitlines() == [f"{sha} (run {run}): {UNSANDBOXED}",
+                                             f"{summary}: 1 problem (runs: 1 written here)"]
 
 
 def test_a_record_that_claims_another_harness_or_source_is_reported(measured: Measured) -> None:
@@ -31,10 +46,33 @@ def test_a_record_that_claims_another_harness_or_source_is_reported(measured: Me
     assert proc.returncode == 1
     lines = proc.stdout.splitlines()
     sha = measured.baseline[:7]
-    assert lines[0].startswith(f"{sha} (run ") and "was measured by another harness than the base" in lines[0]
-    assert "prepare.py/ground.json hash to" in lines[1] and "not the 000000000000 it records" in lines[1]
-    assert lines[2].endswith("val_bpb was not measured by the harness evaluator (source: reported)")
-    assert lines[3] == f"verified 1 kept record of {BRANCH} against its base {sha}: 3 problems"
+    # Rewritten by hand: the line gitar wrote is gone, and the one in its place is not gitar's.
+    assert lines[0].endswith("a record gitar wrote here is gone from the notes: removed or edited outside gitar")
+    assert lines[1].startswith(f"{sha} (run ") and "was measured by another harness than the base" in lines[1]
+    assert "prepare.py/ground.json hash to" in lines[2] and "not the 000000000000 it records" in lines[2]
+    assert lines[3].endswith("val_bpb was not measured by the harness evaluator (source: reported)")
+    assert lines[-2].endswith(FORGED)
+    n = 5 if sandboxed(measured) else 6
+    assert len(lines) == n + 1
+    assert lines[-1] == f"verified 1 kept record of {BRANCH} against its base {sha}: {n} problems (runs: 1 unknown)"
+
+
+def test_a_kept_record_gitar_did_not_write_is_reported(measured: Measured) -> None:
+    ws = measured.ws
+    rewrite_note(ws, measured.baseline, val_bpb=0.5)  # `git notes` by hand: a better number
+    proc = ws.gitar("verify")
+    assert proc.returncode == 1
+    assert f"{measured.baseline[:7]} (run {str(measured.record['run_id'])[:8]}): {FORGED}" in proc.stdout.splitlines()
+
+
+def test_a_record_measured_with_the_sandbox_off_is_reported(measured: Measured) -> None:
+    ws = measured.ws
+    rewrite_note(ws, measured.baseline, sandbox="off")
+    ws.gitar("verify", "--accept")  # the edit is the user's: accepted, so only the sandbox is left to report
+    proc = ws.gitar("verify")
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[0].endswith("was measured with the sandbox off (sandbox: off)")
+    assert proc.stdout.splitlines()[-1].endswith(": 1 problem (runs: 1 accepted by hand)")
 
 
 def test_a_moved_base_is_reported(measured: Measured) -> None:
@@ -48,7 +86,8 @@ def test_a_moved_base_is_reported(measured: Measured) -> None:
     proc = ws.gitar("verify")
     assert proc.returncode == 1
     assert "was measured by another harness than the base" in proc.stdout
-    assert proc.stdout.splitlines()[-1].endswith(": 1 problem")
+    n = 1 if sandboxed(measured) else 2
+    assert proc.stdout.splitlines()[-1].endswith(f": {n} problem{'s' if n > 1 else ''} (runs: 1 written here)")
 
 
 def test_data_measured_elsewhere_is_reported(measured: Measured) -> None:
