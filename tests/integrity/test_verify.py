@@ -21,22 +21,13 @@ UNSANDBOXED = "records no sandbox: train.py ran unconfined (it could write .git 
 FORGED = "written outside gitar: not in the ledger (not written here, not synced) and not signed by a trusted runner"
 
 
-def sandboxed(measured: Measured) -> bool:
-    """Whether the baseline ran in the sandbox (the record's `sandbox` field; the sandbox branch writes it)."""
-    return measured.record.get("sandbox") not in (None, "off")
-
-
 def test_an_honest_branch_verifies_clean(measured: Measured) -> None:
     proc = measured.ws.gitar("verify")
     sha, run = measured.baseline[:7], str(measured.record["run_id"])[:8]
     summary = f"verified 1 kept record of {BRANCH} against its base {sha}"
-    if sandboxed(measured):
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert proc.stdout.splitlines() == [f"{summary}: clean (runs: 1 written here)"]
-    else:  # measured without the sandbox: the one problem verify must report
-        assert proc.returncode == 1, proc.stdout + proc.stderr
-        assert proc.stdout.splitlines() == [f"{sha} (run {run}): {UNSANDBOXED}",
-                                             f"{summary}: 1 problem (runs: 1 written here)"]
+    assert str(measured.record["sandbox"]).startswith("bwrap "), run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [f"{summary}: clean (runs: 1 written here)"]
 
 
 def test_a_record_that_claims_another_harness_or_source_is_reported(measured: Measured) -> None:
@@ -52,7 +43,7 @@ def test_a_record_that_claims_another_harness_or_source_is_reported(measured: Me
     assert "prepare.py/ground.json hash to" in lines[2] and "not the 000000000000 it records" in lines[2]
     assert lines[3].endswith("val_bpb was not measured by the harness evaluator (source: reported)")
     assert lines[-2].endswith(FORGED)
-    n = 5 if sandboxed(measured) else 6
+    n = 5
     assert len(lines) == n + 1
     assert lines[-1] == f"verified 1 kept record of {BRANCH} against its base {sha}: {n} problems (runs: 1 unknown)"
 
@@ -86,7 +77,7 @@ def test_a_moved_base_is_reported(measured: Measured) -> None:
     proc = ws.gitar("verify")
     assert proc.returncode == 1
     assert "was measured by another harness than the base" in proc.stdout
-    n = 1 if sandboxed(measured) else 2
+    n = 1
     assert proc.stdout.splitlines()[-1].endswith(f": {n} problem{'s' if n > 1 else ''} (runs: 1 written here)")
 
 
