@@ -115,3 +115,32 @@ def test_forged_running_state_does_not_make_gitar_kill_or_move_anything(arena: A
     finally:
         unrelated.kill()
         unrelated.wait()
+
+
+def test_a_survivor_started_by_the_smoke_step(arena: Arena) -> None:
+    """The smoke step runs the agent's code at pre-commit, before any training: a process it starts
+    in its own session must not outlive the check, nor write the repository it was checked out of.
+
+    The workspace turns the smoke step on for a branch of its own (ground.json is the harness: a
+    new base, made with `gitar init`), as the shipped ground.json has it.
+    """
+    arena.git("checkout", "-q", "main")
+    ground = json.loads((arena.root / "ground.json").read_text())
+    ground["experiment"]["smoke"] = True
+    (arena.root / "ground.json").write_text(json.dumps(ground, indent=2) + "\n")
+    arena.git("-c", "core.hooksPath=/dev/null", "commit", "-qam", "the smoke step on")
+    init = arena.gitar("init", "smoke")
+    assert init.returncode == 0, init.stdout + init.stderr
+    assert arena.gitar("run").returncode == 0, "the honest baseline of the new branch"
+    hooks = tree_digest(arena.gitdir / "hooks")
+    outcome = arena.attempt(trainer("smoke_survivor", MARKER=arena.marker, WORKSPACE=arena.root,
+                                    REPORT=arena.report()), "a helper started by the smoke step")
+    alive = survivors(arena.marker)
+    wait_for(lambda: "planted" in arena.reported() or not marked_processes(arena.marker), HELPER_ACTS_S)
+    effects = {
+        "alive after the smoke step": alive,
+        "planted a hook": tree_digest(arena.gitdir / "hooks") != hooks,
+        "helper says it planted": "planted" in arena.reported(),
+    }
+    assert not any(effects.values()), f"{[k for k, v in effects.items() if v]}; helper: {arena.reported()!r}; " \
+                                      f"{outcome.describe()}"
