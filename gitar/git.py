@@ -103,8 +103,9 @@ class Git:
             obj = self.repo.revparse_single(rev)
             commit = obj.peel(pygit2.Commit)
         except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+            # `gitar log`, not `git log`: discarded attempts live only under refs/gitar/attempts/.
             raise GitarError(f"unknown revision {rev!r}; give a commit, branch or tag name "
-                             "(see `git log --oneline`)") from None
+                             "(`gitar log` lists every attempt, discarded ones too)") from None
         return str(commit.id)
 
     def commit(self, sha: str) -> pygit2.Commit:

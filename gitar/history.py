@@ -20,8 +20,10 @@ from typing import Any
 
 import pygit2
 
+from gitar import numbers, state
 from gitar.git import Git
 from gitar.noise import Noise, noise_from
+from gitar.paths import Paths
 from gitar.records import (
     ABORTED,
     CRASH,
@@ -120,7 +122,7 @@ class History:
     git: Git
     branch: str | None  # None: every branch (--all)
     unordered: list[Attempt]  # in notes order
-    tip: str | None  # the branch's tip (single-branch histories)
+    tip: str | None  # the branch's judged tip (state.judged_tip; single-branch histories)
     lineage: list[Attempt] = field(default_factory=list)  # kept attempts on the branch, oldest first
     _commit_times: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
@@ -190,7 +192,10 @@ def load(git: Git, branch: str | None) -> History:
                 if len(runs) > 1:
                     runs.sort(key=_run_order)  # a merged note (cat_sort_uniq) holds its lines sorted, not in time order
                 attempts.append(attempt(commit, name, tuple(runs), tuple(lessons), _started(runs[0])))
-    tip = git.ref_target(f"refs/heads/{branch}") if branch is not None else None
+    # While an attempt runs, the branch sits on it unjudged: the best is the one it is judged against.
+    tip = None
+    if branch is not None:
+        tip = state.judged_tip(Paths.of(git), branch, git.ref_target(f"refs/heads/{branch}"))
     lineage = _lineage(git, attempts, tip) if branch is not None else []
     return History(git=git, branch=branch, unordered=attempts, tip=tip, lineage=lineage)
 
@@ -229,7 +234,7 @@ def attempt(commit: str, branch: str, runs: tuple[Record, ...], lessons: tuple[L
         mean = float(v) if ok and v is not None else None
         peak = first.peak_vram_mb if ok else None
         secs = first.training_seconds
-        delta = mean - first.best_before if mean is not None and first.best_before is not None and judged else None
+        delta = _delta(mean, first.best_before) if judged else None
         return _new_attempt(commit, branch, runs, lessons, started, first.status, one, mean, delta,
                             None if peak is None else peak / 1024, None if secs is None else float(secs))
     if any(r.status == KEEP for r in runs):
@@ -240,7 +245,7 @@ def attempt(commit: str, branch: str, runs: tuple[Record, ...], lessons: tuple[L
     ok_runs = [r for r in runs if r.ok]
     values = tuple(r.val_bpb for r in ok_runs if r.val_bpb is not None)
     mean = sum(values) / len(values) if values else None
-    delta = mean - first.best_before if mean is not None and first.best_before is not None and judged else None
+    delta = _delta(mean, first.best_before) if judged else None
     peaks = [r.peak_vram_mb for r in ok_runs if r.peak_vram_mb is not None]
     secs_list = [r.training_seconds for r in ok_runs if r.training_seconds is not None]
     if not secs_list:
@@ -320,5 +325,12 @@ def _lineage(git: Git, attempts: list[Attempt], tip: str | None) -> list[Attempt
     return found
 
 
-def _round(v: float | None, digits: int = 6) -> float | None:
-    return None if v is None else round(v, digits)
+def _delta(value: float | None, best: float | None) -> float | None:
+    return None if value is None or best is None else numbers.delta(value, best)
+
+
+def _round(v: float | None, digits: int | None = None) -> float | None:
+    """val_bpb and deltas as every command prints them (numbers.rounded); other figures to `digits`."""
+    if v is None:
+        return None
+    return numbers.rounded(v) if digits is None else round(v, digits)

@@ -133,7 +133,7 @@ def stage_run() -> int:
 
     try:
         held = lock.acquire(git.common_dir, purpose="experiment", token=token, commit=sha,
-                            name=Paths.of(git).lock_name)
+                            description=description, name=Paths.of(git).lock_name)
     except GitarError as e:
         # Someone else's experiment holds the GPU: this commit cannot be measured now.
         record = Record(status=REJECTED, commit=sha, branch=branch, description=description, run_id=run_id,
@@ -145,8 +145,8 @@ def stage_run() -> int:
     # so it never looks stale while the run goes on, and the run stops if that `gitar try` dies.
     starter = None if held.owned else held.info
     try:
-        if starter is not None:
-            held.transfer(os.getpid())
+        if starter is not None:  # and name this commit, not the one `gitar try` started from
+            held.transfer(os.getpid(), commit=sha, description=description)
         # A stop arriving between the run and its record waits for the record (stops.stop_signals_held).
         with stops.stop_signals_held(), \
                 stops.stop_if_gone(starter.pid if starter else None, starter.pid_start if starter else None):
@@ -185,12 +185,12 @@ def spawn_detached(git: Git, plan: experiment.Plan, env: dict[str, str] | None =
 def stage_detached(run_id: str, sha: str, branch: str) -> int:
     git = Git.discover()
     token = os.environ.get("GITAR_LOCK_TOKEN")
+    description = subject(git.commit(sha).message)
     held = lock.acquire(git.common_dir, purpose="experiment", token=token, commit=sha,
-                            name=Paths.of(git).lock_name)
-    held.transfer(os.getpid())
+                        description=description, name=Paths.of(git).lock_name)
+    held.transfer(os.getpid(), commit=sha, description=description)
     try:
-        plan = experiment.plan_attempt(git, sha, branch, subject(git.commit(sha).message), run_id,
-                                       os.environ.get("GITAR_HYPOTHESIS"))
+        plan = experiment.plan_attempt(git, sha, branch, description, run_id, os.environ.get("GITAR_HYPOTHESIS"))
         experiment.execute(git, plan)
     finally:
         held.release()

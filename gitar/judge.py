@@ -32,6 +32,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gitar import numbers
 from gitar.config import ExperimentConfig
 from gitar.noise import Noise
 from gitar.records import CRASH, DISCARD, KEEP, TIMEOUT, UNDECIDED, Notebook, best_of
@@ -129,9 +130,11 @@ def decide(policy: Policy, runs: Sequence[float], best: Best, sigma: Sigma) -> V
     n = len(runs)
     mean = math.fsum(runs) / n
     gain = best.val_bpb - mean
-    delta = runs[-1] - best.val_bpb
-    shown = f"{runs[0]:.6f}" if n == 1 else f"mean {mean:.6f} of {n} runs"
-    bar = f"best {best.val_bpb:.6f}" + (f" (mean of {best.runs} runs)" if best.runs > 1 else "")
+    delta = numbers.delta(runs[-1], best.val_bpb)  # as the result line, log and memory print it
+    # The mean as readers will compute it: of the runs as recorded (6 decimals), not of the raw floats.
+    recorded = math.fsum(map(numbers.rounded, runs)) / n
+    shown = numbers.bpb(runs[0]) if n == 1 else f"mean {numbers.bpb(recorded)} of {n} runs"
+    bar = f"best {numbers.bpb(best.val_bpb)}" + (f" (mean of {best.runs} runs)" if best.runs > 1 else "")
 
     def verdict(status: str, reason: str, margin: float | None = None) -> Verdict:
         return Verdict(status, f"{policy.rule}: {reason}", best.val_bpb, delta, policy.rule, margin)
@@ -177,9 +180,9 @@ def judge(run_status: str, val_bpb: float | None, best: Best | None, policy: Pol
         return Verdict(CRASH, during + (error or "the training process failed"), before, None, policy.rule)
     if remeasure and best is not None:
         runs = best.runs + 1
-        mean = (best.val_bpb * best.runs + val_bpb) / runs
-        return Verdict(KEEP, f"re-measurement of the best: mean {mean:.6f} over {runs} runs",
-                       before, val_bpb - best.val_bpb, policy.rule)
+        mean = (best.val_bpb * best.runs + numbers.rounded(val_bpb)) / runs  # of the runs as recorded
+        return Verdict(KEEP, f"re-measurement of the best: mean {numbers.bpb(mean)} over {runs} runs",
+                       before, numbers.delta(val_bpb, best.val_bpb), policy.rule)
     if best is None:
         return Verdict(KEEP, "baseline: the first successful run on this branch", None, None, policy.rule)
     return decide(policy, [*earlier, val_bpb], best, sigma)

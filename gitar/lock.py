@@ -50,8 +50,9 @@ class LockInfo:
     host: str
     token: str
     purpose: str
-    commit: str | None
+    commit: str | None  # the commit being run (None while `gitar try` has yet to make it)
     started: float  # unix time
+    description: str | None = None  # that commit's description, for the refusal of a concurrent run
 
     def alive(self) -> bool:
         """Whether the holder still runs. A holder on another host is assumed alive: it cannot be checked."""
@@ -69,16 +70,19 @@ class LockInfo:
         return stat.state not in ("Z", "X") and (self.pid_start is None or stat.start_time == self.pid_start)
 
     def describe(self) -> str:
+        """e.g. `1a2b3c4 "wider MLP" (pid 4242, try, since 2026-01-01 10:00:00)`."""
         where = f"pid {self.pid}" + (f" on {self.host}" if self.host != socket.gethostname() else "")
-        commit = f", commit {self.commit[:12]}" if self.commit else ""
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
-        return f"{where}, {self.purpose}{commit}, since {since}"
+        named = f'"{self.description[:80]}" ' if self.description else ""
+        what = f"{self.commit[:7]} {named}" if self.commit else named
+        return f"{what}({where}, {self.purpose}, since {since})"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
 
 _FIELDS = tuple(LockInfo.__dataclass_fields__)
+_OPTIONAL = ("description",)  # absent from locks written by an older gitar, which must still read as live
 
 
 def _parse(raw: bytes) -> LockInfo | None:
@@ -89,7 +93,7 @@ def _parse(raw: bytes) -> LockInfo | None:
     """
     try:
         obj: Any = json.loads(raw.decode("utf-8"))
-        info = LockInfo(**{k: obj[k] for k in _FIELDS})
+        info = LockInfo(**{k: obj[k] for k in _FIELDS if k in obj or k not in _OPTIONAL})
     except (ValueError, TypeError, KeyError, RecursionError):
         return None
     typed = (
@@ -97,6 +101,7 @@ def _parse(raw: bytes) -> LockInfo | None:
         and isinstance(info.purpose, str) and isinstance(info.started, (int, float))
         and (info.pid_start is None or isinstance(info.pid_start, int))
         and (info.commit is None or isinstance(info.commit, str))
+        and (info.description is None or isinstance(info.description, str))
     )
     return info if typed else None
 
@@ -182,8 +187,9 @@ class Lock:
         if current is not None and current.token == self.token and current.pid == os.getpid():
             _remove_if_same(self.path, seen)
 
-    def transfer(self, pid: int) -> None:
-        """Make `pid` the holder (a detached runner taking over from `gitar try`).
+    def transfer(self, pid: int, *, commit: str | None = None, description: str | None = None) -> None:
+        """Make `pid` the holder (a detached runner taking over from `gitar try`), and with
+        `commit` name the commit that now runs (and its description) in the lock.
 
         The file is replaced atomically, so a reader sees the old or the new holder, never
         half of one. This Lock stays the owner only if `pid` is this process.
@@ -198,7 +204,8 @@ class Lock:
             raise GitarError(f"cannot hand over the experiment lock to pid {pid}: no such process",
                              ExitCode.INTERNAL)
         info = LockInfo(pid=pid, pid_start=pid_start, host=current.host, token=self.token,
-                        purpose=current.purpose, commit=current.commit, started=current.started)
+                        purpose=current.purpose, commit=commit or current.commit, started=current.started,
+                        description=description if commit else current.description)
         tmp = self.path.with_name(f"{self.path.name}.{new_token()}.tmp")
         try:
             _write_new(tmp, info)
@@ -251,13 +258,13 @@ def clear_stale(gitdir: Path, name: str = "lock") -> bool:
     return True
 
 
-def _held_message(info: LockInfo) -> str:
-    return (f"another experiment is running in this repository ({info.describe()}); "
-            "wait for it with `gitar wait` or see `gitar status`")
+def held_message(info: LockInfo, then: str = "wait for it with `gitar wait` or see `gitar status`") -> str:
+    """The one refusal of a second experiment while one runs, naming the one that runs."""
+    return f"another experiment is running in this repository: {info.describe()}; {then}"
 
 
 def acquire(gitdir: Path, *, purpose: str, token: str | None = None, commit: str | None = None,
-            name: str = "lock") -> Lock:
+            description: str | None = None, name: str = "lock") -> Lock:
     """Take the repository's experiment lock, join it (same token), or raise GitarError REFUSED."""
     path = lock_path(gitdir, name)
     try:
@@ -267,7 +274,7 @@ def acquire(gitdir: Path, *, purpose: str, token: str | None = None, commit: str
     token = token or new_token()
     me = os.getpid()
     info = LockInfo(pid=me, pid_start=_start_time(me), host=socket.gethostname(), token=token,
-                    purpose=purpose, commit=commit, started=time.time())
+                    purpose=purpose, commit=commit, started=time.time(), description=description)
     corrupt_since: float | None = None
     clears = 0
     while clears < _CLEARS:
@@ -296,7 +303,7 @@ def acquire(gitdir: Path, *, purpose: str, token: str | None = None, commit: str
         elif held.token == token:
             return Lock(path, held, token, owned=held.pid == me)
         elif held.alive():
-            raise GitarError(_held_message(held), ExitCode.REFUSED)
+            raise GitarError(held_message(held), ExitCode.REFUSED)
         _remove_if_same(path, seen)  # stale: its holder is dead
         clears += 1
     raise GitarError(f"could not take the experiment lock {path} after {_CLEARS} attempts; "

@@ -47,9 +47,7 @@ def check_lock(git: Git, token: str | None = None) -> None:
         return
     if info.token and info.token == (token or os.environ.get(lock.TOKEN_ENV)):
         return
-    raise GitarError(f"another experiment is running in this repository (pid {info.pid}"
-                     f"{', commit ' + info.commit[:7] if info.commit else ''}); "
-                     "wait for it with `gitar wait`, then commit again")
+    raise GitarError(lock.held_message(info, "wait for it with `gitar wait`, then commit again"))
 
 
 def check_source(path: str, source: bytes) -> None:

@@ -22,6 +22,7 @@ import pygit2
 from gitar import ledger, signing
 from gitar.git import Git
 from gitar.notes_read import note_blobs
+from gitar.numbers import rounded
 from gitar.text import json_line
 
 NOTES_REF = "refs/notes/gitar"
@@ -45,7 +46,8 @@ _LEAD = ("status", "val_bpb", "delta", "best_before", "description", "hypothesis
 
 def _round(v: Any) -> Any:
     # Six decimals is what autoresearch prints; more is float noise in a record meant to be read.
-    return round(v, 6) if isinstance(v, float) else v
+    # numbers.rounded: the stored number is the one every command prints.
+    return rounded(v) if isinstance(v, float) else v
 
 
 @dataclass

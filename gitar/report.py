@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gitar.errors import ExitCode
+from gitar.numbers import bpb, delta, signed
 from gitar.records import KEEP, Record
 from gitar.worktree import KEPT_EDITS, MOVED_ELSEWHERE, PENDING
 
@@ -16,13 +17,24 @@ def _first_line(text: str, limit: int = 72) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+REMEASURED = "remeasured"  # the result line's word for another run of the best (`gitar run` on it)
+
+
 def result_line(record: Record) -> str:
-    """e.g. `keep 1a2b3c4 val_bpb 0.997900 (-0.003100 vs best 1.001000) 300.1s "wider MLP"`."""
-    parts = [record.status, record.commit[:7]]
+    """e.g. `keep 1a2b3c4 val_bpb 0.997900 (-0.003100 vs best 1.001000) 300.1s "wider MLP"`.
+
+    A re-measurement of the best is no candidate that beat it: it says `remeasured` and
+    names the mean it joins (its record's status stays keep, the judge's verdict).
+    """
+    rerun = record.kind == "rerun" and record.status == KEEP
+    parts = [REMEASURED if rerun else record.status, record.commit[:7]]
     if record.val_bpb is not None:
-        parts.append(f"val_bpb {record.val_bpb:.6f}")
-        if record.best_before is not None and record.delta is not None:
-            parts.append(f"({record.delta:+.6f} vs best {record.best_before:.6f})")
+        parts.append(f"val_bpb {bpb(record.val_bpb)}")
+        if rerun and record.best_before is not None:
+            parts.append(f"(the best's mean before it: {bpb(record.best_before)})")
+        elif record.best_before is not None and record.delta is not None:
+            change = signed(delta(record.val_bpb, record.best_before))  # from the two numbers as printed
+            parts.append(f"({change} vs best {bpb(record.best_before)})")
         elif record.kind == "baseline" or record.best_before is None:
             parts.append("(baseline)")
     elif record.error:

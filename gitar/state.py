@@ -66,6 +66,19 @@ def load(paths: Paths) -> Running | None:
         return None
 
 
+def judged_tip(paths: Paths, branch: str, tip: str | None) -> str | None:
+    """The commit that is the branch's best for review (status, best, memory): its tip, except
+    while an attempt runs there. `git commit` puts the branch on the attempt before it is
+    judged, so until its record is written the best is the one the attempt is judged against,
+    which the running state names (None: no best yet). A rerun never moves the branch.
+    """
+    running = load(paths)
+    if (tip is not None and running is not None and running.move_branch and running.branch == branch
+            and running.commit == tip):
+        return running.best_commit
+    return tip
+
+
 def clear(paths: Paths, run_id: str) -> None:
     current = load(paths)
     if current is not None and current.run_id == run_id:

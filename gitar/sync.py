@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gitar import basepins, trust
+from gitar import basepins, numbers, trust
 from gitar.errors import ExitCode, GitarError
 from gitar.experiment import ground_at
 from gitar.git import Git
@@ -275,7 +275,7 @@ def plan_branch_push(git: Git, remote: str, prefix: str | None) -> BranchPush | 
     their_best = current_best(notebook, branch, theirs)
     if their_best is not None and (ours_best is None or their_best.val_bpb < ours_best.val_bpb):
         return BranchPush(branch, LEFT, local, theirs,
-                          f"{remote}/{branch} ({theirs[:7]}, val_bpb {their_best.val_bpb:.6f}) is a better "
+                          f"{remote}/{branch} ({theirs[:7]}, val_bpb {numbers.bpb(their_best.val_bpb)}) is a better "
                           "kept commit than this clone's")
     return BranchPush(branch, PUSHED, local, theirs)
 

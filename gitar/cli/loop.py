@@ -132,7 +132,7 @@ def run_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Run and record an existing commit without committing (baseline, re-measurement)."""
-    from gitar.commands.run import run_commit
+    from gitar.commands.run import best_after_remeasuring, run_commit
     from gitar.records import record_dict
     from gitar.report import exit_code, result_line
 
@@ -140,6 +140,9 @@ def run_cmd(
         records = run_commit(rev, repeat)
     for r in records:
         emit(result_line(r), record_dict(r), as_json, exit_code(r))
+    summary = None if as_json else best_after_remeasuring(records)  # --json: one object per run, as ever
+    if summary is not None:
+        say(summary)
     raise typer.Exit(max(exit_code(r) for r in records))
 
 

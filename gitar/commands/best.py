@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gitar import history
+from gitar import history, state
 from gitar.commands.common import open_workspace
 from gitar.history import Attempt, History
 from gitar.noise import Noise, Spread, pooled_spread
+from gitar.numbers import bpb, delta, rounded, signed
+from gitar.paths import Paths
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class BestReport:
             spread = _spread(b)
             out["best"] = {**b.as_dict(), "values": b.values, "spread": spread.as_dict() if spread else None}
         if self.baseline is not None and self.baseline.val_bpb is not None:
-            out["baseline"] = {"commit": self.baseline.commit, "val_bpb": round(self.baseline.val_bpb, 6)}
+            out["baseline"] = {"commit": self.baseline.commit, "val_bpb": rounded(self.baseline.val_bpb)}
         return out
 
 
@@ -80,7 +82,8 @@ def find_global_best(start: str | Path = ".") -> GlobalBest:
     """The best of every experiment branch (local, or only on a remote this clone syncs with)."""
     ws = open_workspace(start, need_experiment_branch=False)
     prefix = ws.ground.experiment.branch_prefix
-    tips: dict[str, str] = {}
+    paths = Paths.of(ws.git)
+    tips: dict[str, str | None] = {}
     listing = ws.git.out("for-each-ref", "--format=%(objectname) %(refname)", f"refs/heads/{prefix}",
                          f"refs/remotes/*/{prefix}")
     for line in listing.splitlines():
@@ -88,7 +91,8 @@ def find_global_best(start: str | Path = ".") -> GlobalBest:
         local = ref.startswith("refs/heads/")
         name = ref.removeprefix("refs/heads/") if local else ref.split("/", 3)[3]
         if local or name not in tips:
-            tips[name] = sha
+            # this worktree's branch, while an attempt runs on it: the best that attempt faces
+            tips[name] = state.judged_tip(paths, name, sha) if local else sha
     by_branch: dict[str, list[Attempt]] = {}
     for a in history.load(ws.git, None).unordered:
         by_branch.setdefault(a.branch, []).append(a)
@@ -105,12 +109,12 @@ def global_best_lines(g: GlobalBest) -> list[str]:
     top = g.best
     if top is None or top.best is None or top.best.val_bpb is None:
         return [f"no best yet on any of {len(g.branches)} experiment branches: `gitar run` measures a baseline"]
-    b = top.best
-    lines = [f"best of {len(g.branches)} branches: {b.commit[:7]} val_bpb {b.val_bpb:.6f} on {top.branch} "
+    b, best_value = top.best, top.best.val_bpb
+    lines = [f"best of {len(g.branches)} branches: {b.commit[:7]} val_bpb {bpb(best_value)} on {top.branch} "
              f"\"{history.one_line(b.description, 72)}\""]
     width = max(len(x.branch) for x in g.branches)
     for x in g.branches:
-        value = f"{x.best.commit[:7]} {x.best.val_bpb:.6f}" if x.best and x.best.val_bpb is not None else "- (no best yet)"
+        value = f"{x.best.commit[:7]} {bpb(x.best.val_bpb)}" if x.best and x.best.val_bpb is not None else "- (no best yet)"
         mark = "  <- best" if x is top else ""
         lines.append(f"  {x.branch:<{width}}  {value}  ({x.attempts} attempts, {x.kept} kept){mark}")
     return lines
@@ -135,19 +139,19 @@ def best_lines(r: BestReport) -> list[str]:
     b = r.best
     if b is None or b.val_bpb is None:
         return [f"no best yet on {r.branch}: `gitar run` measures the baseline"]
-    lines = [f"best {b.commit[:7]} val_bpb {b.val_bpb:.6f} on {r.branch} \"{history.one_line(b.description, 72)}\""]
+    lines = [f"best {b.commit[:7]} val_bpb {bpb(b.val_bpb)} on {r.branch} \"{history.one_line(b.description, 72)}\""]
     values = b.values
     spread = _spread(b)
     if spread is not None:
-        lines.append(f"mean of {len(values)} runs: min {min(values):.6f}, max {max(values):.6f}, "
+        lines.append(f"mean of {len(values)} runs: min {bpb(min(values))}, max {bpb(max(values))}, "
                      f"std {spread.std:.6f}")
     else:
         lines.append("1 run; `gitar run --repeat 3` re-measures it and narrows the bar")
     lines.append(f"noise on this branch: {noise_phrase(r.noise)}" if r.noise else
                  "noise on this branch: not measured (no commit was run twice)")
     if r.baseline is not None and r.baseline.val_bpb is not None:
-        lines.append(f"baseline {r.baseline.commit[:7]} {r.baseline.val_bpb:.6f} -> {b.val_bpb:.6f} "
-                     f"({b.val_bpb - r.baseline.val_bpb:+.6f}) over {r.attempts} attempts, {r.kept} kept")
+        lines.append(f"baseline {r.baseline.commit[:7]} {bpb(r.baseline.val_bpb)} -> {bpb(b.val_bpb)} "
+                     f"({signed(delta(b.val_bpb, r.baseline.val_bpb))}) over {r.attempts} attempts, {r.kept} kept")
     extras = []
     if b.memory_gb is not None:
         extras.append(f"memory {b.memory_gb:.1f} GB")

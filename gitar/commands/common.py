@@ -35,12 +35,24 @@ def open_workspace(start: str | Path = ".", *, need_experiment_branch: bool = Tr
     prefix = ground.experiment.branch_prefix
     if need_experiment_branch:
         if branch is None:
-            raise GitarError(f"HEAD is detached; check out an experiment branch ({prefix}TAG) "
-                             "or create one with `gitar init TAG`")
+            raise GitarError(f"HEAD is detached; {_where_to_go(git, prefix)}")
         if not branch.startswith(prefix):
-            raise GitarError(f"{branch} is not an experiment branch; create one with `gitar init TAG` "
-                             f"(branches named {prefix}TAG)")
+            raise GitarError(f"{branch} is not an experiment branch; {_where_to_go(git, prefix)}")
     for line in recover(git):
         print(f"gitar: {safe(line)}", file=sys.stderr)  # names a description: untrusted text
     head = git.resolve("HEAD")
     return Workspace(git=git, branch=branch or "", head=head, ground=ground)
+
+
+SHOWN_BRANCHES = 3  # experiment branches a refusal names before "and N more"
+
+
+def _where_to_go(git: Git, prefix: str) -> str:
+    """The experiment branches there are to switch to, by name, or how to make the first one."""
+    names = sorted(b for b in git.repo.branches.local if b.startswith(prefix))
+    if not names:
+        return f"create one with `gitar init TAG` (branches named {prefix}TAG)"
+    shown = ", ".join(names[:SHOWN_BRANCHES])
+    more = f" and {len(names) - SHOWN_BRANCHES} more" if len(names) > SHOWN_BRANCHES else ""
+    return (f"switch to an experiment branch: {shown}{more} (`git switch {names[0]}`), "
+            "or create one with `gitar init TAG`")

@@ -3,9 +3,10 @@
 It builds a research workspace in DIR from this project's own files with the tiny CPU
 preset, prepares the embedded corpus (standard-library docstrings as parquet shards),
 then drives the loop the way an agent would: `gitar init`, the baseline with
-`gitar run`, one experiment through `gitar try`, one idea the preflight refuses, and
-finally the history as `git log --notes` shows it. Every step is a real subprocess in
-the new workspace, so what the demo shows is exactly what a user gets.
+`gitar run`, one experiment through `gitar try`, one idea the preflight refuses (then
+undone, so the workspace ends clean), and finally the history as `git log --notes` shows
+it. Every step is a real subprocess in the new workspace, so what the demo shows is
+exactly what a user gets.
 """
 
 from __future__ import annotations
@@ -119,7 +120,16 @@ def run_demo(dest: Path, echo: Callable[[str], None] = print) -> None:
                          ExitCode.INTERNAL)
     (dest / "train.py").write_text(train.replace(SHAPE_BUG[0], SHAPE_BUG[1], 1))
     sh(*gitar, "try", "shrink the MLP projection input", ok=(2,))
+    # A refusal changes nothing (index, branch): the broken edit is only in the work tree, where
+    # the agent would fix it. The demo drops it instead, so the workspace it hands over is clean
+    # and the user's first `gitar try` is about their own change.
+    step("undoing the refused idea: the refusal left the index and the branch as they were, "
+         "so git checkout restores the committed train.py")
     sh("git", "checkout", "--", "train.py")
+    left = sh("git", "status", "--porcelain", "--untracked-files=no").stdout
+    if left.strip():
+        raise GitarError(f"the demo workspace is not clean after undoing the refused idea ({left.strip()}); "
+                         f"it is left in {dest} to inspect", ExitCode.INTERNAL)
 
     step("the history, as git log --notes shows it (every attempt, kept or not)")
     sh("git", "log", "--notes=gitar", "--format=%h %s%n%N", "autoresearch/demo",

@@ -19,6 +19,7 @@ from gitar import history
 from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
 from gitar.history import FAILED, Attempt, History, one_line
+from gitar.numbers import bpb, signed
 from gitar.records import DISCARD, KEEP, REJECTED
 from gitar.text import json_line, safe
 
@@ -58,8 +59,8 @@ _NOT_RUN = frozenset((*FAILED, REJECTED))  # attempts whose row says why they ha
 
 
 def _row(a: Attempt) -> str:
-    value = "-" if a.val_bpb is None else f"{a.val_bpb:.6f}"
-    delta = f"{a.delta:+.6f}" if a.delta is not None else "baseline" if a.is_baseline else "-"
+    value = "-" if a.val_bpb is None else bpb(a.val_bpb)
+    delta = signed(a.delta) if a.delta is not None else "baseline" if a.is_baseline else "-"
     mem = "-" if a.memory_gb is None else f"{a.memory_gb:.1f}"
     secs = "-" if a.training_seconds is None else f"{a.training_seconds:.1f}"
     desc = one_line(a.runs[0].description, 72)
@@ -96,7 +97,7 @@ def tsv_text(attempts: list[Attempt]) -> str:
         if status is None:
             continue
         crashed = status == "crash" or a.val_bpb is None
-        value = "0.000000" if crashed else f"{a.val_bpb:.6f}"
+        value = "0.000000" if crashed or a.val_bpb is None else bpb(a.val_bpb)
         mem = "0.0" if crashed or a.memory_gb is None else f"{a.memory_gb:.1f}"
         # Tabs and line breaks would split the row: every run of whitespace becomes one space, and
         # what else a terminal or a spreadsheet would act on is escaped (safe()).

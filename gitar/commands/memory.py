@@ -21,6 +21,7 @@ from gitar.commands.best import noise_phrase
 from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
 from gitar.history import FAILED, Attempt, History
+from gitar.numbers import bpb, delta, signed
 from gitar.records import DISCARD, KEEP, REJECTED
 from gitar.text import safe
 
@@ -157,10 +158,10 @@ def _summary(h: History) -> Section:
     best = h.best
     if best is not None and best.val_bpb is not None:
         runs = f" (mean of {len(best.values)} runs)" if len(best.values) > 1 else ""
-        line = f"best {best.commit[:7]} val_bpb {best.val_bpb:.6f}{runs} {_q(best.description)}"
+        line = f"best {best.commit[:7]} val_bpb {bpb(best.val_bpb)}{runs} {_q(best.description)}"
         base = h.lineage[0] if h.lineage else None
         if base is not None and base.val_bpb is not None and base is not best:
-            line += f"; baseline {base.val_bpb:.6f}, {best.val_bpb - base.val_bpb:+.6f} in total"
+            line += f"; baseline {bpb(base.val_bpb)}, {signed(delta(best.val_bpb, base.val_bpb))} in total"
         lines.append(line)
     else:
         lines.append("best: none yet (`gitar run` measures the baseline)")
@@ -189,12 +190,12 @@ def _lineage(h: History) -> Section:
 
 def _kept_line(step: tuple[Attempt, float | None]) -> str:
     a, previous = step
-    value = "-" if a.val_bpb is None else f"{a.val_bpb:.6f}"
+    value = "-" if a.val_bpb is None else bpb(a.val_bpb)
     # The judge's delta; a record without one is compared with the kept attempt before it.
-    d = a.delta if a.delta is not None or a.val_bpb is None or previous is None else a.val_bpb - previous
-    delta = "baseline" if previous is None and d is None else "-" if d is None else f"{d:+.6f}"
+    d = a.delta if a.delta is not None or a.val_bpb is None or previous is None else delta(a.val_bpb, previous)
+    change = "baseline" if previous is None and d is None else "-" if d is None else signed(d)
     runs = f" ×{len(a.values)} runs" if len(a.values) > 1 else ""
-    return f"{a.commit[:7]} {value} {delta}{runs} {_q(a.description)}{_why(a)}"
+    return f"{a.commit[:7]} {value} {change}{runs} {_q(a.description)}{_why(a)}"
 
 
 def _lessons(h: History) -> Section:
@@ -229,7 +230,8 @@ def _near_misses(h: History, discards: list[Attempt]) -> Section:
 
 
 def _near_line(a: Attempt) -> str:
-    return f"{a.commit[:7]} {a.val_bpb:.6f} {a.delta:+.6f} {_q(a.description)}{_why(a)}"
+    assert a.val_bpb is not None and a.delta is not None  # _near_misses keeps only such discards
+    return f"{a.commit[:7]} {bpb(a.val_bpb)} {signed(a.delta)} {_q(a.description)}{_why(a)}"
 
 
 def _groups(attempts: list[Attempt]) -> list[list[Attempt]]:
@@ -259,7 +261,7 @@ def _discarded(discards: list[Attempt]) -> Section:
 def _discarded_line(g: list[Attempt]) -> str:
     closest = g[0]
     deltas = [a.delta for a in g[:5] if a.delta is not None]  # sorted by delta: the Nones come last
-    shown = ", ".join(f"{d:+.6f}" for d in deltas[:4]) + (", …" if len(deltas) > 4 else "")
+    shown = ", ".join(map(signed, deltas[:4])) + (", …" if len(deltas) > 4 else "")
     count = f"{len(g)}× " if len(g) > 1 else ""
     return f"{count}{closest.commit[:7]} {_q(closest.description)} delta {shown or '-'}{_why(closest)}"
 

@@ -23,6 +23,8 @@ from gitar.errors import GitarError
 from gitar.git import Git
 from gitar.hooks import reject_unfit
 from gitar.judge import Best, current_best
+from gitar.noise import commit_spread
+from gitar.numbers import bpb
 from gitar.paths import Paths
 from gitar.records import KEEP, Notebook, Record
 from gitar.sync import judged
@@ -43,15 +45,38 @@ def run_commit(rev: str = "HEAD", repeat: int = 1, start: str | Path = ".") -> l
         if repeat != 1:
             raise GitarError(f"--repeat re-measures the tip of {ws.branch}; {rev} ({sha[:7]}) is not the tip")
         chain = unmeasured_chain(ws.git, ws.branch, tip, sha, rev)
-        with lock.acquire(ws.git.common_dir, purpose="run", commit=sha, name=Paths.of(ws.git).lock_name):
+        with lock.acquire(ws.git.common_dir, purpose="run", commit=sha, description=_subject(ws.git, sha),
+                          name=Paths.of(ws.git).lock_name):
             best = current_best(Notebook(ws.git), ws.branch, tip)
             return measure_chain(ws.git, ws.branch, chain, best)
     records: list[Record] = []
-    with lock.acquire(ws.git.common_dir, purpose="run", commit=sha, name=Paths.of(ws.git).lock_name):
+    with lock.acquire(ws.git.common_dir, purpose="run", commit=sha, description=_subject(ws.git, sha),
+                      name=Paths.of(ws.git).lock_name):
         for _ in range(repeat):
             plan = experiment.plan_rerun(ws.git, sha, ws.branch)
             records.append(experiment.execute(ws.git, plan))
     return records
+
+
+def _subject(git: Git, sha: str) -> str:
+    return subject(git.commit(sha).message)
+
+
+def best_after_remeasuring(records: list[Record], start: str | Path = ".") -> str | None:
+    """The line that ends a re-measurement: the best's mean over all its runs now, and their spread.
+
+    None when no run re-measured the best (a baseline alone, a chain of new commits).
+    """
+    rerun = next((r for r in reversed(records) if r.kind == "rerun"), None)
+    if rerun is None:
+        return None
+    notebook = Notebook(Git.discover(start))
+    best = current_best(notebook, rerun.branch, rerun.commit)
+    if best is None:
+        return None
+    spread = commit_spread(notebook.records(rerun.commit), rerun.branch)
+    sigma = f", σ {spread.std:.6f} between its runs" if spread is not None else ""
+    return f"best {rerun.commit[:7]} val_bpb {bpb(best.val_bpb)} (mean of {best.runs} runs{sigma})"
 
 
 def unmeasured_chain(git: Git, branch: str, tip: str, sha: str, rev: str) -> list[str]:

@@ -12,6 +12,7 @@ from gitar.commands.common import open_workspace
 from gitar.history import one_line
 from gitar.judge import Policy, current_best
 from gitar.noise import Noise, branch_noise
+from gitar.numbers import bpb, rounded
 from gitar.paths import Paths
 from gitar.records import UNDECIDED, Notebook, Record
 
@@ -41,7 +42,7 @@ class Status:
                 run.update(confirm_run=len(self.confirming) + 1, confirm_of=self.policy.max_runs,
                            earlier_val_bpb=self.confirming)
         return {"branch": self.branch, "running": run, "best": None if self.best_commit is None else
-                {"commit": self.best_commit, "val_bpb": self.best_val_bpb, "runs": self.best_runs},
+                {"commit": self.best_commit, "val_bpb": _rounded(self.best_val_bpb), "runs": self.best_runs},
                 "keep_rule": self.policy.rule, "noise": self.noise.as_dict() if self.noise else None}
 
 
@@ -51,12 +52,18 @@ def get_status(start: str | Path = ".") -> Status:
     running = state.load(paths)
     progress = runner.read_progress(Path(running.log)) if running else None
     notebook = Notebook(ws.git)
-    best = current_best(notebook, ws.branch, ws.git.ref_target(f"refs/heads/{ws.branch}"))
+    # While an attempt runs, the branch sits on it unjudged: the best is the one it is judged against.
+    tip = state.judged_tip(paths, ws.branch, ws.git.ref_target(f"refs/heads/{ws.branch}"))
+    best = current_best(notebook, ws.branch, tip)
     confirming = _undecided(notebook.records(running.commit), running.branch) if running else []
     return Status(branch=ws.branch, running=running, progress=progress,
                   best_commit=best.commit if best else None, best_val_bpb=best.val_bpb if best else None,
                   best_runs=best.runs if best else 0, policy=Policy.of(ws.ground.experiment),
                   noise=branch_noise(notebook, ws.branch), confirming=confirming)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else rounded(value)
 
 
 def _undecided(records: list[Record], branch: str) -> list[float]:
@@ -88,7 +95,7 @@ def status_lines(s: Status) -> list[str]:
         # one_line: a running.json is a file train.py could have written; its description may be anything.
         lines.append(f"{progress_line(s.running, s.progress)} \"{one_line(s.running.description, 60)}\"")
         if s.confirming:
-            so_far = ", ".join(f"{v:.6f}" for v in s.confirming)
+            so_far = ", ".join(map(bpb, s.confirming))
             lines.append(f"confirm: run {len(s.confirming) + 1} of up to {s.policy.max_runs} of "
                          f"{s.running.commit[:7]} (so far val_bpb {so_far})")
         lines.append(f"log {s.running.log}")
@@ -96,7 +103,7 @@ def status_lines(s: Status) -> list[str]:
         lines.append("nothing running")
     if s.best_commit is not None and s.best_val_bpb is not None:
         runs = f" (mean of {s.best_runs} runs)" if s.best_runs > 1 else ""
-        lines.append(f"best {s.best_commit[:7]} val_bpb {s.best_val_bpb:.6f}{runs}{_noise_words(s.noise)}")
+        lines.append(f"best {s.best_commit[:7]} val_bpb {bpb(s.best_val_bpb)}{runs}{_noise_words(s.noise)}")
     else:
         lines.append("best none yet: run the baseline with `gitar run`")
     lines.append(_rule_words(s.policy))

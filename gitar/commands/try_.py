@@ -87,9 +87,10 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
         raise GitarError(f"another git process is using this repository ({ws.git.gitdir / 'index.lock'} "
                          "exists); wait for it, or remove that file if no git command is running")
     token = lock.new_token()
-    held = lock.acquire(ws.git.common_dir, purpose="try", token=token, commit=ws.head,
+    # No commit yet: the lock names the description until the commit exists (then the commit too).
+    held = lock.acquire(ws.git.common_dir, purpose="try", token=token, description=text,
                         name=Paths.of(ws.git).lock_name)
-    attempt = _Attempt(ws, text, why, files, token, experiment.new_run_id(), detach, remote)
+    attempt = _Attempt(ws, text, why, files, held, experiment.new_run_id(), detach, remote)
     outcome: Record | Started | Queued | None = None
     try:
         # Before anything is committed (and after the lock, so a running experiment is said first):
@@ -97,9 +98,10 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
         best = current_best(Notebook(ws.git), ws.branch, ws.head)
         trust.check_judging(ws.git, ws.branch, ws.head, ws.head, best.commit if best else None,
                             unmeasured_ok=remote is not None)
-        ws.git.run("add", "-A", "--", *files)
-        with _watching(Paths.of(ws.git), on_progress):
-            outcome = attempt.in_process() if foreign_hooks(ws.git) is None else attempt.through_hooks()
+        with _index_restored_unless_committed(ws):
+            ws.git.run("add", "-A", "--", *files)
+            with _watching(Paths.of(ws.git), on_progress):
+                outcome = attempt.in_process() if foreign_hooks(ws.git) is None else attempt.through_hooks()
         return outcome
     finally:
         if not isinstance(outcome, Started):  # a detached runner holds the lock now
@@ -112,10 +114,14 @@ class _Attempt:
     text: str
     hypothesis: str | None
     files: list[str]
-    token: str
+    held: lock.Lock
     run_id: str
     detach: bool
     remote: str | None = None  # queue the commit for this remote's runner instead of running it here
+
+    @property
+    def token(self) -> str:
+        return self.held.token
 
     @property
     def paths(self) -> Paths:
@@ -136,6 +142,8 @@ class _Attempt:
             # the detached runner inherits the wait and ends it when its own run starts.
             with stops.stop_signals_held():
                 sha = self._commit(index)
+                # A concurrent try is refused naming what runs: this commit, not the one it builds on.
+                self.held.transfer(os.getpid(), commit=sha, description=self.text)
                 if self.remote is not None:
                     return self._queue(sha)
                 plan = experiment.plan_attempt(git, sha, self.ws.branch, subject(git.commit(sha).message),
@@ -204,6 +212,44 @@ def _check_cheaply(ws: Workspace, files: list[str]) -> None:
             check_source(path, full.read_bytes())
         elif path == MODEL_FILE:
             check_model_source(full.read_bytes(), ws.ground, full)
+
+
+@contextmanager
+def _index_restored_unless_committed(ws: Workspace) -> Iterator[None]:
+    """Put git's index back byte for byte if the body ends in an exception before anything is committed.
+
+    The agent's files are staged before the checks run (the real index must match the commit
+    once it is made), so a refusal by the smoke step, a hook or the lock would otherwise leave
+    them staged: `git checkout -- train.py` would then restore the refused edit instead of the
+    committed file. A refusal changes nothing, so the index goes back as it was, with whatever
+    the agent had staged itself. Under index.lock, as git writes it.
+    """
+    index = ws.git.gitdir / "index"
+    try:
+        saved: bytes | None = index.read_bytes()
+    except FileNotFoundError:
+        saved = None
+    try:
+        yield
+    except BaseException:
+        if ws.git.ref_target(f"refs/heads/{ws.branch}") == ws.head:  # nothing committed
+            _write_index(index, saved)
+        raise
+
+
+def _write_index(index: Path, content: bytes | None) -> None:
+    lock_file = index.with_name(index.name + ".lock")
+    try:
+        fd = os.open(lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return  # a git command is writing the index right now: it is theirs, not ours to overwrite
+    with os.fdopen(fd, "wb") as out:
+        out.write(content or b"")
+    if content is None:
+        index.unlink(missing_ok=True)
+        lock_file.unlink()
+    else:
+        os.replace(lock_file, index)
 
 
 @contextmanager

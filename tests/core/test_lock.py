@@ -106,8 +106,8 @@ def test_a_lock_held_by_another_process_is_refused_with_one_line(gitdir: Path) -
             acquire(gitdir, purpose="gitar try")
         assert err.value.code == ExitCode.REFUSED
         message = str(err.value)
-        assert message.startswith(f"another experiment is running in this repository (pid {holder.pid}, "
-                                  "gitar try, commit abc123def456, since ")
+        assert message.startswith(f"another experiment is running in this repository: abc123d (pid {holder.pid}, "
+                                  "gitar try, since ")
         assert message.endswith("wait for it with `gitar wait` or see `gitar status`")
         assert "\n" not in message
     finally:
@@ -324,3 +324,15 @@ def test_clearing_a_stale_lock_spares_one_that_replaced_it_meanwhile(gitdir: Pat
     assert current is not None
     lockmod._remove_if_same(path, current)
     assert not path.exists() and list((gitdir / "gitar").iterdir()) == []
+
+
+def test_transfer_can_name_the_commit_that_now_runs(gitdir: Path) -> None:
+    # `gitar try` locks before its commit exists; once made, the lock names it and its description,
+    # so a concurrent try is told what runs, not the commit it was built on.
+    lock = acquire(gitdir, purpose="try", description="wider MLP")
+    assert "another experiment is running in this repository: \"wider MLP\" (pid" in lockmod.held_message(lock.info)
+    lock.transfer(os.getpid(), commit="f00dfeed" * 5, description="wider MLP")
+    info = read(gitdir)
+    assert info is not None and info.commit == "f00dfeed" * 5 and info.description == "wider MLP" and lock.owned
+    assert lockmod.held_message(info).startswith('another experiment is running in this repository: f00dfee "wider MLP" (')
+    lock.release()

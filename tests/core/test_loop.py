@@ -256,3 +256,54 @@ def test_live_progress_reads_the_log(tmp_path: Path) -> None:
     line = progress_line(running, read_progress(log))
     assert "train 4.5/20s" in line and "step 7" in line and "loss 3.2500" in line
     assert "starting" in progress_line(running, None)
+
+
+def _wait_for_trainer(ws: Workspace) -> None:
+    deadline = time.time() + 30
+    while not trainer_processes(ws.root):
+        assert time.time() < deadline, "the trainer did not start"
+        time.sleep(0.1)
+
+
+def test_while_an_attempt_runs_the_best_is_the_one_it_is_judged_against(workspace: Workspace) -> None:
+    ws = workspace
+    assert ws.gitar("run").returncode == 0
+    best = ws.tip()
+    ws.write_train(0.9, mode="sleep", sleep_s=30)
+    proc = ws.gitar("try", "slow candidate", "--detach", "--json")
+    assert proc.returncode == 0, _result(proc)
+    attempt = json.loads(proc.stdout)["commit"]
+    try:
+        _wait_for_trainer(ws)
+        assert ws.tip() == attempt  # the branch is on the attempt while it runs
+        status = json.loads(ws.gitar("status", "--json").stdout)
+        assert status["running"]["commit"] == attempt
+        assert status["best"] is not None and status["best"]["commit"] == best, status
+        assert f"best {best[:7]} val_bpb 1.000000" in ws.gitar("status").stdout
+        shown = json.loads(ws.gitar("best", "--json").stdout)
+        assert shown["best"] is not None and shown["best"]["commit"] == best, shown
+        assert ws.gitar("best").stdout.startswith(f"best {best[:7]} val_bpb 1.000000")
+        memory = ws.gitar("memory").stdout
+        assert f"best {best[:7]} val_bpb 1.000000" in memory, memory
+    finally:
+        running = json.loads((ws.root / ".git" / "gitar" / "running.json").read_text())
+        os.kill(running["pid"], signal.SIGTERM)  # recorded as aborted, back to the best
+        deadline = time.time() + 30
+        while (ws.root / ".git" / "gitar" / "running.json").exists() and time.time() < deadline:
+            time.sleep(0.1)
+    assert ws.tip() == best
+
+
+def test_remeasurements_of_the_best_say_so_and_end_with_its_mean(workspace: Workspace) -> None:
+    ws = workspace
+    assert ws.gitar("run").returncode == 0
+    proc = ws.gitar("run", "--repeat", "2")
+    assert proc.returncode == 0, _result(proc)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3, lines
+    assert all(line.startswith("remeasured ") for line in lines[:2]), lines
+    assert "vs best" not in proc.stdout
+    assert lines[2].startswith(f"best {ws.tip()[:7]} val_bpb 1.000000 (mean of 3 runs"), lines
+    assert "σ" in lines[2]
+    for r in (json.loads(line) for line in ws.gitar("run", "--json").stdout.splitlines()):
+        assert r["kind"] == "rerun" and r["status"] == "keep"  # the record's verdict is unchanged

@@ -291,3 +291,87 @@ def test_hook_refuses_a_plain_commit_with_an_invalid_model_json(measured: Worksp
     proc = ws.git("commit", "-m", "plain commit, truncated model.json", check=False)
     assert proc.returncode != 0 and "model.json: invalid JSON at line 1" in proc.stdout + proc.stderr
     assert ws.tip() == head
+
+
+def _index_and_tree(ws: Workspace) -> tuple[str, str, dict[str, bytes]]:
+    """What "nothing changed" means concretely: the index entries, the branch tip, the work tree's bytes."""
+    files = {p: (ws.root / p).read_bytes() for p in ("train.py", "model.json")}
+    return ws.git("ls-files", "--stage").stdout, ws.tip(), files
+
+
+@pytest.mark.parametrize("through_hooks", [False, True], ids=["in-process", "through-hooks"])
+def test_a_smoke_refusal_leaves_index_and_work_tree_as_they_were(hermetic: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 through_hooks: bool) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    if through_hooks:
+        ws.add_user_hook()  # a user's own hook: the commit goes through the pre-commit framework
+    monkeypatch.chdir(ws.root)
+    assert ws.gitar("init", "t1").returncode == 0
+    assert ws.gitar("run").returncode == 0
+    # Something the agent staged itself beforehand must stay staged, and nothing more.
+    model = json.loads((ws.root / "model.json").read_text())
+    model["optimization"]["matrix_lr"] = 0.05
+    (ws.root / "model.json").write_text(json.dumps(model, indent=2) + "\n")
+    ws.git("add", "model.json")
+    ws.write_train(0.5, mode="smoke-fail")
+    before = _index_and_tree(ws)
+    proc = ws.gitar("try", "shape bug")
+    assert proc.returncode == REFUSED and "smoke step failed" in proc.stderr, proc.stderr
+    assert _index_and_tree(ws) == before
+    # So restoring the file brings back the committed train.py, not the refused edit.
+    ws.git("checkout", "--", "train.py")
+    assert (ws.root / "train.py").read_bytes() == ws.git("show", "HEAD:train.py").stdout.encode()
+
+
+def test_a_lock_refusal_leaves_the_index_as_it_was(measured: Workspace) -> None:
+    ws = measured
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from gitar import lock;"
+        "l = lock.acquire(Path(sys.argv[1]), purpose='test'); print('held', flush=True); time.sleep(30)"),
+        str(ws.root / ".git")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        ws.write_train(0.5)
+        before = _index_and_tree(ws)
+        proc = ws.gitar("try", "while busy")
+        assert proc.returncode == REFUSED and "another experiment is running" in proc.stderr
+        assert _index_and_tree(ws) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_concurrent_try_names_the_running_commit(measured: Workspace) -> None:
+    ws = measured
+    ws.write_train(0.9, mode="sleep", sleep_s=8)
+    proc = ws.gitar("try", "the slow one", "--detach", "--json")
+    assert proc.returncode == 0, proc.stderr
+    running = json.loads(proc.stdout)["commit"]
+    parent = ws.git("rev-parse", f"{running}^").stdout.strip()
+    ws.write_train(0.8)
+    busy = ws.gitar("try", "meanwhile")
+    assert busy.returncode == REFUSED
+    assert running[:7] in busy.stderr and '"the slow one"' in busy.stderr, busy.stderr
+    assert parent[:7] not in busy.stderr
+    ws.git("add", "train.py")
+    plain = ws.git("commit", "-m", "plain meanwhile", check=False)  # the hook's refusal says the same
+    assert plain.returncode != 0 and running[:7] in plain.stdout + plain.stderr
+    ws.git("reset", "-q")
+    assert ws.gitar("wait").returncode == 0
+
+
+def test_off_an_experiment_branch_the_refusal_names_the_branches(workspace: Workspace) -> None:
+    ws = workspace
+    for tag in ("t2", "t3", "t4", "t5"):
+        ws.git("branch", f"autoresearch/{tag}")
+    ws.git("switch", "-q", "main")
+    proc = ws.gitar("status")
+    assert proc.returncode == REFUSED
+    assert "autoresearch/t1" in proc.stderr and "and 2 more" in proc.stderr, proc.stderr
+    assert "git switch" in proc.stderr
+
+
+def test_an_unknown_revision_points_at_gitar_log(measured: Workspace) -> None:
+    proc = measured.gitar("show", "no-such-rev")
+    assert proc.returncode == REFUSED and "`gitar log`" in proc.stderr and "git log --oneline" not in proc.stderr

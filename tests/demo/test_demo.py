@@ -43,6 +43,10 @@ def test_demo_runs_the_loop(hermetic: Path, tmp_path: Path) -> None:
     attempts = subprocess.run(["git", "for-each-ref", "refs/gitar/attempts/"], cwd=dest, capture_output=True,
                               text=True, check=True).stdout.splitlines()
     assert len(attempts) == 2
+    # The refused idea is undone: the workspace handed over is clean, so the user's first try is theirs.
+    assert "undoing the refused idea" in out
+    assert subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=dest, capture_output=True,
+                          text=True, check=True).stdout == ""
     verify = subprocess.run([sys.executable, "-m", "gitar", "verify"], cwd=dest, capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     again = subprocess.run([sys.executable, "-m", "gitar", "demo", str(dest)], capture_output=True, text=True,

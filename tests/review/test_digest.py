@@ -144,3 +144,21 @@ def test_the_number_pattern_matches_its_plain_form() -> None:
     # Non-ASCII descriptions take the regex path, ASCII ones the byte translation: the same words.
     assert normalise("naïve Über-change 3e-4, x_y") == " ".join(sorted({"#", "naïve", "über", "change", "x_y"}))
     assert normalise("naive Uber-change 3e-4, x_y") == " ".join(sorted({"#", "naive", "uber", "change", "x_y"}))
+
+
+def test_a_mean_has_one_spelling_whatever_order_its_runs_were_summed_in() -> None:
+    import math
+    import random
+
+    from gitar.numbers import bpb, delta, rounded, signed
+
+    rng = random.Random(1)
+    for _ in range(5000):
+        runs = [round(rng.uniform(0.9, 3.0), 6) for _ in range(rng.randint(2, 5))]
+        running = runs[0]  # the judge's mean, updated run by run
+        for k, v in enumerate(runs[1:], start=1):
+            running = (running * k + v) / (k + 1)
+        means = (sum(runs) / len(runs), math.fsum(runs) / len(runs), running)
+        assert len({bpb(m) for m in means}) == 1 and len({rounded(m) for m in means}) == 1, runs
+        assert float(bpb(means[0])) == rounded(means[0])
+    assert signed(delta(1.6, 1.5150155)) == "+0.084984" and signed(-1e-12) == "+0.000000"

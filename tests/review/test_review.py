@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.core.conftest import Workspace
+from tests.core.conftest import Workspace, fake_train
 from tests.review.conftest import CRASH_DESCRIPTION, Built
 
 
@@ -218,3 +218,36 @@ def test_plot_refuses_a_branch_without_numbers(workspace: Workspace) -> None:
     proc = workspace.gitar("plot")
     assert proc.returncode == 2 and "nothing to plot" in proc.stderr
     assert not (workspace.root / "progress.png").exists()
+
+
+# -- one number, one spelling ----------------------------------------------------------
+
+# Four runs whose mean, 1.5150155, lies exactly between two printed values: summed in another
+# order or updated run by run it lands a hair above or below, and a format of each would differ.
+_RUNS = {42: 1.712988, 43: 1.458416, 44: 1.196564, 45: 1.692094}
+
+
+def test_every_command_spells_the_best_and_a_delta_the_same(workspace: Workspace) -> None:
+    ws = workspace
+    seeded = fake_train(1.0).replace("VAL_BPB = 1.0\n",
+                                     f"VAL_BPB = {_RUNS!r}.get(int(os.environ.get('GITAR_SEED', '0')), 1.0)\n")
+    (ws.root / "train.py").write_text(seeded)
+    assert ws.gitar("try", "the baseline, measured four times").returncode == 0
+    repeat = ws.gitar("run", "--repeat", "3", "--json")
+    assert repeat.returncode == 0, repeat.stderr
+    last = json.loads(repeat.stdout.splitlines()[-1])
+    best = "1.515016"  # 1.5150155, rounded half up
+    assert f"mean {best} over 4 runs" in last["reason"], last["reason"]
+    assert f"val_bpb {best}" in _ok(ws.gitar("status"))
+    assert _ok(ws.gitar("best")).startswith(f"best {ws.tip()[:7]} val_bpb {best}")
+    assert json.loads(_ok(ws.gitar("best", "--json")))["best"]["val_bpb"] == float(best)
+    assert f"val_bpb {best} (mean of 4 runs)" in _ok(ws.gitar("memory"))
+
+    (ws.root / "train.py").write_text(fake_train(1.6))
+    tried = ws.gitar("try", "worse by a delta that lies on a half")
+    assert tried.returncode == 1, tried.stderr
+    delta = "+0.084984"  # 1.600000 - 1.515016, the two numbers as every command prints them
+    assert f"({delta} vs best {best})" in tried.stdout, tried.stdout
+    assert delta in _ok(ws.gitar("log")).splitlines()[1]
+    assert f"delta {delta}" in _ok(ws.gitar("memory"))
+    assert json.loads(_ok(ws.gitar("log", "--json")).splitlines()[0])["delta"] == float(delta)
