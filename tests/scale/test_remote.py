@@ -36,7 +36,10 @@ def test_no_wait_queues_the_commit_and_wait_reads_the_verdict(lab: Lab, user_hoo
     assert proc.returncode == 0, proc.stderr
     queued = json.loads(proc.stdout)
     sha = agent.head()
-    assert queued == {"status": "queued", "commit": sha, "remote": "origin", "branch": BRANCH}
+    # Every --json outcome carries its exit code and its line (the same words the plain output says).
+    assert {k: queued[k] for k in ("status", "commit", "remote", "branch", "exit_code")} == {
+        "status": "queued", "commit": sha, "remote": "origin", "branch": BRANCH, "exit_code": 0}
+    assert set(queued) == {"status", "commit", "remote", "branch", "exit_code", "message"}
     assert lab.remote_ref(f"refs/heads/{BRANCH}") == sha
     assert lab.remote_ref(f"refs/gitar/attempts/{sha}") == sha
     assert lab.remote_ref(f"refs/gitar/base/{BRANCH}") is not None
