@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -111,14 +113,24 @@ def test_nothing_to_try(measured: Workspace) -> None:
     assert proc.returncode == REFUSED and "nothing to try" in proc.stderr
 
 
-def test_lock_held_by_a_live_process(measured: Workspace) -> None:
-    ws = measured
+@contextmanager
+def lock_held_elsewhere(ws: Workspace) -> Iterator[None]:
+    """Another live process holds the workspace's experiment lock for the block."""
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from pathlib import Path; from gitar import lock;"
         "l = lock.acquire(Path(sys.argv[1]), purpose='test'); print('held', flush=True); time.sleep(30)"),
         str(ws.root / ".git")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_lock_held_by_a_live_process(measured: Workspace) -> None:
+    ws = measured
+    with lock_held_elsewhere(ws):
         ws.write_train(0.5)
         head = ws.tip()
         proc = ws.gitar("try", "while busy")
@@ -129,9 +141,6 @@ def test_lock_held_by_a_live_process(measured: Workspace) -> None:
         commit = ws.git("commit", "-m", "plain while busy", check=False)
         assert commit.returncode != 0 and "another experiment is running" in commit.stdout + commit.stderr
         assert ws.tip() == head
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_stale_lock_is_cleared(measured: Workspace) -> None:
@@ -326,20 +335,12 @@ def test_a_smoke_refusal_leaves_index_and_work_tree_as_they_were(hermetic: Path,
 
 def test_a_lock_refusal_leaves_the_index_as_it_was(measured: Workspace) -> None:
     ws = measured
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from gitar import lock;"
-        "l = lock.acquire(Path(sys.argv[1]), purpose='test'); print('held', flush=True); time.sleep(30)"),
-        str(ws.root / ".git")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(ws):
         ws.write_train(0.5)
         before = _index_and_tree(ws)
         proc = ws.gitar("try", "while busy")
         assert proc.returncode == REFUSED and "another experiment is running" in proc.stderr
         assert _index_and_tree(ws) == before
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_concurrent_try_names_the_running_commit(measured: Workspace) -> None:
