@@ -26,6 +26,14 @@ def test_workspace_is_the_project_files_with_the_cpu_preset(tmp_path: Path) -> N
     assert ground.training.mode == "cpu" and ground.cache_dir == (tmp_path / "data").resolve()
     load_model(tmp_path / "model.json", ground)
     assert (tmp_path / "hooks" / "gitar-hook").stat().st_mode & 0o111
+    assert ground.experiment.sandbox == "bwrap"
+
+
+def test_without_a_sandbox_the_demo_says_off_in_its_ground_json(tmp_path: Path) -> None:
+    # A machine without user namespaces (a default Docker container): the demo still shows the loop,
+    # and its ground.json says explicitly that train.py runs unconfined, as a real workspace must.
+    build_workspace(tmp_path, unconfined=True)
+    assert load_ground(tmp_path / "ground.json").experiment.sandbox == "off"
 
 
 @pytest.mark.slow
