@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gitar import sandbox, signing
-from gitar.config import Ground
+from gitar.config import AUTO_MEMORY_FRACTION, Ground
 from gitar.git import Git
 from gitar.limits import MB, Limits, machine_memory_bytes
 from gitar.paths import Paths
@@ -38,8 +38,6 @@ def limits_of(ground: Ground) -> Limits:
 
 
 def _auto_memory() -> int | None:
-    from gitar.config import AUTO_MEMORY_FRACTION
-
     total = machine_memory_bytes()
     return int(total * AUTO_MEMORY_FRACTION) if total else None
 
