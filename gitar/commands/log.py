@@ -68,6 +68,8 @@ def _row(a: Attempt) -> str:
         desc += f" [mean of {len(a.values)} runs]"
     if a.status in _NOT_RUN:
         desc += f" — {one_line(a.cause, 80)}"
+    if (earlier := a.repeat_of) is not None:
+        desc += f" [repeat of {earlier[:7]}]"  # the same files as that attempt (gitar/repeats.py)
     return f"{a.commit[:7]}  {a.status:<8} {value:>8}  {delta:>9}  {mem:>6}  {secs:>7}  {desc}"
 
 
