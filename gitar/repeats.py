@@ -19,8 +19,11 @@ again on purpose and is never a repeat.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pygit2
@@ -32,11 +35,15 @@ from gitar.git import Git
 from gitar.integrity import harness_sha256
 from gitar.notes_read import note_blobs
 from gitar.numbers import rounded
+from gitar.paths import Paths
 from gitar.preflight import owned
-from gitar.records import ABORTED, NOTES_REF, SMOKE, Record, parse_note
+from gitar.records import ABORTED, NOTES_REF, SMOKE, Notebook, Record
 from gitar.report import repeat_phrase
 
 _FIELD = b'"agent_sha256"'  # how the key is spelled in every note line gitar writes (json_line)
+_IDENTITY = re.compile(rb'"agent_sha256": "([0-9a-f]{64})"')
+CONTENTS_FILE = "contents"  # .git/gitar/contents: the index of identities (contents())
+_CONTENTS_MAGIC = "gitar-contents"
 
 
 def content_sha256(files: Iterable[tuple[str, str]]) -> str:
@@ -148,26 +155,107 @@ def find(git: Git, change: Change, agent_owned: tuple[str, ...], exclude: str | 
     """The earlier attempts with the change's files, the one to name first.
 
     First those that ran to a result, then this branch's before others', then the oldest.
-    One pass over the notes; a note is parsed only if it holds the identity, or holds no
-    identity at all (written before records carried it: its commit's tree decides).
+    The commits come from the index of identities (contents()); each one's runs are read from
+    its note and count only if their own agent_sha256 says so (or they predate it) and their
+    harness is the change's.
     """
-    needle = change.content.encode("ascii")
+    notebook = Notebook(git)
     found: list[Earlier] = []
-    for commit, data in note_blobs(git, NOTES_REF):
-        if commit == exclude:
+    for commit, identities in contents(git, agent_owned).items():
+        if commit == exclude or change.content not in identities:
             continue
-        if needle in data:
-            runs = parse_note(data.decode("utf-8", "replace"), commit)
-            if not any(r.agent_sha256 == change.content for r in runs):
-                continue  # the hex digits appear in some text, not as the identity
-        elif _FIELD not in data and commit_content(git, commit, agent_owned) == change.content:
-            runs = parse_note(data.decode("utf-8", "replace"), commit)
-        else:
-            continue
-        runs = [r for r in runs if r.harness_sha256 in (None, change.harness)]
-        found.extend(_attempts(commit, runs))
+        runs = [r for r in notebook.records(commit) if r.harness_sha256 in (None, change.harness)]
+        if any(r.agent_sha256 is None for r in runs) and commit_content(git, commit, agent_owned) != change.content:
+            runs = [r for r in runs if r.agent_sha256 is not None]  # the lines without it are of other files
+        found.extend(_attempts(commit, [r for r in runs if r.agent_sha256 in (None, change.content)]))
     found.sort(key=lambda e: (not e.ran, e.branch != change.branch, e.started, e.branch, e.commit))
     return found
+
+
+def contents(git: Git, agent_owned: tuple[str, ...]) -> dict[str, frozenset[str]]:
+    """{annotated commit: the agent_sha256 values its note holds}, for every note.
+
+    Kept up to date in .git/gitar/contents, beside the notes tip it describes: a later call
+    reads only the notes that changed since (one `git diff-tree` of the two notes commits),
+    so a try on a notebook of 10,000 attempts does not parse 10,000 notes. Without a usable
+    file, one pass over every note, which parses only notes holding an identity-less line
+    (written before records carried it: the commit's tree decides) — others are scanned, not
+    parsed. The file is only a cache: find() checks every record it names against its note.
+    """
+    tip = git.ref_target(NOTES_REF)
+    if tip is None:
+        return {}
+    path = Paths.of(git).base / CONTENTS_FILE
+    key = hashlib.sha256("\0".join(agent_owned).encode()).hexdigest()[:16]
+    cached = _read_contents(path, key)
+    index: dict[str, frozenset[str]] | None = None
+    if cached is not None and cached[0] == tip:
+        return cached[1]
+    if cached is not None:
+        index = _updated(git, cached[0], tip, dict(cached[1]), agent_owned)
+    if index is None:
+        index = {commit: _identities(git, commit, data, agent_owned) for commit, data in note_blobs(git, NOTES_REF)}
+    _write_contents(path, key, tip, index)
+    return index
+
+
+def _identities(git: Git, commit: str, data: bytes, agent_owned: tuple[str, ...]) -> frozenset[str]:
+    found = set(_IDENTITY.findall(data))
+    out = {m.decode("ascii") for m in found}
+    # A line without the key predates it (or was written by recovery for a dead run): the tree decides.
+    if data.count(b'"status"') > data.count(_FIELD) or not out:
+        legacy = commit_content(git, commit, agent_owned)
+        if legacy is not None:
+            out.add(legacy)
+    return frozenset(out)
+
+
+def _updated(git: Git, old: str, new: str, index: dict[str, frozenset[str]],
+             agent_owned: tuple[str, ...]) -> dict[str, frozenset[str]] | None:
+    """The index at notes commit `old` brought to `new`; None if git cannot compare the two."""
+    proc = git.run("diff-tree", "-r", "--no-renames", "--no-commit-id", "--raw", "-z", old, new, check=False)
+    if proc.returncode != 0:
+        return None  # e.g. the old notes commit is gone (gc after a rewind)
+    fields = proc.stdout.split("\0")
+    for meta, path in zip(fields[0::2], fields[1::2], strict=False):
+        parts = meta.split(" ")
+        if len(parts) < 5:
+            continue
+        commit = path.replace("/", "").lower()
+        if parts[4].startswith("D"):
+            index.pop(commit, None)
+            continue
+        obj = git.repo.get(parts[3])
+        if isinstance(obj, pygit2.Blob):
+            index[commit] = _identities(git, commit, obj.data, agent_owned)
+    return index
+
+
+def _read_contents(path: Path, key: str) -> tuple[str, dict[str, frozenset[str]]] | None:
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    lines = text.split("\n")
+    head = lines[0].split(" ")
+    if len(head) != 4 or head[:2] != [_CONTENTS_MAGIC, "1"] or head[3] != key or lines[-1] != "":
+        return None  # another format, other agent_owned patterns, or cut short: rebuild
+    index: dict[str, frozenset[str]] = {}
+    for line in lines[1:-1]:
+        commit, _, ids = line.partition(" ")
+        index[commit] = frozenset(ids.split(" ")) if ids else frozenset()
+    return head[2], index
+
+
+def _write_contents(path: Path, key: str, tip: str, index: dict[str, frozenset[str]]) -> None:
+    body = "".join(f"{c} {' '.join(sorted(ids))}\n" for c, ids in index.items())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(f"{_CONTENTS_MAGIC} 1 {tip} {key}\n{body}", encoding="ascii")
+        os.replace(tmp, path)
+    except OSError:  # only a cache: the next call builds it again
+        tmp.unlink(missing_ok=True)
 
 
 def _attempts(commit: str, runs: list[Record]) -> Iterable[Earlier]:

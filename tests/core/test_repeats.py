@@ -9,7 +9,8 @@ import pytest
 
 from gitar.git import Git
 from gitar.records import DISCARD, Notebook, Record
-from gitar.repeats import Change, commit_content, find
+from gitar.paths import Paths
+from gitar.repeats import CONTENTS_FILE, Change, commit_content, contents, find
 from tests.core.conftest import Workspace, fake_train, make_workspace
 
 REFUSED, NOT_KEPT = 2, 1
@@ -95,6 +96,15 @@ def test_a_discarded_attempt_recorded_before_records_carried_the_identity_is_mat
     ws.write_train(1.3)
     proc = ws.gitar("try", "something new, surely")
     assert f"; repeat of {old[:7]} (discard, val_bpb 1.300000)" in proc.stdout, proc.stdout + proc.stderr
+    # The index of identities, brought up to date note by note, equals one built from nothing,
+    # and a damaged one is rebuilt.
+    index = contents(git, agent)
+    assert index[old] == {content} and len(index) == 3  # the baseline, the old attempt, the new one
+    cache = Paths.of(git).base / CONTENTS_FILE
+    cache.unlink()
+    assert contents(git, agent) == index
+    cache.write_text("gitar-contents 1 0000 garbage\n")
+    assert contents(git, agent) == index
 
 
 def test_refuse_refuses_a_repeat_before_anything_runs(hermetic: Path, tmp_path: Path,
