@@ -217,15 +217,15 @@ def _updated(git: Git, old: str, new: str, index: dict[str, frozenset[str]],
     if proc.returncode != 0:
         return None  # e.g. the old notes commit is gone (gc after a rewind)
     fields = proc.stdout.split("\0")
-    for meta, path in zip(fields[0::2], fields[1::2], strict=False):
-        parts = meta.split(" ")
-        if len(parts) < 5:
-            continue
-        commit = path.replace("/", "").lower()
+    changes = [(meta.split(" "), path.replace("/", "").lower())
+               for meta, path in zip(fields[0::2], fields[1::2], strict=False) if len(meta.split(" ")) >= 5]
+    # Deletions first: when git spreads notes into fanout subtrees, one note is deleted at its
+    # old path and added at its new one, and the deletion may come after the addition.
+    for parts, commit in changes:
         if parts[4].startswith("D"):
             index.pop(commit, None)
-            continue
-        obj = git.repo.get(parts[3])
+    for parts, commit in changes:
+        obj = None if parts[4].startswith("D") else git.repo.get(parts[3])
         if isinstance(obj, pygit2.Blob):
             index[commit] = _identities(git, commit, obj.data, agent_owned)
     return index

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from gitar.git import Git
-from gitar.records import DISCARD, Notebook, Record
 from gitar.paths import Paths
+from gitar.records import DISCARD, Notebook, Record
 from gitar.repeats import CONTENTS_FILE, Change, commit_content, contents, find
 from tests.core.conftest import Workspace, fake_train, make_workspace
 
@@ -176,3 +177,31 @@ def test_a_repeat_committed_past_the_preflight_is_recorded_rejected_under_refuse
 
 def _attempt_of(ws: Workspace, description: str) -> str:
     return next(str(r["commit"]) for r in ws.all_records() if r["description"] == description)
+
+
+def test_the_index_of_identities_survives_notes_spread_into_fanout_subtrees(measured: Workspace) -> None:
+    ws = measured
+    git = Git.discover(ws.root)
+    agent = ("train.py", "model.json")
+    ws.write_train(1.1)
+    assert ws.gitar("try", "one more note").returncode == NOT_KEPT
+    before = contents(git, agent)  # cached at this notes tip
+    assert len(before) == 2
+    # git spreads a large notebook into ab/cdef… subtrees: every note deleted and added at a new path.
+    flat = ws.git("ls-tree", "refs/notes/gitar").stdout.splitlines()
+    subtrees: dict[str, list[str]] = {}
+    for line in flat:
+        meta, name = line.split("\t")
+        subtrees.setdefault(name[:2], []).append(f"{meta}\t{name[2:]}")
+    top = [f"040000 tree {_mktree(ws, entries)}\t{prefix}" for prefix, entries in subtrees.items()]
+    tree = _mktree(ws, top)
+    spread = ws.git("commit-tree", tree, "-p", "refs/notes/gitar", "-m", "fanout").stdout.strip()
+    ws.git("update-ref", "refs/notes/gitar", spread)
+    assert contents(git, agent) == before
+    (Paths.of(git).base / CONTENTS_FILE).unlink()
+    assert contents(git, agent) == before
+
+
+def _mktree(ws: Workspace, entries: list[str]) -> str:
+    return subprocess.run(["git", "mktree"], cwd=ws.root, input="\n".join(entries) + "\n", capture_output=True,
+                          text=True, check=True).stdout.strip()
