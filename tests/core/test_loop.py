@@ -171,7 +171,7 @@ def test_edits_made_during_a_run_are_kept(workspace: Workspace) -> None:
 
 def test_detach_status_wait(workspace: Workspace) -> None:
     ws = workspace
-    ws.write_train(0.9, mode="sleep", sleep_s=2)
+    ws.write_train(0.9, mode="sleep", sleep_s=8)  # still running through status and run on a busy machine
     proc = ws.gitar("try", "detached run", "--detach", "--json")
     assert proc.returncode == 0, _result(proc)
     started = json.loads(proc.stdout)
