@@ -361,10 +361,13 @@ class GPT(nn.Module):
 
 def build_model(config: GPTConfig, device: torch.device, embedding_dtype: torch.dtype = torch.float32,
                 flash_attn_func=None) -> GPT:
-    # Built in place on the device. (Not on the meta device as upstream: its first use imports
-    # torch's meta kernels, two seconds of the smoke check's budget on a CPU.)
-    with torch.device(device):
+    # Built on the meta device, as upstream builds it: the layers' default initialisers draw
+    # nothing from the RNG there, so init_weights' draws are the first after the seed and the
+    # same seed gives upstream's initial weights. (Built on the device, nn.Linear and
+    # nn.Embedding would draw first and 20 of 32 tensors of the shipped model would differ.)
+    with torch.device("meta"):
         model = GPT(config, flash_attn_func)
+    model.to_empty(device=device)  # storage only; init_weights writes every tensor
     model.init_weights(embedding_dtype)
     return model
 

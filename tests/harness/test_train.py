@@ -183,6 +183,58 @@ def test_window_sizes_per_pattern(pattern, depth, want):
     assert train.window_sizes(config) == want
 
 
+def upstream_initial_weights(config: train.GPTConfig, seed: int) -> dict[str, torch.Tensor]:
+    """Upstream autoresearch's initial weights, drawn by hand in the order its construction draws
+    them: the model is built on the meta device (no default initialiser draws anything), then
+    init_weights fills wte ~ N(0, 1), lm_head ~ N(0, 0.001), per block c_q, c_k, c_v, c_fc ~ U(-s, s),
+    then every value embedding ~ U(-s, s); projections and gates are zero, the scalars constant."""
+    torch.manual_seed(seed)
+    V, D = config.vocab_size, config.n_embd
+    head_dim = D // config.n_head
+    kv = config.n_kv_head * head_dim
+    s = 3**0.5 * D**-0.5
+    out = {"transformer.wte.weight": torch.empty(V, D).normal_(0.0, 1.0),
+           "lm_head.weight": torch.empty(V, D).normal_(0.0, 0.001)}
+    ve_layers = [i for i in range(config.n_layer) if i % 2 == (config.n_layer - 1) % 2]
+    for i in range(config.n_layer):
+        h = f"transformer.h.{i}."
+        for name, rows in (("attn.c_q", config.n_head * head_dim), ("attn.c_k", kv), ("attn.c_v", kv), ("mlp.c_fc", 4 * D)):
+            out[h + name + ".weight"] = torch.empty(rows, D).uniform_(-s, s)
+        out[h + "attn.c_proj.weight"] = torch.zeros(D, D)
+        out[h + "mlp.c_proj.weight"] = torch.zeros(D, 4 * D)
+        if i in ve_layers:
+            out[h + "attn.ve_gate.weight"] = torch.zeros(config.n_kv_head, min(32, D))
+    for i in ve_layers:
+        out[f"value_embeds.{i}.weight"] = torch.empty(V, kv).uniform_(-s, s)
+    out["resid_lambdas"] = torch.ones(config.n_layer)
+    out["x0_lambdas"] = torch.full((config.n_layer,), 0.1)
+    return out
+
+
+@pytest.mark.parametrize(("depth", "pattern", "n_kv_head"), [(4, "SSSL", None), (3, "SL", 1)])
+def test_same_seed_gives_upstreams_initial_weights(depth, pattern, n_kv_head):
+    """Seed 42 gives upstream's initial weights, every tensor bit for bit: the layers' default
+    initialisers must not draw from the RNG before init_weights does."""
+    arch = model_cfg(depth=depth, aspect_ratio=16, head_dim=16, window_pattern=pattern).architecture
+    config = train.gpt_config(arch, 96, 32, "sdpa")
+    if n_kv_head is not None:
+        config.n_kv_head = n_kv_head
+    want = upstream_initial_weights(config, seed=42)
+    torch.manual_seed(42)
+    model = train.build_model(config, torch.device("cpu"))
+    got = dict(model.named_parameters())
+    assert sorted(got) == sorted(want)
+    differ = [name for name in want if not torch.equal(got[name].detach(), want[name])]
+    assert differ == [], f"{len(differ)} of {len(want)} tensors differ from upstream's: {differ}"
+    # Upstream stores the embeddings in bf16 on the GPU: the same values, cast.
+    torch.manual_seed(42)
+    bf16 = train.build_model(config, torch.device("cpu"), embedding_dtype=torch.bfloat16)
+    assert bf16.transformer.wte.weight.dtype == torch.bfloat16
+    assert torch.equal(bf16.transformer.wte.weight, want["transformer.wte.weight"].bfloat16())
+    # The buffers are real tables, not the meta device's placeholders.
+    assert model.cos.device.type == "cpu" and torch.equal(model.cos, model._rotary_tables(model.rotary_seq_len)[0])
+
+
 def test_fa3_backend_without_a_kernel_is_refused():
     config = train.gpt_config(model_cfg().architecture, 64, 16, "fa3")
     with pytest.raises(ValueError, match="fa3"):
