@@ -17,6 +17,7 @@ Cache layout (data.cache_dir):
     tokenizer/token_bytes.pt     int32 bytes every token id counts for in val_bpb (0 for special
                                  tokens), by the rule tokenizer.token_bytes names
     tokenizer/manifest.json      what the tokenizer was trained for and the token bytes' rule; written last
+    kernels/                     FlashAttention 3 for this GPU, when the `kernels` extra is installed
 """
 
 from __future__ import annotations
@@ -53,7 +54,14 @@ import torch.nn.functional as F
 from gitar.config import Ground, load_ground
 from gitar.errors import GitarError
 from gitar.harness.packing import BestFitPacker, DocBatch, Prefetcher, with_bos
-from gitar.harness.platform import Platform, detect_platform, load_flash_attention_3, probe_device
+from gitar.harness.platform import (
+    KERNELS_DIR,
+    Platform,
+    detect_platform,
+    fetch_flash_attention_3,
+    load_flash_attention_3,
+    probe_device,
+)
 
 __all__ = [
     "EVAL_TOKENS", "GROUND", "MAX_SEQ_LEN", "PLATFORM", "TIME_BUDGET", "TOKEN_BYTES_RULE", "Tokenizer",
@@ -96,8 +104,11 @@ MANIFEST_FILE = "manifest.json"
 # Platform: device, number format, attention kernel, compiler (gitar/harness/platform.py)
 # ---------------------------------------------------------------------------
 
+# FA3 builds fetched by `python prepare.py` (the `kernels` extra): in the data cache, where the
+# sandboxed trainer can read them (it sees neither HOME's caches nor the network).
+FA3_DIR = CACHE_DIR / KERNELS_DIR
 # Detected once, at import; cheap: reads device properties, loads no kernel.
-PLATFORM: Platform = detect_platform(GROUND.processor, probe_device())
+PLATFORM: Platform = detect_platform(GROUND.processor, probe_device(FA3_DIR))
 
 # ---------------------------------------------------------------------------
 # Writing files atomically
@@ -752,8 +763,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GitarError as e:
         print(e.message, file=sys.stderr)
         return int(e.code)
-    print(f"ready: {PLATFORM.describe()}")
-    for warning in PLATFORM.warnings:
+    platform = PLATFORM
+    if platform.device == "cuda" and GROUND.processor.attention in ("auto", "fa3"):
+        # Upstream fetches FA3 at every start; the trainer here has no network, so fetch it now.
+        print(fetch_flash_attention_3(platform.capability, FA3_DIR))
+        platform = detect_platform(GROUND.processor, probe_device(FA3_DIR))
+    print(f"ready: {platform.describe()}")
+    for warning in platform.warnings:
         print(f"warning: {warning}")
     return 0
 

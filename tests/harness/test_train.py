@@ -7,6 +7,7 @@ crash records, and, marked slow, a real training run of the tiny CPU preset on p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import train
-from gitar.config import load_model, parse_model
+from gitar.config import ProcessorConfig, load_model, parse_model
 from gitar.presets import cpu_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +33,7 @@ STEP_LINE = re.compile(
     r"mfu (\d+\.\d)% \| epoch (\d+) \| train (\d+\.\d)/(\d+(?:\.\d+)?)s$"
 )
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
-                "total_tokens_M", "num_steps", "num_params_M", "depth", "device", "dtype", "attention", "seed"]
+                "total_tokens_M", "num_steps", "num_params_M", "depth", "device", "dtype", "attention", "bytes_rule", "seed"]
 
 
 def model_cfg(**arch):
@@ -93,6 +95,112 @@ def test_the_window_really_limits_what_a_query_sees():
     v2[:, 2] += 100.0  # key 2 is outside the window of query 9 when the window is 3 (keys 6..9)
     assert torch.equal(train.attention(q, k, v, 3, "sdpa")[:, 9], train.attention(q, k, v2, 3, "sdpa")[:, 9])
     assert not torch.allclose(train.attention(q, k, v, 9, "sdpa")[:, 9], train.attention(q, k, v2, 9, "sdpa")[:, 9])
+
+
+def reference_attention(q, k, v, window):
+    """SDPA in float32 with an explicit boolean mask (i - window <= j <= i) and expanded kv heads."""
+    T = q.size(1)
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    mask = (j <= i) & (j >= i - window)
+    groups = q.size(2) // k.size(2)
+    qh, kh, vh = (t.transpose(1, 2).double() for t in (q, k, v))
+    kh, vh = kh.repeat_interleave(groups, dim=1), vh.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask).transpose(1, 2).float()
+
+
+# FlexAttention run eagerly (what a CPU can do) warns that it is not compiled: expected here.
+flex_eager = pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile.*")
+
+
+@pytest.fixture
+def flex_calls(monkeypatch):
+    """Counts FlexAttention's calls: the flex backend must really run it, not the dense mask."""
+    import torch.nn.attention.flex_attention as flex_module
+    calls = []
+    real = flex_module.flex_attention
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("block_mask"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flex_module, "flex_attention", counted)
+    return calls
+
+
+@flex_eager
+@pytest.mark.parametrize(("T", "window", "n_head", "n_kv_head"), [
+    (50, 7, 2, 2),  # T not a multiple of the 128-token block: a partial block
+    (200, 100, 2, 2),  # S layer of T = 200: the window is T // 2, blocks straddle it
+    (300, 150, 4, 2),  # grouped-query attention, three blocks, the last one partial
+    (129, 1, 2, 1),  # a window of one earlier token, one kv head for all
+    (130, 129, 2, 2),  # window = T - 1: the full causal path
+    (64, 64, 2, 2),  # window = T, as the L layers use
+])
+def test_flex_matches_reference_attention(T, window, n_head, n_kv_head, flex_calls):
+    torch.manual_seed(0)
+    q = torch.randn(2, T, n_head, 16)
+    k = torch.randn(2, T, n_kv_head, 16)
+    v = torch.randn(2, T, n_kv_head, 16)
+    got = train.attention(q, k, v, window, "flex")
+    assert got.shape == q.shape
+    torch.testing.assert_close(got, reference_attention(q, k, v, window), atol=2e-5, rtol=2e-5)
+    # A short window runs FlexAttention; one that covers T runs the fused causal kernel, unmasked.
+    assert len(flex_calls) == (1 if window < T - 1 else 0)
+
+
+@flex_eager
+@pytest.mark.parametrize("pattern", ["SSSL", "SL", "S", "L", "SSL"])
+def test_flex_model_equals_the_sdpa_model_for_every_window_pattern(pattern, flex_calls):
+    """The whole model, every layer's window as the pattern sets it (T = 40: S layers see 20
+    earlier tokens), flex and sdpa give the same logits. (Eager FlexAttention has no backward on a
+    CPU; the compiled kernel's is checked on the GPU.)"""
+    T = 40
+    arch = model_cfg(depth=4, aspect_ratio=16, head_dim=16, window_pattern=pattern).architecture
+    models = {}
+    for backend in ("flex", "sdpa"):
+        torch.manual_seed(3)
+        models[backend] = train.build_model(train.gpt_config(arch, 64, T, backend), torch.device("cpu"))
+        for p in models[backend].parameters():  # zero projections would hide the attention entirely
+            p.data.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    assert train.window_sizes(models["flex"].config)[0] == (20 if pattern[0] == "S" else 40)
+    idx = torch.randint(0, 64, (2, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = {b: m(idx) for b, m in models.items()}
+    torch.testing.assert_close(logits["flex"], logits["sdpa"], atol=1e-5, rtol=1e-5)
+    assert len(flex_calls) == sum(w < T - 1 for w in train.window_sizes(models["flex"].config))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU with Triton")
+@pytest.mark.parametrize(("T", "window", "n_kv_head"), [(2048, 1024, 4), (1000, 500, 2)])
+def test_compiled_flex_matches_sdpa_on_the_gpu(T, window, n_kv_head):
+    torch.manual_seed(0)
+    q = torch.randn(2, T, 4, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(2, T, n_kv_head, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(2, T, n_kv_head, 128, device="cuda", dtype=torch.bfloat16)
+    q.requires_grad_()
+    got = train.attention(q, k, v, window, "flex")
+    want = train.attention(q, k, v, window, "sdpa")
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+    (grad_flex,) = torch.autograd.grad(got.float().square().sum(), q)
+    (grad_sdpa,) = torch.autograd.grad(want.float().square().sum(), q)
+    torch.testing.assert_close(grad_flex.float(), grad_sdpa.float(), atol=5e-2, rtol=5e-2)
+
+
+def test_fa3_that_will_not_load_falls_back_to_flex_loudly(capsys, monkeypatch):
+    from gitar.harness import platform
+    monkeypatch.setattr(platform, "load_flash_attention_3", lambda *a, **k: None)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "triton" else real_find_spec(name, *a))
+    hopper = platform.detect_platform(ProcessorConfig("auto", "auto", "auto", None, None),
+                                      platform.DeviceProbe(cuda=True, device_name="H100", capability=(9, 0),
+                                                           sm_count=132, clock_mhz=1830, triton=True, fa3=True))
+    assert hopper.attention == "fa3"
+    assert train.choose_attention_kernel(hopper, None) == ("flex", None)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("warning: FALLBACK: FlashAttention 3 was chosen but could not "
+                                                   "be loaded; attention runs flex")
 
 
 def _hopper_with_fa3():
