@@ -362,6 +362,8 @@ def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verd
     failed = measured is not None and measured.status != "ok"
     reason = verdict.reason if verdict else "gitar was interrupted during the run; the process group was killed"
     platform: dict[str, str] = {k: str(s[k]) for k in ("device", "dtype", "attention") if k in s}
+    counted = measured is not None and not failed and measured.val_bpb is not None
+    bytes_rule = _bytes_rule(measured, s) if counted else None
     return Record(
         status=status, commit=plan.commit, branch=plan.branch, description=plan.description,
         hypothesis=plan.hypothesis,
@@ -369,6 +371,7 @@ def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verd
         val_bpb=measured.val_bpb if measured is not None and not failed else None,
         val_bpb_source=measured.source if measured is not None and not failed else None,
         reported_val_bpb=measured.reported if measured is not None else None,
+        bytes_rule=bytes_rule,
         evaluation=measured.evaluation if measured is not None else None,
         data_sha256=measured.data_sha256 if measured is not None else None,
         best_before=plan.best.val_bpb if plan.best else None,
@@ -384,6 +387,16 @@ def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verd
         harness_sha256=integrity.harness_sha256(git, plan.commit), log=str(result.log_path),
         error=_failure(result, measured), sandbox=result.sandbox, limits=result.limits,
     )
+
+
+def _bytes_rule(measured: integrity.Measurement | None, summary: dict[str, float | int | str]) -> str | None:
+    """The token-bytes rule val_bpb was computed with: the harness's word for a harness number,
+    train.py's summary line for a reported one."""
+    if measured is not None and measured.source == integrity.HARNESS:
+        rule = (measured.evaluation or {}).get("bytes_rule")
+    else:
+        rule = summary.get("bytes_rule")
+    return rule if isinstance(rule, str) else None
 
 
 def _failure(result: runner.RunResult, measured: integrity.Measurement | None) -> dict[str, object] | None:

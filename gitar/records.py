@@ -96,6 +96,9 @@ class Record:
     # or "reported" (train.py's own line; ground.json experiment.evaluate "reported", flagged by verify).
     val_bpb_source: str | None = None
     reported_val_bpb: float | None = None  # the val_bpb train.py printed, kept for comparison
+    # How many bytes each token counted for in val_bpb (prepare.py's tokenizer.token_bytes):
+    # "utf8-decoded" (upstream autoresearch's rule: numbers compare with its) or "raw".
+    bytes_rule: str | None = None
     evaluation: dict[str, Any] | None = None  # the harness evaluation: shape, device, dtype, causality probe
     data_sha256: str | None = None  # sha256 over the evaluation files' hashes (tokenizer, validation shard)
     sandbox: str | None = None  # how train.py was confined: "bwrap <version>" or "off"

@@ -54,6 +54,7 @@ def test_record_fields(workspace: Workspace) -> None:
                 "host", "platform", "harness_sha256", "log", "run_id", "seed"):
         assert key in rec, key
     assert rec["platform"] == {"device": "cpu", "dtype": "float32", "attention": "sdpa"}
+    assert rec["bytes_rule"] == "utf8-decoded"  # the token-bytes rule val_bpb was computed with
     assert rec["hypothesis"] == "lower loss from a better init"
     assert Path(rec["log"]).is_file() and "val_bpb" in Path(rec["log"]).read_text()
     assert ".git" in Path(rec["log"]).parts  # outside the tracked tree
