@@ -49,3 +49,11 @@ def delta(value: float, best: float) -> float:
 def signed(difference: float) -> str:
     """A delta as text, e.g. -0.003100 (never -0.000000)."""
     return f"{rounded(difference) or 0.0:+.{PLACES}f}"  # -0.0 is falsy: no "-0.000000"
+
+
+def per_second(rate: float) -> str:
+    """A throughput as text, three significant figures: 812, 98.5k, 1.23M (tokens/s)."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if rate >= scale * 0.9995:  # 999,950 reads 1.00M, not 1000k
+            return f"{rate / scale:.3g}{suffix}"
+    return f"{rate:.0f}"
