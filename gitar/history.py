@@ -35,6 +35,7 @@ from gitar.records import (
     Lesson,
     Notebook,
     Record,
+    tokens_per_s,
 )
 
 FAILED = (CRASH, TIMEOUT, ABORTED)  # ran and produced no number
@@ -104,17 +105,27 @@ class Attempt:
     @property
     def tokens_per_s(self) -> float | None:
         """The mean training throughput of its successful runs, from train.py's summaries."""
-        if len(self.runs) == 1:
-            return self.first.tokens_per_s if self.first.ok else None
-        rates = [x for x in (r.tokens_per_s for r in self.runs if r.ok) if x is not None]
+        runs = self.runs
+        if len(runs) == 1:
+            r = runs[0]
+            return tokens_per_s(r.total_tokens_M, r.training_seconds) if r.ok else None
+        rates = [x for x in (r.tokens_per_s for r in runs if r.ok) if x is not None]
         return sum(rates) / len(rates) if rates else None
 
     @property
     def flags(self) -> list[str]:
         """What a reader should doubt about its number: a throughput far from the best's, a keep within noise."""
-        sigma = next((r.sigma for r in reversed(self.runs) if r.status == KEEP and r.sigma is not None), None)
-        found = [report.noise_flag(self.status, self.kind, self.delta, sigma),
-                 report.throughput_flag(self.tokens_per_s, self.first.best_tokens_per_s)]
+        return self.flags_at(self.tokens_per_s)
+
+    def flags_at(self, rate: float | None) -> list[str]:
+        """flags, given its tokens_per_s (`gitar log` has it already: 10,000 rows)."""
+        found = []
+        if self.status == KEEP:
+            sigma = next((r.sigma for r in reversed(self.runs) if r.status == KEEP and r.sigma is not None), None)
+            found.append(report.noise_flag(self.status, self.kind, self.delta, sigma))
+        best_rate = self.runs[0].best_tokens_per_s
+        if best_rate is not None and rate is not None:
+            found.append(report.throughput_flag(rate, best_rate))
         return [f for f in found if f]
 
     @property

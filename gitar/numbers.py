@@ -53,7 +53,7 @@ def signed(difference: float) -> str:
 
 def per_second(rate: float) -> str:
     """A throughput as text, three significant figures: 812, 98.5k, 1.23M (tokens/s)."""
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if rate >= scale * 0.9995:  # 999,950 reads 1.00M, not 1000k
-            return f"{rate / scale:.3g}{suffix}"
-    return f"{rate:.0f}"
+    # Branches, not a loop over the scales: `gitar log` prints 10,000 of these.
+    if rate >= 999.5e3:  # 999,950 reads 1M, not 1e+03k
+        return f"{rate / 1e6:.3g}M" if rate < 999.5e6 else f"{rate / 1e9:.3g}G"
+    return f"{rate / 1e3:.3g}k" if rate >= 999.5 else f"{rate:.0f}"
