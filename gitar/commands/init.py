@@ -130,14 +130,7 @@ def _init_worktrees(git: Git, ground: Ground, tag: str, n: int, where: str | Pat
 
 def _worktree_paths(git: Git) -> dict[str, Path]:
     """{branch: worktree path} of the clone's worktrees."""
-    out: dict[str, Path] = {}
-    path: Path | None = None
-    for line in git.out("worktree", "list", "--porcelain").splitlines():
-        if line.startswith("worktree "):
-            path = Path(line[len("worktree "):]).resolve()
-        elif line.startswith("branch refs/heads/") and path is not None:
-            out[line[len("branch refs/heads/"):]] = path
-    return out
+    return {w.branch: w.path for w in git.worktrees() if w.branch is not None}
 
 
 def _record_base(git: Git, branch: str, ground: Ground, *, fresh: bool) -> None:
