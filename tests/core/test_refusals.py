@@ -376,3 +376,24 @@ def test_off_an_experiment_branch_the_refusal_names_the_branches(workspace: Work
 def test_an_unknown_revision_points_at_gitar_log(measured: Workspace) -> None:
     proc = measured.gitar("show", "no-such-rev")
     assert proc.returncode == REFUSED and "`gitar log`" in proc.stderr and "git log --oneline" not in proc.stderr
+
+
+def test_a_branch_gitar_made_without_gitars_files_is_refused_not_passed_in_silence(workspace: Workspace) -> None:
+    """The hooks never pass quietly on an experiment branch whose commit lacks ground.json (#13)."""
+    ws = workspace
+    ws.git("rm", "-q", "ground.json")
+    # Past the pre-commit stage (--no-verify), the post-commit stage says so, in one line.
+    proc = ws.git("commit", "--no-verify", "-m", "gitar's files gone", check=False)
+    assert proc.returncode == 0
+    said = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("gitar:")]
+    assert len(said) == 1 and said[0].startswith("gitar: error: autoresearch/t1 has no ground.json at HEAD"), said
+    head = ws.head()
+    (ws.root / "train.py").write_text(fake_train(0.5))
+    proc = ws.git("commit", "-am", "an idea", check=False)
+    assert proc.returncode != 0, "the pre-commit hook let it through"
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("gitar:")]
+    assert lines == [f"gitar: refused: autoresearch/t1 has no ground.json at HEAD ({head[:7]}), so gitar cannot "
+                     "check or run this experiment: commit gitar's workspace files (ground.json, model.json, "
+                     ".pre-commit-config.yaml, hooks/gitar-hook) on this branch, or commit with "
+                     "`git commit --no-verify` to leave gitar out"], proc.stdout + proc.stderr
+    assert ws.head() == head and not ws.records(head)
