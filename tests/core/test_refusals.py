@@ -272,6 +272,28 @@ def test_core_hooks_path_set(hermetic: Path, tmp_path: Path) -> None:
     assert proc.returncode == REFUSED and "core.hooksPath" in proc.stderr
 
 
+def _repository_state(ws: Workspace) -> tuple[str, str, str]:
+    refs = ws.git("for-each-ref", "--format=%(refname) %(objectname)").stdout
+    return ws.git("symbolic-ref", "-q", "HEAD", check=False).stdout, refs, ws.git("status", "--porcelain").stdout
+
+
+@pytest.mark.parametrize("refusal", ["core.hooksPath", "hooks/gitar-hook", ".pre-commit-config.yaml"])
+def test_a_refused_init_changes_nothing(hermetic: Path, tmp_path: Path, refusal: str) -> None:
+    """Exit 2 from init: no branch created or checked out, no base pinned, nothing installed."""
+    ws = make_workspace(tmp_path / "ws")
+    os.chdir(ws.root)
+    if refusal == "core.hooksPath":
+        ws.git("config", "core.hooksPath", ".githooks")
+    else:
+        ws.git("rm", "-q", refusal)
+        ws.git("commit", "-q", "-m", f"no {refusal}")
+    before = _repository_state(ws)
+    proc = ws.gitar("init", "t1")
+    assert proc.returncode == REFUSED and refusal in proc.stderr, proc.stderr
+    assert _repository_state(ws) == before
+    assert not (ws.root / ".git" / "hooks" / "pre-commit").exists()
+
+
 def test_usage_errors_exit_refused(workspace: Workspace) -> None:
     assert workspace.gitar("try").returncode == REFUSED
     assert workspace.gitar("frobnicate").returncode == REFUSED
