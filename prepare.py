@@ -14,8 +14,10 @@ Cache layout (data.cache_dir):
     data/shard_NNNNN.parquet     training shards 0..num_train_shards-1 and the pinned val_shard
     tokenizer/ranks.tiktoken     BPE merges, tiktoken's text format (base64 token, rank); not
                                  a pickle, so loading a cache copied from elsewhere runs no code
-    tokenizer/token_bytes.pt     int32 UTF-8 byte length of every token id (0 for special tokens)
-    tokenizer/manifest.json      what the tokenizer was trained for; written last
+    tokenizer/token_bytes.pt     int32 bytes every token id counts for in val_bpb (0 for special
+                                 tokens), by the rule tokenizer.token_bytes names
+    tokenizer/manifest.json      what the tokenizer was trained for and the token bytes' rule; written last
+    kernels/                     FlashAttention 3 for this GPU, when the `kernels` extra is installed
 """
 
 from __future__ import annotations
@@ -52,11 +54,18 @@ import torch.nn.functional as F
 from gitar.config import Ground, load_ground
 from gitar.errors import GitarError
 from gitar.harness.packing import BestFitPacker, DocBatch, Prefetcher, with_bos
-from gitar.harness.platform import Platform, detect_platform, load_flash_attention_3, probe_device
+from gitar.harness.platform import (
+    KERNELS_DIR,
+    Platform,
+    detect_platform,
+    fetch_flash_attention_3,
+    load_flash_attention_3,
+    probe_device,
+)
 
 __all__ = [
-    "EVAL_TOKENS", "GROUND", "MAX_SEQ_LEN", "PLATFORM", "TIME_BUDGET", "Tokenizer", "evaluate_bpb",
-    "get_token_bytes", "load_flash_attention_3", "make_dataloader",
+    "EVAL_TOKENS", "GROUND", "MAX_SEQ_LEN", "PLATFORM", "TIME_BUDGET", "TOKEN_BYTES_RULE", "Tokenizer",
+    "evaluate_bpb", "get_token_bytes", "load_flash_attention_3", "make_dataloader",
 ]
 
 # ---------------------------------------------------------------------------
@@ -77,6 +86,8 @@ GROUND: Ground = _load_ground()
 MAX_SEQ_LEN: int = GROUND.training.max_seq_len  # context length of training and evaluation rows
 TIME_BUDGET: float = GROUND.training.budget_s  # seconds of training (startup and compilation excluded)
 EVAL_TOKENS: int = GROUND.training.eval_tokens  # validation tokens per evaluation
+# How many bytes a token counts for in val_bpb: "utf8-decoded" (upstream's, the default) or "raw".
+TOKEN_BYTES_RULE: str = GROUND.tokenizer.token_bytes
 
 CACHE_DIR = GROUND.cache_dir
 DATA_DIR = CACHE_DIR / "data"
@@ -93,8 +104,11 @@ MANIFEST_FILE = "manifest.json"
 # Platform: device, number format, attention kernel, compiler (gitar/harness/platform.py)
 # ---------------------------------------------------------------------------
 
+# FA3 builds fetched by `python prepare.py` (the `kernels` extra): in the data cache, where the
+# sandboxed trainer can read them (it sees neither HOME's caches nor the network).
+FA3_DIR = CACHE_DIR / KERNELS_DIR
 # Detected once, at import; cheap: reads device properties, loads no kernel.
-PLATFORM: Platform = detect_platform(GROUND.processor, probe_device())
+PLATFORM: Platform = detect_platform(GROUND.processor, probe_device(FA3_DIR))
 
 # ---------------------------------------------------------------------------
 # Writing files atomically
@@ -357,6 +371,26 @@ def _tokenizer_config() -> dict[str, Any]:
             "special_tokens": list(t.special_tokens), "bos_token": t.bos_token}
 
 
+# The manifest key naming the rule token_bytes.pt was computed with; a manifest without it was
+# written before the rule was configurable, when gitar counted raw bytes.
+BYTES_RULE_KEY = "token_bytes"
+LEGACY_BYTES_RULE = "raw"
+
+
+def _manifest_bytes_rule(manifest: dict[str, Any]) -> str:
+    return str(manifest.get(BYTES_RULE_KEY, LEGACY_BYTES_RULE))
+
+
+def _bytes_rule_refusal(directory: Path, manifest: dict[str, Any]) -> GitarError | None:
+    have = _manifest_bytes_rule(manifest)
+    if have == TOKEN_BYTES_RULE:
+        return None
+    # A table for another rule would silently change val_bpb (CJK and emoji text the most).
+    return GitarError(f"{directory / TOKEN_BYTES_FILE} counts token bytes by the rule {have!r}, ground.json "
+                      f"tokenizer.token_bytes asks for {TOKEN_BYTES_RULE!r}: run `python prepare.py` "
+                      "(rewrites the table only)")
+
+
 def _shard_fingerprint(path: Path) -> list[Any]:
     # Name, size and modification time: cheap, and shards are only ever replaced whole
     # (atomic rename), so a changed shard always changes at least its mtime.
@@ -365,14 +399,34 @@ def _shard_fingerprint(path: Path) -> list[Any]:
 
 
 def _wanted_manifest() -> dict[str, Any]:
-    return {**_tokenizer_config(), "train_shards": [_shard_fingerprint(DATA_DIR / n) for n in TRAIN_SHARDS]}
+    return {**_tokenizer_config(), "train_shards": [_shard_fingerprint(DATA_DIR / n) for n in TRAIN_SHARDS],
+            BYTES_RULE_KEY: TOKEN_BYTES_RULE}
+
+
+def _write_token_bytes(enc: tiktoken.Encoding, manifest: dict[str, Any]) -> None:
+    """token_bytes.pt by the configured rule, then the manifest that names it (last, as always)."""
+    table = _token_byte_lengths(enc, GROUND.tokenizer.special_tokens, TOKEN_BYTES_RULE)
+    _atomic_write(TOKENIZER_DIR / TOKEN_BYTES_FILE, lambda tmp: torch.save(table, tmp))
+    _atomic_write(TOKENIZER_DIR / MANIFEST_FILE, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8"))
+
+
+def _row_groups(path: Path) -> Iterator[list[Any]]:
+    """The text column of a shard, one row group at a time, in file order.
+
+    Upstream's reading order: the dataloader cuts each row group into tokenizer batches, so the
+    batches (and so the packed rows) follow row-group boundaries. pyarrow's iter_batches does
+    not: its batches run across them, and on shards of several row groups the rows differ.
+    """
+    parquet = pq.ParquetFile(path)
+    for i in range(parquet.num_row_groups):
+        yield parquet.read_row_group(i, columns=[TEXT_COLUMN]).column(0).to_pylist()
 
 
 def _training_texts() -> Iterator[str]:
     chars = 0
     for name in TRAIN_SHARDS:  # never the validation shard
-        for batch in pq.ParquetFile(DATA_DIR / name).iter_batches(columns=[TEXT_COLUMN]):
-            for text in batch.column(0).to_pylist():
+        for texts in _row_groups(DATA_DIR / name):
+            for text in texts:
                 if not text:
                     continue
                 doc = text[:TOKENIZER_DOC_CAP]
@@ -388,17 +442,21 @@ def _build_encoding(ranks: dict[bytes, int], pattern: str, special_tokens: Seque
     return tiktoken.Encoding(name="gitar", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
 
 
-def _token_byte_lengths(enc: tiktoken.Encoding, special_tokens: Sequence[str]) -> torch.Tensor:
-    """Bytes each token id stands for, 0 for special tokens (they are not text).
+def _token_byte_lengths(enc: tiktoken.Encoding, special_tokens: Sequence[str], rule: str) -> torch.Tensor:
+    """Bytes each token id counts for in val_bpb, 0 for special tokens (they are not text).
 
-    Measured on the raw token bytes: a token holding part of a UTF-8 character counts the
-    bytes it holds, so the lengths of a text's tokens add up to its UTF-8 length exactly.
-    (Upstream decodes each token to str first, which turns a partial character into U+FFFD
-    and counts 3 bytes for it.)
+    "utf8-decoded" (upstream's rule, so the same model gives upstream's number): the UTF-8
+    length of the token decoded to text on its own. A token holding part of a multi-byte
+    character decodes to U+FFFD and counts 3 bytes, whatever it holds. "raw": the bytes the
+    token holds, so the lengths of a text's tokens add up to its UTF-8 length exactly.
     """
     special_ids = {enc.encode_single_token(s) for s in special_tokens}
-    lengths = [0 if i in special_ids else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)]
-    return torch.tensor(lengths, dtype=torch.int32)
+
+    def length(i: int) -> int:
+        raw = enc.decode_single_token_bytes(i)
+        return len(raw) if rule == "raw" else len(raw.decode("utf-8", errors="replace").encode("utf-8"))
+
+    return torch.tensor([0 if i in special_ids else length(i) for i in range(enc.n_vocab)], dtype=torch.int32)
 
 
 def _write_ranks(path: Path, ranks: dict[bytes, int]) -> None:
@@ -424,11 +482,21 @@ def train_tokenizer() -> None:
     wanted = _wanted_manifest()
     if manifest_path.is_file() and (TOKENIZER_DIR / RANKS_FILE).is_file() and (TOKENIZER_DIR / TOKEN_BYTES_FILE).is_file():
         try:
-            if json.loads(manifest_path.read_text(encoding="utf-8")) == wanted:
+            have = json.loads(manifest_path.read_text(encoding="utf-8"))
+            if have == wanted:
                 print(f"tokenizer: already trained for this configuration in {TOKENIZER_DIR}")
                 return
+            if isinstance(have, dict) and {**have, BYTES_RULE_KEY: TOKEN_BYTES_RULE} == wanted:
+                # Only the token bytes' rule changed: the merges stand, the table is rewritten.
+                cfg = GROUND.tokenizer
+                _write_token_bytes(_build_encoding(_read_ranks(TOKENIZER_DIR / RANKS_FILE), cfg.split_pattern,
+                                                   cfg.special_tokens), wanted)
+                print(f"tokenizer: token bytes rewritten by the rule {TOKEN_BYTES_RULE!r} (was "
+                      f"{_manifest_bytes_rule(have)!r}) in {TOKENIZER_DIR}; val_bpb changes with it, so a branch "
+                      "measured on the old table refuses to run: start a new one with `gitar init TAG`")
+                return
         except (OSError, ValueError):
-            pass  # unreadable manifest: retrain
+            pass  # unreadable manifest or ranks: retrain
     manifest_path.unlink(missing_ok=True)  # from here on, an interrupted run leaves no valid tokenizer
 
     cfg = GROUND.tokenizer
@@ -442,11 +510,8 @@ def train_tokenizer() -> None:
         raise GitarError(f"tokenizer: training failed ({e}); check tokenizer.split_pattern in ground.json") from None
     if enc.decode(enc.encode_ordinary(ROUND_TRIP_TEXT)) != ROUND_TRIP_TEXT:
         raise GitarError("tokenizer: round trip failed after training; check tokenizer.split_pattern in ground.json")
-    token_bytes = _token_byte_lengths(enc, cfg.special_tokens)
-
     _write_ranks(TOKENIZER_DIR / RANKS_FILE, ranks)
-    _atomic_write(TOKENIZER_DIR / TOKEN_BYTES_FILE, lambda tmp: torch.save(token_bytes, tmp))
-    _atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(wanted, indent=1), encoding="utf-8"))
+    _write_token_bytes(enc, wanted)
     short = cfg.vocab_size - enc.n_vocab
     note = f" (the corpus yielded {short} fewer merges than tokenizer.vocab_size asks for)" if short else ""
     print(f"tokenizer: trained in {time.time() - t0:.1f}s, vocab size {enc.n_vocab}{note}, saved to {TOKENIZER_DIR}")
@@ -477,6 +542,9 @@ class Tokenizer:
                 # A tokenizer for another vocabulary or pattern would silently change val_bpb.
                 raise GitarError(f"tokenizer in {directory} was trained for another tokenizer.{key} than "
                                  "ground.json has: run `python prepare.py` to retrain it")
+        refusal = _bytes_rule_refusal(directory, manifest)
+        if refusal is not None:
+            raise refusal
         return cls(_build_encoding(ranks, manifest["split_pattern"], manifest["special_tokens"]), manifest["bos_token"])
 
     def get_vocab_size(self) -> int:
@@ -517,10 +585,17 @@ class Tokenizer:
 
 
 def get_token_bytes(device: str | torch.device = "cpu") -> torch.Tensor:
-    """int32 [vocab]: UTF-8 bytes per token id, 0 for special tokens (excluded from bpb)."""
+    """int32 [vocab]: bytes per token id by TOKEN_BYTES_RULE, 0 for special tokens (excluded from bpb)."""
     path = TOKENIZER_DIR / TOKEN_BYTES_FILE
-    if not path.is_file():
+    try:
+        manifest = json.loads((TOKENIZER_DIR / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise _not_prepared(TOKENIZER_DIR) from None
+    if not path.is_file() or not isinstance(manifest, dict):
         raise _not_prepared(TOKENIZER_DIR)
+    refusal = _bytes_rule_refusal(TOKENIZER_DIR, manifest)
+    if refusal is not None:
+        raise refusal
     token_bytes: torch.Tensor = torch.load(path, map_location=device, weights_only=True)
     return token_bytes
 
@@ -545,17 +620,24 @@ def _split_paths(split: str) -> list[Path]:
 
 
 def _document_batches(tokenizer: Tokenizer, paths: Sequence[Path]) -> Iterator[DocBatch]:
-    """Tokenized documents (BOS first, as int64 arrays), forever, with the 1-based epoch."""
+    """Tokenized documents (BOS first, as int64 arrays), forever, with the 1-based epoch.
+
+    Upstream's batches exactly: each row group of each shard in order, cut into batches of
+    TOKENIZER_BATCH documents (the last batch of a row group may be shorter). The packer tops
+    its buffer up a whole batch at a time, so the batch boundaries decide which documents
+    share a row: other boundaries would give other rows, the validation set included.
+    """
     bos = tokenizer.get_bos_token_id()
     epoch = 1
     while True:
         read = 0
         for path in paths:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=TOKENIZER_BATCH, columns=[TEXT_COLUMN]):
-                texts = [t for t in batch.column(0).to_pylist() if isinstance(t, str)]
-                if texts:
-                    read += len(texts)
-                    yield tokenizer.encode_arrays(texts, bos), epoch
+            for group in _row_groups(path):
+                for start in range(0, len(group), TOKENIZER_BATCH):
+                    texts = [t for t in group[start : start + TOKENIZER_BATCH] if isinstance(t, str)]
+                    if texts:
+                        read += len(texts)
+                        yield tokenizer.encode_arrays(texts, bos), epoch
         if not read:
             raise GitarError(f"no documents in {', '.join(p.name for p in paths)}: rerun `python prepare.py`")
         epoch += 1
@@ -631,8 +713,8 @@ def evaluate_bpb(model: torch.nn.Module, tokenizer: Tokenizer, batch_size: int) 
     """Bits per byte on the pinned validation shard: independent of the vocabulary size.
 
     Uses the model's logits, not its loss: model(x) must return [B, T, vocab] logits. Sums
-    the cross-entropy over target tokens that are text and divides by ln 2 x their UTF-8
-    bytes. Always MAX_SEQ_LEN rows and the first EVAL_TOKENS tokens of the shard (at least
+    the cross-entropy over target tokens that are text and divides by ln 2 x their bytes
+    (TOKEN_BYTES_RULE: upstream's by default). Always MAX_SEQ_LEN rows and the first EVAL_TOKENS tokens of the shard (at least
     one batch), so every experiment is measured on the same text.
     """
     device = _model_device(model)
@@ -681,8 +763,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GitarError as e:
         print(e.message, file=sys.stderr)
         return int(e.code)
-    print(f"ready: {PLATFORM.describe()}")
-    for warning in PLATFORM.warnings:
+    platform = PLATFORM
+    if platform.device == "cuda" and GROUND.processor.attention in ("auto", "fa3"):
+        # Upstream fetches FA3 at every start; the trainer here has no network, so fetch it now.
+        print(fetch_flash_attention_3(platform.capability, FA3_DIR))
+        platform = detect_platform(GROUND.processor, probe_device(FA3_DIR))
+    print(f"ready: {platform.describe()}")
+    for warning in platform.warnings:
         print(f"warning: {warning}")
     return 0
 

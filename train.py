@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import functools
 import gc
+import importlib.util
 import json
 import math
 import sys
@@ -123,7 +124,9 @@ class GPTConfig:
     n_kv_head: int  # fewer than n_head = grouped-query attention (each kv head serves n_head/n_kv_head)
     n_embd: int
     window_pattern: str  # S = half the context, L = the full context; repeated over the layers
-    attention: str = "sdpa"  # "fa3" (FlashAttention 3, Hopper only) or "sdpa" (PyTorch, anywhere)
+    # "fa3" (FlashAttention 3, CUDA sm80+), "flex" (FlexAttention, compiled: any CUDA GPU with Triton)
+    # or "sdpa" (scaled_dot_product_attention with a dense mask: anywhere, meant for CPU and MPS)
+    attention: str = "sdpa"
 
 
 def gpt_config(arch: ArchitectureConfig, vocab_size: int, sequence_len: int, attention: str) -> GPTConfig:
@@ -181,6 +184,33 @@ def sliding_window_mask(seq_len: int, window: int, device: torch.device) -> torc
 cached_sliding_window_mask = functools.lru_cache(maxsize=32)(sliding_window_mask)
 
 
+def sliding_window_block_mask(seq_len: int, window: int, device: torch.device):
+    """FlexAttention's block mask for i - window <= j <= i: blocks wholly outside the window are
+    skipped, so a short-window layer costs what its window holds, not [T, T]."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def sliding_window(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (q_idx - kv_idx <= window)
+
+    return create_block_mask(sliding_window, None, None, seq_len, seq_len, device=device)
+
+
+cached_sliding_window_block_mask = functools.lru_cache(maxsize=32)(sliding_window_block_mask)
+_COMPILED_FLEX: list = []  # torch.compile(flex_attention), made on first use on a GPU
+
+
+def flex_attention_kernel(device: torch.device):
+    """flex_attention as it should run here. Eager it computes the full score matrix (slow, fine
+    for a CPU test); on a GPU it must be compiled into its Triton kernel: inside a compiled model
+    the model's compilation does that, outside it a compiled flex_attention of its own."""
+    from torch.nn.attention.flex_attention import flex_attention
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return flex_attention
+    if not _COMPILED_FLEX:
+        _COMPILED_FLEX.append(torch.compile(flex_attention, dynamic=False))
+    return _COMPILED_FLEX[0]
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, backend: str,
               flash_attn_func=None) -> torch.Tensor:
     """Causal attention with a sliding window. q: [B, T, H, D]; k, v: [B, T, Hkv, D]; returns [B, T, H, D]."""
@@ -189,13 +219,20 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, ba
         # Some FA3 builds return (out, softmax_lse), others just out.
         return y[0] if isinstance(y, tuple) else y
     seq_len = q.size(1)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # SDPA wants [B, H, T, D]
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # SDPA and flex want [B, H, T, D]
+    if backend == "flex" and window < seq_len - 1:
+        # Built in the graph when compiling (a constant of the static shapes), once otherwise.
+        make_mask = sliding_window_block_mask if torch.compiler.is_compiling() else cached_sliding_window_block_mask
+        flex = flex_attention_kernel(q.device)
+        y = flex(q, k, v, block_mask=make_mask(seq_len, window, q.device), enable_gqa=k.size(1) != q.size(1))
+        return y.transpose(1, 2)
     if k.size(1) != q.size(1):
         # Expanded kv heads work with every SDPA kernel and mask; enable_gqa is not supported by all of them.
         groups = q.size(1) // k.size(1)
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     if window >= seq_len - 1:
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # window covers T: fused causal kernel
+        # The window covers T: the fused causal kernel (FlashAttention 2 on a GPU), no mask, for flex too.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     else:
         make_mask = sliding_window_mask if torch.compiler.is_compiling() else cached_sliding_window_mask
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=make_mask(seq_len, window, q.device))
@@ -361,10 +398,13 @@ class GPT(nn.Module):
 
 def build_model(config: GPTConfig, device: torch.device, embedding_dtype: torch.dtype = torch.float32,
                 flash_attn_func=None) -> GPT:
-    # Built in place on the device. (Not on the meta device as upstream: its first use imports
-    # torch's meta kernels, two seconds of the smoke check's budget on a CPU.)
-    with torch.device(device):
+    # Built on the meta device, as upstream builds it: the layers' default initialisers draw
+    # nothing from the RNG there, so init_weights' draws are the first after the seed and the
+    # same seed gives upstream's initial weights. (Built on the device, nn.Linear and
+    # nn.Embedding would draw first and 20 of 32 tensors of the shipped model would differ.)
+    with torch.device("meta"):
         model = GPT(config, flash_attn_func)
+    model.to_empty(device=device)  # storage only; init_weights writes every tensor
     model.init_weights(embedding_dtype)
     return model
 
@@ -680,6 +720,22 @@ def check_loss(loss: float, step: int) -> None:
                                "lower the learning rates in model.json or fix the model")
 
 
+def choose_attention_kernel(platform, fa3_dir: Path | None):
+    """(backend, flash_attn_func) for this run: the platform's choice, with FA3 loaded (offline,
+    from an installed build or the kernels cache prepare.py filled). An FA3 that will not load
+    falls back to FlexAttention (sdpa's dense mask only without Triton), in one loud line."""
+    if platform.attention != "fa3":
+        return platform.attention, None
+    from gitar.harness.platform import load_flash_attention_3
+    fa3 = load_flash_attention_3(platform.capability, fa3_dir)
+    if fa3 is not None:
+        return "fa3", fa3.flash_attn_func
+    fallback = "flex" if importlib.util.find_spec("triton") is not None else "sdpa"
+    print(f"warning: FALLBACK: FlashAttention 3 was chosen but could not be loaded; attention runs {fallback} "
+          "instead (numbers differ slightly from upstream's FA3; rerun `python prepare.py` to fetch FA3)", flush=True)
+    return fallback, None
+
+
 def smoke_step(cfg: ModelConfig, vocab_size: int, max_seq_len: int, seed: int) -> None:
     """GITAR_SMOKE=1: this model and optimizer on the CPU in float32, one step on random tokens.
 
@@ -716,7 +772,10 @@ def main() -> None:
     seed = read_seed()
     # Imported here, not at the top, so that importing train.py (tests, tools) needs no data or config,
     # and so a bad ground.json is reported like any other startup failure.
+    import prepare
     from prepare import GROUND, MAX_SEQ_LEN, PLATFORM, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader
+    # Newer than some prepare.py files: one from before them has no FA3 cache and counted raw bytes.
+    fa3_dir, bytes_rule = getattr(prepare, "FA3_DIR", None), getattr(prepare, "TOKEN_BYTES_RULE", "raw")
 
     cfg = load_model(MODEL_JSON, ground=GROUND)
     arch, opt = cfg.architecture, cfg.optimization
@@ -747,16 +806,10 @@ def main() -> None:
     vocab_size = tokenizer.get_vocab_size()
     print(f"Vocab size: {vocab_size:,}")
 
-    flash_attn_func = None
-    if PLATFORM.attention == "fa3":
-        from gitar.harness.platform import load_flash_attention_3
-        fa3 = load_flash_attention_3()
-        if fa3 is None:
-            raise RuntimeError("FlashAttention 3 was selected but could not be loaded; "
-                               "set processor.attention to sdpa in ground.json")
-        flash_attn_func = fa3.flash_attn_func
+    backend, flash_attn_func = choose_attention_kernel(PLATFORM, fa3_dir)
+    print(f"attention: {backend}")
 
-    config = gpt_config(arch, vocab_size, MAX_SEQ_LEN, PLATFORM.attention)
+    config = gpt_config(arch, vocab_size, MAX_SEQ_LEN, backend)
     print(f"Model config: {asdict(config)}")
     model = build_model(config, device, embedding_dtype, flash_attn_func)
     param_counts = model.num_scaling_params()
@@ -879,7 +932,8 @@ def main() -> None:
     print(f"depth: {arch.depth}")
     print(f"device: {PLATFORM.device}")
     print(f"dtype: {PLATFORM.dtype}")
-    print(f"attention: {PLATFORM.attention}")
+    print(f"attention: {backend}")
+    print(f"bytes_rule: {bytes_rule}")
     print(f"seed: {seed}", flush=True)
 
 

@@ -37,7 +37,16 @@ MODEL_FILE = "model.json"
 MODES = ("train", "test", "cpu")
 DEVICES = ("auto", "cuda", "cpu", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-ATTENTION_BACKENDS = ("auto", "fa3", "sdpa")
+# fa3: FlashAttention 3 (a source build, or the `kernels` hub build: `pip install -e '.[fa3]'`);
+# flex: PyTorch's FlexAttention with sliding-window block masks (compiled, any CUDA GPU with
+# Triton); sdpa: scaled_dot_product_attention with a dense [T, T] mask (CPU and MPS).
+ATTENTION_BACKENDS = ("auto", "fa3", "flex", "sdpa")
+# tokenizer.token_bytes: how many bytes each token counts for in val_bpb. "utf8-decoded" is
+# upstream autoresearch's rule (the UTF-8 length of the token decoded to text, so a token holding
+# part of a character counts the 3 bytes of U+FFFD): the same data and model give upstream's
+# number. "raw" counts the bytes the token holds, so a text's tokens add up to its UTF-8 length.
+TOKEN_BYTES_RULES = ("utf8-decoded", "raw")
+DEFAULT_TOKEN_BYTES_RULE = "utf8-decoded"
 KEEP_RULES = ("strict", "margin", "confirm")  # see gitar/judge.py for each rule
 # Where the recorded val_bpb comes from (gitar/integrity.py): gitar's own evaluation of the model
 # train.py exports, or the number train.py prints (for trainers that cannot export a torch model;
@@ -81,6 +90,7 @@ class TokenizerConfig:
     split_pattern: str
     special_tokens: tuple[str, ...]
     bos_token: str
+    token_bytes: str = DEFAULT_TOKEN_BYTES_RULE  # one of TOKEN_BYTES_RULES
 
 
 @dataclass(frozen=True)
@@ -229,6 +239,7 @@ def parse_ground(obj: Any, path: Path) -> Ground:
         split_pattern=t.get("split_pattern", regex),
         special_tokens=t.get("special_tokens", str_list()),
         bos_token=t.get("bos_token", string()),
+        token_bytes=t.optional("token_bytes", choice(TOKEN_BYTES_RULES), DEFAULT_TOKEN_BYTES_RULE),
     )
     t.done()
     if tok.bos_token not in tok.special_tokens:

@@ -27,6 +27,8 @@ from gitar.paths import Paths
 from gitar.runner import Confined
 
 TOKENIZER_DIR = "tokenizer"
+# FA3 builds prepare.py fetched (gitar/harness/platform.py KERNELS_DIR; not imported: that loads torch).
+KERNELS_DIR = "kernels"
 DATA_DIR = "data"
 
 
@@ -65,12 +67,13 @@ def _bwrap(ground: Ground) -> sandbox.Bwrap | None:
 
 
 def training_data(ground: Ground) -> sandbox.DataView:
-    """The cache as a trainer sees it: the tokenizer and the training shards, nothing else."""
+    """The cache as a trainer sees it: the tokenizer, the training shards and the FA3 kernels
+    prepare.py fetched (the trainer has no network to fetch them), nothing else."""
     cache = ground.cache_dir
     files: list[Path] = []
-    tokenizer = cache / TOKENIZER_DIR
-    if tokenizer.is_dir():
-        files.append(tokenizer)
+    for directory in (cache / TOKENIZER_DIR, cache / KERNELS_DIR):
+        if directory.is_dir():
+            files.append(directory)
     for i in range(ground.data.num_train_shards):
         shard = cache / DATA_DIR / f"shard_{i:05d}.parquet"
         if shard.is_file():

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from gitar.git import Git, clean_env
 from gitar.judge import Best, Policy, Sigma, Verdict, current_best, judge, sigma_of
 from gitar.noise import branch_noise, commit_spread
 from gitar.paths import Paths
-from gitar.records import ABORTED, CRASH, KEEP, REJECTED, UNDECIDED, VERIFY, Notebook, Record
+from gitar.records import ABORTED, CRASH, KEEP, REJECTED, UNDECIDED, VERIFY, Notebook, Record, best_of
 from gitar.text import subject
 from gitar.validate import parse_json
 from gitar.worktree import MOVED_ELSEWHERE, PENDING, move_branch, moved_elsewhere
@@ -150,13 +152,16 @@ def _execute(git: Git, plan: Plan, pid: int | None) -> Record:
             this = replace(plan, seed=seed)
             result, measured = _train(git, this, ground, paths, snapshot, run_key, pid, base)
             val_bpb = measured.val_bpb
-            noise = branch_noise(notebook, plan.branch) if policy.needs_noise else None
-            verdict = _verdict(measured, result, plan, policy, sigma_of(noise, policy.noise_floor), earlier)
+            # Under strict too when there is a number: the record keeps the σ a keep is flagged by.
+            noise = branch_noise(notebook, plan.branch) if policy.needs_noise or val_bpb is not None else None
+            sigma = sigma_of(noise, policy.noise_floor)
+            verdict = _verdict(measured, result, plan, policy, sigma, earlier)
+            measured_sigma = sigma.value if noise is not None else None
             if verdict.status != UNDECIDED or val_bpb is None:
-                record = _record(git, this, ground, result, verdict, measured)
+                record = _record(git, this, ground, result, verdict, measured, measured_sigma)
                 record.noise = _repeat_noise(notebook, record)
                 return finish(git, plan, record)
-            undecided = _record(git, this, ground, result, verdict, measured)
+            undecided = _record(git, this, ground, result, verdict, measured, measured_sigma)
             undecided.run_id = run_key if earlier else new_run_id()
             # Not "attempt": recovery moves a branch back from a tip whose last record is an
             # attempt that was not kept, and this one is still being decided.
@@ -260,12 +265,14 @@ def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, r
     log_path = paths.log(plan.commit, run_key)
     if snapshot.exists():
         shutil.rmtree(snapshot)
-    running = state.Running(
+    now = time.time()
+    phases = _Phases(paths, state.Running(
         run_id=plan.run_id, commit=plan.commit, branch=plan.branch, description=plan.description,
         kind=plan.kind, best_commit=plan.best.commit if plan.best else None,
-        move_branch=plan.kind == "attempt", started=time.time(), budget_s=ground.training.budget_s,
-        timeout_s=ground.experiment.timeout_s, log=str(log_path), pid=pid or os.getpid(), seed=plan.seed)
-    running.save(paths)
+        move_branch=plan.kind == "attempt", started=now, budget_s=ground.training.budget_s,
+        timeout_s=ground.experiment.timeout_s, log=str(log_path), pid=pid or os.getpid(), seed=plan.seed,
+        phase=state.STARTING, phase_started=now, evaluate=ground.experiment.evaluate))
+    phases.running.save(paths)
     # The run sees the committed files only: later edits in the work tree cannot leak into it.
     git.export_tree(plan.commit, snapshot)
     harness = ground.experiment.evaluate == integrity.HARNESS
@@ -282,31 +289,57 @@ def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, r
     allowed_s = ground.training.budget_s + ground.training.allowance_s
     deadline_s = min(ground.experiment.timeout_s, allowed_s)
 
-    def started(proc: runner.Started) -> None:
-        running.with_(pgid=proc.pgid, trainer_pid=proc.pid, trainer_start=proc.start_time,
-                      pid_namespace=proc.pid_namespace, sandbox=confined.label).save(paths)
-
     try:
         result = runner.run_training(
             command, cwd=snapshot, env=env, log_path=log_path, crash_path=evaluation.trainer_crash_path,
-            timeout_s=deadline_s, on_start=started, confined=confined, needs_val_bpb=not harness)
-        over = _over_budget(result, ground, allowed_s, deadline_s)
-        if over is not None:
-            return result, integrity.Measurement(REJECTED, None, None, _float(result.summary.get("val_bpb")),
-                                                 reason=over)
-        if not harness:
-            return result, integrity.reported_only(result)
-        if result.status != "ok":
-            return result, integrity.Measurement(result.status, None, None, _float(result.summary.get("val_bpb")))
-        pinned = integrity.load_data_pin(git, plan.branch)
-        return result, integrity.measure(git, base, ground, result, evaluation, pinned,
-                                         ground.experiment.timeout_s - result.wall_s, run_id=run_key + "-eval",
-                                         on_start=started, device_env=paths.device_env())
+            timeout_s=deadline_s, on_start=phases.started(state.TRAINING, confined.label), confined=confined,
+            needs_val_bpb=not harness)
+        measured = _measurement(git, plan, ground, base, result, evaluation, allowed_s, deadline_s, harness,
+                                phases, confined.label, run_key)
+        phases.enter(state.JUDGING)
+        return result, measured
     except runner.RunInterrupted as interrupted:
         finish(git, plan, _record(git, plan, ground, interrupted.result, None, None))
         raise
     finally:
         evaluation.cleanup()
+
+
+class _Phases:
+    """The running state as the run moves through its phases; this process is its one writer."""
+
+    def __init__(self, paths: Paths, running: state.Running) -> None:
+        self.paths, self.running = paths, running
+
+    def enter(self, phase: str, *, deadline: float | None = None, **changes: Any) -> None:
+        self.running = self.running.with_(phase=phase, phase_started=time.time(), deadline=deadline, **changes)
+        self.running.save(self.paths)
+
+    def started(self, phase: str, sandbox: str) -> Callable[[runner.Started], None]:
+        """The runner's on_start: the process recovery must find (trainer or evaluator), and its deadline."""
+        def on_start(proc: runner.Started) -> None:
+            self.enter(phase, deadline=proc.deadline, pgid=proc.pgid, trainer_pid=proc.pid,
+                       trainer_start=proc.start_time, pid_namespace=proc.pid_namespace, sandbox=sandbox)
+        return on_start
+
+
+def _measurement(git: Git, plan: Plan, ground: Ground, base: str, result: runner.RunResult,
+                 evaluation: integrity.EvaluationRun, allowed_s: float, deadline_s: float, harness: bool,
+                 phases: _Phases, sandbox: str, run_key: str) -> integrity.Measurement:
+    """The number of a finished training run: rejected past its time, train.py's own, or the harness's."""
+    over = _over_budget(result, ground, allowed_s, deadline_s)
+    if over is not None:
+        return integrity.Measurement(REJECTED, None, None, _float(result.summary.get("val_bpb")), reason=over)
+    if not harness:
+        return integrity.reported_only(result)
+    if result.status != "ok":
+        return integrity.Measurement(result.status, None, None, _float(result.summary.get("val_bpb")))
+    phases.enter(state.EXPORT)
+    pinned = integrity.load_data_pin(git, plan.branch)
+    return integrity.measure(git, base, ground, result, evaluation, pinned,
+                             ground.experiment.timeout_s - result.wall_s, run_id=run_key + "-eval",
+                             on_start=phases.started(state.EVALUATION, sandbox),
+                             device_env=phases.paths.device_env())
 
 
 def _over_budget(result: runner.RunResult, ground: Ground, allowed_s: float, deadline_s: float) -> str | None:
@@ -389,12 +422,16 @@ def _error_line(crash: dict[str, object] | None) -> str:
 
 
 def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verdict: Verdict | None,
-            measured: integrity.Measurement | None) -> Record:
+            measured: integrity.Measurement | None, sigma: float | None = None) -> Record:
     s = result.summary
+    # A run that ended without its summary (timeout, crash, abort): how far its log says it got.
+    last = runner.read_progress(result.log_path) if _int(s.get("num_steps")) is None else None
     status = verdict.status if verdict else ABORTED
     failed = measured is not None and measured.status != "ok"
     reason = verdict.reason if verdict else "gitar was interrupted during the run; the process group was killed"
     platform: dict[str, str] = {k: str(s[k]) for k in ("device", "dtype", "attention") if k in s}
+    counted = measured is not None and not failed and measured.val_bpb is not None
+    bytes_rule = _bytes_rule(measured, s) if counted else None
     return Record(
         status=status, commit=plan.commit, branch=plan.branch, description=plan.description,
         hypothesis=plan.hypothesis,
@@ -402,6 +439,7 @@ def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verd
         val_bpb=measured.val_bpb if measured is not None and not failed else None,
         val_bpb_source=measured.source if measured is not None and not failed else None,
         reported_val_bpb=measured.reported if measured is not None else None,
+        bytes_rule=bytes_rule,
         evaluation=measured.evaluation if measured is not None else None,
         data_sha256=measured.data_sha256 if measured is not None else None,
         best_before=plan.best.val_bpb if plan.best else None,
@@ -412,11 +450,32 @@ def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verd
         total_seconds=_float(s.get("total_seconds")), wall_seconds=round(result.wall_s, 3),
         mfu_percent=_float(s.get("mfu_percent")), total_tokens_M=_float(s.get("total_tokens_M")),
         num_steps=_int(s.get("num_steps")), num_params_M=_float(s.get("num_params_M")),
+        last_step=last.step if last is not None else None, last_train_s=last.train_s if last is not None else None,
+        sigma=sigma, best_tokens_per_s=_best_rate(Notebook(git), plan),
         depth=_int(s.get("depth")), seed=plan.seed, started=iso_time(result.started_at), ended=iso_time(result.ended_at),
         host=socket.gethostname(), platform=platform or None,
         harness_sha256=integrity.harness_sha256(git, plan.commit), log=str(result.log_path),
         error=_failure(result, measured), sandbox=result.sandbox, limits=result.limits,
     )
+
+
+def _bytes_rule(measured: integrity.Measurement | None, summary: dict[str, float | int | str]) -> str | None:
+    """The token-bytes rule val_bpb was computed with: the harness's word for a harness number,
+    train.py's summary line for a reported one."""
+    if measured is not None and measured.source == integrity.HARNESS:
+        rule = (measured.evaluation or {}).get("bytes_rule")
+    else:
+        rule = summary.get("bytes_rule")
+    return rule if isinstance(rule, str) else None
+
+
+def _best_rate(notebook: Notebook, plan: Plan) -> float | None:
+    """The mean tokens/s of the best's runs (train.py's summaries), which this run's is compared with."""
+    if plan.best is None:
+        return None
+    rates = [r for r in (x.tokens_per_s for x in best_of(notebook.records(plan.best.commit), plan.branch))
+             if r is not None]
+    return round(math.fsum(rates) / len(rates), 1) if rates else None
 
 
 def _failure(result: runner.RunResult, measured: integrity.Measurement | None) -> dict[str, object] | None:

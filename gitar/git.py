@@ -39,6 +39,14 @@ class Change:
     unstaged: bool  # differs between the index and the work tree
 
 
+@dataclass(frozen=True)
+class Worktree:
+    path: Path
+    head: str | None  # None: no commit yet
+    branch: str | None  # None: HEAD detached
+    prunable: bool  # its directory is gone (`git worktree prune` forgets it)
+
+
 class Git:
     """One repository with a work tree."""
 
@@ -132,6 +140,19 @@ class Git:
         if isinstance(target, str) and target.startswith("refs/heads/"):
             return target[len("refs/heads/"):]
         return None
+
+    def worktrees(self) -> list[Worktree]:
+        """Every worktree of the clone (`git worktree list`), the main one first."""
+        out: list[Worktree] = []
+        for block in self.out("worktree", "list", "--porcelain").split("\n\n"):
+            fields = dict(line.partition(" ")[::2] for line in block.splitlines() if line)
+            if "worktree" not in fields or "bare" in fields:
+                continue
+            branch = fields.get("branch", "")
+            out.append(Worktree(path=Path(fields["worktree"]).resolve(), head=fields.get("HEAD") or None,
+                                branch=branch[len("refs/heads/"):] if branch.startswith("refs/heads/") else None,
+                                prunable="prunable" in fields))
+        return out
 
     def head_is_unborn(self) -> bool:
         return bool(self.repo.head_is_unborn)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pygit2
 
-from gitar import numbers, state
+from gitar import numbers, report, state
 from gitar.git import Git
 from gitar.noise import Noise, noise_from
 from gitar.paths import Paths
@@ -36,6 +36,7 @@ from gitar.records import (
     Lesson,
     Notebook,
     Record,
+    tokens_per_s,
 )
 
 FAILED = (CRASH, TIMEOUT, ABORTED)  # ran and produced no number
@@ -103,6 +104,45 @@ class Attempt:
         return next((r.hypothesis for r in self.runs if r.hypothesis), None)
 
     @property
+    def num_steps(self) -> int | None:
+        """The steps train.py reported (the mean of its successful runs); for a run without a
+        summary (a timeout, a crash), the last step its log showed. Display only."""
+        if len(self.runs) == 1:
+            r = self.first
+            return r.num_steps if r.num_steps is not None else r.last_step
+        steps = [r.num_steps for r in self.runs if r.ok and r.num_steps is not None]
+        if steps:
+            return round(sum(steps) / len(steps))
+        last = self.runs[-1]
+        return last.num_steps if last.num_steps is not None else last.last_step
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """The mean training throughput of its successful runs, from train.py's summaries."""
+        runs = self.runs
+        if len(runs) == 1:
+            r = runs[0]
+            return tokens_per_s(r.total_tokens_M, r.training_seconds) if r.ok else None
+        rates = [x for x in (r.tokens_per_s for r in runs if r.ok) if x is not None]
+        return sum(rates) / len(rates) if rates else None
+
+    @property
+    def flags(self) -> list[str]:
+        """What a reader should doubt about its number: a throughput far from the best's, a keep within noise."""
+        return self.flags_at(self.tokens_per_s)
+
+    def flags_at(self, rate: float | None) -> list[str]:
+        """flags, given its tokens_per_s (`gitar log` has it already: 10,000 rows)."""
+        found = []
+        if self.status == KEEP:
+            sigma = next((r.sigma for r in reversed(self.runs) if r.status == KEEP and r.sigma is not None), None)
+            found.append(report.noise_flag(self.status, self.kind, self.delta, sigma))
+        best_rate = self.runs[0].best_tokens_per_s
+        if best_rate is not None and rate is not None:
+            found.append(report.throughput_flag(rate, best_rate))
+        return [f for f in found if f]
+
+    @property
     def cause(self) -> str:
         """One line on why the latest run failed (crash, timeout, aborted, rejected)."""
         r = self.runs[-1]
@@ -118,7 +158,8 @@ class Attempt:
             "commit": self.commit, "branch": self.branch, "status": self.status, "kind": self.kind,
             "val_bpb": _round(self.val_bpb), "delta": _round(self.delta), "best_before": _round(self.best_before),
             "runs": len(self.values), "memory_gb": _round(self.memory_gb, 3),
-            "training_seconds": _round(self.training_seconds, 3), "description": self.description,
+            "training_seconds": _round(self.training_seconds, 3), "num_steps": self.num_steps,
+            "tokens_per_s": _round(self.tokens_per_s, 1), "flags": self.flags, "description": self.description,
             "hypothesis": self.hypothesis, "started": self.first.started,
             "cause": self.cause if self.status in (*FAILED, REJECTED) else None,
             "lessons": [lesson.lesson for lesson in self.lessons],

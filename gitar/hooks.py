@@ -21,8 +21,8 @@ import subprocess
 import sys
 import time
 
-from gitar import experiment, lock, state, stops
-from gitar.config import Ground
+from gitar import experiment, integrity, lock, state, stops
+from gitar.config import GROUND_FILE, Ground
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git
 from gitar.paths import Paths
@@ -35,12 +35,22 @@ DETACH_START_TIMEOUT_S = 30.0
 REMOTE_ENV = "GITAR_REMOTE"  # set by `gitar try --remote`: the remote's runner measures the commit
 
 
+# The branches gitar makes by default: one of these without gitar's files is a workspace half set
+# up (files deleted, or copied in by hand and never committed), never a branch to pass in silence.
+DEFAULT_BRANCH_PREFIX = "autoresearch/"
+
+
 def _experiment_branch(git: Git) -> tuple[str, Ground] | None:
     branch = git.current_branch()
     if branch is None or git.head_is_unborn():
         return None
     head = git.resolve("HEAD")
-    if git.blob_at(head, "ground.json") is None:
+    if git.blob_at(head, GROUND_FILE) is None:
+        if branch.startswith(DEFAULT_BRANCH_PREFIX) or integrity.base_commit(git, branch) is not None:
+            raise GitarError(f"{branch} has no {GROUND_FILE} at HEAD ({head[:7]}), so gitar cannot check or run "
+                             "this experiment: commit gitar's workspace files (ground.json, model.json, "
+                             ".pre-commit-config.yaml, hooks/gitar-hook) on this branch, or commit with "
+                             "`git commit --no-verify` to leave gitar out")
         return None
     ground = experiment.ground_at(git, head)
     if not branch.startswith(ground.experiment.branch_prefix):

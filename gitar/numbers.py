@@ -49,3 +49,11 @@ def delta(value: float, best: float) -> float:
 def signed(difference: float) -> str:
     """A delta as text, e.g. -0.003100 (never -0.000000)."""
     return f"{rounded(difference) or 0.0:+.{PLACES}f}"  # -0.0 is falsy: no "-0.000000"
+
+
+def per_second(rate: float) -> str:
+    """A throughput as text, three significant figures: 812, 98.5k, 1.23M (tokens/s)."""
+    # Branches, not a loop over the scales: `gitar log` prints 10,000 of these.
+    if rate >= 999.5e3:  # 999,950 reads 1M, not 1e+03k
+        return f"{rate / 1e6:.3g}M" if rate < 999.5e6 else f"{rate / 1e9:.3g}G"
+    return f"{rate / 1e3:.3g}k" if rate >= 999.5 else f"{rate:.0f}"

@@ -81,6 +81,10 @@ class Record:
     total_tokens_M: float | None = None
     num_steps: int | None = None
     num_params_M: float | None = None
+    # The last step line train.py printed before a run ended without a summary (a timeout, a crash,
+    # an abort): how far it got, by its own log. Display only, as every figure train.py prints.
+    last_step: int | None = None
+    last_train_s: float | None = None  # the training seconds that line claimed
     depth: int | None = None
     seed: int | None = None
     started: str | None = None  # ISO 8601, UTC
@@ -102,10 +106,20 @@ class Record:
     worktree: str | None = None  # "followed" or "kept-edits" after the branch moved
     noise: dict[str, Any] | None = None  # {"n", "std", "mad"} of the commit's runs once it has run twice
     margin: float | None = None  # the improvement a keep had to exceed (keep rules margin, confirm)
+    # The σ the judge would use (the branch's measured noise, never below experiment.noise_floor)
+    # when this run was judged; None while no noise was measured. A keep that improved by no more
+    # is flagged "within noise" (report.noise_flag), under every keep rule.
+    sigma: float | None = None
+    # The mean tokens/s of the best's runs this run was judged against (train.py's summary, display
+    # only): a run much slower or faster than the best probably ran on a machine loaded differently.
+    best_tokens_per_s: float | None = None
     # Where val_bpb came from: "harness" (gitar's evaluator measured the model train.py exported)
     # or "reported" (train.py's own line; ground.json experiment.evaluate "reported", flagged by verify).
     val_bpb_source: str | None = None
     reported_val_bpb: float | None = None  # the val_bpb train.py printed, kept for comparison
+    # How many bytes each token counted for in val_bpb (prepare.py's tokenizer.token_bytes):
+    # "utf8-decoded" (upstream autoresearch's rule: numbers compare with its) or "raw".
+    bytes_rule: str | None = None
     evaluation: dict[str, Any] | None = None  # the harness evaluation: shape, device, dtype, causality probe
     data_sha256: str | None = None  # sha256 over the evaluation files' hashes (tokenizer, validation shard)
     sandbox: str | None = None  # how train.py was confined: "bwrap <version>" or "off"
@@ -160,6 +174,17 @@ class Record:
         """
         return self.status in (KEEP, DISCARD, UNDECIDED) and self.val_bpb is not None and self.kind != VERIFY
 
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Training throughput from train.py's summary: total_tokens_M over training_seconds (its claims)."""
+        return tokens_per_s(self.total_tokens_M, self.training_seconds)
+
+
+def tokens_per_s(total_tokens_m: float | None, training_seconds: float | None) -> float | None:
+    if total_tokens_m is None or training_seconds is None or total_tokens_m <= 0 or training_seconds <= 0:
+        return None
+    return total_tokens_m * 1e6 / training_seconds
+
 
 @dataclass(frozen=True)
 class Lesson:
@@ -179,7 +204,7 @@ class Lesson:
 _TEXT_FIELDS = ("status", "commit", "branch", "description", "run_id")
 _NUMBER_FIELDS = ("val_bpb", "best_before", "delta", "peak_vram_mb", "training_seconds", "total_seconds",
                   "wall_seconds", "mfu_percent", "total_tokens_M", "num_steps", "num_params_M", "depth",
-                  "reported_val_bpb")
+                  "reported_val_bpb", "last_step", "last_train_s", "sigma", "best_tokens_per_s")
 _warned: set[tuple[str, int, str]] = set()
 
 

@@ -155,6 +155,7 @@ class Started:
     pgid: int  # its process group (it leads a new session)
     start_time: int | None  # clock ticks after boot (/proc/PID/stat): tells it apart from a reused pid
     pid_namespace: int | None = None  # the sandbox's PID namespace (bwrap --info-fd)
+    deadline: float | None = None  # when the runner stops it (epoch seconds): started + its timeout
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ def run_training(
                         return len(stop.stops) > n_signals
 
                     try:
-                        started = launch.started()
+                        started = replace(launch.started(), deadline=started_at + timeout_s)
                         if on_start is not None:
                             on_start(started)
                         reason = _supervise(proc, t0 + timeout_s, stop)

@@ -18,6 +18,16 @@ from typing import Any
 from gitar.paths import Paths
 from gitar.processes import process_alive
 
+# What gitar is doing for a run, as it knows it itself (never from what train.py prints): each
+# change is written here by the process running the experiment, the only writer, so `gitar
+# status` in another process and the live line of `gitar try` can show it.
+STARTING = "start-up"  # writing the snapshot, setting up the sandbox: the trainer is not started yet
+TRAINING = "training"  # the trainer runs: its start-up, compilation, training and export are all in here
+EXPORT = "export"  # the trainer has exited; gitar copies and hashes its export and the evaluation data
+EVALUATION = "evaluation"  # gitar's harness evaluator measures the export
+JUDGING = "judging"  # the number is in: judging, recording, keeping or moving the branch back
+PHASES = (STARTING, TRAINING, EXPORT, EVALUATION, JUDGING)
+
 _GROUP_SIGNAL_S = 0.3  # git exits this fast when a terminal's Ctrl-C reached it too
 _RECORD_WAIT_S = 30.0  # the runner's grace for the trainer (10 s) and SIGKILL (5 s), with room
 
@@ -44,6 +54,12 @@ class Running:
     trainer_start: int | None = None
     pid_namespace: int | None = None
     sandbox: str | None = None
+    phase: str | None = None  # one of PHASES (None: written by an older gitar)
+    phase_started: float | None = None  # when this phase began (epoch seconds)
+    # When gitar stops the process of this phase (epoch seconds): the trainer's hard timeout, then
+    # the evaluator's (what is left of experiment.timeout_s). None while no timed process runs.
+    deadline: float | None = None
+    evaluate: str | None = None  # ground.json experiment.evaluate of the run: "harness" or "reported"
 
     def save(self, paths: Paths) -> None:
         paths.running.parent.mkdir(parents=True, exist_ok=True)

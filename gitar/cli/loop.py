@@ -147,12 +147,20 @@ def run_cmd(
 
 
 @app.command("status")
-def status_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show the running experiment and the branch's best."""
-    from gitar.commands.status import get_status, status_lines
+def status_cmd(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    all_worktrees: Annotated[bool, typer.Option(
+        "--all", help="every worktree of this clone: its running experiment, phase, time left, GPU")] = False,
+) -> None:
+    """Show the running experiment (its phase and time left) and the branch's best."""
+    from gitar.commands.status import all_status, all_status_lines, get_status, status_lines
 
-    s = get_status()
-    emit_lines(s.as_dict(), status_lines(s), as_json)
+    if all_worktrees:
+        trees = all_status()
+        emit_lines({"worktrees": [t.as_dict() for t in trees]}, all_status_lines(trees), as_json)
+    else:
+        s = get_status()
+        emit_lines(s.as_dict(), status_lines(s), as_json)
     raise typer.Exit(ExitCode.KEPT)
 
 

@@ -56,10 +56,13 @@ def init_workspace(tag: str, start: str | Path = ".", *, worktrees: int = 0,
         raise GitarError("this repository has no commits yet; commit the workspace files first")
     ground = load_ground(git.root / GROUND_FILE)
     load_model(git.root / MODEL_FILE, ground)
+    # Everything that can refuse is checked before anything changes: exit 2 means nothing did.
+    _check_installable(git)
     if worktrees:
         return _init_worktrees(git, ground, tag, worktrees, worktree_dir)
     branch = _branch_name(git, ground, tag)
     current = git.current_branch()
+    start = git.resolve("HEAD")
     created = False
     if git.ref_target(f"refs/heads/{branch}") is not None:
         if current != branch:
@@ -70,9 +73,23 @@ def init_workspace(tag: str, start: str | Path = ".", *, worktrees: int = 0,
             raise GitarError(f"{op} is in progress; finish or abort it first")
         git.run("switch", "-c", branch, advice="commit or stash your changes first")
         created = True
-    _record_base(git, branch, ground, fresh=created)
-    _configure(git)
+    try:
+        _record_base(git, branch, ground, fresh=created)
+        _configure(git)
+    except BaseException:
+        if created:  # undo the branch and its pins: a failed init leaves the repository as it was
+            _undo_branch(git, branch, current or start)
+        raise
     return InitResult(branch=branch, created=created, warnings=_data_warnings(ground))
+
+
+def _undo_branch(git: Git, branch: str, back_to: str) -> None:
+    """Back where init started (a branch, or the detached commit), the new branch and its pins gone."""
+    detach = [] if git.ref_target(f"refs/heads/{back_to}") is not None else ["--detach"]
+    git.run("switch", "--quiet", *detach, back_to, check=False)
+    git.run("branch", "-D", branch, check=False)
+    for ref in (integrity.base_ref(branch), integrity.data_ref(branch)):
+        git.run("update-ref", "-d", ref, check=False)
 
 
 def _configure(git: Git) -> None:
@@ -130,14 +147,7 @@ def _init_worktrees(git: Git, ground: Ground, tag: str, n: int, where: str | Pat
 
 def _worktree_paths(git: Git) -> dict[str, Path]:
     """{branch: worktree path} of the clone's worktrees."""
-    out: dict[str, Path] = {}
-    path: Path | None = None
-    for line in git.out("worktree", "list", "--porcelain").splitlines():
-        if line.startswith("worktree "):
-            path = Path(line[len("worktree "):]).resolve()
-        elif line.startswith("branch refs/heads/") and path is not None:
-            out[line[len("branch refs/heads/"):]] = path
-    return out
+    return {w.branch: w.path for w in git.worktrees() if w.branch is not None}
 
 
 def _record_base(git: Git, branch: str, ground: Ground, *, fresh: bool) -> None:
@@ -168,13 +178,19 @@ def _branch_name(git: Git, ground: Ground, tag: str) -> str:
     return branch
 
 
-def _install_hooks(git: Git) -> None:
+def _check_installable(git: Git) -> None:
+    """What would make installing the hooks fail, said before init changes anything."""
     hooks_path = git.run("config", "--get", "core.hooksPath", check=False).stdout.strip()
     if hooks_path:
         raise GitarError(f"core.hooksPath is set ({hooks_path}), so pre-commit cannot install its hooks; "
                          "unset it with `git config --unset-all core.hooksPath` (and --global if set there)")
-    if not (git.root / ".pre-commit-config.yaml").exists():
-        raise GitarError(".pre-commit-config.yaml is missing from the workspace; restore it from the template")
+    for needed in (".pre-commit-config.yaml", "hooks/gitar-hook"):
+        if not (git.root / needed).exists():
+            raise GitarError(f"{needed} is missing from the workspace; restore it from the template "
+                             "(the hooks are how gitar runs each commit)")
+
+
+def _install_hooks(git: Git) -> None:
     proc = subprocess.run([sys.executable, "-m", "pre_commit", "install"], cwd=git.root, env=clean_env(),
                           capture_output=True, text=True)
     if proc.returncode != 0:

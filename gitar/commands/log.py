@@ -19,7 +19,7 @@ from gitar import history
 from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
 from gitar.history import FAILED, Attempt, History, one_line
-from gitar.numbers import bpb, signed
+from gitar.numbers import bpb, per_second, signed
 from gitar.records import DISCARD, KEEP, REJECTED
 from gitar.text import json_line, safe
 
@@ -39,12 +39,14 @@ def newest_first(h: History, limit: int | None) -> list[Attempt]:
 
 
 def table_lines(h: History, attempts: list[Attempt]) -> Iterator[str]:
-    """One aligned line per attempt: sha, status, val_bpb, delta, memory, seconds, description."""
+    """One aligned line per attempt: sha, status, val_bpb, delta, memory, seconds, steps, tokens/s,
+    description (with its flags: a throughput far from the best's, a keep within noise)."""
     if not attempts:
         where = "any branch" if h.branch is None else h.branch
         yield f"no attempts recorded on {where} yet: `gitar run` measures the baseline"
         return
-    head = f"{'commit':<7}  {'status':<8} {'val_bpb':>8}  {'delta':>9}  {'mem_gb':>6}  {'train_s':>7}  description"
+    head = (f"{'commit':<7}  {'status':<8} {'val_bpb':>8}  {'delta':>9}  {'mem_gb':>6}  {'train_s':>7}  "
+            f"{'steps':>6}  {'tok/s':>6}  description")
     if h.branch is not None:
         yield head
         yield from map(_row, attempts)  # 10,000 rows: the loop in C
@@ -63,14 +65,19 @@ def _row(a: Attempt) -> str:
     delta = signed(a.delta) if a.delta is not None else "baseline" if a.is_baseline else "-"
     mem = "-" if a.memory_gb is None else f"{a.memory_gb:.1f}"
     secs = "-" if a.training_seconds is None else f"{a.training_seconds:.1f}"
+    steps = a.num_steps
+    rate = a.tokens_per_s
     desc = one_line(a.runs[0].description, 72)
     if len(a.values) > 1:
         desc += f" [mean of {len(a.values)} runs]"
     if a.status in _NOT_RUN:
         desc += f" — {one_line(a.cause, 80)}"
+    for flag in a.flags_at(rate):
+        desc += f" [{flag.partition(':')[0]}]"  # the flag's head; the result line and `show` say why
     if (earlier := a.repeat_of) is not None:
         desc += f" [repeat of {earlier[:7]}]"  # the same files as that attempt (gitar/repeats.py)
-    return f"{a.commit[:7]}  {a.status:<8} {value:>8}  {delta:>9}  {mem:>6}  {secs:>7}  {desc}"
+    return (f"{a.commit[:7]}  {a.status:<8} {value:>8}  {delta:>9}  {mem:>6}  {secs:>7}  "
+            f"{'-' if steps is None else steps:>6}  {'-' if rate is None else per_second(rate):>6}  {desc}")
 
 
 def json_lines(attempts: list[Attempt]) -> Iterator[str]:

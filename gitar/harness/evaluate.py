@@ -457,7 +457,9 @@ def evaluate(workspace: Path, program_path: Path, expect: Mapping[str, str] | No
     tokenizer = prepare.Tokenizer.from_directory()
     info: dict[str, Any] = {"batch_size": batch_size, "seq_len": seq_len, "device": str(device),
                             "dtype": str(dtype).removeprefix("torch."),
-                            "program_sha256": hashlib.sha256(data).hexdigest()}
+                            "program_sha256": hashlib.sha256(data).hexdigest(),
+                            # A prepare.py from before the rule was configurable counted raw bytes.
+                            "bytes_rule": str(getattr(prepare, "TOKEN_BYTES_RULE", "raw"))}
     print(f"harness evaluation: exported model [{batch_size}, {seq_len}] on {device}, {info['dtype']}", flush=True)
 
     def compute() -> contextlib.AbstractContextManager[Any]:

@@ -1,9 +1,16 @@
 """Which device, number format, attention kernel and compiler a training run uses.
 
 Upstream autoresearch assumes an H100: bf16, FlashAttention 3 fetched from the network at
-import, torch.compile, and a hard-coded 989.5 TFLOP/s for MFU. gitar decides each of these
-from what the machine actually has, so the same train.py runs on Volta to Blackwell, on a
-Mac or on a CPU:
+import (a Hopper build on sm90, the kernels-community build elsewhere), torch.compile, and a
+hard-coded 989.5 TFLOP/s for MFU. gitar decides each of these from what the machine actually
+has, so the same train.py runs on Volta to Blackwell, on a Mac or on a CPU.
+
+Attention on a CUDA GPU is FA3 where a build is at hand (`pip install -e '.[fa3]'`, then
+`python prepare.py` fetches the kernel into the data cache, where the sandboxed trainer can
+read it), else PyTorch's FlexAttention (sliding-window block masks, compiled by Triton from
+Ampere to Blackwell), a dense [T, T] mask only where neither can run (Volta, Turing, no
+Triton); every step down is one warning line. CPU and MPS run SDPA with the mask (no kernel to compile there).
+
 
 - `probe_device()` reads the facts (cheaply: nothing is compiled or downloaded);
 - `detect_platform(processor, probe)` is a pure function from those facts and the
@@ -56,10 +63,24 @@ FLOPS_PER_CLOCK_PER_SM: dict[tuple[int, int], int] = {
 # Volta and Turing; below Volta there are no tensor cores and fp32 is as fast as anything.
 BF16_MIN_CAPABILITY = (8, 0)
 FP16_MIN_CAPABILITY = (7, 0)
-# The FA3 kernels are written for Hopper's TMA and warpgroup instructions only.
-FA3_CAPABILITY = (9, 0)
-# FA3 as the `kernels` package publishes it, in the order upstream autoresearch tries them.
-FA3_KERNEL_REPOS = ("varunneal/flash-attention-3", "kernels-community/flash-attn3")
+# FA3 as the `kernels` package publishes it: upstream loads varunneal's Hopper-only build on
+# sm90 and the kernels-community build on every other GPU (Ampere and later).
+FA3_HOPPER = (9, 0)
+FA3_MIN_CAPABILITY = (8, 0)
+FA3_HOPPER_REPO = "varunneal/flash-attention-3"
+FA3_COMMUNITY_REPO = "kernels-community/flash-attn3"
+FA3_KERNEL_REPOS = (FA3_HOPPER_REPO, FA3_COMMUNITY_REPO)
+KERNELS_DIR = "kernels"  # under data.cache_dir: where prepare.py fetches FA3 and the trainer reads it
+# FlexAttention's Triton kernels, as PyTorch supports them: Ampere to Blackwell.
+FLEX_MIN_CAPABILITY = (8, 0)
+FA3_HINT = "pip install -e '.[fa3]' and run `python prepare.py` to fetch it"
+
+
+def fa3_repos(capability: tuple[int, int] | None) -> tuple[str, ...]:
+    """The FA3 builds for a GPU, in the order to try them (upstream's choice first)."""
+    if capability is None or capability < FA3_MIN_CAPABILITY:
+        return ()
+    return FA3_KERNEL_REPOS if capability == FA3_HOPPER else (FA3_COMMUNITY_REPO,)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -76,7 +97,7 @@ class DeviceProbe:
     clock_mhz: float | None = None  # maximum SM clock
     os: str = sys.platform
     triton: bool = False
-    fa3: bool = False  # FA3 importable without network: installed, or in the local kernels cache
+    fa3: bool = False  # an FA3 build for this GPU importable without network: installed, or in a kernels cache
 
 
 @dataclass(frozen=True)
@@ -88,7 +109,7 @@ class Platform:
     capability: tuple[int, int] | None
     dtype: str  # "bfloat16", "float16" or "float32": the autocast / parameter format
     use_grad_scaler: bool  # fp16 gradients underflow without loss scaling
-    attention: str  # "fa3" or "sdpa" (PyTorch's scaled_dot_product_attention)
+    attention: str  # "fa3", "flex" (FlexAttention) or "sdpa" (scaled_dot_product_attention, dense mask)
     compile: bool
     peak_flops: float | None  # dense tensor FLOP/s for MFU; None where unknown (MFU reads 0)
     fp32_optimizer_state: bool  # keep optimizer moments in fp32 when parameters are fp16
@@ -116,23 +137,27 @@ class Platform:
 # ---------------------------------------------------------------------------
 
 
-def probe_device() -> DeviceProbe:
-    """Read the machine's facts. Loads no kernel, compiles nothing, never touches the network."""
+def probe_device(kernels_dir: Path | None = None) -> DeviceProbe:
+    """Read the machine's facts. Loads no kernel, compiles nothing, never touches the network.
+
+    kernels_dir: the data cache's kernels directory, searched for FA3 before the usual caches.
+    """
     triton = importlib.util.find_spec("triton") is not None
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     if not torch.cuda.is_available():
         return DeviceProbe(cuda=False, mps=mps, triton=triton)
     index = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)
+    capability = (int(props.major), int(props.minor))
     return DeviceProbe(
         cuda=True,
         mps=mps,
         device_name=str(props.name),
-        capability=(int(props.major), int(props.minor)),
+        capability=capability,
         sm_count=int(props.multi_processor_count),
         clock_mhz=_clock_mhz(props, index),
         triton=triton,
-        fa3=_fa3_installed() or _fa3_in_kernels_cache(),
+        fa3=bool(fa3_repos(capability)) and (_fa3_installed() or _fa3_in_kernels_cache(capability, kernels_dir)),
     )
 
 
@@ -156,26 +181,37 @@ def _fa3_installed() -> bool:
     return importlib.util.find_spec("flash_attn_interface") is not None
 
 
-def _kernels_cache_dirs() -> list[Path]:
-    """Where huggingface_hub / kernels keep downloaded repositories (their documented variables)."""
+def _kernels_cache_dirs(kernels_dir: Path | None = None) -> list[Path]:
+    """Where FA3 may be cached: the data cache's kernels directory (the one a sandboxed trainer
+    can read), then where huggingface_hub / kernels keep downloads (their documented variables)."""
+    first = [kernels_dir] if kernels_dir is not None else []
     if os.environ.get("KERNELS_CACHE"):
-        return [Path(os.environ["KERNELS_CACHE"])]
+        return [*first, Path(os.environ["KERNELS_CACHE"])]
     if os.environ.get("HF_HUB_CACHE"):
-        return [Path(os.environ["HF_HUB_CACHE"])]
+        return [*first, Path(os.environ["HF_HUB_CACHE"])]
     hf_home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
-    return [hf_home / "hub"]
+    return [*first, hf_home / "hub"]
 
 
-def _fa3_in_kernels_cache() -> bool:
+def _cached_repo(cache: Path, repo: str) -> bool:
+    org, name = repo.split("/")
+    # Older huggingface_hub caches kernels as models, newer ones as their own repo type.
+    return any((cache / f"{kind}--{org}--{name}" / "snapshots").is_dir() for kind in ("models", "kernels"))
+
+
+def _fa3_cache(capability: tuple[int, int] | None, kernels_dir: Path | None) -> Path | None:
+    """The first cache holding an FA3 build for this GPU (any GPU's when capability is None)."""
     if importlib.util.find_spec("kernels") is None:
-        return False
-    for cache in _kernels_cache_dirs():
-        for repo in FA3_KERNEL_REPOS:
-            org, name = repo.split("/")
-            # Older huggingface_hub caches kernels as models, newer ones as their own repo type.
-            if any((cache / f"{kind}--{org}--{name}" / "snapshots").is_dir() for kind in ("models", "kernels")):
-                return True
-    return False
+        return None
+    repos = fa3_repos(capability) if capability is not None else FA3_KERNEL_REPOS
+    for cache in _kernels_cache_dirs(kernels_dir):
+        if any(_cached_repo(cache, repo) for repo in repos):
+            return cache
+    return None
+
+
+def _fa3_in_kernels_cache(capability: tuple[int, int] | None = None, kernels_dir: Path | None = None) -> bool:
+    return _fa3_cache(capability, kernels_dir) is not None
 
 
 # ---------------------------------------------------------------------------
@@ -190,8 +226,8 @@ def detect_platform(processor: ProcessorConfig, probe: DeviceProbe) -> Platform:
     on_cuda = device == "cuda"
     capability = probe.capability if on_cuda else None
     dtype = _choose_dtype(processor.dtype, device, capability, warnings)
-    attention = _choose_attention(processor.attention, capability, probe.fa3, warnings)
     compile_ = _choose_compile(processor.compile, device, probe, warnings)
+    attention = _choose_attention(processor.attention, device, capability, probe, warnings)
     peak = _choose_peak_flops(processor.peak_flops, device, probe, dtype, warnings)
     return Platform(
         device=device,
@@ -252,18 +288,53 @@ def _choose_dtype(requested: str, device: str, capability: tuple[int, int] | Non
     return auto
 
 
-def _choose_attention(requested: str, capability: tuple[int, int] | None, fa3: bool, warnings: list[str]) -> str:
-    possible = capability == FA3_CAPABILITY and fa3
+def _flex_possible(device: str, capability: tuple[int, int] | None, probe: DeviceProbe) -> bool:
+    return device == "cuda" and probe.triton and capability is not None and capability >= FLEX_MIN_CAPABILITY
+
+
+def _gpu_fallback(device: str, capability: tuple[int, int] | None, probe: DeviceProbe) -> tuple[str, str]:
+    """What a CUDA GPU runs without FA3, and why: FlexAttention where Triton can compile it."""
+    if _flex_possible(device, capability, probe):
+        return "flex", "using FlexAttention (sliding-window block masks, compiled)"
+    if device == "cuda":
+        why = ("FlexAttention needs triton, which is not installed" if not probe.triton
+               else f"FlexAttention's compiled kernels need sm80 or later, not {_where(device, capability)}")
+        return "sdpa", f"using sdpa with a dense [T, T] mask, much slower on the short-window layers ({why})"
+    return "sdpa", "using sdpa"
+
+
+def _choose_attention(requested: str, device: str, capability: tuple[int, int] | None, probe: DeviceProbe,
+                      warnings: list[str]) -> str:
+    fa3_possible = device == "cuda" and bool(fa3_repos(capability)) and probe.fa3
     if requested == "auto":
-        return "fa3" if possible else "sdpa"
-    if requested == "fa3" and not possible:
-        if capability != FA3_CAPABILITY:
-            where = _where("cuda", capability) if capability is not None else "this machine (no CUDA GPU in use)"
-            reason = f"FA3 runs on Hopper (sm90) only, not on {where}"
+        if device != "cuda":
+            return "sdpa"  # CPU and MPS: no kernel to compile; the dense mask is what they can do
+        if fa3_possible:
+            return "fa3"
+        fallback, how = _gpu_fallback(device, capability, probe)
+        if not fa3_repos(capability):
+            reason = f"FA3 needs sm80 or later, not {_where(device, capability)}"
         else:
-            reason = "FA3 is neither installed (flash_attn_interface) nor in the local kernels cache"
-        warnings.append(f"processor.attention: {reason}; using sdpa")
+            reason = f"FlashAttention 3 (upstream's kernel) is not available offline ({FA3_HINT})"
+        warnings.append(f"attention: {reason}; {how}")
+        return fallback
+    if requested == "fa3" and not fa3_possible:
+        if device != "cuda":
+            reason = "FA3 needs a CUDA GPU, and this machine is not using one"
+        elif not fa3_repos(capability):
+            reason = f"FA3 needs sm80 or later, not {_where(device, capability)}"
+        else:
+            reason = f"FA3 is neither installed (flash_attn_interface) nor in a local kernels cache ({FA3_HINT})"
+        fallback, how = _gpu_fallback(device, capability, probe)
+        warnings.append(f"processor.attention: {reason}; {how}")
+        return fallback
+    if requested == "flex" and device == "cuda" and not _flex_possible(device, capability, probe):
+        _, how = _gpu_fallback(device, capability, probe)
+        warnings.append(f"processor.attention: flex cannot run here; {how}")
         return "sdpa"
+    if requested == "sdpa" and device == "cuda":
+        warnings.append("processor.attention: sdpa as asked: the short-window layers use a dense [T, T] mask, "
+                        "much slower than fa3 or flex on a GPU")
     return requested
 
 
@@ -304,34 +375,68 @@ def _choose_peak_flops(
 # ---------------------------------------------------------------------------
 
 
-def load_flash_attention_3() -> ModuleType | None:
+def load_flash_attention_3(capability: tuple[int, int] | None = None,
+                           kernels_dir: Path | None = None) -> ModuleType | None:
     """The FA3 module (with `flash_attn_func`), or None when it cannot be loaded offline.
 
     Tries a source build (`flash_attn_interface`) first, then the `kernels` package with the
-    Hugging Face hub switched offline, so only a kernel already in the local cache loads: a
-    training run never waits on, or fails from, a download. The hub stays offline for the
-    rest of the process, which downloads nothing else either.
+    Hugging Face hub switched offline, so only a kernel already in a local cache (kernels_dir
+    first: the data cache's, which prepare.py fills) loads: a training run never waits on, or
+    fails from, a download. The hub stays offline for the rest of the process, which
+    downloads nothing else either. capability: the GPU's, which picks the builds to try.
     """
     if _fa3_installed():
         try:
             return importlib.import_module("flash_attn_interface")
         except Exception:  # a broken build (e.g. for another CUDA) is as good as none
             pass
-    return _load_from_kernels_cache() if _fa3_in_kernels_cache() else None
+    cache = _fa3_cache(capability, kernels_dir)
+    if cache is None:
+        return None
+    repos = fa3_repos(capability) if capability is not None else FA3_KERNEL_REPOS
+    return _load_from_kernels(repos, cache, offline=True)
 
 
-def _load_from_kernels_cache() -> ModuleType | None:
-    os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported...
+def _load_from_kernels(repos: tuple[str, ...], cache: Path, *, offline: bool) -> ModuleType | None:
+    os.environ["KERNELS_CACHE"] = str(cache)  # read when kernels is first imported
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported...
     try:
-        hub_constants: Any = importlib.import_module("huggingface_hub.constants")
-        hub_constants.HF_HUB_OFFLINE = True  # ...and this, in case it already was
+        if offline:
+            hub_constants: Any = importlib.import_module("huggingface_hub.constants")
+            hub_constants.HF_HUB_OFFLINE = True  # ...and this, in case it already was
         kernels = importlib.import_module("kernels")
     except Exception:
         return None
-    for repo in FA3_KERNEL_REPOS:
+    for repo in repos:
         try:
-            module: ModuleType = kernels.get_kernel(repo).flash_attn_interface
+            module: ModuleType = _get_kernel(kernels, repo).flash_attn_interface
             return module
         except Exception:  # not cached, or built for another torch: try the next one
             continue
     return None
+
+
+def _get_kernel(kernels: Any, repo: str) -> Any:
+    # revision="main" is the default of older `kernels` and required (a revision or a version)
+    # by newer ones; newer ones also trust only listed publishers unless told to trust the repo.
+    try:
+        return kernels.get_kernel(repo, revision="main", trust_remote_code=[repo])
+    except TypeError:  # an older `kernels` without trust_remote_code
+        return kernels.get_kernel(repo, revision="main")
+
+
+def fetch_flash_attention_3(capability: tuple[int, int] | None, kernels_dir: Path) -> str:
+    """prepare.py, online: download the FA3 build for this GPU into kernels_dir. One line saying
+    what happened; never raises (the trainer falls back to FlexAttention without it)."""
+    repos = fa3_repos(capability)
+    if not repos:
+        return "attention: no FA3 build for this GPU; training uses FlexAttention"
+    if _fa3_cache(capability, kernels_dir) == kernels_dir:
+        return f"attention: FA3 already in {kernels_dir}"
+    if importlib.util.find_spec("kernels") is None:
+        return "attention: FA3 not fetched (`kernels` is not installed: pip install -e '.[fa3]'); training uses FlexAttention"
+    kernels_dir.mkdir(parents=True, exist_ok=True)
+    if _load_from_kernels(repos, kernels_dir, offline=False) is None:
+        return f"attention: FA3 could not be fetched or loaded from {', '.join(repos)}; training uses FlexAttention"
+    return f"attention: FA3 fetched into {kernels_dir}"

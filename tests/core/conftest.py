@@ -61,6 +61,7 @@ print("depth:            2")
 print("device: cpu")
 print("dtype: float32")
 print("attention: sdpa")
+print("bytes_rule: utf8-decoded")
 print("seed: " + os.environ.get("GITAR_SEED", "42"))
 '''
 

@@ -8,6 +8,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.core.conftest import Workspace, fake_train, trainer_processes
 
 
@@ -54,6 +56,7 @@ def test_record_fields(workspace: Workspace) -> None:
                 "host", "platform", "harness_sha256", "log", "run_id", "seed"):
         assert key in rec, key
     assert rec["platform"] == {"device": "cpu", "dtype": "float32", "attention": "sdpa"}
+    assert rec["bytes_rule"] == "utf8-decoded"  # the token-bytes rule val_bpb was computed with
     assert rec["hypothesis"] == "lower loss from a better init"
     assert Path(rec["log"]).is_file() and "val_bpb" in Path(rec["log"]).read_text()
     assert ".git" in Path(rec["log"]).parts  # outside the tracked tree
@@ -108,6 +111,10 @@ def test_timeout_kills_the_process_group(hermetic: Path, tmp_path: Path, monkeyp
     assert trainer_processes(ws.root) == [], "the trainer survived its timeout"
     [rec] = [r for r in ws.all_records() if r["status"] == "timeout"]
     assert rec["error"]["type"] == "Timeout"
+    # How far it got, by its log (the fake prints steps 0-2, train 0.0-0.2s, then hangs).
+    assert rec["last_step"] == 2 and rec["last_train_s"] == 0.2, rec
+    assert "reached step 2 (train 0.2s, by train.py's log)" in proc.stdout, proc.stdout
+    assert "reached step 2" in ws.gitar("show", str(rec["commit"])).stdout
 
 
 def test_every_attempt_survives_gc(workspace: Workspace) -> None:
@@ -171,7 +178,7 @@ def test_edits_made_during_a_run_are_kept(workspace: Workspace) -> None:
 
 def test_detach_status_wait(workspace: Workspace) -> None:
     ws = workspace
-    ws.write_train(0.9, mode="sleep", sleep_s=2)
+    ws.write_train(0.9, mode="sleep", sleep_s=8)  # still running through status and run on a busy machine
     proc = ws.gitar("try", "detached run", "--detach", "--json")
     assert proc.returncode == 0, _result(proc)
     started = json.loads(proc.stdout)
@@ -242,6 +249,113 @@ def test_index_lock_during_reset_leaves_branch_on_attempt_then_recovers(workspac
     assert ws.git("status", "--porcelain").stdout == ""
 
 
+# A trainer that moves through its stages when the test says so: it waits for a file in its
+# snapshot (its working directory, which the sandbox lets it see and the test write) before each.
+STAGED_TRAIN = '''\
+import os, sys, time
+if os.environ.get("GITAR_SMOKE") == "1":
+    print("smoke: ok loss=9.0 params=0.1M", flush=True)
+    sys.exit(0)
+def step(n, train_s):
+    print(f"step {n:05d} | loss 3.000000 | lrm 1.000 | dt 1ms | tok/s 100 | mfu 0.0% | epoch 1 | train {train_s}/1s",
+          flush=True)
+def wait(name):
+    while not os.path.exists(name):
+        time.sleep(0.05)
+wait("go-warmup")
+step(0, 0.0)
+step(1, 0.0)
+wait("go-train")
+step(2, 0.5)
+wait("go-done")
+step(3, 1.0)
+wait("go-end")
+print("---")
+print("val_bpb: 0.9")
+print("training_seconds: 1.0")
+print("total_tokens_M: 0.1")
+print("num_steps: 4")
+'''
+
+
+def test_status_shows_the_phase_and_the_time_left(hermetic: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.core.conftest import make_workspace
+
+    ws = make_workspace(tmp_path / "ws", timeout_s=60, budget_s=1)
+    monkeypatch.chdir(ws.root)
+    assert ws.gitar("init", "t1").returncode == 0
+    (ws.root / "train.py").write_text(STAGED_TRAIN)
+    proc = ws.gitar("try", "staged", "--detach", "--json")
+    assert proc.returncode == 0, _result(proc)
+    started = json.loads(proc.stdout)
+    snapshot = ws.root / ".git" / "gitar" / "snapshots" / started["run_id"]
+
+    def running_when(stage: str, detail: str = "") -> dict[str, object]:
+        """The running experiment from `gitar status --json` (another process) once it is at `stage`."""
+        deadline = time.time() + 30
+        while True:
+            run = json.loads(ws.gitar("status", "--json").stdout)["running"]
+            if run is not None and run.get("stage") == stage and detail in ws.gitar("status").stdout:
+                return dict(run)
+            assert time.time() < deadline, f"never reached {stage} {detail}: {run}"
+            time.sleep(0.1)
+
+    finished = False
+    try:
+        seen = running_when("start-up/compile", "no step yet")  # the trainer runs, has printed nothing
+        assert seen["phase"] == "training", seen
+        # The trainer's hard timeout: min(experiment.timeout_s 60, budget 1 + allowance 120).
+        assert seen["phase_timeout_s"] == pytest.approx(60, abs=1), seen
+        assert 0 < float(str(seen["time_left_s"])) <= 60, seen
+        (snapshot / "go-warmup").write_text("")
+        running_when("start-up/compile", "warm-up step 1")  # untimed steps (train 0.0s): still compiling
+        (snapshot / "go-train").write_text("")
+        seen = running_when("training")
+        assert seen["phase"] == "training" and seen["step"] == 2, seen
+        line = ws.gitar("status").stdout
+        assert "| training | train 0.5/1s | step 2 |" in line and "s left of 60s" in line, line
+        (snapshot / "go-done").write_text("")
+        seen = running_when("evaluation by train.py")  # its budget spent; train.py measures itself ("reported")
+        assert seen["phase"] == "training" and float(str(seen["time_left_s"])) < 60, seen
+        (snapshot / "go-end").write_text("")
+        done = ws.gitar("wait")
+        assert done.returncode == 0 and done.stdout.startswith("keep "), _result(done)
+        finished = True
+    finally:
+        if not finished:  # let the trainer end, so the run is recorded and nothing outlives the test
+            for name in ("go-warmup", "go-train", "go-done", "go-end"):
+                if snapshot.is_dir():
+                    (snapshot / name).write_text("")
+            ws.gitar("wait")
+    assert json.loads(ws.gitar("status", "--json").stdout)["running"] is None
+
+
+def test_phases_come_from_gitar_and_the_stage_from_the_log(tmp_path: Path) -> None:
+    """gitar's phases after the trainer (export, evaluation, judging) with their deadlines."""
+    from gitar import state
+    from gitar.commands.status import phase_of, progress_line
+    from gitar.runner import Progress
+
+    now = time.time()
+    running = state.Running(run_id="r", commit="a" * 40, branch="b", description="d", kind="attempt",
+                            best_commit=None, move_branch=True, started=now - 100, budget_s=20, timeout_s=900,
+                            log=str(tmp_path / "none.log"), pid=os.getpid(), phase=state.STARTING,
+                            phase_started=now, evaluate="harness")
+    assert phase_of(running, None, now).stage == "start-up"
+    assert phase_of(running, None, now).time_left_s is None  # no timed process yet
+    done = Progress(step=900, loss=3.0, train_s=20.0, budget_s=20.0)
+    training = running.with_(phase=state.TRAINING, deadline=now + 40, phase_started=now - 100)
+    assert phase_of(training, done, now).stage == "export"  # train.py's export, after its budget
+    assert phase_of(training, done, now).time_left_s == pytest.approx(40)
+    evaluating = running.with_(phase=state.EVALUATION, phase_started=now - 5, deadline=now + 795)
+    line = progress_line(evaluating, done, now)
+    assert "| evaluation | gitar's harness | after step 900 | 795s left of 800s" in line, line
+    assert "judging" in progress_line(running.with_(phase=state.JUDGING), done, now)
+    forged = running.with_(phase="x" * 10_000, deadline="soon")  # running.json could be anyone's
+    assert phase_of(forged, None, now).time_left_s is None
+
+
 def test_live_progress_reads_the_log(tmp_path: Path) -> None:
     from gitar import state
     from gitar.commands.status import progress_line
@@ -255,7 +369,7 @@ def test_live_progress_reads_the_log(tmp_path: Path) -> None:
                             timeout_s=60, log=str(log), pid=os.getpid())
     line = progress_line(running, read_progress(log))
     assert "train 4.5/20s" in line and "step 7" in line and "loss 3.2500" in line
-    assert "starting" in progress_line(running, None)
+    assert "start-up/compile" in progress_line(running, None)
 
 
 def _wait_for_trainer(ws: Workspace) -> None:

@@ -272,6 +272,28 @@ def test_core_hooks_path_set(hermetic: Path, tmp_path: Path) -> None:
     assert proc.returncode == REFUSED and "core.hooksPath" in proc.stderr
 
 
+def _repository_state(ws: Workspace) -> tuple[str, str, str]:
+    refs = ws.git("for-each-ref", "--format=%(refname) %(objectname)").stdout
+    return ws.git("symbolic-ref", "-q", "HEAD", check=False).stdout, refs, ws.git("status", "--porcelain").stdout
+
+
+@pytest.mark.parametrize("refusal", ["core.hooksPath", "hooks/gitar-hook", ".pre-commit-config.yaml"])
+def test_a_refused_init_changes_nothing(hermetic: Path, tmp_path: Path, refusal: str) -> None:
+    """Exit 2 from init: no branch created or checked out, no base pinned, nothing installed."""
+    ws = make_workspace(tmp_path / "ws")
+    os.chdir(ws.root)
+    if refusal == "core.hooksPath":
+        ws.git("config", "core.hooksPath", ".githooks")
+    else:
+        ws.git("rm", "-q", refusal)
+        ws.git("commit", "-q", "-m", f"no {refusal}")
+    before = _repository_state(ws)
+    proc = ws.gitar("init", "t1")
+    assert proc.returncode == REFUSED and refusal in proc.stderr, proc.stderr
+    assert _repository_state(ws) == before
+    assert not (ws.root / ".git" / "hooks" / "pre-commit").exists()
+
+
 def test_usage_errors_exit_refused(workspace: Workspace) -> None:
     assert workspace.gitar("try").returncode == REFUSED
     assert workspace.gitar("frobnicate").returncode == REFUSED
@@ -376,3 +398,24 @@ def test_off_an_experiment_branch_the_refusal_names_the_branches(workspace: Work
 def test_an_unknown_revision_points_at_gitar_log(measured: Workspace) -> None:
     proc = measured.gitar("show", "no-such-rev")
     assert proc.returncode == REFUSED and "`gitar log`" in proc.stderr and "git log --oneline" not in proc.stderr
+
+
+def test_a_branch_gitar_made_without_gitars_files_is_refused_not_passed_in_silence(workspace: Workspace) -> None:
+    """The hooks never pass quietly on an experiment branch whose commit lacks ground.json (#13)."""
+    ws = workspace
+    ws.git("rm", "-q", "ground.json")
+    # Past the pre-commit stage (--no-verify), the post-commit stage says so, in one line.
+    proc = ws.git("commit", "--no-verify", "-m", "gitar's files gone", check=False)
+    assert proc.returncode == 0
+    said = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("gitar:")]
+    assert len(said) == 1 and said[0].startswith("gitar: error: autoresearch/t1 has no ground.json at HEAD"), said
+    head = ws.head()
+    (ws.root / "train.py").write_text(fake_train(0.5))
+    proc = ws.git("commit", "-am", "an idea", check=False)
+    assert proc.returncode != 0, "the pre-commit hook let it through"
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("gitar:")]
+    assert lines == [f"gitar: refused: autoresearch/t1 has no ground.json at HEAD ({head[:7]}), so gitar cannot "
+                     "check or run this experiment: commit gitar's workspace files (ground.json, model.json, "
+                     ".pre-commit-config.yaml, hooks/gitar-hook) on this branch, or commit with "
+                     "`git commit --no-verify` to leave gitar out"], proc.stdout + proc.stderr
+    assert ws.head() == head and not ws.records(head)

@@ -383,3 +383,22 @@ def test_runs_leave_no_control_group_behind(layout: Layout) -> None:
     while RunGroup.find(c.run_id) is not None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert RunGroup.find(c.run_id) is None
+
+
+def test_the_trainer_sees_the_fa3_kernels_prepare_fetched(tmp_path: Path) -> None:
+    """The trainer has no network and a fresh HOME: FA3 reaches it only from the data cache's
+    kernels directory, which `python prepare.py` fills; the validation shard stays out."""
+    from gitar import confine
+    from gitar.config import parse_ground, read_json_object
+    from tests.conftest import REPO_ROOT
+
+    obj = read_json_object(REPO_ROOT / "ground.json")
+    cache = tmp_path / "cache"
+    obj["data"]["cache_dir"] = str(cache)
+    ground = parse_ground(obj, tmp_path / "ground.json")
+    (cache / "tokenizer").mkdir(parents=True)
+    (cache / "data").mkdir()
+    (cache / "data" / f"shard_{ground.data.val_shard:05d}.parquet").write_bytes(b"val")
+    assert confine.training_data(ground).files == (cache / "tokenizer",)
+    (cache / "kernels").mkdir()
+    assert confine.training_data(ground).files == (cache / "tokenizer", cache / "kernels")

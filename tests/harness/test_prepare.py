@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 import subprocess
 import sys
 import threading
@@ -129,15 +130,75 @@ def test_token_bytes_table(prepare_module: ModuleType, tokenizer: Any) -> None:
     specials = range(tokenizer.get_bos_token_id(), tokenizer.get_vocab_size())
     assert all(token_bytes[i] == 0 for i in specials)
     assert (token_bytes[: tokenizer.get_bos_token_id()] >= 1).all()
-    assert (token_bytes[:256] == 1).all()  # the 256 single-byte tokens come first
+    # The 256 single-byte tokens come first: ASCII counts 1, a lone byte of a multi-byte
+    # character decodes to U+FFFD and counts its 3 bytes (upstream's rule, the default).
+    assert (token_bytes[:128] == 1).all() and (token_bytes[128:256] == 3).all()
 
 
-@pytest.mark.parametrize("text", UNICODE_TEXTS)
-def test_token_bytes_add_up_to_the_utf8_length(prepare_module: ModuleType, tokenizer: Any, text: str) -> None:
-    # Exact even where a token holds part of a multi-byte character (CJK, emoji).
-    token_bytes = prepare_module.get_token_bytes()
-    ids = tokenizer.encode(text, prepend=tokenizer.get_bos_token_id())
-    assert int(token_bytes[ids].sum()) == len(text.encode("utf-8"))
+def upstream_token_bytes(enc: Any, special_tokens: list[str]) -> list[int]:
+    """Upstream autoresearch's table, rebuilt as its prepare.py builds it: decode each id to a
+    string on its own; 0 for a special token's string, else the UTF-8 length of the string."""
+    specials = set(special_tokens)
+    out = []
+    for token_id in range(enc.n_vocab):
+        text = enc.decode([token_id])
+        out.append(0 if text in specials else len(text.encode("utf-8")))
+    return out
+
+
+def test_token_bytes_are_upstreams_by_default(prepare_module: ModuleType, tokenizer: Any) -> None:
+    assert prepare_module.TOKEN_BYTES_RULE == "utf8-decoded"
+    expected = upstream_token_bytes(tokenizer.enc, list(prepare_module.GROUND.tokenizer.special_tokens))
+    table = prepare_module.get_token_bytes().tolist()
+    assert table == expected
+    # The rule matters: tokens that hold part of a character count 3 bytes, not what they hold.
+    raw = [len(tokenizer.enc.decode_single_token_bytes(i)) for i in range(tokenizer.get_bos_token_id())]
+    assert sum(a != b for a, b in zip(table, raw, strict=False)) >= 128
+
+
+def test_token_bytes_rule_changes_rewrite_the_table_only(workspace_factory: Callable[..., Path],
+                                                         small_corpus_dir: Path) -> None:
+    """tokenizer.token_bytes "raw": a text's tokens add up to its UTF-8 length. Switching the rule
+    refuses the old table with one line; `prepare.py` rewrites the table, not the merges."""
+    ws = workspace_factory()
+    prepare = import_prepare(ws)
+    assert prepare.main(["--source", str(small_corpus_dir)]) == 0
+    ranks = prepare.TOKENIZER_DIR / "ranks.tiktoken"
+    trained = ranks.stat().st_mtime_ns
+    ground = json.loads((ws / "ground.json").read_text())
+    ground["tokenizer"]["token_bytes"] = "raw"
+    (ws / "ground.json").write_text(json.dumps(ground))
+    literal = import_prepare(ws)
+    with pytest.raises(GitarError, match=r"token_bytes.pt counts token bytes by the rule 'utf8-decoded', ground.json "
+                                         r"tokenizer.token_bytes asks for 'raw': run `python prepare.py`"):
+        literal.Tokenizer.from_directory()
+    with pytest.raises(GitarError, match="asks for 'raw'"):
+        literal.get_token_bytes()
+    assert literal.main(["--source", str(small_corpus_dir)]) == 0
+    assert ranks.stat().st_mtime_ns == trained  # not retrained
+    tokenizer = literal.Tokenizer.from_directory()
+    token_bytes = literal.get_token_bytes()
+    assert json.loads((literal.TOKENIZER_DIR / "manifest.json").read_text())["token_bytes"] == "raw"
+    for text in UNICODE_TEXTS:  # exact even where a token holds part of a multi-byte character
+        ids = tokenizer.encode(text, prepend=tokenizer.get_bos_token_id())
+        assert int(token_bytes[ids].sum()) == len(text.encode("utf-8")), text
+
+
+def test_a_table_from_before_the_rule_is_refused(prepared_workspace: Path, tmp_path: Path) -> None:
+    # gitar's earlier prepare.py counted raw bytes and wrote no rule into the manifest.
+    ws = tmp_path / "ws"
+    shutil.copytree(prepared_workspace, ws, ignore=shutil.ignore_patterns("__pycache__"))
+    ground = json.loads((ws / "ground.json").read_text())
+    cache = Path(ground["data"]["cache_dir"])
+    shutil.copytree(cache / "tokenizer", tmp_path / "cache" / "tokenizer")
+    ground["data"]["cache_dir"] = str(tmp_path / "cache")
+    (ws / "ground.json").write_text(json.dumps(ground))
+    manifest_path = tmp_path / "cache" / "tokenizer" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["token_bytes"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(GitarError, match=r"by the rule 'raw', ground.json tokenizer.token_bytes asks for 'utf8-decoded'"):
+        import_prepare(ws).Tokenizer.from_directory()
 
 
 # ---------------------------------------------------------------------------
@@ -160,28 +221,102 @@ def test_dataloader_batches(prepare_module: ModuleType, tokenizer: Any) -> None:
     loader.close()
 
 
-def test_dataloader_rows_equal_the_reference_packing(prepare_module: ModuleType, tokenizer: Any) -> None:
-    """The loader's rows, rebuilt independently: read the shards in order in batches of 128
-    documents, tokenize with BOS, pack with the plain reference algorithm."""
+def upstream_document_batches(tokenizer: Any, paths: list[Path]) -> Iterator[tuple[list[list[int]], int]]:
+    """Upstream autoresearch's reading order, rebuilt: every shard in order, every row group of
+    it in order, each row group's texts in batches of 128, each document with BOS in front."""
     bos = tokenizer.get_bos_token_id()
-    B, T, buffer_size = 8, 128, 300
+    epoch = 1
+    while True:
+        for path in paths:
+            parquet = pq.ParquetFile(path)
+            for group in range(parquet.num_row_groups):
+                texts = parquet.read_row_group(group).column("text").to_pylist()
+                for start in range(0, len(texts), 128):
+                    yield [[bos, *tokenizer.encode(t)] for t in texts[start : start + 128]], epoch
+        epoch += 1
 
-    def documents() -> Iterator[tuple[list[list[int]], int]]:
-        for epoch in range(1, 100):
-            for name in prepare_module.TRAIN_SHARDS:
-                parquet = pq.ParquetFile(prepare_module.DATA_DIR / name)
-                for batch in parquet.iter_batches(batch_size=128, columns=["text"]):
-                    yield [[bos, *tokenizer.encode(t)] for t in batch.column(0).to_pylist()], epoch
 
-    expected, epochs = reference_rows(documents(), T + 1, buffer_size, 6 * B)
-    loader = prepare_module.make_dataloader(tokenizer, B, T, "train", device="cpu", buffer_size=buffer_size)
-    for i in range(6):
+def assert_loader_rows(loader: Any, expected: list[list[int]], epochs: list[int], B: int, batches: int) -> None:
+    for i in range(batches):
         x, y, epoch = next(loader)
         rows = expected[i * B : (i + 1) * B]
-        assert x.tolist() == [r[:-1] for r in rows]
-        assert y.tolist() == [r[1:] for r in rows]
+        assert x.tolist() == [r[:-1] for r in rows], f"batch {i}"
+        assert y.tolist() == [r[1:] for r in rows], f"batch {i}"
         assert epoch == epochs[(i + 1) * B - 1]
     loader.close()
+
+
+def test_dataloader_rows_equal_the_reference_packing(prepare_module: ModuleType, tokenizer: Any) -> None:
+    """The loader's rows, rebuilt independently: upstream's reading order, the plain reference packing."""
+    B, T, buffer_size = 8, 128, 300
+    paths = [prepare_module.DATA_DIR / name for name in prepare_module.TRAIN_SHARDS]
+    expected, epochs = reference_rows(upstream_document_batches(tokenizer, paths), T + 1, buffer_size, 6 * B)
+    loader = prepare_module.make_dataloader(tokenizer, B, T, "train", device="cpu", buffer_size=buffer_size)
+    assert_loader_rows(loader, expected, epochs, B, 6)
+
+
+@pytest.fixture(scope="module")
+def row_group_workspace(prepared_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+    """The prepared workspace's tokenizer over shards of many uneven row groups (climbmix's
+    shards have several): 2 training shards and the validation shard, each written with its
+    own row-group size, none a multiple of the 128-document tokenizer batch."""
+    root = tmp_path_factory.mktemp("row-groups")
+    ws = root / "ws"
+    shutil.copytree(prepared_workspace, ws, ignore=shutil.ignore_patterns("__pycache__"))
+    ground = json.loads((ws / "ground.json").read_text())
+    old_cache = Path(ground["data"]["cache_dir"])
+    shutil.copytree(old_cache / "tokenizer", root / "cache" / "tokenizer")
+    ground["data"]["cache_dir"] = str(root / "cache")
+    (ws / "ground.json").write_text(json.dumps(ground))
+    (root / "cache" / "data").mkdir()
+    names = [f"shard_{i:05d}.parquet" for i in range(ground["data"]["num_train_shards"])]
+    names.append(f"shard_{ground['data']['val_shard']:05d}.parquet")
+    for name, row_group_size in zip(names, (50, 77, 45), strict=False):
+        texts = shard_texts(old_cache / "data" / name)
+        pq.write_table(pa.table({"text": texts}), root / "cache" / "data" / name, row_group_size=row_group_size)
+        assert pq.ParquetFile(root / "cache" / "data" / name).num_row_groups >= 3
+    return import_prepare(ws)
+
+
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_rows_follow_row_groups_as_upstream_reads_them(row_group_workspace: ModuleType, split: str) -> None:
+    """Shards of several row groups: upstream's rows exactly, the validation set included. (pyarrow's
+    iter_batches runs batches across row-group boundaries: the buffer, and so the rows, differ.)"""
+    prepare = row_group_workspace
+    tokenizer = prepare.Tokenizer.from_directory()
+    B, T, buffer_size = 4, 256, 200
+    names = prepare.TRAIN_SHARDS if split == "train" else (prepare.VAL_SHARD,)
+    paths = [prepare.DATA_DIR / name for name in names]
+    expected, epochs = reference_rows(upstream_document_batches(tokenizer, paths), T + 1, buffer_size, 12 * B)
+
+    def across_row_groups() -> Iterator[tuple[list[list[int]], int]]:
+        bos = tokenizer.get_bos_token_id()
+        for epoch in range(1, 100):
+            for path in paths:
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=128, columns=["text"]):
+                    yield [[bos, *tokenizer.encode(t)] for t in batch.column(0).to_pylist()], epoch
+
+    assert reference_rows(across_row_groups(), T + 1, buffer_size, 12 * B)[0] != expected  # the layout matters
+    loader = prepare.make_dataloader(tokenizer, B, T, split, device="cpu", buffer_size=buffer_size)
+    assert_loader_rows(loader, expected, epochs, B, 12)
+
+
+def test_evaluation_reads_upstreams_validation_rows(row_group_workspace: ModuleType) -> None:
+    """evaluate_bpb scores exactly the rows upstream's loader yields from a multi-row-group shard."""
+    prepare = row_group_workspace
+    tokenizer = prepare.Tokenizer.from_directory()
+    batch_size = 4
+    steps = max(1, prepare.EVAL_TOKENS // (batch_size * prepare.MAX_SEQ_LEN))
+    expected, _ = reference_rows(upstream_document_batches(tokenizer, [prepare.DATA_DIR / prepare.VAL_SHARD]),
+                                 prepare.MAX_SEQ_LEN + 1, 1000, steps * batch_size)
+    model = BigramModel(tokenizer.get_vocab_size())
+    logp = torch.log_softmax(model.table.detach().double(), dim=-1)
+    token_bytes = prepare.get_token_bytes()
+    rows = torch.tensor(expected)
+    x, y = rows[:, :-1], rows[:, 1:]
+    counted = token_bytes[y] > 0
+    by_hand = -float(logp[x, y][counted].sum()) / (math.log(2) * int(token_bytes[y].sum()))
+    assert prepare.evaluate_bpb(model, tokenizer, batch_size) == pytest.approx(by_hand, rel=1e-7)
 
 
 def test_small_validation_split_cycles_through_epochs(prepare_module: ModuleType, tokenizer: Any) -> None:

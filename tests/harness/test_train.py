@@ -7,6 +7,7 @@ crash records, and, marked slow, a real training run of the tiny CPU preset on p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import train
-from gitar.config import load_model, parse_model
+from gitar.config import ProcessorConfig, load_model, parse_model
 from gitar.presets import cpu_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +33,7 @@ STEP_LINE = re.compile(
     r"mfu (\d+\.\d)% \| epoch (\d+) \| train (\d+\.\d)/(\d+(?:\.\d+)?)s$"
 )
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
-                "total_tokens_M", "num_steps", "num_params_M", "depth", "device", "dtype", "attention", "seed"]
+                "total_tokens_M", "num_steps", "num_params_M", "depth", "device", "dtype", "attention", "bytes_rule", "seed"]
 
 
 def model_cfg(**arch):
@@ -93,6 +95,112 @@ def test_the_window_really_limits_what_a_query_sees():
     v2[:, 2] += 100.0  # key 2 is outside the window of query 9 when the window is 3 (keys 6..9)
     assert torch.equal(train.attention(q, k, v, 3, "sdpa")[:, 9], train.attention(q, k, v2, 3, "sdpa")[:, 9])
     assert not torch.allclose(train.attention(q, k, v, 9, "sdpa")[:, 9], train.attention(q, k, v2, 9, "sdpa")[:, 9])
+
+
+def reference_attention(q, k, v, window):
+    """SDPA in float32 with an explicit boolean mask (i - window <= j <= i) and expanded kv heads."""
+    T = q.size(1)
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    mask = (j <= i) & (j >= i - window)
+    groups = q.size(2) // k.size(2)
+    qh, kh, vh = (t.transpose(1, 2).double() for t in (q, k, v))
+    kh, vh = kh.repeat_interleave(groups, dim=1), vh.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask).transpose(1, 2).float()
+
+
+# FlexAttention run eagerly (what a CPU can do) warns that it is not compiled: expected here.
+flex_eager = pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile.*")
+
+
+@pytest.fixture
+def flex_calls(monkeypatch):
+    """Counts FlexAttention's calls: the flex backend must really run it, not the dense mask."""
+    import torch.nn.attention.flex_attention as flex_module
+    calls = []
+    real = flex_module.flex_attention
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("block_mask"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flex_module, "flex_attention", counted)
+    return calls
+
+
+@flex_eager
+@pytest.mark.parametrize(("T", "window", "n_head", "n_kv_head"), [
+    (50, 7, 2, 2),  # T not a multiple of the 128-token block: a partial block
+    (200, 100, 2, 2),  # S layer of T = 200: the window is T // 2, blocks straddle it
+    (300, 150, 4, 2),  # grouped-query attention, three blocks, the last one partial
+    (129, 1, 2, 1),  # a window of one earlier token, one kv head for all
+    (130, 129, 2, 2),  # window = T - 1: the full causal path
+    (64, 64, 2, 2),  # window = T, as the L layers use
+])
+def test_flex_matches_reference_attention(T, window, n_head, n_kv_head, flex_calls):
+    torch.manual_seed(0)
+    q = torch.randn(2, T, n_head, 16)
+    k = torch.randn(2, T, n_kv_head, 16)
+    v = torch.randn(2, T, n_kv_head, 16)
+    got = train.attention(q, k, v, window, "flex")
+    assert got.shape == q.shape
+    torch.testing.assert_close(got, reference_attention(q, k, v, window), atol=2e-5, rtol=2e-5)
+    # A short window runs FlexAttention; one that covers T runs the fused causal kernel, unmasked.
+    assert len(flex_calls) == (1 if window < T - 1 else 0)
+
+
+@flex_eager
+@pytest.mark.parametrize("pattern", ["SSSL", "SL", "S", "L", "SSL"])
+def test_flex_model_equals_the_sdpa_model_for_every_window_pattern(pattern, flex_calls):
+    """The whole model, every layer's window as the pattern sets it (T = 40: S layers see 20
+    earlier tokens), flex and sdpa give the same logits. (Eager FlexAttention has no backward on a
+    CPU; the compiled kernel's is checked on the GPU.)"""
+    T = 40
+    arch = model_cfg(depth=4, aspect_ratio=16, head_dim=16, window_pattern=pattern).architecture
+    models = {}
+    for backend in ("flex", "sdpa"):
+        torch.manual_seed(3)
+        models[backend] = train.build_model(train.gpt_config(arch, 64, T, backend), torch.device("cpu"))
+        for p in models[backend].parameters():  # zero projections would hide the attention entirely
+            p.data.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    assert train.window_sizes(models["flex"].config)[0] == (20 if pattern[0] == "S" else 40)
+    idx = torch.randint(0, 64, (2, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = {b: m(idx) for b, m in models.items()}
+    torch.testing.assert_close(logits["flex"], logits["sdpa"], atol=1e-5, rtol=1e-5)
+    assert len(flex_calls) == sum(w < T - 1 for w in train.window_sizes(models["flex"].config))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU with Triton")
+@pytest.mark.parametrize(("T", "window", "n_kv_head"), [(2048, 1024, 4), (1000, 500, 2)])
+def test_compiled_flex_matches_sdpa_on_the_gpu(T, window, n_kv_head):
+    torch.manual_seed(0)
+    q = torch.randn(2, T, 4, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(2, T, n_kv_head, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(2, T, n_kv_head, 128, device="cuda", dtype=torch.bfloat16)
+    q.requires_grad_()
+    got = train.attention(q, k, v, window, "flex")
+    want = train.attention(q, k, v, window, "sdpa")
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+    (grad_flex,) = torch.autograd.grad(got.float().square().sum(), q)
+    (grad_sdpa,) = torch.autograd.grad(want.float().square().sum(), q)
+    torch.testing.assert_close(grad_flex.float(), grad_sdpa.float(), atol=5e-2, rtol=5e-2)
+
+
+def test_fa3_that_will_not_load_falls_back_to_flex_loudly(capsys, monkeypatch):
+    from gitar.harness import platform
+    monkeypatch.setattr(platform, "load_flash_attention_3", lambda *a, **k: None)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "triton" else real_find_spec(name, *a))
+    hopper = platform.detect_platform(ProcessorConfig("auto", "auto", "auto", None, None),
+                                      platform.DeviceProbe(cuda=True, device_name="H100", capability=(9, 0),
+                                                           sm_count=132, clock_mhz=1830, triton=True, fa3=True))
+    assert hopper.attention == "fa3"
+    assert train.choose_attention_kernel(hopper, None) == ("flex", None)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("warning: FALLBACK: FlashAttention 3 was chosen but could not "
+                                                   "be loaded; attention runs flex")
 
 
 def _hopper_with_fa3():
@@ -181,6 +289,58 @@ def test_shipped_model_json_builds_the_upstream_model():
 def test_window_sizes_per_pattern(pattern, depth, want):
     config = train.gpt_config(model_cfg(depth=depth, window_pattern=pattern).architecture, 64, 256, "sdpa")
     assert train.window_sizes(config) == want
+
+
+def upstream_initial_weights(config: train.GPTConfig, seed: int) -> dict[str, torch.Tensor]:
+    """Upstream autoresearch's initial weights, drawn by hand in the order its construction draws
+    them: the model is built on the meta device (no default initialiser draws anything), then
+    init_weights fills wte ~ N(0, 1), lm_head ~ N(0, 0.001), per block c_q, c_k, c_v, c_fc ~ U(-s, s),
+    then every value embedding ~ U(-s, s); projections and gates are zero, the scalars constant."""
+    torch.manual_seed(seed)
+    V, D = config.vocab_size, config.n_embd
+    head_dim = D // config.n_head
+    kv = config.n_kv_head * head_dim
+    s = 3**0.5 * D**-0.5
+    out = {"transformer.wte.weight": torch.empty(V, D).normal_(0.0, 1.0),
+           "lm_head.weight": torch.empty(V, D).normal_(0.0, 0.001)}
+    ve_layers = [i for i in range(config.n_layer) if i % 2 == (config.n_layer - 1) % 2]
+    for i in range(config.n_layer):
+        h = f"transformer.h.{i}."
+        for name, rows in (("attn.c_q", config.n_head * head_dim), ("attn.c_k", kv), ("attn.c_v", kv), ("mlp.c_fc", 4 * D)):
+            out[h + name + ".weight"] = torch.empty(rows, D).uniform_(-s, s)
+        out[h + "attn.c_proj.weight"] = torch.zeros(D, D)
+        out[h + "mlp.c_proj.weight"] = torch.zeros(D, 4 * D)
+        if i in ve_layers:
+            out[h + "attn.ve_gate.weight"] = torch.zeros(config.n_kv_head, min(32, D))
+    for i in ve_layers:
+        out[f"value_embeds.{i}.weight"] = torch.empty(V, kv).uniform_(-s, s)
+    out["resid_lambdas"] = torch.ones(config.n_layer)
+    out["x0_lambdas"] = torch.full((config.n_layer,), 0.1)
+    return out
+
+
+@pytest.mark.parametrize(("depth", "pattern", "n_kv_head"), [(4, "SSSL", None), (3, "SL", 1)])
+def test_same_seed_gives_upstreams_initial_weights(depth, pattern, n_kv_head):
+    """Seed 42 gives upstream's initial weights, every tensor bit for bit: the layers' default
+    initialisers must not draw from the RNG before init_weights does."""
+    arch = model_cfg(depth=depth, aspect_ratio=16, head_dim=16, window_pattern=pattern).architecture
+    config = train.gpt_config(arch, 96, 32, "sdpa")
+    if n_kv_head is not None:
+        config.n_kv_head = n_kv_head
+    want = upstream_initial_weights(config, seed=42)
+    torch.manual_seed(42)
+    model = train.build_model(config, torch.device("cpu"))
+    got = dict(model.named_parameters())
+    assert sorted(got) == sorted(want)
+    differ = [name for name in want if not torch.equal(got[name].detach(), want[name])]
+    assert differ == [], f"{len(differ)} of {len(want)} tensors differ from upstream's: {differ}"
+    # Upstream stores the embeddings in bf16 on the GPU: the same values, cast.
+    torch.manual_seed(42)
+    bf16 = train.build_model(config, torch.device("cpu"), embedding_dtype=torch.bfloat16)
+    assert bf16.transformer.wte.weight.dtype == torch.bfloat16
+    assert torch.equal(bf16.transformer.wte.weight, want["transformer.wte.weight"].bfloat16())
+    # The buffers are real tables, not the meta device's placeholders.
+    assert model.cos.device.type == "cpu" and torch.equal(model.cos, model._rotary_tables(model.rotary_seq_len)[0])
 
 
 def test_fa3_backend_without_a_kernel_is_refused():

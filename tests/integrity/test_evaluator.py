@@ -48,6 +48,7 @@ def test_an_honest_export_is_measured_with_every_batch_probed(prepared_workspace
     result = run_evaluator(prepared_workspace, path, tmp_path / "result.json")
     assert "rejected" not in result and result["val_bpb"] > 0
     assert result["program_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert result["bytes_rule"] == "utf8-decoded"  # upstream's token bytes, named in the record
     probe = result["causality"]
     batches = eval_tokens // (BATCH * seq)
     assert (probe["ok"], probe["max_diff"], probe["batches"], probe["positions"]) == (True, 0.0, batches, batches * BATCH)

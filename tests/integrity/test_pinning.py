@@ -127,3 +127,41 @@ def test_init_twice_keeps_the_base_and_a_new_branch_gets_its_own(measured: Measu
     ws.git("commit", "-qam", "a new program")
     assert ws.gitar("init", "t2").returncode == 0
     assert ws.git("rev-parse", "refs/gitar/base/autoresearch/t2").stdout.strip() == ws.head()
+
+
+def test_the_running_state_goes_through_gitars_phases_with_their_deadlines(measured: Measured) -> None:
+    """The real train.py and the harness evaluation: each phase written by gitar as it enters it,
+    the trainer's and the evaluator's own hard deadlines, and no phase taken from the trainer's log."""
+    from gitar.state import PHASES
+
+    ws = measured.ws
+    source = (ws.root / "train.py").read_text()
+    assert source.count("EXCLUDED_STEPS = 10") == 1
+    (ws.root / "train.py").write_text(source.replace("EXCLUDED_STEPS = 10", "EXCLUDED_STEPS = 1"))  # quicker
+    proc = ws.gitar("try", "fewer warm-up steps", "--detach", "--json")
+    assert proc.returncode == 0, proc.stderr
+    running = ws.root / ".git" / "gitar" / "running.json"
+    seen: list[tuple[str, float | None]] = []
+    deadline = time.time() + 280
+    while time.time() < deadline:
+        try:
+            state = json.loads(running.read_text())
+        except (FileNotFoundError, ValueError):
+            if seen:
+                break  # the record is written: the run is over
+            time.sleep(0.02)
+            continue
+        if not seen or seen[-1][0] != state["phase"]:
+            seen.append((state["phase"], state["deadline"]))
+        time.sleep(0.02)
+    phases = [p for p, _ in seen]
+    assert phases[0] in ("start-up", "training") and set(phases) <= set(PHASES), phases
+    assert phases == sorted(phases, key=PHASES.index), phases  # in gitar's order, none twice
+    assert "training" in phases and "evaluation" in phases, phases
+    done = json.loads(ws.gitar("wait", "--json").stdout)
+    assert done["status"] in ("keep", "discard"), done
+    times = dict(seen)
+    trainer, evaluator = times["training"], times["evaluation"]
+    # The evaluator gets what the trainer left of experiment.timeout_s, not a fresh timeout_s.
+    assert trainer is not None and evaluator is not None, seen
+    assert trainer <= evaluator < trainer + float(done["wall_seconds"]), (seen, done["wall_seconds"])

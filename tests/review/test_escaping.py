@@ -98,13 +98,15 @@ def test_status_escapes_the_running_experiment(forged: Workspace) -> None:
     try:
         running = {"run_id": "r", "commit": forged.head(), "branch": BRANCH, "description": HOSTILE,
                    "kind": "attempt", "best_commit": None, "move_branch": False, "started": 1.0, "budget_s": 1.0,
-                   "timeout_s": 10.0, "log": str(forged.root.parent / "hostile.log"), "pid": sleeper.pid}
+                   "timeout_s": 10.0, "log": str(forged.root.parent / "hostile.log"), "pid": sleeper.pid,
+                   "phase": HOSTILE, "deadline": HOSTILE, "evaluate": HOSTILE}
         (forged.root / ".git" / "gitar" / "running.json").write_text(json.dumps(running))
-        for argv in (("status",), ("status", "--json")):
+        for argv in (("status",), ("status", "--json"), ("status", "--all"), ("status", "--all", "--json")):
             proc = forged.gitar(*argv)
             assert proc.returncode == 0, proc.stderr
             _assert_clean(proc.stdout + proc.stderr)
         assert "\\x1b[2J" in forged.gitar("status").stdout
+        assert "\\x1b[2J" in forged.gitar("status", "--all").stdout
     finally:
         sleeper.kill()
         sleeper.wait()

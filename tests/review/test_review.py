@@ -46,6 +46,47 @@ def test_tsv_loads_with_pandas_as_results_tsv(review: Built) -> None:
     assert rows[0].split("\t")[1:3] == ["1.001000", "1.0"] and rows[4].split("\t")[1:4] == ["0.000000", "0.0", "crash"]
 
 
+def _throughput_train(val_bpb: float, total_tokens_m: float, num_steps: int) -> str:
+    """The fake trainer, reporting another throughput (as on a machine other work keeps busy)."""
+    source = fake_train(val_bpb)
+    for old, new in (("total_tokens_M:   0.1", f"total_tokens_M:   {total_tokens_m}"),
+                     ("num_steps:        3", f"num_steps:        {num_steps}")):
+        assert old in source
+        source = source.replace(old, new)
+    return source
+
+
+def test_steps_and_throughput_beside_the_number_and_its_flags(review: Built) -> None:
+    ws = review.ws
+    # Every run of the history reported 0.1 M tokens in 1.0 s, 3 steps: 100k tokens/s.
+    (ws.root / "train.py").write_text(_throughput_train(0.97, 0.04, 1))
+    busy = ws.gitar("try", "same idea on a busy machine")
+    assert busy.returncode == 0, busy.stderr
+    assert " 1.0s 1 step 40k tok/s \"same idea on a busy machine\"" in busy.stdout, busy.stdout
+    assert "; throughput 0.40x the best's: the machine may be busy" in busy.stdout, busy.stdout
+    [rec] = ws.records(ws.tip())
+    assert rec["best_tokens_per_s"] == 100000.0 and rec["num_steps"] == 1
+    # A keep that improves on the best by less than the measured noise (σ 0.001 from the baseline's runs).
+    (ws.root / "train.py").write_text(_throughput_train(0.9695, 0.04, 1))
+    close = ws.gitar("try", "a hair better")
+    assert close.returncode == 0, close.stderr
+    assert "; within noise: improved 0.000500, σ 0.001000" in close.stdout, close.stdout
+    assert "throughput" not in close.stdout  # as fast as the best it was judged against
+    rows = _ok(ws.gitar("log")).splitlines()
+    assert rows[0].split()[5:8] == ["train_s", "steps", "tok/s"], rows[0]
+    assert rows[1].split()[5:8] == ["1.0", "1", "40k"] and rows[1].endswith("a hair better [within noise]"), rows[1]
+    assert rows[2].endswith("same idea on a busy machine [throughput 0.40x the best's]"), rows[2]
+    assert rows[3].split()[5:8] == ["1.0", "3", "100k"] and "[" not in rows[3], rows[3]
+    newest = [json.loads(ln) for ln in _ok(ws.gitar("log", "--json", "-n", "2")).splitlines()]
+    assert newest[0]["num_steps"] == 1 and newest[0]["tokens_per_s"] == 40000.0
+    assert newest[0]["flags"] == ["within noise: improved 0.000500, σ 0.001000; `gitar run --repeat 3` re-measures it"]
+    assert newest[1]["flags"] == ["throughput 0.40x the best's: the machine may be busy"]
+    shown = _ok(ws.gitar("show", "HEAD~1"))
+    assert "1 step 40k tok/s" in shown and "throughput 0.40x the best's: the machine may be busy" in shown
+    # results.tsv stays autoresearch's five columns.
+    assert all(len(r.split("\t")) == 5 for r in _ok(ws.gitar("log", "--tsv")).splitlines())
+
+
 def test_log_newest_first_and_json(review: Built) -> None:
     lines = _ok(review.ws.gitar("log")).splitlines()
     assert lines[0].split()[:3] == ["commit", "status", "val_bpb"]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,43 @@ def test_memory_all_shows_what_the_other_agents_tried(lab: Workspace) -> None:
     assert "gitar memory: autoresearch/t1-gpu0" in every.stdout  # this branch's summary leads
     from_main = lab.gitar("memory", "--all")
     assert from_main.returncode == 0 and "swap the optimizer for sgd" in from_main.stdout, from_main.stderr
+
+
+def test_status_all_shows_every_worktrees_running_experiment(lab: Workspace) -> None:
+    assert lab.gitar("init", "t1", "--worktrees", "2").returncode == 0
+    a, b = _tree(lab, 0), _tree(lab, 1)
+    a.write_train(0.5, "sleep", 30.0)
+    started = a.gitar("try", "a slow idea on gpu 0", "--detach", "--json")
+    assert started.returncode == 0, started.stderr
+    sha = json.loads(started.stdout)["commit"]
+    try:
+        deadline = time.time() + 30
+        while True:  # from the main checkout, which is on no experiment branch
+            data = json.loads(lab.gitar("status", "--all", "--json").stdout)
+            rows = {Path(w["worktree"]): w for w in data["worktrees"]}
+            run = rows[a.root.resolve()]["running"]
+            if run is not None and run["phase"] == "training":
+                break
+            assert time.time() < deadline, data
+            time.sleep(0.1)
+        assert list(rows) == [lab.root.resolve(), a.root.resolve(), b.root.resolve()]
+        main, busy, idle = (rows[p] for p in rows)
+        assert main["state"] == "idle" and main["branch"] == "main" and main["gpu"] == "unpinned", main
+        assert busy["gpu"] == "GPU 0" and busy["branch"] == "autoresearch/t1-gpu0", busy
+        assert run["commit"] == sha and run["description"] == "a slow idea on gpu 0", run
+        assert 0 < run["time_left_s"] <= 30 and run["phase_timeout_s"] == pytest.approx(30, abs=1), run
+        assert idle["state"] == "idle" and idle["running"] is None and idle["gpu"] == "GPU 1", idle
+        table = b.gitar("status", "--all")  # the same table from any worktree
+        assert table.returncode == 0, table.stderr
+        head, *lines = table.stdout.splitlines()
+        assert head.split() == ["worktree", "branch", "commit", "phase", "left", "gpu", "description"]
+        row = next(line for line in lines if line.startswith(str(a.root.resolve()) + " "))
+        assert f"autoresearch/t1-gpu0  {sha[:7]}" in row and "GPU 0" in row, row
+        assert row.endswith('"a slow idea on gpu 0"') and ("start-up/compile" in row or "training" in row), row
+        other = next(line for line in lines if line.startswith(str(b.root.resolve()) + " "))
+        assert " idle " in other and other.endswith(" -"), other
+    finally:
+        gitdir = Path(a.git("rev-parse", "--absolute-git-dir").stdout.strip())
+        running = json.loads((gitdir / "gitar" / "running.json").read_text())
+        os.kill(running["pid"], signal.SIGTERM)  # recorded as aborted
+        a.gitar("wait")
