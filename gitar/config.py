@@ -53,6 +53,10 @@ KEEP_RULES = ("strict", "margin", "confirm")  # see gitar/judge.py for each rule
 # `gitar verify` flags every record measured that way).
 EVALUATE_SOURCES = ("harness", "reported")
 SANDBOXES = ("bwrap", "off")  # experiment.sandbox: gitar/sandbox.py; "off" runs train.py unconfined
+# experiment.repeats: what happens to an attempt whose agent-owned files equal an earlier attempt's
+# (gitar/repeats.py): "run" runs it and flags it, "refuse" refuses it in the preflight (exit 2).
+REPEATS_RUN, REPEATS_REFUSE = "run", "refuse"
+REPEAT_POLICIES = (REPEATS_RUN, REPEATS_REFUSE)
 # training.allowance_s when ground.json has none: seconds a trainer may run past its budget for
 # start-up, compilation and the export. gitar times the trainer itself; a run past budget +
 # allowance is rejected, so at most this much more training can hide in it (README).
@@ -144,6 +148,7 @@ class ExperimentConfig:
     # Public keys ("ed25519:<base64>") of the runners whose signed records are trusted (gitar/signing.py);
     # optional in ground.json, default none.
     runner_keys: tuple[str, ...] = ()
+    repeats: str = REPEATS_RUN  # optional in ground.json: one of REPEAT_POLICIES
 
 
 @dataclass(frozen=True)
@@ -283,6 +288,7 @@ def parse_ground(obj: Any, path: Path) -> Ground:
         sandbox=e.optional("sandbox", choice(SANDBOXES), "bwrap"),
         limits=_limits(e),
         runner_keys=e.optional("runner_keys", _runner_keys, ()),
+        repeats=e.optional("repeats", choice(REPEAT_POLICIES), REPEATS_RUN),
     )
     e.done()
     both = set(experiment.agent_owned) & set(experiment.user_owned)

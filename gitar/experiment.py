@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gitar import confine, integrity, ledger, runner, state, stops, trust
+from gitar import confine, integrity, ledger, repeats, runner, state, stops, trust
 from gitar.config import GROUND_FILE, Ground, parse_ground
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git, clean_env
@@ -49,7 +49,7 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-def _iso(t: float) -> str:
+def iso_time(t: float) -> str:
     # Milliseconds: a fast loop starts several runs a second, and review orders attempts by start.
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -66,6 +66,10 @@ class Plan:
     run_id: str
     seed: int
     hypothesis: str | None = None  # why the agent expected it to help (gitar try --hypothesis)
+    # Set when the run starts (_identified): the commit's agent_sha256, and for an attempt the
+    # earlier attempts with the same files (gitar/repeats.py). Every record of the plan carries them.
+    content: str | None = None
+    earlier: tuple[repeats.Earlier, ...] = ()
 
 
 def plan_attempt(git: Git, sha: str, branch: str, description: str, run_id: str | None = None,
@@ -133,6 +137,7 @@ def _execute(git: Git, plan: Plan, pid: int | None) -> Record:
     policy = Policy.of(ground.experiment)
     # Pin first: from here on, nothing can make this commit or its note unreachable.
     notebook.pin(plan.commit, plan.description)
+    plan = _identified(git, plan, ground)
     base = integrity.ensure_base(git, plan.branch, _base_fallback(git, plan))
     refusal = _refusal(git, plan, ground, paths, base)
     if refusal is not None:
@@ -161,7 +166,7 @@ def _execute(git: Git, plan: Plan, pid: int | None) -> Record:
             # Not "attempt": recovery moves a branch back from a tip whose last record is an
             # attempt that was not kept, and this one is still being decided.
             undecided.kind = "confirm"
-            notebook.append(undecided)
+            notebook.append(_stamped(plan, undecided))
             earlier.append(val_bpb)
     except GitarError as e:
         # Committed and pinned, but it could not be run or measured (the log's volume is full,
@@ -170,6 +175,29 @@ def _execute(git: Git, plan: Plan, pid: int | None) -> Record:
     finally:
         shutil.rmtree(snapshot, ignore_errors=True)
         state.clear(paths, plan.run_id)
+
+
+def _identified(git: Git, plan: Plan, ground: Ground) -> Plan:
+    """The plan with its commit's file identity and, for a new attempt, the earlier ones it repeats.
+
+    Looked up once, before the run: what it repeats is what had been tried when it started.
+    A re-measurement (baseline, rerun, verify) measures the same commit on purpose: no repeat.
+    """
+    agent = ground.experiment.agent_owned
+    content = repeats.commit_content(git, plan.commit, agent)
+    if content is None or plan.kind != "attempt":
+        return replace(plan, content=content)
+    change = repeats.Change(content, integrity.harness_sha256(git, plan.commit), plan.branch)
+    return replace(plan, content=content, earlier=tuple(repeats.find(git, change, agent, exclude=plan.commit)))
+
+
+def _stamped(plan: Plan, record: Record) -> Record:
+    """The record with the plan's file identity and what it repeats (unless it says already)."""
+    if record.agent_sha256 is None:
+        record.agent_sha256 = plan.content
+    if record.repeat_of is None and plan.kind == "attempt":
+        record.repeat_of = repeats.summary(list(plan.earlier))
+    return record
 
 
 def _base_fallback(git: Git, plan: Plan) -> str:
@@ -185,6 +213,11 @@ def _refusal(git: Git, plan: Plan, ground: Ground, paths: Paths, base: str) -> s
         reason = integrity.ownership_refusal(git, plan.commit, base, ground.experiment.agent_owned)
     if reason is None and ground.experiment.evaluate == integrity.HARNESS:
         reason = integrity.data_refusal(git, plan.branch, ground)
+    if reason is None and plan.kind == "attempt":
+        # The preflight refuses a repeat before it is committed; this catches one committed
+        # without it (`--no-verify`, pushed for a runner).
+        repeat = repeats.refusal(list(plan.earlier), ground, plan.branch)
+        reason = f"not run: {repeat}" if repeat is not None else None
     return reason
 
 
@@ -193,7 +226,7 @@ def _rejected(git: Git, plan: Plan, ground: Ground, reason: str) -> Record:
                   hypothesis=plan.hypothesis, run_id=plan.run_id, kind=plan.kind,
                   parent=_first_parent(git, plan.commit), best_before=plan.best.val_bpb if plan.best else None,
                   best_commit=plan.best.commit if plan.best else None, rule=ground.experiment.keep_rule,
-                  reason=reason, seed=plan.seed, started=_iso(time.time()), host=socket.gethostname(),
+                  reason=reason, seed=plan.seed, started=iso_time(time.time()), host=socket.gethostname(),
                   harness_sha256=integrity.harness_sha256(git, plan.commit))
 
 
@@ -345,7 +378,7 @@ def finish(git: Git, plan: Plan, record: Record) -> Record:
     tip = git.ref_target(ref)
     if plan.kind == "attempt" and tip != plan.commit:
         record.worktree = moved_elsewhere(plan.branch, tip)
-    Notebook(git).append(record)
+    Notebook(git).append(_stamped(plan, record))
     if plan.kind == "attempt" and record.status != KEEP and tip == plan.commit:
         back_to = plan.best.commit if plan.best else _first_parent(git, plan.commit)
         if back_to is not None:
@@ -419,7 +452,7 @@ def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verd
         num_steps=_int(s.get("num_steps")), num_params_M=_float(s.get("num_params_M")),
         last_step=last.step if last is not None else None, last_train_s=last.train_s if last is not None else None,
         sigma=sigma, best_tokens_per_s=_best_rate(Notebook(git), plan),
-        depth=_int(s.get("depth")), seed=plan.seed, started=_iso(result.started_at), ended=_iso(result.ended_at),
+        depth=_int(s.get("depth")), seed=plan.seed, started=iso_time(result.started_at), ended=iso_time(result.ended_at),
         host=socket.gethostname(), platform=platform or None,
         harness_sha256=integrity.harness_sha256(git, plan.commit), log=str(result.log_path),
         error=_failure(result, measured), sandbox=result.sandbox, limits=result.limits,

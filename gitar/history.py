@@ -30,6 +30,7 @@ from gitar.records import (
     DISCARD,
     KEEP,
     REJECTED,
+    SMOKE,
     TIMEOUT,
     UNDECIDED,
     Lesson,
@@ -73,8 +74,21 @@ class Attempt:
 
     @property
     def kind(self) -> str:
-        """attempt (a new commit, confirm re-runs included), or baseline: a measurement of the branch as it was."""
-        return self.first.kind if self.first.kind in ("baseline", "rerun") else "attempt"
+        """attempt (a new commit, confirm re-runs included), baseline or rerun: a measurement of the branch
+        as it was, or smoke: a change the smoke step refused (never on the branch, never run)."""
+        return self.first.kind if self.first.kind in ("baseline", "rerun", SMOKE) else "attempt"
+
+    @property
+    def content(self) -> str | None:
+        """Its agent_sha256: the identity of its train.py and model.json (gitar/repeats.py), if recorded."""
+        return next((r.agent_sha256 for r in self.runs if isinstance(r.agent_sha256, str)), None)
+
+    @property
+    def repeat_of(self) -> str | None:
+        """The earlier attempt with the same files its record names (repeat_of.commit), if any."""
+        rep = self.first.repeat_of
+        commit = rep.get("commit") if isinstance(rep, dict) else None
+        return commit if isinstance(commit, str) and commit else None
 
     @property
     def is_baseline(self) -> bool:
@@ -149,6 +163,7 @@ class Attempt:
             "hypothesis": self.hypothesis, "started": self.first.started,
             "cause": self.cause if self.status in (*FAILED, REJECTED) else None,
             "lessons": [lesson.lesson for lesson in self.lessons],
+            "agent_sha256": self.content, "repeat_of": self.repeat_of,
         }
 
 

@@ -37,6 +37,9 @@ REJECTED = "rejected"  # ran, but the result may not count (e.g. another experim
 UNDECIDED = "undecided"
 STATUSES = (KEEP, DISCARD, CRASH, TIMEOUT, ABORTED, REJECTED, UNDECIDED)
 VERIFY = "verify"  # the kind of a `gitar verify --rerun` run: recorded, never counted (Record.ok)
+# The kind of a change the pre-commit smoke step refused: a rejected record on a commit made only
+# to hold it (pinned, never on the branch, never trained), so memory can warn against the idea.
+SMOKE = "smoke"
 LESSON = "lesson"  # the status field of a lesson line: not a run, not one of STATUSES
 NOTE_WRITE_TRIES = 5  # another writer (a lesson during a run) may move the notes ref between read and write
 
@@ -60,7 +63,8 @@ class Record:
     description: str
     run_id: str
     schema: int = SCHEMA
-    kind: str = "attempt"  # attempt (the run that decided) | baseline | rerun | confirm (an undecided run) | verify
+    # attempt (the run that decided) | baseline | rerun | confirm (an undecided run) | verify | smoke (SMOKE)
+    kind: str = "attempt"
     hypothesis: str | None = None
     parent: str | None = None
     val_bpb: float | None = None
@@ -88,6 +92,12 @@ class Record:
     host: str | None = None
     platform: dict[str, str] | None = None  # device, dtype, attention
     harness_sha256: str | None = None  # sha256 over prepare.py and ground.json of the commit
+    # sha256 over the commit's agent-owned files (gitar/repeats.py): equal for two commits whose
+    # train.py and model.json are the same, whatever their descriptions say.
+    agent_sha256: str | None = None
+    # The earlier attempt this one repeats (same agent_sha256 and harness): {"commit", "branch",
+    # "status", "val_bpb", "times"} as it stood when this one was planned; see gitar/repeats.py.
+    repeat_of: dict[str, Any] | None = None
     log: str | None = None  # absolute path of the full training log
     error: dict[str, Any] | None = None  # type, message, traceback (last lines) for crashes and timeouts
     # A runner's Ed25519 signature over the canonical record without this field (gitar/signing.py):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from gitar.errors import ExitCode
 from gitar.numbers import bpb, delta, per_second, signed
 from gitar.records import KEEP, Record
@@ -15,6 +18,26 @@ def exit_code(record: Record) -> ExitCode:
 def _first_line(text: str, limit: int = 72) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def repeat_phrase(repeat: Mapping[str, Any], branch: str | None = None) -> str | None:
+    """e.g. `repeat of 9f8e7d6 (discard, val_bpb 0.998000)`: a record's repeat_of, as a phrase.
+
+    The dict comes from a note, which anyone can edit: a field of the wrong type is left out,
+    and without a commit there is no phrase.
+    """
+    commit, status, value = repeat.get("commit"), repeat.get("status"), repeat.get("val_bpb")
+    if not isinstance(commit, str) or not commit:
+        return None
+    facts = [status[:20] if isinstance(status, str) and status else "?"]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        facts.append(f"val_bpb {bpb(value)}")
+    times = repeat.get("times")
+    if isinstance(times, int) and not isinstance(times, bool) and times > 1:
+        facts.append(f"{times} earlier attempts with these files")
+    where = repeat.get("branch")
+    on = f" on {where}" if isinstance(where, str) and where and where != branch else ""
+    return f"repeat of {commit[:7]} ({', '.join(facts)}){on}"
 
 
 REMEASURED = "remeasured"  # the result line's word for another run of the best (`gitar run` on it)
@@ -98,6 +121,9 @@ def result_line(record: Record) -> str:
     line = " ".join(p for p in parts if p)
     for flag in flags(record):
         line += f"; {flag}"
+    repeat = repeat_phrase(record.repeat_of, record.branch) if isinstance(record.repeat_of, dict) else None
+    if repeat is not None:
+        line += f"; {repeat}"
     moved = record.worktree is not None and record.worktree.startswith(MOVED_ELSEWHERE)
     if moved and record.kind == "attempt":
         # Never "branch back at": gitar did not move it, and says where it is instead.

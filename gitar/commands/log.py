@@ -74,6 +74,8 @@ def _row(a: Attempt) -> str:
         desc += f" — {one_line(a.cause, 80)}"
     for flag in a.flags_at(rate):
         desc += f" [{flag.partition(':')[0]}]"  # the flag's head; the result line and `show` say why
+    if (earlier := a.repeat_of) is not None:
+        desc += f" [repeat of {earlier[:7]}]"  # the same files as that attempt (gitar/repeats.py)
     return (f"{a.commit[:7]}  {a.status:<8} {value:>8}  {delta:>9}  {mem:>6}  {secs:>7}  "
             f"{'-' if steps is None else steps:>6}  {'-' if rate is None else per_second(rate):>6}  {desc}")
 

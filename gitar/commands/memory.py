@@ -1,8 +1,10 @@
 """`gitar memory`: the digest an agent reads before each hypothesis.
 
 What helped (the lineage of kept improvements), what did not (discards grouped so
-that repeated ideas stand out), what broke and why, what nearly worked, what was
-learned, and how large a difference the noise alone makes. Everything comes from the
+that repeated ideas stand out), what broke and why, what the smoke step refused, what
+nearly worked, what was learned, and how large a difference the noise alone makes.
+Repeats by content (the same train.py and model.json under another description,
+gitar/repeats.py) are listed on their own: the description cannot hide them. Everything comes from the
 records in git; nothing depends on the time of the call, so two calls on the same
 history print the same text, and the text never exceeds --max-chars: sections come in
 priority order, each cut with "… N more" when space runs out.
@@ -22,7 +24,7 @@ from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
 from gitar.history import FAILED, Attempt, History
 from gitar.numbers import bpb, delta, signed
-from gitar.records import DISCARD, KEEP, REJECTED
+from gitar.records import DISCARD, KEEP, REJECTED, SMOKE
 from gitar.text import safe
 
 DEFAULT_MAX_CHARS = 6000
@@ -125,12 +127,12 @@ def sections_all(every: History, mine: History | None) -> list[Section]:
     if mine is not None:
         head = _summary(mine)
         summary = Section(f"{head.title} (+ every branch)", [*head.lines, shared], head.keep_tail)
-        return [summary, _lineage(mine), _lessons(every), _near_misses(mine, discards), _discarded(discards),
-                _failed(every)]
+        return [summary, _lineage(mine), _lessons(every), _repeats(every), _near_misses(mine, discards),
+                _discarded(discards), _failed(every), _smoke_refused(every)]
     c = every.counts
     lines = [shared, f"{c[KEEP]} kept, {c[DISCARD]} discarded, {c['crash']} crashed, {c['timeout']} timed out"]
-    return [Section("gitar memory: every branch", lines), _lessons(every), _near_misses(every, discards),
-            _discarded(discards), _failed(every)]
+    return [Section("gitar memory: every branch", lines), _lessons(every), _repeats(every),
+            _near_misses(every, discards), _discarded(discards), _failed(every), _smoke_refused(every)]
 
 
 def render(h: History, max_chars: int = DEFAULT_MAX_CHARS) -> str:
@@ -140,7 +142,8 @@ def render(h: History, max_chars: int = DEFAULT_MAX_CHARS) -> str:
 def sections(h: History) -> list[Section]:
     """Every section, most useful first."""
     discards = sorted((a for a in h.unordered if a.status == DISCARD), key=_delta_key)  # closest first
-    return [_summary(h), _lineage(h), _lessons(h), _near_misses(h, discards), _discarded(discards), _failed(h)]
+    return [_summary(h), _lineage(h), _lessons(h), _repeats(h), _near_misses(h, discards), _discarded(discards),
+            _failed(h), _smoke_refused(h)]
 
 
 def _q(text: str, limit: int = DESC_CHARS) -> str:
@@ -153,7 +156,8 @@ def _summary(h: History) -> Section:
     if c["aborted"]:
         ran.append(f"{c['aborted']} aborted")
     if c[REJECTED]:
-        ran.append(f"{c[REJECTED]} rejected (never ran)")
+        smoke = sum(1 for a in h.unordered if a.kind == SMOKE)
+        ran.append(f"{c[REJECTED]} rejected (never ran{f'; {smoke} by the smoke step' if smoke else ''})")
     lines = [f"attempts {len(h.unordered)}: " + ", ".join(ran)]
     best = h.best
     if best is not None and best.val_bpb is not None:
@@ -281,6 +285,60 @@ def _failed_line(g: list[Attempt]) -> str:
     count = f"{len(g)}× " if len(g) > 1 else ""
     return (f"{count}{latest.status} {latest.commit[:7]} {_q(latest.description)}: "
             f"{history.one_line(latest.cause, 120)}")
+
+
+def _repeats(h: History) -> Section:
+    """Attempts whose train.py and model.json equal an earlier attempt's, whatever their descriptions.
+
+    One line per set of identical files tried as more than one commit, the first of them
+    with its result and the later ones after it; the most tried first.
+    """
+    by_content: dict[str, list[Attempt]] = {}
+    for a in h.unordered:
+        key = a.content
+        if key is not None:
+            # The harness is part of the experiment: the same files under another one are another.
+            by_content.setdefault(f"{key} {a.first.harness_sha256}", []).append(a)
+    groups = []
+    for g in by_content.values():
+        if len({a.commit for a in g}) < 2:  # one commit measured again, or on two branches: no repeat
+            continue
+        g.sort(key=lambda a: (h.when(a), a.branch, a.commit))
+        groups.append(g)
+    groups.sort(key=lambda g: (-len(g), -h.when(g[-1]), g[0].commit))
+    total = sum(len(g) - 1 for g in groups)
+    return Section(f"repeats by content: the same agent-owned files as an earlier attempt, whatever the "
+                   f"description ({total}); the first result stands, try something else", Lines(groups, _repeat_line))
+
+
+def _result_words(a: Attempt) -> str:
+    value = f" {bpb(a.val_bpb)}" if a.val_bpb is not None else ""
+    return f"{a.status}{value}"
+
+
+def _repeat_line(g: list[Attempt]) -> str:
+    first, later = g[0], g[1:]
+    again = ", ".join(f"{a.commit[:7]} {_result_words(a)} {_q(a.description, 40)}" for a in later[:3])
+    more = f", … {len(later) - 3} more" if len(later) > 3 else ""
+    return (f"{len(g)}× {first.commit[:7]} {_result_words(first)} {_q(first.description, 50)}"
+            f" — again as {again}{more}")
+
+
+def _smoke_refused(h: History) -> Section:
+    """Changes the smoke step refused (never on the branch, never run), each group by its latest."""
+    groups = [sorted(g, key=lambda a: (h.when(a), a.commit))
+              for g in _groups([a for a in h.unordered if a.kind == SMOKE])]
+    groups.sort(key=lambda g: (-len(g), -h.when(g[-1]), g[-1].commit))
+    total = sum(len(g) for g in groups)
+    return Section(f"refused by the smoke step ({total}; never ran: `gitar show SHA` has the diff and the log)",
+                   Lines(groups, _smoke_line))
+
+
+def _smoke_line(g: list[Attempt]) -> str:
+    latest = g[-1]
+    count = f"{len(g)}× " if len(g) > 1 else ""
+    cause = latest.cause.removeprefix("smoke step failed: ")
+    return f"{count}{latest.commit[:7]} {_q(latest.description)}: {history.one_line(cause, 140)}"
 
 
 def _more(n: int, tail: bool) -> str:

@@ -137,7 +137,8 @@ class _Attempt:
             # The commit's own index: HEAD plus the agent's files, nothing else anyone staged.
             git.run("read-tree", "HEAD", env=to_index)
             git.run("add", "-A", "--", *self.files, env=to_index)
-            preflight.run_checks(git.with_index(index), self.ws.ground, token=self.token, echo=False)
+            preflight.run_checks(git.with_index(index), self.ws.ground, token=self.token, echo=False,
+                                 description=self.text, hypothesis=self.hypothesis)
             # From the commit until the run is under way, a stop request waits (see stop_signals_held);
             # the detached runner inherits the wait and ends it when its own run starts.
             with stops.stop_signals_held():
@@ -175,6 +176,8 @@ class _Attempt:
     def through_hooks(self) -> Record | Started | Queued:
         env = {lock.TOKEN_ENV: self.token, "GITAR_RUN_ID": self.run_id, "GITAR_DETACH": "1" if self.detach else "0",
                "GITAR_HYPOTHESIS": self.hypothesis or "", hooks.REMOTE_ENV: self.remote or "",
+               # what the pre-commit stage notes a change the smoke step refuses under (no message yet there)
+               preflight.DESCRIPTION_ENV: self.text,
                # the hooks call `python`: make it this interpreter, the one with gitar and torch
                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
         output = _commit(self.ws, self.text, self.files, env)

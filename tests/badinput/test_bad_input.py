@@ -173,6 +173,8 @@ CASES = [
     Case("ground-prefix-no-slash", _g("experiment", "branch_prefix", "exp"), INIT, 'must end with "/"'),
     Case("ground-shards-past-val", _g("data", "num_train_shards", 99999), INIT, "data.num_train_shards"),
     Case("ground-bad-keep-rule", _g("experiment", "keep_rule", "lenient"), INIT, "experiment.keep_rule"),
+    Case("ground-bad-repeats", _g("experiment", "repeats", "sometimes"), INIT,
+         'experiment.repeats: must be one of run, refuse; got "sometimes"'),
     Case("ground-duplicate-key", _raw("ground.json", '{"data": {}, "data": {}}'), INIT, "appears twice"),
     Case("ground-nested-100000", _raw("ground.json", "[" * 100_000 + "]" * 100_000), INIT,
          "ground.json: nested too deeply"),

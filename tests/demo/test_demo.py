@@ -47,10 +47,16 @@ def test_demo_runs_the_loop(hermetic: Path, tmp_path: Path) -> None:
     assert "smoke step failed" in out  # the broken idea was refused before training
     notes = subprocess.run(["git", "notes", "--ref", "gitar", "list"], cwd=dest, capture_output=True,
                            text=True, check=True).stdout.splitlines()
-    assert len(notes) == 2  # the baseline and the experiment; the refused idea left no commit
-    attempts = subprocess.run(["git", "for-each-ref", "refs/gitar/attempts/"], cwd=dest, capture_output=True,
-                              text=True, check=True).stdout.splitlines()
-    assert len(attempts) == 2
+    # The baseline, the experiment, and the refused idea: noted (kind smoke) on a commit no branch holds.
+    assert len(notes) == 3
+    attempts = subprocess.run(["git", "for-each-ref", "--format=%(objectname)", "refs/gitar/attempts/"], cwd=dest,
+                              capture_output=True, text=True, check=True).stdout.split()
+    assert len(attempts) == 3
+    refused = [sha for sha in attempts if '"kind": "smoke"' in subprocess.run(
+        ["git", "notes", "--ref", "gitar", "show", sha], cwd=dest, capture_output=True, text=True).stdout]
+    assert len(refused) == 1
+    assert subprocess.run(["git", "branch", "--contains", refused[0]], cwd=dest, capture_output=True,
+                          text=True, check=True).stdout.strip() == ""
     # The refused idea is undone: the workspace handed over is clean, so the user's first try is theirs.
     assert "undoing the refused idea" in out
     assert subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=dest, capture_output=True,

@@ -162,3 +162,45 @@ def test_a_mean_has_one_spelling_whatever_order_its_runs_were_summed_in() -> Non
         assert len({bpb(m) for m in means}) == 1 and len({rounded(m) for m in means}) == 1, runs
         assert float(bpb(means[0])) == rounded(means[0])
     assert signed(delta(1.6, 1.5150155)) == "+0.084984" and signed(-1e-12) == "+0.000000"
+
+
+def _run(i: int, status: str, content: str | None, *, branch: str = "autoresearch/t1", commit: str | None = None,
+         val_bpb: float | None = None, kind: str = "attempt", harness: str = "h1", description: str = "idea",
+         reason: str | None = None) -> Attempt:
+    rec = Record(status=status, commit=commit or f"{i:07x}" + "0" * 33, branch=branch, description=description,
+                 run_id=f"r{i}-{branch}", val_bpb=val_bpb, best_before=1.0, kind=kind, agent_sha256=content,
+                 harness_sha256=harness, reason=reason)
+    return attempt(rec.commit, rec.branch, (rec,), (), float(i))
+
+
+def test_memory_lists_repeats_by_content_and_the_ideas_the_smoke_step_refused() -> None:
+    from gitar.commands.memory import render
+    from gitar.history import History
+
+    same = "a" * 64
+    attempts = [
+        _run(1, "discard", same, val_bpb=1.1, description="wider MLP"),
+        _run(2, "discard", same, val_bpb=1.1, description="bigger hidden layer"),  # new words, same files
+        _run(3, "crash", same, description="MLP 5x"),
+        _run(4, "discard", "b" * 64, val_bpb=1.2, description="wider MLP"),  # same words, other files: no repeat
+        _run(5, "discard", same, val_bpb=1.1, harness="h2", description="another harness"),  # another experiment
+        _run(6, "keep", "c" * 64, commit="f" * 40, val_bpb=0.9),  # one commit on two branches: no repeat
+        _run(7, "keep", "c" * 64, commit="f" * 40, val_bpb=0.9, branch="autoresearch/t2"),
+        _run(8, "rejected", "d" * 64, kind="smoke", description="shape bug",
+             reason="smoke step failed: train.py:249 in forward: RuntimeError: mat1 and mat2 shapes"),
+        _run(9, "discard", None, val_bpb=1.3, description="recorded before the identity"),
+    ]
+    h = History(git=None, branch=None, unordered=attempts, tip=None)  # type: ignore[arg-type]  # never read
+    lines = render(h, 6000).splitlines()
+    title = next(i for i, ln in enumerate(lines) if ln.startswith("repeats by content"))
+    assert lines[title].endswith("(2); the first result stands, try something else")
+    assert lines[title + 1] == (f'3× {1:07x} discard 1.100000 "wider MLP" — again as {2:07x} discard 1.100000 '
+                                f'"bigger hidden layer", {3:07x} crash "MLP 5x"')
+    assert not lines[title + 2].startswith(("2×", "3×"))  # one group only
+    smoke = next(i for i, ln in enumerate(lines) if ln.startswith("refused by the smoke step"))
+    assert lines[smoke].startswith("refused by the smoke step (1;")
+    assert lines[smoke + 1] == f'{8:07x} "shape bug": train.py:249 in forward: RuntimeError: mat1 and mat2 shapes'
+    assert "1 rejected (never ran; 1 by the smoke step)" in lines[1]
+    # Nothing to list: the sections stay out of the digest.
+    plain = render(History(git=None, branch=None, unordered=attempts[3:7], tip=None), 6000)  # type: ignore[arg-type]
+    assert "repeats by content" not in plain and "refused by the smoke step" not in plain
