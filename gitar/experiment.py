@@ -64,6 +64,7 @@ class Plan:
     run_id: str
     seed: int
     hypothesis: str | None = None  # why the agent expected it to help (gitar try --hypothesis)
+    smoke_s: float | None = None  # the preflight's smoke step, when the process running the plan ran it
 
 
 def plan_attempt(git: Git, sha: str, branch: str, description: str, run_id: str | None = None,
@@ -143,15 +144,19 @@ def _execute(git: Git, plan: Plan, pid: int | None) -> Record:
             run_key = new_run_id() if earlier else plan.run_id  # names this run's log
             seed = _next_seed(notebook, plan.commit, plan.branch) if earlier else plan.seed
             this = replace(plan, seed=seed)
-            result, measured = _train(git, this, ground, paths, snapshot, run_key, pid, base)
+            result, measured, timings = _train(git, this, ground, paths, snapshot, run_key, pid, base)
+            if plan.smoke_s is not None and not earlier:  # the smoke step preceded the first run only
+                timings = {"smoke_s": round(plan.smoke_s, 3), **timings}
             val_bpb = measured.val_bpb
             noise = branch_noise(notebook, plan.branch) if policy.needs_noise else None
             verdict = _verdict(measured, result, plan, policy, sigma_of(noise, policy.noise_floor), earlier)
             if verdict.status != UNDECIDED or val_bpb is None:
                 record = _record(git, this, ground, result, verdict, measured)
+                record.timings = timings
                 record.noise = _repeat_noise(notebook, record)
                 return finish(git, plan, record)
             undecided = _record(git, this, ground, result, verdict, measured)
+            undecided.timings = timings
             undecided.run_id = run_key if earlier else new_run_id()
             # Not "attempt": recovery moves a branch back from a tip whose last record is an
             # attempt that was not kept, and this one is still being decided.
@@ -215,7 +220,7 @@ def _verdict(measured: integrity.Measurement, result: runner.RunResult, plan: Pl
 
 
 def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, run_key: str,
-           pid: int | None, base: str) -> tuple[runner.RunResult, integrity.Measurement]:
+           pid: int | None, base: str) -> tuple[runner.RunResult, integrity.Measurement, dict[str, float]]:
     """One training run of the plan's commit in a fresh snapshot, then its measurement.
 
     The trainer runs in the sandbox (gitar/confine.py), timed by gitar: a run still going at
@@ -223,7 +228,9 @@ def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, r
     experiment.evaluate "harness" (the default) train.py saves its model in its output
     directory and gitar's evaluator measures it (integrity.measure) in a sandbox of its
     own; both share the run's hard timeout. An interrupt is recorded, then raised.
+    Also returns where the time went (Record.timings).
     """
+    t_setup = time.time()
     log_path = paths.log(plan.commit, run_key)
     if snapshot.exists():
         shutil.rmtree(snapshot)
@@ -257,18 +264,25 @@ def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, r
         result = runner.run_training(
             command, cwd=snapshot, env=env, log_path=log_path, crash_path=evaluation.trainer_crash_path,
             timeout_s=deadline_s, on_start=started, confined=confined, needs_val_bpb=not harness)
+        # setup_s ends where the runner's clock starts: the sandbox's own start-up counts as the trainer's.
+        timings = {"setup_s": round(result.started_at - t_setup, 3), "trainer_s": round(result.wall_s, 3)}
         over = _over_budget(result, ground, allowed_s, deadline_s)
         if over is not None:
             return result, integrity.Measurement(REJECTED, None, None, _float(result.summary.get("val_bpb")),
-                                                 reason=over)
+                                                 reason=over), timings
         if not harness:
-            return result, integrity.reported_only(result)
+            return result, integrity.reported_only(result), timings
         if result.status != "ok":
-            return result, integrity.Measurement(result.status, None, None, _float(result.summary.get("val_bpb")))
+            return (result, integrity.Measurement(result.status, None, None, _float(result.summary.get("val_bpb"))),
+                    timings)
         pinned = integrity.load_data_pin(git, plan.branch)
-        return result, integrity.measure(git, base, ground, result, evaluation, pinned,
-                                         ground.experiment.timeout_s - result.wall_s, run_id=run_key + "-eval",
-                                         on_start=started, device_env=paths.device_env())
+        measured = integrity.measure(git, base, ground, result, evaluation, pinned,
+                                     ground.experiment.timeout_s - result.wall_s, run_id=run_key + "-eval",
+                                     on_start=started, device_env=paths.device_env())
+        if measured.evaluator_s is not None:
+            handoff = time.time() - result.ended_at - measured.evaluator_s
+            timings.update(handoff_s=round(max(handoff, 0.0), 3), evaluator_s=round(measured.evaluator_s, 3))
+        return result, measured, timings
     except runner.RunInterrupted as interrupted:
         finish(git, plan, _record(git, plan, ground, interrupted.result, None, None))
         raise

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -130,7 +131,8 @@ def _smoke_error(crash_file: Path, output: str) -> str:
     return lines[-1][:300] if lines else "train.py exited without printing `smoke: ok`"
 
 
-def run_checks(git: Git, ground: Ground, *, echo: bool = True, token: str | None = None) -> None:
+def run_checks(git: Git, ground: Ground, *, echo: bool = True, token: str | None = None) -> float | None:
+    """Every check on what is staged; returns the smoke step's seconds (None when it did not run)."""
     paths = git.staged_paths()
     check_ownership(paths, ground)
     confine.check_available(ground)
@@ -138,6 +140,9 @@ def run_checks(git: Git, ground: Ground, *, echo: bool = True, token: str | None
     check_syntax(git, paths)
     check_model(git, paths, ground)
     if ground.experiment.smoke and any(owned(p, ground.experiment.agent_owned) for p in paths):
+        t0 = time.time()
         line = smoke(git, ground)
         if echo:
             print(f"gitar: {line}", file=sys.stderr)
+        return time.time() - t0
+    return None
