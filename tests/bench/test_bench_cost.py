@@ -56,3 +56,4 @@ def test_the_projection_and_the_table() -> None:
     text = bench_cost.table([g], [u], 300)
     assert "ratio outside training, gitar / upstream: 2.00x" in text
     assert "gitar 93.8 %" in text and "upstream-style here 96.8 %" in text
+    assert "training): gitar 7.00 s, upstream 4.00 s" in text  # the trainer's shared phases left out
