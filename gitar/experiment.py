@@ -70,6 +70,7 @@ class Plan:
     # earlier attempts with the same files (gitar/repeats.py). Every record of the plan carries them.
     content: str | None = None
     earlier: tuple[repeats.Earlier, ...] = ()
+    smoke_s: float | None = None  # the preflight's smoke step, when the process running the plan ran it
 
 
 def plan_attempt(git: Git, sha: str, branch: str, description: str, run_id: str | None = None,
@@ -150,7 +151,9 @@ def _execute(git: Git, plan: Plan, pid: int | None) -> Record:
             run_key = new_run_id() if earlier else plan.run_id  # names this run's log
             seed = _next_seed(notebook, plan.commit, plan.branch) if earlier else plan.seed
             this = replace(plan, seed=seed)
-            result, measured = _train(git, this, ground, paths, snapshot, run_key, pid, base)
+            result, measured, timings = _train(git, this, ground, paths, snapshot, run_key, pid, base)
+            if plan.smoke_s is not None and not earlier:  # the smoke step preceded the first run only
+                timings = {"smoke_s": round(plan.smoke_s, 3), **timings}
             val_bpb = measured.val_bpb
             # Under strict too when there is a number: the record keeps the σ a keep is flagged by.
             noise = branch_noise(notebook, plan.branch) if policy.needs_noise or val_bpb is not None else None
@@ -159,9 +162,11 @@ def _execute(git: Git, plan: Plan, pid: int | None) -> Record:
             measured_sigma = sigma.value if noise is not None else None
             if verdict.status != UNDECIDED or val_bpb is None:
                 record = _record(git, this, ground, result, verdict, measured, measured_sigma)
+                record.timings = timings
                 record.noise = _repeat_noise(notebook, record)
                 return finish(git, plan, record)
             undecided = _record(git, this, ground, result, verdict, measured, measured_sigma)
+            undecided.timings = timings
             undecided.run_id = run_key if earlier else new_run_id()
             # Not "attempt": recovery moves a branch back from a tip whose last record is an
             # attempt that was not kept, and this one is still being decided.
@@ -253,7 +258,7 @@ def _verdict(measured: integrity.Measurement, result: runner.RunResult, plan: Pl
 
 
 def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, run_key: str,
-           pid: int | None, base: str) -> tuple[runner.RunResult, integrity.Measurement]:
+           pid: int | None, base: str) -> tuple[runner.RunResult, integrity.Measurement, dict[str, float]]:
     """One training run of the plan's commit in a fresh snapshot, then its measurement.
 
     The trainer runs in the sandbox (gitar/confine.py), timed by gitar: a run still going at
@@ -261,7 +266,9 @@ def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, r
     experiment.evaluate "harness" (the default) train.py saves its model in its output
     directory and gitar's evaluator measures it (integrity.measure) in a sandbox of its
     own; both share the run's hard timeout. An interrupt is recorded, then raised.
+    Also returns where the time went (Record.timings).
     """
+    t_setup = time.time()
     log_path = paths.log(plan.commit, run_key)
     if snapshot.exists():
         shutil.rmtree(snapshot)
@@ -294,10 +301,15 @@ def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, r
             command, cwd=snapshot, env=env, log_path=log_path, crash_path=evaluation.trainer_crash_path,
             timeout_s=deadline_s, on_start=phases.started(state.TRAINING, confined.label), confined=confined,
             needs_val_bpb=not harness)
+        # setup_s ends where the runner's clock starts: the sandbox's own start-up counts as the trainer's.
+        timings = {"setup_s": round(result.started_at - t_setup, 3), "trainer_s": round(result.wall_s, 3)}
         measured = _measurement(git, plan, ground, base, result, evaluation, allowed_s, deadline_s, harness,
                                 phases, confined.label, run_key)
+        if measured.evaluator_s is not None:
+            handoff = time.time() - result.ended_at - measured.evaluator_s
+            timings.update(handoff_s=round(max(handoff, 0.0), 3), evaluator_s=round(measured.evaluator_s, 3))
         phases.enter(state.JUDGING)
-        return result, measured
+        return result, measured, timings
     except runner.RunInterrupted as interrupted:
         finish(git, plan, _record(git, plan, ground, interrupted.result, None, None))
         raise

@@ -250,6 +250,7 @@ class Measurement:
     error: dict[str, Any] | None = None  # a failure after training (export missing, evaluator crashed)
     evaluation: dict[str, Any] | None = None  # what the evaluator reports besides val_bpb
     data_sha256: str | None = None
+    evaluator_s: float | None = None  # the evaluator process's wall time, by gitar's clock
 
     @property
     def mismatch(self) -> str | None:
@@ -403,7 +404,7 @@ def measure(git: Git, base: str, ground: Ground, trained: runner.RunResult, run:
     measured = _interpret(result, out, reported, digest)
     details = dict(measured.evaluation or {})
     details["program_sha256"] = program_sha
-    return replace(measured, evaluation=details)
+    return replace(measured, evaluation=details, evaluator_s=result.wall_s)
 
 
 def _interpret(result: runner.RunResult, out: Path, reported: float | None, digest: str) -> Measurement:

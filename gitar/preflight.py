@@ -206,8 +206,9 @@ def _innermost(lines: Iterable[str], root: Path, agent_owned: tuple[str, ...]) -
 
 
 def run_checks(git: Git, ground: Ground, *, echo: bool = True, token: str | None = None,
-               description: str | None = None, hypothesis: str | None = None) -> None:
-    """Every check of the pre-commit stage on the index being committed.
+               description: str | None = None, hypothesis: str | None = None) -> float | None:
+    """Every check of the pre-commit stage on the index being committed; returns the smoke
+    step's seconds (None when it did not run).
 
     description and hypothesis are the change's (`gitar try` passes them; a plain commit has
     none yet): a change the smoke step refuses is recorded under them.
@@ -219,7 +220,7 @@ def run_checks(git: Git, ground: Ground, *, echo: bool = True, token: str | None
     check_syntax(git, paths)
     check_model(git, paths, ground)
     if not any(owned(p, ground.experiment.agent_owned) for p in paths):
-        return
+        return None
     from gitar import repeats
 
     # Under "run", a change is looked up only if the smoke step refuses it: one that passes is
@@ -227,7 +228,8 @@ def run_checks(git: Git, ground: Ground, *, echo: bool = True, token: str | None
     change = repeats.Change.staged(git, ground) if ground.experiment.repeats == REPEATS_REFUSE else None
     earlier = repeats.check(git, ground, change) if change is not None else None
     if not ground.experiment.smoke:
-        return
+        return None
+    t0 = time.time()
     try:
         line = smoke(git, ground)
     except SmokeFailed as e:
@@ -238,6 +240,7 @@ def run_checks(git: Git, ground: Ground, *, echo: bool = True, token: str | None
                           e.output) from None
     if echo:
         print(f"gitar: {line}", file=sys.stderr)
+    return time.time() - t0
 
 
 def record_refused(git: Git, failure: SmokeFailed, change: Change, earlier: list[Earlier],

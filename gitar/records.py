@@ -124,6 +124,11 @@ class Record:
     data_sha256: str | None = None  # sha256 over the evaluation files' hashes (tokenizer, validation shard)
     sandbox: str | None = None  # how train.py was confined: "bwrap <version>" or "off"
     limits: dict[str, Any] | None = None  # memory/process/file/log limits of the run and what enforced them
+    # Where the experiment's wall time went, by gitar's clock, in seconds: smoke_s (the preflight's
+    # smoke step, when this process ran it), setup_s (snapshot and sandbox until the trainer starts),
+    # trainer_s, handoff_s (copying and hashing the export and the evaluation data), evaluator_s.
+    # What is left of a `gitar try`'s wall time is the CLI, the commit and the record (benchmarks/bench_cost.py).
+    timings: dict[str, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer gitar wrote, kept verbatim
 
     def to_line(self) -> str:

@@ -21,7 +21,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gitar import confine, experiment, hooks, lock, preflight, remote_queue, state, stops, trust
@@ -137,8 +137,8 @@ class _Attempt:
             # The commit's own index: HEAD plus the agent's files, nothing else anyone staged.
             git.run("read-tree", "HEAD", env=to_index)
             git.run("add", "-A", "--", *self.files, env=to_index)
-            preflight.run_checks(git.with_index(index), self.ws.ground, token=self.token, echo=False,
-                                 description=self.text, hypothesis=self.hypothesis)
+            smoke_s = preflight.run_checks(git.with_index(index), self.ws.ground, token=self.token, echo=False,
+                                           description=self.text, hypothesis=self.hypothesis)
             # From the commit until the run is under way, a stop request waits (see stop_signals_held);
             # the detached runner inherits the wait and ends it when its own run starts.
             with stops.stop_signals_held():
@@ -147,8 +147,8 @@ class _Attempt:
                 self.held.transfer(os.getpid(), commit=sha, description=self.text)
                 if self.remote is not None:
                     return self._queue(sha)
-                plan = experiment.plan_attempt(git, sha, self.ws.branch, subject(git.commit(sha).message),
-                                               self.run_id, self.hypothesis)
+                plan = replace(experiment.plan_attempt(git, sha, self.ws.branch, subject(git.commit(sha).message),
+                                                       self.run_id, self.hypothesis), smoke_s=smoke_s)
                 if not self.detach:
                     return experiment.execute(git, plan)
                 env = {**os.environ, lock.TOKEN_ENV: self.token, "GITAR_HYPOTHESIS": self.hypothesis or ""}

@@ -65,6 +65,23 @@ def test_record_fields(workspace: Workspace) -> None:
     assert '"status": "keep"' in shown and "Notes (gitar)" in shown
 
 
+def test_the_record_says_where_the_time_went(workspace: Workspace) -> None:
+    """Record.timings by gitar's clock: the smoke step, the set-up and the trainer, inside the try's wall time."""
+    ws = workspace
+    ws.write_train(0.8, mode="sleep", sleep_s=0.3)
+    t0 = time.time()
+    proc = ws.gitar("try", "timed", "--json")
+    wall = time.time() - t0
+    assert proc.returncode == 0, _result(proc)
+    rec = json.loads(proc.stdout)
+    timings = rec["timings"]
+    # The fake trainer reports its own number: no harness evaluation, so no handoff or evaluator.
+    assert set(timings) == {"smoke_s", "setup_s", "trainer_s"}, timings
+    assert timings["trainer_s"] == rec["wall_seconds"] >= 0.3  # it sleeps 0.3 s
+    assert all(v >= 0 for v in timings.values()) and sum(timings.values()) < wall
+    assert ws.records(rec["commit"])[0]["timings"] == timings  # in the note too
+
+
 def test_first_successful_run_is_the_baseline(workspace: Workspace) -> None:
     ws = workspace
     ws.write_train(5.0)

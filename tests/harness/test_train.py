@@ -532,6 +532,18 @@ def test_smoke_mode_passes_for_the_shipped_model_and_the_cpu_preset(tmp_path, pr
     assert not crash.exists()
 
 
+def test_smoke_mode_never_imports_torchdynamo(tmp_path):
+    """Nothing compiles in the smoke step: importing TorchDynamo (torch.optim does on its first
+    add_param_group) would cost ~2 s of CPU of every experiment's preflight."""
+    ws = script_workspace(tmp_path / "ws", preset=True)
+    probe = ("import runpy, sys\nsys.argv = ['train.py']\ntry:\n    runpy.run_path('train.py', run_name='__main__')\n"
+             "except SystemExit as e:\n    assert not e.code, e.code\nprint('dynamo imported:', 'torch._dynamo' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ws, env=script_env(ws, GITAR_SMOKE="1"),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "smoke: ok" in result.stdout and result.stdout.strip().endswith("dynamo imported: False"), result.stdout
+
+
 def test_smoke_mode_fails_with_a_crash_record_on_a_shape_error(tmp_path):
     ws = script_workspace(tmp_path / "ws", preset=True)
     source = (ws / "train.py").read_text()

@@ -40,6 +40,27 @@ def test_the_baseline_is_measured_by_the_harness(measured: Measured) -> None:
     assert [line for line in log.splitlines() if line.startswith("val_bpb: ")] == [f"val_bpb: {val_bpb:.6f}"]
     # What the trainer wrote and the evaluator's copies do not outlive the run.
     assert not any((measured.ws.root / ".git" / "gitar" / "runs").iterdir())
+    # Where the time went, by gitar's clock: the trainer as wall_seconds has it, then the evaluator.
+    timings = rec["timings"]
+    assert isinstance(timings, dict) and set(timings) == {"setup_s", "trainer_s", "handoff_s", "evaluator_s"}
+    assert timings["trainer_s"] == rec["wall_seconds"] and timings["evaluator_s"] >= evaluation["seconds"]
+
+
+def test_a_try_evaluates_once_in_the_harness_and_never_in_the_trainer(measured: Measured) -> None:
+    """One evaluation per experiment: train.py exports instead of evaluating when gitar asks for the
+    export, so the only evaluation is the harness's, in its own process after the trainer's."""
+    ws = measured.ws
+    edit_train(ws, ("DEFAULT_SEED = 42  #", "DEFAULT_SEED = 42  # (a comment: the same model, another commit)"))
+    rec = try_json(ws, "a comment: the same model")
+    assert rec["status"] in ("keep", "discard") and rec["val_bpb_source"] == "harness", rec
+    assert "reported_val_bpb" not in rec
+    log = Path(str(rec["log"])).read_text()
+    trainer, *evaluators = log.split("gitar.harness.evaluate")
+    assert len(evaluators) == 1, "the harness evaluation ran more or less than once"
+    trainer_lines = trainer.splitlines()
+    assert "Export: " in trainer and not any(line.startswith("Evaluation: ") for line in trainer_lines)
+    assert not any(line.startswith("val_bpb") for line in trainer_lines), "train.py evaluated too"
+    assert [line for line in log.splitlines() if line.startswith("val_bpb: ")] == [f"val_bpb: {rec['val_bpb']:.6f}"]
 
 
 def test_printing_and_patching_a_better_number_changes_nothing(measured: Measured) -> None:
