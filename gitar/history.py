@@ -1,8 +1,9 @@
 """The attempts of a branch in time order, read from the records in git.
 
 Everything the review commands show (log, best, memory, plot) is computed here from
-refs/notes/gitar alone: one bulk pass over the notes, never one lookup per commit,
-and never a file in the work tree that an agent could edit or a reset could delete.
+refs/notes/gitar alone: one bulk pass over the notes (parsed once per note blob and kept
+in .git/gitar/cache/, gitar/notes_cache.py), never one lookup per commit, and never a file
+in the work tree that an agent could edit or a reset could delete.
 An attempt is one commit on one branch with all of its runs there (the attempt itself,
 re-measurements) and the lessons learned from it.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 import pygit2
 
-from gitar import numbers, state
+from gitar import notes_cache, numbers, state
 from gitar.git import Git
 from gitar.noise import Noise, noise_from
 from gitar.paths import Paths
@@ -33,7 +34,6 @@ from gitar.records import (
     TIMEOUT,
     UNDECIDED,
     Lesson,
-    Notebook,
     Record,
 )
 
@@ -172,6 +172,27 @@ class History:
         return noise_from(((a.commit, a.runs) for a in self.unordered), self.branch)
 
 
+_NOT_RUN = frozenset((*FAILED, REJECTED))  # attempts whose row says why they have no number
+
+
+def attempt_line(a: Attempt) -> str:
+    """A row of `gitar log` without its sha: status, val_bpb, delta, memory, seconds, description.
+
+    Also each attempt's line in git's own tools (gitar/summary.py), so both say the same.
+    Not escaped: `gitar log` escapes its whole output, the summary its whole note.
+    """
+    value = "-" if a.val_bpb is None else numbers.bpb(a.val_bpb)
+    delta = numbers.signed(a.delta) if a.delta is not None else "baseline" if a.is_baseline else "-"
+    mem = "-" if a.memory_gb is None else f"{a.memory_gb:.1f}"
+    secs = "-" if a.training_seconds is None else f"{a.training_seconds:.1f}"
+    desc = one_line(a.runs[0].description, 72)
+    if len(a.values) > 1:
+        desc += f" [mean of {len(a.values)} runs]"
+    if a.status in _NOT_RUN:
+        desc += f" — {one_line(a.cause, 80)}"
+    return f"{a.status:<8} {value:>8}  {delta:>9}  {mem:>6}  {secs:>7}  {desc}"
+
+
 def one_line(text: str, limit: int = 160) -> str:
     """Whitespace (tabs, newlines, any Unicode line break) collapsed, then clipped."""
     line = " ".join(text.split())
@@ -182,15 +203,13 @@ def load(git: Git, branch: str | None) -> History:
     """The attempts of `branch` (every branch when None), from one pass over the notes."""
     attempts: list[Attempt] = []
     with _no_collection():
-        for commit, records, lessons in Notebook(git).entries():
+        for commit, records, lessons in notes_cache.entries(git):
             if len(records) == 1 and not lessons:  # nearly every note: one run, nothing learned yet
                 r = records[0]
                 if branch is None or r.branch == branch:
                     attempts.append(attempt(commit, r.branch, (r,), (), _started(r)))
                 continue
-            for name, runs in _by_branch(records, branch):
-                if len(runs) > 1:
-                    runs.sort(key=_run_order)  # a merged note (cat_sort_uniq) holds its lines sorted, not in time order
+            for name, runs in group_runs(records, branch):
                 attempts.append(attempt(commit, name, tuple(runs), tuple(lessons), _started(runs[0])))
     # While an attempt runs, the branch sits on it unjudged: the best is the one it is judged against.
     tip = None
@@ -266,6 +285,15 @@ def _new_attempt(commit: str, branch: str, runs: tuple[Record, ...], lessons: tu
         "values": values, "val_bpb": val_bpb, "delta": delta, "memory_gb": memory_gb,
         "training_seconds": training_seconds})
     return a
+
+
+def group_runs(records: list[Record], branch: str | None = None) -> list[tuple[str, list[Record]]]:
+    """The runs of one note by branch (only `branch`'s when given), each branch's in the order they ran."""
+    groups = _by_branch(records, branch)
+    for _, runs in groups:
+        if len(runs) > 1:
+            runs.sort(key=_run_order)  # a merged note (cat_sort_uniq) holds its lines sorted, not in time order
+    return groups
 
 
 def _by_branch(records: list[Record], branch: str | None) -> list[tuple[str, list[Record]]]:

@@ -22,7 +22,7 @@ import sys
 import time
 
 from gitar import experiment, lock, state, stops
-from gitar.config import Ground
+from gitar.config import Ground, ground_at
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git
 from gitar.paths import Paths
@@ -42,7 +42,7 @@ def _experiment_branch(git: Git) -> tuple[str, Ground] | None:
     head = git.resolve("HEAD")
     if git.blob_at(head, "ground.json") is None:
         return None
-    ground = experiment.ground_at(git, head)
+    ground = ground_at(git, head)
     if not branch.startswith(ground.experiment.branch_prefix):
         return None
     return branch, ground

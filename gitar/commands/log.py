@@ -18,9 +18,9 @@ from pathlib import Path
 from gitar import history
 from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
-from gitar.history import FAILED, Attempt, History, one_line
-from gitar.numbers import bpb, signed
-from gitar.records import DISCARD, KEEP, REJECTED
+from gitar.history import FAILED, Attempt, History, attempt_line
+from gitar.numbers import bpb
+from gitar.records import DISCARD, KEEP
 from gitar.text import json_line, safe
 
 TSV_HEADER = ("commit", "val_bpb", "memory_gb", "status", "description")
@@ -55,20 +55,8 @@ def table_lines(h: History, attempts: list[Attempt]) -> Iterator[str]:
         yield f"{a.branch:<{width}}  " + _row(a)
 
 
-_NOT_RUN = frozenset((*FAILED, REJECTED))  # attempts whose row says why they have no number
-
-
 def _row(a: Attempt) -> str:
-    value = "-" if a.val_bpb is None else bpb(a.val_bpb)
-    delta = signed(a.delta) if a.delta is not None else "baseline" if a.is_baseline else "-"
-    mem = "-" if a.memory_gb is None else f"{a.memory_gb:.1f}"
-    secs = "-" if a.training_seconds is None else f"{a.training_seconds:.1f}"
-    desc = one_line(a.runs[0].description, 72)
-    if len(a.values) > 1:
-        desc += f" [mean of {len(a.values)} runs]"
-    if a.status in _NOT_RUN:
-        desc += f" — {one_line(a.cause, 80)}"
-    return f"{a.commit[:7]}  {a.status:<8} {value:>8}  {delta:>9}  {mem:>6}  {secs:>7}  {desc}"
+    return f"{a.commit[:7]}  {attempt_line(a)}"
 
 
 def json_lines(attempts: list[Attempt]) -> Iterator[str]:
