@@ -40,8 +40,8 @@ from gitar.records import NOTES_REF, Lesson, Record, check_types, parse_line, pa
 # The fields history.Attempt and the review commands read from a run, and the required ones.
 HOT = ("status", "commit", "branch", "description", "run_id", "kind", "val_bpb", "best_before", "peak_vram_mb",
        "training_seconds", "started", "ended", "hypothesis", "reason", "error")
-FORMAT = ("gitar-notes-cache", 1, __version__, sys.version_info[:2])  # what parsed it, and marshal's version
-_LINE = "_line"  # the record's full line, in a PartialRecord's __dict__ until it is completed
+FORMAT = ("gitar-notes-cache", 2, __version__, sys.version_info[:2])  # what parsed it, and marshal's version
+_LINE = "_line"  # the record's full line (UTF-8), in a PartialRecord's __dict__ until it is completed
 
 
 class _Completing:
@@ -68,7 +68,7 @@ class PartialRecord(Record):
         line = data.pop(_LINE, None)
         if line is None:
             return
-        record = parse_line(line)  # it parsed as a record when it was cached
+        record = parse_line(line.decode())  # it parsed as a record when it was cached
         if not isinstance(record, Record):
             raise TypeError("a cached record line that is not a record")
         full = record.__dict__
@@ -125,7 +125,7 @@ def _entry(git: Git, annotated: str, blob_id: str, payload: Any) -> tuple[str, l
             lessons.append(Lesson(commit=commit, lesson=text, branch=branch, time=time))
             continue
         hot, line = item  # a record: (its HOT fields, its line)
-        if type(hot) is not dict or type(line) is not str:
+        if type(hot) is not dict or type(line) is not bytes:
             raise TypeError("not a cached record")
         check_types(hot)
         hot[_LINE] = line
@@ -150,7 +150,8 @@ def _payload(data: bytes) -> list[Any] | bool:
         if isinstance(item, Lesson):
             out.append((item.commit, item.lesson, item.branch, item.time))
         else:
-            out.append(({k: v for k in HOT if (v := item.__dict__.get(k)) is not None}, line))
+            # The line as UTF-8 bytes: loaded without decoding, decoded only if the record is completed.
+            out.append(({k: v for k in HOT if (v := item.__dict__.get(k)) is not None}, line.encode()))
     return out
 
 

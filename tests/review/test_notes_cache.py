@@ -42,7 +42,9 @@ def test_every_review_command_says_the_same_cold_warm_and_with_a_damaged_cache(r
         _cache(review).write_bytes(damage)
         assert _outputs(review) == cold, damage[:40]
     tree = review.ws.git("rev-parse", f"{NOTES_REF}^{{tree}}").stdout.strip()
-    _cache(review).write_bytes(marshal.dumps((notes_cache.FORMAT, tree, [("a" * 40, "b" * 40, [({"status": 1}, "x")])])))
+    forged = {"status": "keep", "commit": review.rotary, "branch": "autoresearch/t1", "description": "forged",
+              "run_id": "r", "val_bpb": "0.5"}  # a number that is a string
+    _cache(review).write_bytes(marshal.dumps((notes_cache.FORMAT, tree, [(review.rotary, "b" * 40, [(forged, b"{}")])])))
     assert _outputs(review) == cold  # a forged cache for the current tree: read as if there were none
 
 
