@@ -54,6 +54,7 @@ def build(tmp: Path, n: int) -> Workspace:
     assert ws.gitar("init", "t1").returncode == 0
     if n:
         synthesise_history(ws, n)
+        assert ws.gitar("init", "t1").returncode == 0  # the repair run: the summary for `git attempts`
     return ws
 
 
@@ -145,6 +146,7 @@ def main() -> None:
             report(ws, f"{n:>6} attempts", args.runs)
             if args.full_records and n:
                 full_records(ws)
+                assert ws.gitar("init", "t1").returncode == 0
                 report(ws, f"{n:>6} attempts, full-size records", args.runs)
 
 

@@ -61,6 +61,11 @@ class Attempt:
     def first(self) -> Record:
         return self.runs[0]
 
+    @functools.cached_property
+    def line(self) -> str:
+        """attempt_line(): the row `gitar log` prints for it, without the sha."""
+        return attempt_line(self)
+
     @property
     def ok_runs(self) -> list[Record]:
         return [r for r in self.runs if r.ok]
@@ -203,20 +208,58 @@ def load(git: Git, branch: str | None) -> History:
     """The attempts of `branch` (every branch when None), from one pass over the notes."""
     attempts: list[Attempt] = []
     with _no_collection():
-        for commit, records, lessons in notes_cache.entries(git):
-            if len(records) == 1 and not lessons:  # nearly every note: one run, nothing learned yet
-                r = records[0]
-                if branch is None or r.branch == branch:
-                    attempts.append(attempt(commit, r.branch, (r,), (), _started(r)))
-                continue
-            for name, runs in group_runs(records, branch):
-                attempts.append(attempt(commit, name, tuple(runs), tuple(lessons), _started(runs[0])))
+        for commit, records, lessons, derived in notes_cache.entries(git, derive):
+            try:
+                attempts.extend(_from_derived(commit, records, lessons, derived, branch))
+            except (TypeError, ValueError, IndexError):  # not what derive() makes: computed afresh
+                attempts.extend(_attempts_of(commit, records, lessons, branch))
     # While an attempt runs, the branch sits on it unjudged: the best is the one it is judged against.
     tip = None
     if branch is not None:
         tip = state.judged_tip(Paths.of(git), branch, git.ref_target(f"refs/heads/{branch}"))
     lineage = _lineage(git, attempts, tip) if branch is not None else []
     return History(git=git, branch=branch, unordered=attempts, tip=tip, lineage=lineage)
+
+
+def _attempts_of(commit: str, records: list[Record], lessons: list[Lesson], branch: str | None) -> list[Attempt]:
+    if len(records) == 1 and not lessons:  # nearly every note: one run, nothing learned yet
+        r = records[0]
+        return [attempt(commit, r.branch, (r,), (), _started(r))] if branch is None or r.branch == branch else []
+    return [attempt(commit, name, tuple(runs), tuple(lessons), _started(runs[0]))
+            for name, runs in group_runs(list(records), branch)]
+
+
+def derive(commit: str, records: list[Record], lessons: list[Lesson]) -> list[tuple[Any, ...]]:
+    """What attempt() and attempt_line() make of one note, per branch, kept by the notes cache.
+
+    Both depend on the note alone, so they are computed when the note is first parsed and
+    read back with it (gitar/notes_cache.py): one tuple per branch, naming its runs by their
+    place in the note. The cache is invalidated when this module's source changes.
+    """
+    place = {id(r): i for i, r in enumerate(records)}
+    out = []
+    for a in _attempts_of(commit, records, lessons, None):
+        out.append((a.branch, tuple(place[id(r)] for r in a.runs), a.started, a.status, a.values, a.val_bpb,
+                    a.delta, a.memory_gb, a.training_seconds, attempt_line(a)))
+    return out
+
+
+def _from_derived(commit: str, records: list[Record], lessons: list[Lesson], derived: Any,
+                  branch: str | None) -> list[Attempt]:
+    """The attempts derive() described; TypeError, ValueError or IndexError if `derived` is not its
+    shape (its values are trusted as the cache is: gitar/notes_cache.py)."""
+    out = []
+    kept_lessons = tuple(lessons)
+    for name, places, started, status, values, val_bpb, delta, memory_gb, seconds, line in derived:
+        if branch is not None and name != branch:
+            continue
+        runs = tuple(records[i] for i in places)
+        if not runs:
+            raise ValueError("an attempt without runs")
+        a = _new_attempt(commit, name, runs, kept_lessons, started, status, values, val_bpb, delta, memory_gb, seconds)
+        a.__dict__["line"] = line  # Attempt.line, computed when the note was cached
+        out.append(a)
+    return out
 
 
 @contextlib.contextmanager

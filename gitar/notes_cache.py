@@ -13,10 +13,12 @@ its lines hold, with the notes tree it was listed from.
 - When the notes tree is the one cached, nothing is listed or parsed; when it moved (a new
   record), the tree is listed again and only blobs not seen before are parsed.
 - Only the review commands read it (history.load). Judging, verify, the ledger and the checks
-  before judging read the notes themselves: a cache file edited by hand can mislead a display,
-  never a verdict — like a note edited by hand, which the ledger then reports. Whatever its
-  content, it cannot crash a reader: a file that does not have the shape written here, or a
-  record field of the wrong type, makes the review read the notes as if there were no cache.
+  before judging read the notes themselves: the cache can mislead a display, never a verdict.
+  It is written whole or not at all (a rename), and a file that does not have the shape written
+  here is read as if there were none (and rewritten). What it holds is trusted as .git's own
+  files are — the ledger, the hooks: whoever can write them can already run code here — and
+  the sandbox keeps train.py away from all of them. So nothing read back is type-checked again:
+  those checks, 10,000 times per call, were what the cache exists to save.
 - marshal, not JSON: it loads several times faster, which is the point. Its format depends on
   the interpreter, so the file names the version that wrote it; another one starts afresh.
 """
@@ -24,10 +26,12 @@ its lines hold, with the notes tree it was listed from.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import marshal
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pygit2
@@ -35,12 +39,16 @@ import pygit2
 from gitar import __version__
 from gitar.git import Git
 from gitar.notes_read import note_tree, walk_notes
-from gitar.records import NOTES_REF, Lesson, Record, check_types, parse_line, parse_lines
+from gitar.records import NOTES_REF, Lesson, Record, parse_line, parse_lines
 
 # The fields history.Attempt and the review commands read from a run, and the required ones.
 HOT = ("status", "commit", "branch", "description", "run_id", "kind", "val_bpb", "best_before", "peak_vram_mb",
        "training_seconds", "started", "ended", "hypothesis", "reason", "error")
-FORMAT = ("gitar-notes-cache", 2, __version__, sys.version_info[:2])  # what parsed it, and marshal's version
+# What wrote the cache: this format, the code that parses and derives (a change to it makes what
+# is kept stale), and the interpreter (marshal's format is its own).
+_SOURCES = ("notes_cache.py", "records.py", "history.py", "numbers.py")
+FORMAT = ("gitar-notes-cache", 3, __version__, sys.version_info[:2],
+          hashlib.sha256(b"".join((Path(__file__).parent / name).read_bytes() for name in _SOURCES)).hexdigest())
 _LINE = "_line"  # the record's full line (UTF-8), in a PartialRecord's __dict__ until it is completed
 
 
@@ -76,69 +84,83 @@ class PartialRecord(Record):
             data.setdefault(key, value)  # a field set on this record since it was read stays as set
 
 
-for _name in (*(f for f in Record.__dataclass_fields__ if f not in HOT),):
-    setattr(PartialRecord, _name, _Completing(_name))
+for _name in Record.__dataclass_fields__:
+    if _name not in HOT:
+        setattr(PartialRecord, _name, _Completing(_name))
 del _name
 
 
-def entries(git: Git) -> Iterator[tuple[str, list[Record], list[Lesson]]]:
-    """(commit, records, lessons) for every note under refs/notes/gitar, as Notebook.entries gives them."""
+Derive = Callable[[str, list[Record], list[Lesson]], Any]
+
+
+def entries(git: Git, derive: Derive) -> Iterator[tuple[str, list[Record], list[Lesson], Any]]:
+    """(commit, records, lessons, derived) for every note under refs/notes/gitar: the records and
+    lessons as Notebook.entries gives them, and derive(commit, records, lessons), kept with them.
+
+    derive must depend on the note alone and return what marshal can write (history.derive).
+    """
     tree = note_tree(git, NOTES_REF)
     if tree is None:
         return
     tree_id = str(tree.id)
     path = git.common_dir / "gitar" / "cache" / "notes.marshal"
     cached = _load(path)
-    listing: list[tuple[str, str, Any]] | None = None
-    if cached is not None and cached[0] == tree_id:
-        listing = cached[1]
-    else:
+    if cached is not None and cached[0] == tree_id:  # nothing changed since the last review
+        try:
+            yield from [_entry(git, annotated, blob, payload, derive) for annotated, blob, payload in cached[1]]
+            return
+        except (TypeError, ValueError, KeyError, AttributeError):  # not the shape _save writes
+            cached = None
+    for _ in range(2):
         known = {blob: payload for _, blob, payload in cached[1]} if cached is not None else {}
         listing = []
         for annotated, blob in walk_notes(tree):
             blob_id = str(blob.id)
             payload = known.get(blob_id)
             if payload is None:
-                payload = _payload(_data(blob))
+                payload = _payload(annotated, _data(blob), derive)
             listing.append((annotated, blob_id, payload))
+        try:
+            built = [_entry(git, annotated, blob_id, payload, derive) for annotated, blob_id, payload in listing]
+        except (TypeError, ValueError, KeyError, AttributeError):  # a damaged cache: parse every note
+            cached = None
+            continue
         _save(path, tree_id, listing)
-    try:
-        built = [_entry(git, annotated, blob_id, payload) for annotated, blob_id, payload in listing]
-    except (TypeError, ValueError, KeyError, AttributeError):  # not the shape _save writes
-        built = [(annotated, *parse_lines(_data(blob).decode("utf-8", "replace"), annotated))
-                 for annotated, blob in walk_notes(tree)]
-    yield from built
+        yield from built
+        return
+    raise AssertionError("notes parsed afresh cannot fail to build")  # pragma: no cover
 
 
-def _entry(git: Git, annotated: str, blob_id: str, payload: Any) -> tuple[str, list[Record], list[Lesson]]:
+def _entry(git: Git, annotated: str, blob_id: str, payload: Any,
+           derive: Derive) -> tuple[str, list[Record], list[Lesson], Any]:
     if payload is False:  # a note with a bad line: parsed again, so it warns again
         obj = git.repo.get(blob_id)
         data = obj.data if isinstance(obj, pygit2.Blob) else b""
-        return annotated, *parse_lines(data.decode("utf-8", "replace"), annotated)
-    records: list[Record] = []
-    lessons: list[Lesson] = []
-    for item in payload:
+        records, lessons = parse_lines(data.decode("utf-8", "replace"), annotated)
+        return annotated, records, lessons, derive(annotated, records, lessons)
+    items, derived = payload
+    records = []
+    lessons = []
+    for item in items:
         if len(item) == 4:  # a lesson: (commit, lesson, branch, time)
             commit, text, branch, time = item
-            if type(commit) is not str or type(text) is not str:
-                raise TypeError("not a cached lesson")
             lessons.append(Lesson(commit=commit, lesson=text, branch=branch, time=time))
             continue
         hot, line = item  # a record: (its HOT fields, its line)
-        if type(hot) is not dict or type(line) is not bytes:
-            raise TypeError("not a cached record")
-        check_types(hot)
         hot[_LINE] = line
         record = object.__new__(PartialRecord)
         record.__dict__ = hot
         records.append(record)
-    return annotated, records, lessons
+    return annotated, records, lessons, derived
 
 
-def _payload(data: bytes) -> list[Any] | bool:
-    """What the cache keeps of one note, in its line order; False when a line is neither a record
-    nor a lesson (such a note is parsed anew each time, with its warning)."""
-    out: list[Any] = []
+def _payload(annotated: str, data: bytes, derive: Derive) -> tuple[list[Any], Any] | bool:
+    """What the cache keeps of one note: its lines in their order, and what derive makes of them;
+    False when a line is neither a record nor a lesson (such a note is parsed anew each time, with
+    its warning)."""
+    items: list[Any] = []
+    records: list[Record] = []
+    lessons: list[Lesson] = []
     for line in data.decode("utf-8", "replace").split("\n"):
         line = line.strip()
         if not line:
@@ -148,11 +170,13 @@ def _payload(data: bytes) -> list[Any] | bool:
         except (ValueError, TypeError, RecursionError):
             return False
         if isinstance(item, Lesson):
-            out.append((item.commit, item.lesson, item.branch, item.time))
+            lessons.append(item)
+            items.append((item.commit, item.lesson, item.branch, item.time))
         else:
+            records.append(item)
             # The line as UTF-8 bytes: loaded without decoding, decoded only if the record is completed.
-            out.append(({k: v for k in HOT if (v := item.__dict__.get(k)) is not None}, line.encode()))
-    return out
+            items.append(({k: v for k in HOT if (v := item.__dict__.get(k)) is not None}, line.encode()))
+    return items, derive(annotated, records, lessons)
 
 
 def _data(blob: pygit2.Blob) -> bytes:

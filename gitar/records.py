@@ -254,8 +254,6 @@ def parse_line(line: str) -> Record | Lesson:
     return Record._adopt(data)
 
 
-check_types = _check_types  # for records kept elsewhere in parsed form (gitar/notes_cache.py)
-
 
 def parse_note(text: str, where: str) -> list[Record]:
     """Every valid record line of one note (runs only: lesson lines are not runs)."""

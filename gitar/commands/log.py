@@ -18,7 +18,7 @@ from pathlib import Path
 from gitar import history
 from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
-from gitar.history import FAILED, Attempt, History, attempt_line
+from gitar.history import FAILED, Attempt, History
 from gitar.numbers import bpb
 from gitar.records import DISCARD, KEEP
 from gitar.text import json_line, safe
@@ -56,7 +56,7 @@ def table_lines(h: History, attempts: list[Attempt]) -> Iterator[str]:
 
 
 def _row(a: Attempt) -> str:
-    return f"{a.commit[:7]}  {attempt_line(a)}"
+    return f"{a.commit[:7]}  {a.line}"
 
 
 def json_lines(attempts: list[Attempt]) -> Iterator[str]:

@@ -36,16 +36,19 @@ def test_every_review_command_says_the_same_cold_warm_and_with_a_damaged_cache(r
     assert _cache(review).exists()
     assert _outputs(review) == cold  # from the cache
     assert all(code == 0 for code, _, _ in cold)
-    for damage in (b"not marshal at all", marshal.dumps(("gitar-notes-cache", 999)),
-                   # the right header, records whose fields have the wrong types
-                   marshal.dumps((notes_cache.FORMAT, "0" * 40, [("a" * 40, "b" * 40, [({"status": 1}, "x")])]))):
+    for damage in (b"not marshal at all", b"", marshal.dumps(("gitar-notes-cache", 999)),
+                   marshal.dumps((notes_cache.FORMAT, "0" * 40, "not a listing"))):
         _cache(review).write_bytes(damage)
         assert _outputs(review) == cold, damage[:40]
-    tree = review.ws.git("rev-parse", f"{NOTES_REF}^{{tree}}").stdout.strip()
-    forged = {"status": "keep", "commit": review.rotary, "branch": "autoresearch/t1", "description": "forged",
-              "run_id": "r", "val_bpb": "0.5"}  # a number that is a string
-    _cache(review).write_bytes(marshal.dumps((notes_cache.FORMAT, tree, [(review.rotary, "b" * 40, [(forged, b"{}")])])))
-    assert _outputs(review) == cold  # a forged cache for the current tree: read as if there were none
+    # the current tree's cache, cut short or reshaped: read as if there were none, then rewritten
+    loaded = notes_cache._load(_cache(review))
+    assert loaded is not None
+    tree, listing = loaded
+    for shape in ([(a, b, ([*items[:1], ("x",)], derived)) for a, b, (items, derived) in listing],
+                  [(a, b, (items, [d[:3] for d in derived])) for a, b, (items, derived) in listing],
+                  [(a, b, (items, [(d[0], (99,), *d[2:]) for d in derived])) for a, b, (items, derived) in listing]):
+        _cache(review).write_bytes(marshal.dumps((notes_cache.FORMAT, tree, shape)))
+        assert _outputs(review) == cold
 
 
 def test_a_warm_cache_parses_no_note_and_a_new_record_only_its_own(review: Built,
@@ -63,8 +66,8 @@ def test_a_warm_cache_parses_no_note_and_a_new_record_only_its_own(review: Built
     monkeypatch.setattr(notes_cache, "parse_line", counting)
     warm = history.load(git, "autoresearch/t1")
     assert parsed == []  # nothing parsed: every note came from the cache
-    assert [(a.commit, a.status, a.val_bpb, a.delta, a.values) for a in warm.attempts] == \
-        [(a.commit, a.status, a.val_bpb, a.delta, a.values) for a in expected.attempts]
+    assert [(a.commit, a.status, a.val_bpb, a.delta, a.values, a.line) for a in warm.attempts] == \
+        [(a.commit, a.status, a.val_bpb, a.delta, a.values, history.attempt_line(a)) for a in expected.attempts]
     monkeypatch.setattr(records, "parse_line", real)
     Notebook(git).add_lesson(records.Lesson(commit=review.lr04, lesson="too high"))
     monkeypatch.setattr(records, "parse_line", counting)
@@ -75,8 +78,8 @@ def test_a_warm_cache_parses_no_note_and_a_new_record_only_its_own(review: Built
 
 def test_a_cached_record_reads_as_the_record_itself(review: Built) -> None:
     git = Git.discover(review.ws.root)
-    list(notes_cache.entries(git))  # the cache is written
-    cached = {c: (rs, ls) for c, rs, ls in notes_cache.entries(git)}
+    list(notes_cache.entries(git, history.derive))  # the cache is written
+    cached = {c: (rs, ls) for c, rs, ls, _ in notes_cache.entries(git, history.derive)}
     direct = {c: (rs, ls) for c, rs, ls in Notebook(git).entries()}
     assert cached.keys() == direct.keys()
     for commit, (rs, ls) in direct.items():
