@@ -120,12 +120,12 @@ def entries(git: Git, derive: Derive) -> Iterator[tuple[str, list[Record], list[
             if payload is None:
                 payload = _payload(annotated, _data(blob), derive)
             listing.append((annotated, blob_id, payload))
+        _save(path, tree_id, listing)  # first: building the records puts their lines into the HOT dicts
         try:
             built = [_entry(git, annotated, blob_id, payload, derive) for annotated, blob_id, payload in listing]
         except (TypeError, ValueError, KeyError, AttributeError):  # a damaged cache: parse every note
             cached = None
             continue
-        _save(path, tree_id, listing)
         yield from built
         return
     raise AssertionError("notes parsed afresh cannot fail to build")  # pragma: no cover

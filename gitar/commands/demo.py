@@ -79,7 +79,7 @@ class Stages:
 
     A stage line says what is happening and, for the slow ones, how long it usually takes, so
     a user watching a silent training run knows it is expected: `==> [3/7] the baseline … (a
-    CPU run: 20 s of training plus start-up and evaluation, ~1 min)`. When the stage ends,
+    CPU run: … ~1 min on an idle 2-core machine …)`. When the stage ends,
     `    done in 41.2s (total 58.0s)`.
     """
 
@@ -149,18 +149,19 @@ def run_demo(dest: Path, echo: Callable[[str], None] = print) -> None:
         echo(f"  embedded corpus: {len(files)} parquet files of standard-library docstrings in {corpus_dir}")
 
     with stage("preparing data and tokenizer offline (python prepare.py --source corpus)",
-               "tokenizer training, ~10 s"):
+               "tokenizer training, ~10 s idle"):
         sh(py, "prepare.py", "--source", str(corpus_dir))
 
     with stage("a git repository for the workspace, and an experiment branch (gitar init)",
-               "installs the pre-commit hooks, ~10 s"):
+               "installs the pre-commit hooks, a few seconds"):
         sh("git", "init", "-q", "-b", "main")
         sh("git", "add", "-A")
         sh("git", "commit", "-q", "-m", "gitar demo workspace (CPU preset)")
         sh(*gitar, "init", "demo")
 
     # The slow stages say how long they take: the result line comes only at the end of a run.
-    training = "a CPU run: a smoke step, 20 s of training, start-up and the evaluation, ~1 min"
+    training = ("a CPU run: a smoke step, 20 s of training, start-up and the evaluation; ~1 min on an idle "
+                "2-core machine, 2-3 min on a busy one")
     with stage("the baseline: train the unmodified train.py (gitar run)", training):
         sh(*gitar, "run", ok=(0, 1))
 
@@ -171,7 +172,7 @@ def run_demo(dest: Path, echo: Callable[[str], None] = print) -> None:
         sh(*gitar, "try", EXPERIMENT[2], ok=(0, 1))
 
     with stage("a broken idea: a shape bug in the MLP, refused by the preflight before any training",
-               "the CPU smoke step, ~10 s"):
+               "the CPU smoke step, ~10 s idle"):
         train = (dest / "train.py").read_text()
         if SHAPE_BUG[0] not in train:
             raise GitarError("train.py has no MLP projection to break; the demo needs the shipped train.py",
