@@ -36,6 +36,7 @@ from gitar.records import (
     Lesson,
     Record,
 )
+from gitar.text import safe
 
 FAILED = (CRASH, TIMEOUT, ABORTED)  # ran and produced no number
 
@@ -65,6 +66,11 @@ class Attempt:
     def line(self) -> str:
         """attempt_line(): the row `gitar log` prints for it, without the sha."""
         return attempt_line(self)
+
+    @functools.cached_property
+    def tsv(self) -> tuple[str, str, str, str] | None:
+        """tsv_fields(): its results.tsv row without the sha."""
+        return tsv_fields(self)
 
     @property
     def ok_runs(self) -> list[Record]:
@@ -198,6 +204,28 @@ def attempt_line(a: Attempt) -> str:
     return f"{a.status:<8} {value:>8}  {delta:>9}  {mem:>6}  {secs:>7}  {desc}"
 
 
+def tsv_status(status: str) -> str | None:
+    """autoresearch's status for a gitar status; None: not a row (the attempt never ran)."""
+    if status in (KEEP, DISCARD):
+        return status
+    if status in FAILED:
+        return "crash"
+    return None
+
+
+def tsv_fields(a: Attempt) -> tuple[str, str, str, str] | None:
+    """The attempt's results.tsv row after its commit: val_bpb, memory_gb, status, description; None if it never ran."""
+    status = tsv_status(a.status)
+    if status is None:
+        return None
+    crashed = status == "crash" or a.val_bpb is None
+    value = "0.000000" if crashed or a.val_bpb is None else numbers.bpb(a.val_bpb)
+    mem = "0.0" if crashed or a.memory_gb is None else f"{a.memory_gb:.1f}"
+    # Tabs and line breaks would split the row: every run of whitespace becomes one space, and
+    # what else a terminal or a spreadsheet would act on is escaped (safe()).
+    return value, mem, "crash" if crashed else status, safe(" ".join(a.first.description.split()))
+
+
 def one_line(text: str, limit: int = 160) -> str:
     """Whitespace (tabs, newlines, any Unicode line break) collapsed, then clipped."""
     line = " ".join(text.split())
@@ -240,7 +268,7 @@ def derive(commit: str, records: list[Record], lessons: list[Lesson]) -> list[tu
     out = []
     for a in _attempts_of(commit, records, lessons, None):
         out.append((a.branch, tuple(place[id(r)] for r in a.runs), a.started, a.status, a.values, a.val_bpb,
-                    a.delta, a.memory_gb, a.training_seconds, attempt_line(a)))
+                    a.delta, a.memory_gb, a.training_seconds, a.line, a.tsv))
     return out
 
 
@@ -250,14 +278,15 @@ def _from_derived(commit: str, records: list[Record], lessons: list[Lesson], der
     shape (its values are trusted as the cache is: gitar/notes_cache.py)."""
     out = []
     kept_lessons = tuple(lessons)
-    for name, places, started, status, values, val_bpb, delta, memory_gb, seconds, line in derived:
+    for name, places, started, status, values, val_bpb, delta, memory_gb, seconds, line, tsv in derived:
         if branch is not None and name != branch:
             continue
         runs = tuple(records[i] for i in places)
         if not runs:
             raise ValueError("an attempt without runs")
         a = _new_attempt(commit, name, runs, kept_lessons, started, status, values, val_bpb, delta, memory_gb, seconds)
-        a.__dict__["line"] = line  # Attempt.line, computed when the note was cached
+        a.__dict__["line"] = line  # Attempt.line and .tsv, computed when the note was cached
+        a.__dict__["tsv"] = tsv
         out.append(a)
     return out
 
