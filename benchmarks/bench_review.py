@@ -1,9 +1,17 @@
-"""How long the review commands take on a long history.
+"""How long the review commands take on a long history, against git's own floor.
 
     python benchmarks/bench_review.py [--runs 5] [--history 10 10000] [--full-records]
 
 Each figure is the wall time of the whole command as a subprocess (`python -m gitar
-...`, interpreter start included), median of --runs. gitar's modules are compiled to
+...`, interpreter start included), median of --runs. The floor is git itself showing
+the same records on the same history: `git log --notes=gitar --glob=refs/gitar/attempts/`
+(every attempted commit with its JSON records), timed in the same rounds — each round runs
+the floor and every command once, in turn, so a busy machine slows them alike — and each
+command is given as a multiple of it (goal: at most 3×). `git attempts` (the alias
+`gitar init` sets, one line per attempt) is timed too. The review commands keep what they
+parsed in .git/gitar/cache/ (gitar/notes_cache.py): the first call after new records
+parses only those, so the figures are for a cache in step with the notes, and the cold
+call (no cache) is timed once beside them. gitar's modules are compiled to
 bytecode first, as installing it does: where PYTHONDONTWRITEBYTECODE is set, each run
 would otherwise compile every module edited since the last compile. The history is built with
 bench_loop.synthesise_history: N prior attempts with notes and attempt refs, every
@@ -35,6 +43,9 @@ from benchmarks.bench_loop import hermetic_env, synthesise_history  # noqa: E402
 from tests.core.conftest import Workspace, make_workspace  # noqa: E402
 
 COMMANDS = (("log",), ("log", "--tsv"), ("memory",), ("best",))
+FLOOR = ("git", "log", "--notes=gitar", "--glob=refs/gitar/attempts/")
+ALIAS = ("git", "attempts")
+GOAL = 3.0  # each review command at most this many times git's floor
 
 
 def build(tmp: Path, n: int) -> Workspace:
@@ -43,6 +54,7 @@ def build(tmp: Path, n: int) -> Workspace:
     assert ws.gitar("init", "t1").returncode == 0
     if n:
         synthesise_history(ws, n)
+        assert ws.gitar("init", "t1").returncode == 0  # the repair run: the summary for `git attempts`
     return ws
 
 
@@ -78,29 +90,43 @@ def _full_record(rec: dict[str, object]) -> dict[str, object]:
     return full
 
 
-def time_command(ws: Workspace, args: tuple[str, ...], runs: int) -> tuple[float, float]:
-    """Median wall seconds and median CPU seconds (user + system, the command and its children)."""
-    walls, cpus = [], []
-    for _ in range(runs):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "gitar", *args], cwd=ws.root, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-        walls.append(time.perf_counter() - t0)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-        if proc.returncode != 0:
-            raise SystemExit(f"gitar {' '.join(args)} failed: {proc.stderr}")
-    return statistics.median(walls), statistics.median(cpus)
+def _gitar(args: tuple[str, ...]) -> list[str]:
+    return [sys.executable, "-m", "gitar", *args]
+
+
+def _once(ws: Workspace, argv: list[str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, the command and its children) of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, cwd=ws.root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed: {proc.stderr}")
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def report(ws: Workspace, label: str, runs: int) -> None:
     # CPU time as well: on a busy machine the wall time measures the other processes too.
-    for args in COMMANDS:
-        cmd = "gitar " + " ".join(args)
-        wall, cpu = time_command(ws, args, runs)
-        print(f"{cmd:<16} {label}: median {wall:.3f} s wall, {cpu:.3f} s CPU over {runs} runs "
-              f"(load average {os.getloadavg()[0]:.1f})")
+    cache = ws.root / ".git" / "gitar" / "cache" / "notes.marshal"
+    cache.unlink(missing_ok=True)
+    cold = _once(ws, _gitar(("best",)))  # parses every note and writes the cache
+    argvs = {"git log --notes (floor)": list(FLOOR), "git attempts": list(ALIAS),
+             **{"gitar " + " ".join(a): _gitar(a) for a in COMMANDS}}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in argvs}
+    for _ in range(runs):
+        for name, argv in argvs.items():
+            times[name].append(_once(ws, argv))
+    floor = statistics.median(w for w, _ in times["git log --notes (floor)"])
+    floor_cpu = statistics.median(c for _, c in times["git log --notes (floor)"])
+    load = os.getloadavg()[0]
+    print(f"{label} (load average {load:.1f}, medians of {runs} runs; cold gitar best, no cache: {cold[0]:.3f} s)")
+    for name, samples in times.items():
+        wall = statistics.median(w for w, _ in samples)
+        cpu = statistics.median(c for _, c in samples)
+        mark = "" if name.startswith("git ") else "  ok" if wall <= GOAL * floor else f"  over {GOAL:.0f}x"
+        print(f"  {name:<24} {wall:.3f} s wall ({wall / floor:4.2f}x floor), {cpu:.3f} s CPU "
+              f"({cpu / floor_cpu:4.2f}x){mark}")
 
 
 def main() -> None:
@@ -120,6 +146,7 @@ def main() -> None:
             report(ws, f"{n:>6} attempts", args.runs)
             if args.full_records and n:
                 full_records(ws)
+                assert ws.gitar("init", "t1").returncode == 0
                 report(ws, f"{n:>6} attempts, full-size records", args.runs)
 
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gitar.errors import GitarError
 from gitar.validate import (
@@ -25,11 +25,15 @@ from gitar.validate import (
     describe,
     integer,
     number,
+    parse_json,
     read_json,
     regex,
     str_list,
     string,
 )
+
+if TYPE_CHECKING:
+    from gitar.git import Git
 
 GROUND_FILE = "ground.json"
 MODEL_FILE = "model.json"
@@ -424,3 +428,12 @@ def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise GitarError(f"{Path(path).name}: expected a JSON object at the top level")
     return obj
+
+
+def ground_at(git: Git, sha: str) -> Ground:
+    """The ground.json of a commit: the experiment's policy is the one it was committed with."""
+    blob = git.blob_at(sha, GROUND_FILE)
+    if blob is None:
+        raise GitarError(f"{GROUND_FILE}: not in commit {sha[:12]}; an experiment branch must carry "
+                         "the workspace files (run gitar init in a clone of the template)")
+    return parse_ground(parse_json(blob, f"{GROUND_FILE} in commit {sha[:12]}"), git.root / GROUND_FILE)

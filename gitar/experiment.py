@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gitar import confine, integrity, ledger, repeats, runner, state, stops, trust
-from gitar.config import GROUND_FILE, Ground, parse_ground
+from gitar.config import Ground, ground_at
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git, clean_env
 from gitar.judge import Best, Policy, Sigma, Verdict, current_best, judge, sigma_of
@@ -30,19 +30,9 @@ from gitar.noise import branch_noise, commit_spread
 from gitar.paths import Paths
 from gitar.records import ABORTED, CRASH, KEEP, REJECTED, UNDECIDED, VERIFY, Notebook, Record, best_of
 from gitar.text import subject
-from gitar.validate import parse_json
 from gitar.worktree import MOVED_ELSEWHERE, PENDING, move_branch, moved_elsewhere
 
 DEFAULT_SEED = 42
-
-
-def ground_at(git: Git, sha: str) -> Ground:
-    """The ground.json of a commit: the experiment's policy is the one it was committed with."""
-    blob = git.blob_at(sha, GROUND_FILE)
-    if blob is None:
-        raise GitarError(f"{GROUND_FILE}: not in commit {sha[:12]}; an experiment branch must carry "
-                         "the workspace files (run gitar init in a clone of the template)")
-    return parse_ground(parse_json(blob, f"{GROUND_FILE} in commit {sha[:12]}"), git.root / GROUND_FILE)
 
 
 def new_run_id() -> str:

@@ -1,8 +1,9 @@
 """The attempts of a branch in time order, read from the records in git.
 
 Everything the review commands show (log, best, memory, plot) is computed here from
-refs/notes/gitar alone: one bulk pass over the notes, never one lookup per commit,
-and never a file in the work tree that an agent could edit or a reset could delete.
+refs/notes/gitar alone: one bulk pass over the notes (parsed once per note blob and kept
+in .git/gitar/cache/, gitar/notes_cache.py), never one lookup per commit, and never a file
+in the work tree that an agent could edit or a reset could delete.
 An attempt is one commit on one branch with all of its runs there (the attempt itself,
 re-measurements) and the lessons learned from it.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 import pygit2
 
-from gitar import numbers, report, state
+from gitar import notes_cache, numbers, report, state
 from gitar.git import Git
 from gitar.noise import Noise, noise_from
 from gitar.paths import Paths
@@ -34,10 +35,10 @@ from gitar.records import (
     TIMEOUT,
     UNDECIDED,
     Lesson,
-    Notebook,
     Record,
     tokens_per_s,
 )
+from gitar.text import safe
 
 FAILED = (CRASH, TIMEOUT, ABORTED)  # ran and produced no number
 
@@ -62,6 +63,16 @@ class Attempt:
     @property
     def first(self) -> Record:
         return self.runs[0]
+
+    @functools.cached_property
+    def line(self) -> str:
+        """attempt_line(): the row `gitar log` prints for it, without the sha."""
+        return attempt_line(self)
+
+    @functools.cached_property
+    def tsv(self) -> tuple[str, str, str, str] | None:
+        """tsv_fields(): its results.tsv row without the sha."""
+        return tsv_fields(self)
 
     @property
     def ok_runs(self) -> list[Record]:
@@ -228,6 +239,57 @@ class History:
         return noise_from(((a.commit, a.runs) for a in self.unordered), self.branch)
 
 
+_NOT_RUN = frozenset((*FAILED, REJECTED))  # attempts whose row says why they have no number
+
+
+def attempt_line(a: Attempt) -> str:
+    """A row of `gitar log` without its sha: status, val_bpb, delta, memory, seconds, steps, tokens/s,
+    description with its flags.
+
+    Also each attempt's line in git's own tools (gitar/summary.py), so both say the same.
+    Not escaped: `gitar log` escapes its whole output, the summary its whole note.
+    """
+    value = "-" if a.val_bpb is None else numbers.bpb(a.val_bpb)
+    delta = numbers.signed(a.delta) if a.delta is not None else "baseline" if a.is_baseline else "-"
+    mem = "-" if a.memory_gb is None else f"{a.memory_gb:.1f}"
+    secs = "-" if a.training_seconds is None else f"{a.training_seconds:.1f}"
+    steps = a.num_steps
+    rate = a.tokens_per_s
+    desc = one_line(a.runs[0].description, 72)
+    if len(a.values) > 1:
+        desc += f" [mean of {len(a.values)} runs]"
+    if a.status in _NOT_RUN:
+        desc += f" — {one_line(a.cause, 80)}"
+    for flag in a.flags_at(rate):
+        desc += f" [{flag.partition(':')[0]}]"  # the flag's head; the result line and `show` say why
+    if (earlier := a.repeat_of) is not None:
+        desc += f" [repeat of {earlier[:7]}]"  # the same files as that attempt (gitar/repeats.py)
+    return (f"{a.status:<8} {value:>8}  {delta:>9}  {mem:>6}  {secs:>7}  "
+            f"{'-' if steps is None else steps:>6}  {'-' if rate is None else numbers.per_second(rate):>6}  {desc}")
+
+
+def tsv_status(status: str) -> str | None:
+    """autoresearch's status for a gitar status; None: not a row (the attempt never ran)."""
+    if status in (KEEP, DISCARD):
+        return status
+    if status in FAILED:
+        return "crash"
+    return None
+
+
+def tsv_fields(a: Attempt) -> tuple[str, str, str, str] | None:
+    """The attempt's results.tsv row after its commit: val_bpb, memory_gb, status, description; None if it never ran."""
+    status = tsv_status(a.status)
+    if status is None:
+        return None
+    crashed = status == "crash" or a.val_bpb is None
+    value = "0.000000" if crashed or a.val_bpb is None else numbers.bpb(a.val_bpb)
+    mem = "0.0" if crashed or a.memory_gb is None else f"{a.memory_gb:.1f}"
+    # Tabs and line breaks would split the row: every run of whitespace becomes one space, and
+    # what else a terminal or a spreadsheet would act on is escaped (safe()).
+    return value, mem, "crash" if crashed else status, safe(" ".join(a.first.description.split()))
+
+
 def one_line(text: str, limit: int = 160) -> str:
     """Whitespace (tabs, newlines, any Unicode line break) collapsed, then clipped."""
     line = " ".join(text.split())
@@ -238,22 +300,59 @@ def load(git: Git, branch: str | None) -> History:
     """The attempts of `branch` (every branch when None), from one pass over the notes."""
     attempts: list[Attempt] = []
     with _no_collection():
-        for commit, records, lessons in Notebook(git).entries():
-            if len(records) == 1 and not lessons:  # nearly every note: one run, nothing learned yet
-                r = records[0]
-                if branch is None or r.branch == branch:
-                    attempts.append(attempt(commit, r.branch, (r,), (), _started(r)))
-                continue
-            for name, runs in _by_branch(records, branch):
-                if len(runs) > 1:
-                    runs.sort(key=_run_order)  # a merged note (cat_sort_uniq) holds its lines sorted, not in time order
-                attempts.append(attempt(commit, name, tuple(runs), tuple(lessons), _started(runs[0])))
+        for commit, records, lessons, derived in notes_cache.entries(git, derive):
+            try:
+                attempts.extend(_from_derived(commit, records, lessons, derived, branch))
+            except (TypeError, ValueError, IndexError):  # not what derive() makes: computed afresh
+                attempts.extend(_attempts_of(commit, records, lessons, branch))
     # While an attempt runs, the branch sits on it unjudged: the best is the one it is judged against.
     tip = None
     if branch is not None:
         tip = state.judged_tip(Paths.of(git), branch, git.ref_target(f"refs/heads/{branch}"))
     lineage = _lineage(git, attempts, tip) if branch is not None else []
     return History(git=git, branch=branch, unordered=attempts, tip=tip, lineage=lineage)
+
+
+def _attempts_of(commit: str, records: list[Record], lessons: list[Lesson], branch: str | None) -> list[Attempt]:
+    if len(records) == 1 and not lessons:  # nearly every note: one run, nothing learned yet
+        r = records[0]
+        return [attempt(commit, r.branch, (r,), (), _started(r))] if branch is None or r.branch == branch else []
+    return [attempt(commit, name, tuple(runs), tuple(lessons), _started(runs[0]))
+            for name, runs in group_runs(list(records), branch)]
+
+
+def derive(commit: str, records: list[Record], lessons: list[Lesson]) -> list[tuple[Any, ...]]:
+    """What attempt() and attempt_line() make of one note, per branch, kept by the notes cache.
+
+    Both depend on the note alone, so they are computed when the note is first parsed and
+    read back with it (gitar/notes_cache.py): one tuple per branch, naming its runs by their
+    place in the note. The cache is invalidated when this module's source changes.
+    """
+    place = {id(r): i for i, r in enumerate(records)}
+    out = []
+    for a in _attempts_of(commit, records, lessons, None):
+        out.append((a.branch, tuple(place[id(r)] for r in a.runs), a.started, a.status, a.values, a.val_bpb,
+                    a.delta, a.memory_gb, a.training_seconds, a.line, a.tsv))
+    return out
+
+
+def _from_derived(commit: str, records: list[Record], lessons: list[Lesson], derived: Any,
+                  branch: str | None) -> list[Attempt]:
+    """The attempts derive() described; TypeError, ValueError or IndexError if `derived` is not its
+    shape (its values are trusted as the cache is: gitar/notes_cache.py)."""
+    out = []
+    kept_lessons = tuple(lessons)
+    for name, places, started, status, values, val_bpb, delta, memory_gb, seconds, line, tsv in derived:
+        if branch is not None and name != branch:
+            continue
+        runs = tuple(records[i] for i in places)
+        if not runs:
+            raise ValueError("an attempt without runs")
+        a = _new_attempt(commit, name, runs, kept_lessons, started, status, values, val_bpb, delta, memory_gb, seconds)
+        a.__dict__["line"] = line  # Attempt.line and .tsv, computed when the note was cached
+        a.__dict__["tsv"] = tsv
+        out.append(a)
+    return out
 
 
 @contextlib.contextmanager
@@ -322,6 +421,15 @@ def _new_attempt(commit: str, branch: str, runs: tuple[Record, ...], lessons: tu
         "values": values, "val_bpb": val_bpb, "delta": delta, "memory_gb": memory_gb,
         "training_seconds": training_seconds})
     return a
+
+
+def group_runs(records: list[Record], branch: str | None = None) -> list[tuple[str, list[Record]]]:
+    """The runs of one note by branch (only `branch`'s when given), each branch's in the order they ran."""
+    groups = _by_branch(records, branch)
+    for _, runs in groups:
+        if len(runs) > 1:
+            runs.sort(key=_run_order)  # a merged note (cat_sort_uniq) holds its lines sorted, not in time order
+    return groups
 
 
 def _by_branch(records: list[Record], branch: str | None) -> list[tuple[str, list[Record]]]:

@@ -22,7 +22,7 @@ import sys
 import time
 
 from gitar import experiment, integrity, lock, state, stops
-from gitar.config import GROUND_FILE, Ground
+from gitar.config import GROUND_FILE, Ground, ground_at
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git
 from gitar.paths import Paths
@@ -52,7 +52,7 @@ def _experiment_branch(git: Git) -> tuple[str, Ground] | None:
                              ".pre-commit-config.yaml, hooks/gitar-hook) on this branch, or commit with "
                              "`git commit --no-verify` to leave gitar out")
         return None
-    ground = experiment.ground_at(git, head)
+    ground = ground_at(git, head)
     if not branch.startswith(ground.experiment.branch_prefix):
         return None
     return branch, ground

@@ -31,18 +31,15 @@ def note_blobs(git: Git, ref: str) -> Iterator[tuple[str, bytes]]:
     spreads notes into ab/cdef… subtrees (fanout) as they grow. As for git and libgit2,
     any other entry of the tree is not a note.
     """
-    try:
-        tree = git.repo.references[ref].peel(pygit2.Commit).tree
-    except (KeyError, ValueError, pygit2.GitError):
+    tree = note_tree(git, ref)
+    if tree is None:
         return
     streamed: set[str] = set()
     if _about(tree) >= STREAM_FROM:
         complete = yield from _streamed(git, ref, streamed)
         if complete:
             return
-    notes: list[tuple[str, pygit2.Blob]] = []
-    _walk(tree, "", len(str(tree.id)), notes)  # 40 hex digits, 64 in a SHA-256 repository
-    for sha, blob in notes:
+    for sha, blob in walk_notes(tree):
         if sha in streamed:
             continue
         try:
@@ -50,6 +47,21 @@ def note_blobs(git: Git, ref: str) -> Iterator[tuple[str, bytes]]:
         except (KeyError, pygit2.GitError):  # a note whose blob is gone holds no record
             data = b""
         yield sha, data
+
+
+def note_tree(git: Git, ref: str) -> pygit2.Tree | None:
+    """The tree of the notes commit ref points at; None without one."""
+    try:
+        return git.repo.references[ref].peel(pygit2.Commit).tree
+    except (KeyError, ValueError, pygit2.GitError):
+        return None
+
+
+def walk_notes(tree: pygit2.Tree) -> list[tuple[str, pygit2.Blob]]:
+    """(annotated object id, note blob, not yet read) for every note of a notes tree, in tree order."""
+    notes: list[tuple[str, pygit2.Blob]] = []
+    _walk(tree, "", len(str(tree.id)), notes)  # 40 hex digits, 64 in a SHA-256 repository
+    return notes
 
 
 def _about(tree: pygit2.Tree) -> int:

@@ -252,8 +252,9 @@ def _json_line(line: str) -> Any:
     return value
 
 
-def parse_lines(text: str, where: str) -> tuple[list[Record], list[Lesson]]:
-    """The runs and the lessons of one note; a line that is neither is skipped with one warning."""
+def parse_lines(text: str, where: str, *, warn: bool = True) -> tuple[list[Record], list[Lesson]]:
+    """The runs and the lessons of one note; a line that is neither is skipped with one warning
+    (without, for warn=False: a reader whose output is not where the user looks)."""
     records: list[Record] = []
     lessons: list[Lesson] = []
     # Lines as git counts them (cat_sort_uniq merges notes by them): split at newlines only.
@@ -267,20 +268,31 @@ def parse_lines(text: str, where: str) -> tuple[list[Record], list[Lesson]]:
         if not line:
             continue
         try:
-            data = _json_line(line)
-            if type(data) is not dict or "status" not in data or "commit" not in data:
-                raise ValueError("not a gitar record")
-            _check_types(data)
-            if data["status"] == LESSON:
-                if not isinstance(data.get("lesson"), str):
-                    raise ValueError("a lesson line without its lesson text")
-                lessons.append(Lesson(commit=data["commit"], lesson=data["lesson"],
-                                      branch=_str_or_none(data.get("branch")), time=_str_or_none(data.get("time"))))
-            else:
-                records.append(Record._adopt(data))
+            item = parse_line(line)
         except (ValueError, TypeError, RecursionError) as e:  # a forged note may nest 100,000 deep
-            _warn_once(where, n, line, str(e))
+            if warn:
+                _warn_once(where, n, line, str(e))
+            continue
+        if type(item) is Lesson:
+            lessons.append(item)
+        else:
+            records.append(item)  # type: ignore[arg-type]
     return records, lessons
+
+
+def parse_line(line: str) -> Record | Lesson:
+    """One stripped note line: a run's record or a lesson; ValueError, TypeError (or RecursionError) if neither."""
+    data = _json_line(line)
+    if type(data) is not dict or "status" not in data or "commit" not in data:
+        raise ValueError("not a gitar record")
+    _check_types(data)
+    if data["status"] == LESSON:
+        if not isinstance(data.get("lesson"), str):
+            raise ValueError("a lesson line without its lesson text")
+        return Lesson(commit=data["commit"], lesson=data["lesson"], branch=_str_or_none(data.get("branch")),
+                      time=_str_or_none(data.get("time")))
+    return Record._adopt(data)
+
 
 
 def parse_note(text: str, where: str) -> list[Record]:
@@ -333,10 +345,12 @@ class Notebook:
         line = record.to_line()
         self._append_line(record.commit, line, "the record")
         ledger.wrote(self.git, line, record.run_id, record.commit)
+        _summarise(self.git)
 
     def add_lesson(self, lesson: Lesson) -> None:
         self._append_line(lesson.commit, lesson.to_line(), "the lesson")
         ledger.wrote(self.git, None, "", lesson.commit)
+        _summarise(self.git)
 
     def _append_line(self, sha: str, line: str, what: str) -> None:
         sig = _signature(self.git.repo)
@@ -372,6 +386,13 @@ class Notebook:
 
     def is_pinned(self, sha: str) -> bool:
         return self.git.ref_target(ATTEMPTS_PREFIX + sha) == sha
+
+
+def _summarise(git: Git) -> None:
+    # The one-line-per-attempt view for git's own tools follows every write (gitar/summary.py).
+    from gitar import summary
+
+    summary.refresh(git)
 
 
 def _signature(repo: pygit2.Repository) -> pygit2.Signature:

@@ -27,9 +27,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gitar import basepins, numbers, trust
+from gitar import basepins, numbers, summary, trust
+from gitar.config import ground_at
 from gitar.errors import ExitCode, GitarError
-from gitar.experiment import ground_at
 from gitar.git import Git
 from gitar.judge import current_best
 from gitar.records import ATTEMPTS_PREFIX, CRASH, DISCARD, KEEP, NOTES_REF, TIMEOUT, Notebook, Record
@@ -214,6 +214,7 @@ def merge_notes(git: Git, remote: str) -> bool:
             continue  # a record was appended meanwhile: merge again on top of it
         # Not written here: the remote's records join the ledger as synced, with their origin.
         trust.record_synced(git, ours, merged, remote)
+        summary.refresh(git)  # the one-line view in git's own tools (derived here, never synced)
         return True
     raise GitarError(f"{NOTES_REF} kept moving while merging the records from {remote}; "
                      "run `gitar sync` again once the running experiment has recorded", ExitCode.INTERNAL)

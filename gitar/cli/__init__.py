@@ -18,18 +18,38 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import click
-import typer
-
-from gitar.cli import loop, review, scale
 from gitar.errors import ExitCode, GitarError
 from gitar.text import json_line, safe
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="git as the loop, the lab notebook and the referee of autonomous ML research.")
-for group in (loop.app, review.app, scale.app):
-    app.add_typer(group)
+if TYPE_CHECKING:
+    import click
+    import typer
+
+
+def _app() -> typer.Typer:
+    """The typer app. Built on first use: the review commands' plainest forms run without it (cli/fast.py)."""
+    global _APP
+    if _APP is None:
+        import typer
+
+        from gitar.cli import loop, review, scale
+
+        _APP = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                           help="git as the loop, the lab notebook and the referee of autonomous ML research.")
+        for group in (loop.app, review.app, scale.app):
+            _APP.add_typer(group)
+    return _APP
+
+
+_APP: typer.Typer | None = None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # gitar.cli.app, as before
+        return _app()
+    raise AttributeError(name)
 
 
 def _save_traceback() -> str:
@@ -61,6 +81,8 @@ def _wants_json(args: list[str]) -> bool:
 
 def _usage_line(e: click.UsageError) -> str:
     """click's usage error as one line naming the argument (typer would draw a four-line box)."""
+    import click
+
     command = e.ctx.command_path if e.ctx is not None else "gitar"
     param = e.param if isinstance(e, click.MissingParameter) else None
     if param is not None and param.param_type_name == "argument":
@@ -70,6 +92,13 @@ def _usage_line(e: click.UsageError) -> str:
         what = e.format_message().rstrip(".")
         what = what[:1].lower() + what[1:]
     return f"{command}: {what}; see `{command} --help`"
+
+
+def _echo(text: str, err: bool = False) -> None:
+    """What typer.echo writes for a str: the text, a newline, a flush."""
+    out = sys.stderr if err else sys.stdout
+    out.write(text + "\n")
+    out.flush()
 
 
 def _pipe_closed() -> int:
@@ -92,16 +121,34 @@ def main(argv: list[str] | None = None) -> int:
     def fail(code: ExitCode, message: str, kind: str = "error: ") -> int:
         """One line on stderr (`gitar: error: …`), or with --json one object on stdout."""
         if as_json:
-            typer.echo(json_line({"status": _STATUS_OF.get(code, "error"), "exit_code": int(code),
-                                  "message": message}))
+            _echo(json_line({"status": _STATUS_OF.get(code, "error"), "exit_code": int(code), "message": message}))
         else:
-            typer.echo(f"gitar: {kind}{safe(message)}", err=True)
+            _echo(f"gitar: {kind}{safe(message)}", err=True)
         return int(code)
+
+    from gitar.cli.fast import planned
+
+    fast = planned(args)
+    if fast is not None:  # without typer: the same outcomes, mapped as below
+        try:
+            fast()
+        except BrokenPipeError:
+            return _pipe_closed()
+        except GitarError as e:
+            return fail(e.code, e.message, "" if e.code == ExitCode.INTERRUPTED else "error: ")
+        except KeyboardInterrupt:
+            return fail(ExitCode.INTERRUPTED, "interrupted", "")
+        except Exception as e:
+            where = _save_traceback()
+            return fail(ExitCode.INTERNAL, f"{type(e).__name__}: {e} (traceback: {where})", "internal error: ")
+        return int(ExitCode.KEPT)
+
+    import click
 
     stdout = sys.stdout
     try:
         try:
-            code = app(args=args, prog_name="gitar", standalone_mode=False)
+            code = _app()(args=args, prog_name="gitar", standalone_mode=False)
             sys.stdout.flush()
         except SystemExit as e:
             # typer catches a closed pipe itself: it wraps sys.stdout in click's PacifyFlushWrapper
@@ -112,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return _pipe_closed()
     except click.exceptions.NoArgsIsHelpError as e:
-        typer.echo(e.format_message())  # `gitar` alone: the help, as before
+        _echo(e.format_message())  # `gitar` alone: the help, as before
         return int(ExitCode.REFUSED)
     except click.UsageError as e:
         return fail(ExitCode.REFUSED, _usage_line(e))

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gitar.cli.output import emit_lines, say
-from gitar.errors import ExitCode, GitarError
+from gitar.errors import ExitCode
 
 app = typer.Typer()
 
@@ -22,20 +22,10 @@ def log_cmd(
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="only the N newest attempts")] = None,
 ) -> None:
     """Every attempt on the branch, newest first: sha, status, val_bpb, delta, memory, seconds, description."""
-    from gitar.commands.log import json_lines, load_history, newest_first, table_lines, tsv_text
+    from gitar.cli.fast import log_text
 
-    if as_json and tsv:
-        raise GitarError("--json and --tsv are two formats; pick one")
-    h = load_history(all_branches)
-    attempts = newest_first(h, limit)
-    if tsv:
-        typer.echo(tsv_text(attempts[::-1]), nl=False)
-    else:
-        # One write: 10,000 attempts are 10,000 lines (json_lines are escaped already).
-        if as_json:
-            typer.echo("\n".join(json_lines(attempts)))
-        else:
-            say(table_lines(h, attempts))
+    text, newline = log_text(all_branches, as_json, tsv, limit)
+    typer.echo(text, nl=newline)
     raise typer.Exit(ExitCode.KEPT)
 
 
@@ -59,14 +49,9 @@ def best_cmd(
     all_branches: Annotated[bool, typer.Option("--all", help="every experiment branch, and the best of them")] = False,
 ) -> None:
     """The branch's best commit: mean val_bpb over its runs, run count, measured noise."""
-    from gitar.commands.best import best_lines, find_best, find_global_best, global_best_lines
+    from gitar.cli.fast import best_text
 
-    if all_branches:
-        every = find_global_best()
-        emit_lines(every.as_dict(), global_best_lines(every), as_json)
-    else:
-        report = find_best()
-        emit_lines(report.as_dict(), best_lines(report), as_json)
+    typer.echo(best_text(as_json, all_branches))
     raise typer.Exit(ExitCode.KEPT)
 
 
@@ -76,9 +61,9 @@ def memory_cmd(
     all_branches: Annotated[bool, typer.Option("--all", help="also what every other agent's branch tried")] = False,
 ) -> None:
     """What was tried, kept, discarded, broken and learned: read it before each hypothesis."""
-    from gitar.commands.memory import build_memory
+    from gitar.cli.fast import memory_text
 
-    typer.echo(build_memory(max_chars, all_branches=all_branches))  # escaped line by line as it is fitted
+    typer.echo(memory_text(max_chars, all_branches))
     raise typer.Exit(ExitCode.KEPT)
 
 

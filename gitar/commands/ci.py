@@ -32,8 +32,8 @@ from pathlib import Path
 
 from gitar import confine, integrity, ledger, lock, signing
 from gitar.commands.run import measure_chain
+from gitar.config import ground_at
 from gitar.errors import GitarError
-from gitar.experiment import ground_at
 from gitar.git import Git
 from gitar.judge import Best, current_best
 from gitar.paths import Paths

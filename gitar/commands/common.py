@@ -6,9 +6,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitar.config import Ground
+from gitar.config import Ground, ground_at
 from gitar.errors import GitarError
-from gitar.experiment import ground_at
 from gitar.git import Git
 from gitar.recovery import recover
 from gitar.text import safe

@@ -16,20 +16,29 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitar import integrity, trust
+from gitar import integrity, summary, trust
 from gitar.config import GROUND_FILE, MODEL_FILE, Ground, load_ground, load_model
 from gitar.errors import ExitCode, GitarError
 from gitar.git import Git, clean_env
 from gitar.ledger import Ledger
 from gitar.paths import read_device, write_device
 from gitar.records import NOTES_REF
+from gitar.summary import SUMMARY_REF
 
 # Config that makes notes follow the commits they describe and show where people look.
 NOTES_CONFIG = {
-    "notes.displayRef": NOTES_REF,  # plain `git log` shows the records
-    "notes.rewriteRef": NOTES_REF,  # amend and rebase carry them (no default otherwise)
+    # Plain `git log` shows each attempt's one line (gitar/summary.py), not its JSON records;
+    # `git log --notes=gitar` shows those.
+    "notes.displayRef": SUMMARY_REF,
+    "notes.rewriteRef": NOTES_REF,  # amend and rebase carry the records (no default otherwise)
     "notes.rewriteMode": "cat_sort_uniq",
     "notes.gitar.mergeStrategy": "cat_sort_uniq",  # one JSON record per line merges cleanly
+    # `git log --pretty=gitar`: the short sha, then the attempt's line (a commit tried on two
+    # branches has a line for each, indented under the first).
+    "pretty.gitar": "tformat:%C(auto)%h%C(reset)  %w(0,0,9)%N",
+    # `git attempts`: every attempted commit, kept or discarded, newest first, one line each
+    # (and `git attempts -20`, `git attempts --since=1.day` as for git log).
+    "alias.attempts": "log --no-walk --no-notes --notes=gitar-summary --glob=refs/gitar/attempts/ --pretty=gitar",
 }
 
 
@@ -96,7 +105,8 @@ def _configure(git: Git) -> None:
     """Hooks and config, shared by every worktree of the clone."""
     _install_hooks(git)
     for key, value in NOTES_CONFIG.items():
-        git.run("config", key, value)
+        git.run("config", "--replace-all", key, value)  # one value, even where an older setup added more
+    summary.refresh(git)  # a notebook gitar did not write (a clone, an older gitar) gets its summary
     # The hooks start `python -m gitar.hooks` with this interpreter: the one that has gitar and torch.
     git.run("config", "gitar.python", sys.executable)
 

@@ -18,10 +18,8 @@ from pathlib import Path
 from gitar import history
 from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
-from gitar.history import FAILED, Attempt, History, one_line
-from gitar.numbers import bpb, per_second, signed
-from gitar.records import DISCARD, KEEP, REJECTED
-from gitar.text import json_line, safe
+from gitar.history import Attempt, History
+from gitar.text import json_line
 
 TSV_HEADER = ("commit", "val_bpb", "memory_gb", "status", "description")
 
@@ -57,41 +55,13 @@ def table_lines(h: History, attempts: list[Attempt]) -> Iterator[str]:
         yield f"{a.branch:<{width}}  " + _row(a)
 
 
-_NOT_RUN = frozenset((*FAILED, REJECTED))  # attempts whose row says why they have no number
-
-
 def _row(a: Attempt) -> str:
-    value = "-" if a.val_bpb is None else bpb(a.val_bpb)
-    delta = signed(a.delta) if a.delta is not None else "baseline" if a.is_baseline else "-"
-    mem = "-" if a.memory_gb is None else f"{a.memory_gb:.1f}"
-    secs = "-" if a.training_seconds is None else f"{a.training_seconds:.1f}"
-    steps = a.num_steps
-    rate = a.tokens_per_s
-    desc = one_line(a.runs[0].description, 72)
-    if len(a.values) > 1:
-        desc += f" [mean of {len(a.values)} runs]"
-    if a.status in _NOT_RUN:
-        desc += f" — {one_line(a.cause, 80)}"
-    for flag in a.flags_at(rate):
-        desc += f" [{flag.partition(':')[0]}]"  # the flag's head; the result line and `show` say why
-    if (earlier := a.repeat_of) is not None:
-        desc += f" [repeat of {earlier[:7]}]"  # the same files as that attempt (gitar/repeats.py)
-    return (f"{a.commit[:7]}  {a.status:<8} {value:>8}  {delta:>9}  {mem:>6}  {secs:>7}  "
-            f"{'-' if steps is None else steps:>6}  {'-' if rate is None else per_second(rate):>6}  {desc}")
+    return f"{a.commit[:7]}  {a.line}"
 
 
 def json_lines(attempts: list[Attempt]) -> Iterator[str]:
     for a in attempts:
         yield json_line(a.as_dict())
-
-
-def tsv_status(status: str) -> str | None:
-    """autoresearch's status for a gitar status; None: not a row (the attempt never ran)."""
-    if status in (KEEP, DISCARD):
-        return status
-    if status in FAILED:
-        return "crash"
-    return None
 
 
 def tsv_text(attempts: list[Attempt]) -> str:
@@ -100,17 +70,6 @@ def tsv_text(attempts: list[Attempt]) -> str:
     # QUOTE_MINIMAL quotes only a description holding a double quote, which pandas reads back as written.
     writer = csv.writer(out, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
     writer.writerow(TSV_HEADER)
-    rows = []
-    for a in attempts:
-        status = tsv_status(a.status)
-        if status is None:
-            continue
-        crashed = status == "crash" or a.val_bpb is None
-        value = "0.000000" if crashed or a.val_bpb is None else bpb(a.val_bpb)
-        mem = "0.0" if crashed or a.memory_gb is None else f"{a.memory_gb:.1f}"
-        # Tabs and line breaks would split the row: every run of whitespace becomes one space, and
-        # what else a terminal or a spreadsheet would act on is escaped (safe()).
-        rows.append((a.commit[:7], value, mem, "crash" if crashed else status,
-                     safe(" ".join(a.first.description.split()))))
-    writer.writerows(rows)  # one call: 10,000 rows
+    # One call: 10,000 rows (each row's fields computed once per note: Attempt.tsv, history.tsv_fields).
+    writer.writerows([(a.commit[:7], *fields) for a in attempts if (fields := a.tsv) is not None])
     return out.getvalue()

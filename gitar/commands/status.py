@@ -12,8 +12,8 @@ from typing import Any
 
 from gitar import runner, state
 from gitar.commands.common import open_workspace
+from gitar.config import ground_at
 from gitar.errors import GitarError
-from gitar.experiment import ground_at
 from gitar.git import Git
 from gitar.history import one_line
 from gitar.judge import Policy, current_best

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gitar import experiment, integrity, lock, signing, trust
+from gitar.config import ground_at
 from gitar.errors import GitarError
 from gitar.git import Git
 from gitar.judge import sigma_of
@@ -198,7 +199,7 @@ def _vouch(git: Git, branch: str, counted: list[trust.Line],
 def _rerun(git: Git, branch: str, base: str, n: int, v: Verification) -> None:
     """Re-measure the n best kept commits; record each run (kind verify), never counted, never moving the branch."""
     notebook = Notebook(git)
-    ground = experiment.ground_at(git, base)
+    ground = ground_at(git, base)
     means: list[tuple[float, str, int]] = []
     for commit, records in notebook.all():
         values = [r.val_bpb for r in records if r.branch == branch and r.ok and r.val_bpb is not None]

@@ -243,7 +243,7 @@ def test_init_twice_is_safe_and_existing_branch_refused(hermetic: Path, tmp_path
     assert "data is not prepared" in first.stderr
     again = ws.gitar("init", "t1")
     assert again.returncode == 0 and "already on autoresearch/t1" in again.stdout
-    assert ws.git("config", "notes.displayRef").stdout.strip() == "refs/notes/gitar"
+    assert ws.git("config", "notes.displayRef").stdout.strip() == "refs/notes/gitar-summary"
     assert ws.git("config", "notes.rewriteRef").stdout.strip() == "refs/notes/gitar"
     assert ws.git("config", "notes.gitar.mergeStrategy").stdout.strip() == "cat_sort_uniq"
     assert (ws.root / ".git" / "hooks" / "pre-commit").exists()

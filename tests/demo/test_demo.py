@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from gitar.commands.demo import build_workspace, default_directory
+from gitar.commands.demo import STAGES, Stages, build_workspace, default_directory
 from gitar.config import load_ground, load_model
 
 
@@ -36,6 +37,22 @@ def test_without_a_sandbox_the_demo_says_off_in_its_ground_json(tmp_path: Path) 
     assert load_ground(tmp_path / "ground.json").experiment.sandbox == "off"
 
 
+def test_each_stage_says_what_it_does_then_how_long_it_took() -> None:
+    lines: list[str] = []
+    now = iter([100.0, 100.0, 103.25, 103.5, 164.0])
+    stages = Stages(2, lines.append, clock=lambda: next(now))
+    with stages.stage("preparing data"):
+        lines.append("$ python prepare.py")
+    with stages.stage("the baseline", "a CPU run, ~1 min"):
+        pass
+    assert lines == ["\n==> [1/2] preparing data", "$ python prepare.py", "    done in 3.2s (total 3.2s)",
+                     "\n==> [2/2] the baseline (a CPU run, ~1 min)", "    done in 60.5s (total 64.0s)"]
+
+
+STAGE_LINE = re.compile(r"^==> \[(\d)/(\d)\] (.+)$")
+DONE_LINE = re.compile(r"^    done in (\d+\.\d)s \(total (\d+\.\d)s\)$")
+
+
 @pytest.mark.slow
 def test_demo_runs_the_loop(hermetic: Path, tmp_path: Path) -> None:
     dest = tmp_path / "demo"
@@ -43,7 +60,18 @@ def test_demo_runs_the_loop(hermetic: Path, tmp_path: Path) -> None:
                           cwd=tmp_path, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
+    print(out)  # what a user sees, stage by stage (pytest -s shows it)
+    # Every stage is announced before its commands and timed after them, in order, and the totals add up.
+    lines = proc.stdout.splitlines()
+    starts = [i for i, ln in enumerate(lines) if STAGE_LINE.match(ln)]
+    dones = [i for i, ln in enumerate(lines) if DONE_LINE.match(ln)]
+    assert [int(STAGE_LINE.match(lines[i]).group(1)) for i in starts] == list(range(1, STAGES + 1))  # type: ignore[union-attr]
+    assert len(dones) == STAGES and all(s < d for s, d in zip(starts, dones, strict=True))
+    assert all(d < s for d, s in zip(dones, starts[1:], strict=False))
+    totals = [float(DONE_LINE.match(lines[i]).group(2)) for i in dones]  # type: ignore[union-attr]
+    assert totals == sorted(totals)
     assert "(baseline)" in out
+    assert "discard" in out or "keep" in out  # git attempts shows the experiment's line
     assert "smoke step failed" in out  # the broken idea was refused before training
     notes = subprocess.run(["git", "notes", "--ref", "gitar", "list"], cwd=dest, capture_output=True,
                            text=True, check=True).stdout.splitlines()

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from benchmarks.bench_loop import synthesise_history
-from gitar.commands.log import tsv_status, tsv_text
+from gitar.commands.log import tsv_text
 from gitar.commands.memory import _NUMBER, Section, fit, normalise
-from gitar.history import Attempt, attempt
+from gitar.history import Attempt, attempt, tsv_status
 from gitar.records import Lesson, Record, parse_lines
 from tests.core.conftest import Workspace
 

@@ -116,6 +116,25 @@ def test_a_local_unpushed_record_survives_a_sync_against_diverged_notes(lab: Lab
     assert _run_ids(Notebook(ga).records(sha)) == {"from-a", "from-b"}
 
 
+def test_sync_brings_the_summary_for_git_up_to_the_merged_records(lab: Lab) -> None:
+    from gitar.summary import SUMMARY_REF, summary_text
+
+    a, b = lab.clone("a"), lab.clone("b")
+    ga, gb = Git.discover(a.root), Git.discover(b.root)
+    sha = ga.resolve("HEAD")
+    _record(ga, sha, "from-a")
+    sync(ga)
+    _record(gb, sha, "from-b")
+    sync(gb)
+    note = gb.repo.lookup_note(sha, "refs/notes/gitar").message
+    assert note.count("\n") == 2  # both records, one line each
+    shown = b.git("notes", "--ref", SUMMARY_REF, "show", sha).stdout
+    assert shown == summary_text(sha, note.encode()) and shown.startswith("discard")
+    assert b.git("log", "-1", "--format=%s", SUMMARY_REF).stdout.strip() == \
+        "gitar: summary of " + str(gb.ref_target("refs/notes/gitar"))
+    assert lab.remote_ref(SUMMARY_REF) is None  # derived in each clone, never pushed
+
+
 def test_sync_retries_on_a_locked_ref_and_on_a_concurrent_pusher(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     a, other = lab.clone("a"), lab.clone("other")
     ga, go = Git.discover(a.root), Git.discover(other.root)
