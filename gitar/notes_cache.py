@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import marshal
 import os
 import sys
@@ -41,14 +42,23 @@ from gitar.git import Git
 from gitar.notes_read import note_tree, walk_notes
 from gitar.records import NOTES_REF, Lesson, Record, parse_line, parse_lines
 
+
+def _origin(module: str) -> str | None:
+    spec = importlib.util.find_spec(module)
+    return spec.origin if spec is not None else None
+
+
 # The fields history.Attempt and the review commands read from a run, and the required ones.
 HOT = ("status", "commit", "branch", "description", "run_id", "kind", "val_bpb", "best_before", "peak_vram_mb",
-       "training_seconds", "started", "ended", "hypothesis", "reason", "error")
+       "training_seconds", "started", "ended", "hypothesis", "reason", "error",
+       # steps, throughput and its flags, repeats (a log row shows them all)
+       "num_steps", "last_step", "total_tokens_M", "best_tokens_per_s", "sigma", "agent_sha256", "repeat_of")
 # What wrote the cache: this format, the code that parses and derives (a change to it makes what
 # is kept stale), and the interpreter (marshal's format is its own).
-_SOURCES = ("notes_cache.py", "records.py", "history.py", "numbers.py")
+# By module name, not file name: found without importing them (history imports this module).
+_SOURCES = ("gitar.notes_cache", "gitar.records", "gitar.history", "gitar.numbers", "gitar.report")
 FORMAT = ("gitar-notes-cache", 3, __version__, sys.version_info[:2],
-          hashlib.sha256(b"".join((Path(__file__).parent / name).read_bytes() for name in _SOURCES)).hexdigest())
+          hashlib.sha256(b"".join(Path(str(_origin(name))).read_bytes() for name in _SOURCES)).hexdigest())
 _LINE = "_line"  # the record's full line (UTF-8), in a PartialRecord's __dict__ until it is completed
 
 
