@@ -49,7 +49,7 @@ from gitar import corpus, sandbox  # noqa: E402
 from gitar.commands.demo import build_workspace  # noqa: E402
 from gitar.config import ProcessorConfig, read_json_object  # noqa: E402
 from gitar.errors import GitarError  # noqa: E402
-from gitar.harness.platform import FA3_CAPABILITY, detect_platform, probe_device  # noqa: E402
+from gitar.harness.platform import FLEX_MIN_CAPABILITY, detect_platform, fa3_repos, probe_device  # noqa: E402
 
 UPSTREAM_MFU_H100 = 39.8  # upstream autoresearch's README, 5-minute run on an H100 SXM
 # Peak dense bf16 tensor FLOP/s (no sparsity) by device name, as the vendors' datasheets give
@@ -101,13 +101,17 @@ def backend_availability(probe: Any) -> dict[str, str | None]:
     if not probe.cuda:
         why["fa3"] = why["flex"] = "needs CUDA"
         return why
-    if probe.capability != FA3_CAPABILITY:
-        why["fa3"] = f"FA3 runs on Hopper (sm90) only, this is sm{probe.capability[0]}{probe.capability[1]}"
+    sm = f"sm{probe.capability[0]}{probe.capability[1]}" if probe.capability else "an unknown GPU"
+    if not fa3_repos(probe.capability):
+        why["fa3"] = f"no FA3 build for {sm} (Hopper's, or kernels-community's from Ampere on)"
     elif not probe.fa3:
         why["fa3"] = "FA3 neither installed (flash_attn_interface) nor in the local kernels cache"
     else:
         why["fa3"] = None
-    why["flex"] = None if flex_importable() and probe.triton else "needs torch.nn.attention.flex_attention and Triton"
+    if probe.capability is None or probe.capability < FLEX_MIN_CAPABILITY:
+        why["flex"] = f"FlexAttention's compiled kernels need sm80 or newer, this is {sm}"
+    else:
+        why["flex"] = None if flex_importable() and probe.triton else "needs torch.nn.attention.flex_attention and Triton"
     return why
 
 
