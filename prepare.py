@@ -51,10 +51,10 @@ import tiktoken
 import torch
 import torch.nn.functional as F
 
-from gitar.config import Ground, load_ground
+from gitar.config.schema import Ground, load_ground
 from gitar.errors import GitarError
-from gitar.harness.packing import BestFitPacker, DocBatch, Prefetcher, with_bos
-from gitar.harness.platform import (
+from gitar.runtime.packing import BestFitPacker, DocBatch, Prefetcher, with_bos
+from gitar.runtime.platform import (
     KERNELS_DIR,
     Platform,
     detect_platform,
@@ -101,7 +101,7 @@ TOKEN_BYTES_FILE = "token_bytes.pt"
 MANIFEST_FILE = "manifest.json"
 
 # ---------------------------------------------------------------------------
-# Platform: device, number format, attention kernel, compiler (gitar/harness/platform.py)
+# Platform: device, number format, attention kernel, compiler (gitar/runtime/platform.py)
 # ---------------------------------------------------------------------------
 
 # FA3 builds fetched by `python prepare.py` (the `kernels` extra): in the data cache, where the
@@ -647,7 +647,7 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, device: st
                     buffer_size: int = 1000) -> Generator[tuple[torch.Tensor, torch.Tensor, int], None, None]:
     """(inputs [B, T], targets [B, T], epoch) batches of int64 tokens, forever.
 
-    Rows are packed best-fit from a buffer of `buffer_size` documents (gitar/harness/packing.py):
+    Rows are packed best-fit from a buffer of `buffer_size` documents (gitar/runtime/packing.py):
     each row starts with BOS, holds T + 1 tokens without padding, and targets are the
     inputs shifted by one. Packing runs in a background thread a few batches ahead.
     """

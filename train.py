@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gitar.config import ArchitectureConfig, ModelConfig, OptimizationConfig, load_model
+from gitar.config.schema import ArchitectureConfig, ModelConfig, OptimizationConfig, load_model
 from gitar.errors import GitarError
 
 MODEL_JSON = Path(__file__).with_name("model.json")
@@ -741,7 +741,7 @@ def choose_attention_kernel(platform, fa3_dir: Path | None):
     falls back to FlexAttention (sdpa's dense mask only without Triton), in one loud line."""
     if platform.attention != "fa3":
         return platform.attention, None
-    from gitar.harness.platform import load_flash_attention_3
+    from gitar.runtime.platform import load_flash_attention_3
     fa3 = load_flash_attention_3(platform.capability, fa3_dir)
     if fa3 is not None:
         return "fa3", fa3.flash_attn_func

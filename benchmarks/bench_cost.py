@@ -35,10 +35,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gitar import corpus, sandbox  # noqa: E402
 from gitar.commands.demo import build_workspace  # noqa: E402
-from gitar.config import read_json_object  # noqa: E402
+from gitar.config.schema import read_json_object  # noqa: E402
+from gitar.demo import corpus
 from gitar.errors import GitarError  # noqa: E402
+from gitar.host import sandbox  # noqa: E402
 
 BRANCH_TAG = "bench"
 UPSTREAM_BRANCH = "upstream"

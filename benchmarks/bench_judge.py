@@ -4,7 +4,7 @@
 
 A simulated research session: an agent proposes changes one after another; each run of a
 change reports its true val_bpb plus Gaussian run-to-run noise σ. The decisions are made by
-gitar's own judge (gitar.judge.judge, gitar.judge.sigma_of, gitar.noise.pooled_spread):
+gitar's own judge (gitar.loop.judge.judge, gitar.loop.judge.sigma_of, gitar.review.noise.pooled_spread):
 nothing of the rules is re-implemented here. Only the world is simulated.
 
 The world (fixed, so noise levels can be compared):
@@ -38,9 +38,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gitar.judge import Best, Policy, judge, sigma_of  # noqa: E402
-from gitar.noise import Noise, pooled_spread  # noqa: E402
-from gitar.records import KEEP, UNDECIDED  # noqa: E402
+from gitar.loop.judge import Best, Policy, judge, sigma_of  # noqa: E402
+from gitar.review.noise import Noise, pooled_spread  # noqa: E402
+from gitar.store.records import KEEP, UNDECIDED  # noqa: E402
 
 RUN_MINUTES = 5.0
 BASELINE_REPEAT = 3

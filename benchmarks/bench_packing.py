@@ -1,8 +1,8 @@
-"""Packing throughput: the plain best-fit scan vs gitar/harness/packing.py, and the cost of `prepare.py --source`.
+"""Packing throughput: the plain best-fit scan vs gitar/runtime/packing.py, and the cost of `prepare.py --source`.
 
 Usage (from the repository root): .venv/bin/python -m benchmarks.bench_packing [--runs 5] [--skip-prepare]
 
-Documents: the embedded stdlib corpus (gitar/corpus.py), tokenized with a BPE tokenizer trained
+Documents: the embedded stdlib corpus (gitar/demo/corpus.py), tokenized with a BPE tokenizer trained
 on it with the shipped ground.json settings (vocabulary 8192), BOS first: real, short documents.
 Both packers get the same documents, buffer 1000 and rows of T + 1 = 2049 tokens, write into
 the same int64 array, and must produce identical rows. Runs on one core (pinned, one thread);
@@ -30,10 +30,10 @@ import rustbpe
 import tiktoken
 import torch
 
-from gitar.config import read_json_object
-from gitar.corpus import collect_documents, write_corpus
-from gitar.harness.packing import BestFitPacker, Doc, DocBatch, with_bos
-from gitar.presets import cpu_ground
+from gitar.config.schema import read_json_object
+from gitar.demo.corpus import collect_documents, write_corpus
+from gitar.demo.presets import cpu_ground
+from gitar.runtime.packing import BestFitPacker, Doc, DocBatch, with_bos
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ the same records on the same history: `git log --notes=gitar --glob=refs/gitar/a
 the floor and every command once, in turn, so a busy machine slows them alike — and each
 command is given as a multiple of it (goal: at most 3×). `git attempts` (the alias
 `gitar init` sets, one line per attempt) is timed too. The review commands keep what they
-parsed in .git/gitar/cache/ (gitar/notes_cache.py): the first call after new records
+parsed in .git/gitar/cache/ (gitar/store/notes_cache.py): the first call after new records
 parses only those, so the figures are for a cache in step with the notes, and the cold
 call (no cache) is timed once beside them. gitar's modules are compiled to
 bytecode first, as installing it does: where PYTHONDONTWRITEBYTECODE is set, each run

@@ -28,10 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gitar import sandbox  # noqa: E402
-from gitar.integrity import copy_once  # noqa: E402
-from gitar.limits import MB, Limits  # noqa: E402
-from gitar.runner import Confined, run_training  # noqa: E402
+from gitar.host import sandbox  # noqa: E402
+from gitar.host.limits import MB, Limits  # noqa: E402
+from gitar.host.runner import Confined, run_training  # noqa: E402
+from gitar.loop.integrity import copy_once  # noqa: E402
 
 TRAINER = "print('---'); print('val_bpb: 1.0')\n"
 LIMITS = Limits(memory_bytes=4096 * MB, processes=4096, file_bytes=1024 * MB, log_bytes=64 * MB)

@@ -45,11 +45,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from gitar import corpus, sandbox  # noqa: E402
 from gitar.commands.demo import build_workspace  # noqa: E402
-from gitar.config import ProcessorConfig, read_json_object  # noqa: E402
+from gitar.config.schema import ProcessorConfig, read_json_object  # noqa: E402
+from gitar.demo import corpus
 from gitar.errors import GitarError  # noqa: E402
-from gitar.harness.platform import FLEX_MIN_CAPABILITY, detect_platform, fa3_repos, probe_device  # noqa: E402
+from gitar.host import sandbox  # noqa: E402
+from gitar.runtime.platform import FLEX_MIN_CAPABILITY, detect_platform, fa3_repos, probe_device  # noqa: E402
 
 UPSTREAM_MFU_H100 = 39.8  # upstream autoresearch's README, 5-minute run on an H100 SXM
 # Peak dense bf16 tensor FLOP/s (no sparsity) by device name, as the vendors' datasheets give

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gitar.git import Git
+    from gitar.store.git import Git
 
 DEVICE_FILE = "device"
 
@@ -69,7 +69,7 @@ class Paths:
 
     @property
     def ledger(self) -> Path:
-        """What gitar itself wrote (gitar/ledger.py): shared by every worktree, like the notes."""
+        """What gitar itself wrote (gitar/store/ledger.py): shared by every worktree, like the notes."""
         return self.base / "ledger"
 
     @property

@@ -55,7 +55,7 @@ def __getattr__(name: str) -> Any:
 def _save_traceback() -> str:
     text = traceback.format_exc()
     try:
-        from gitar.git import Git
+        from gitar.store.git import Git
 
         base = Git.discover().common_dir / "gitar"
     except Exception:

@@ -14,7 +14,7 @@ from gitar.errors import ExitCode
 from gitar.paths import Paths
 
 if TYPE_CHECKING:
-    from gitar.records import Record
+    from gitar.store.records import Record
 
 app = typer.Typer()
 
@@ -62,10 +62,10 @@ def try_cmd(
 ) -> None:
     """Commit train.py/model.json changes; the hooks preflight, train, judge and record them."""
     from gitar.commands.try_ import Started, try_experiment
-    from gitar.history import one_line
-    from gitar.records import record_dict
-    from gitar.remote_queue import Queued
-    from gitar.report import exit_code, result_line
+    from gitar.loop.result_line import exit_code, result_line
+    from gitar.review.history import one_line
+    from gitar.sharing.remote_queue import Queued
+    from gitar.store.records import record_dict
 
     if remote is None and (no_wait or timeout is not None):
         raise typer.BadParameter("goes with --remote", param_hint="--no-wait/--timeout")
@@ -95,7 +95,7 @@ def try_cmd(
 def _wait_remote(remote: str, commit: str | None, timeout: float | None, poll: float) -> Record:
     """The verdict of a queued commit (the branch tip by default), fetched from the remote."""
     from gitar.commands.common import open_workspace
-    from gitar.remote_queue import wait_for_verdict
+    from gitar.sharing.remote_queue import wait_for_verdict
 
     ws = open_workspace()
     sha = ws.git.resolve(commit) if commit else ws.head
@@ -110,8 +110,8 @@ def _wait_remote(remote: str, commit: str | None, timeout: float | None, poll: f
 
 def _live_progress() -> Callable[[Paths], None]:
     """A progress line on the terminal, read from the log file (hook output is buffered)."""
-    from gitar import runner, state
     from gitar.commands.status import progress_line
+    from gitar.host import runner, state
     from gitar.text import safe
 
     def show(paths: Paths) -> None:
@@ -133,8 +133,8 @@ def run_cmd(
 ) -> None:
     """Run and record an existing commit without committing (baseline, re-measurement)."""
     from gitar.commands.run import best_after_remeasuring, run_commit
-    from gitar.records import record_dict
-    from gitar.report import exit_code, result_line
+    from gitar.loop.result_line import exit_code, result_line
+    from gitar.store.records import record_dict
 
     with interruptible():
         records = run_commit(rev, repeat)
@@ -174,8 +174,8 @@ def wait_cmd(
 ) -> None:
     """Block until the running experiment is recorded; prints what `gitar try` would have."""
     from gitar.commands.wait import wait_for_result
-    from gitar.records import record_dict
-    from gitar.report import exit_code, result_line
+    from gitar.loop.result_line import exit_code, result_line
+    from gitar.store.records import record_dict
 
     record = _wait_remote(remote, None, timeout, poll) if remote else wait_for_result(timeout_s=timeout)
     emit(result_line(record), record_dict(record), as_json, exit_code(record))

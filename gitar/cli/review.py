@@ -74,7 +74,7 @@ def learn_cmd(
 ) -> None:
     """Keep a lesson with an experiment (a line in its note); `gitar memory` shows it."""
     from gitar.commands.learn import learn
-    from gitar.history import one_line
+    from gitar.review.history import one_line
 
     saved, record = learn(rev, lesson)
     say(f"learned on {saved.commit[:7]} ({record.status} \"{one_line(record.description, 60)}\"): "

@@ -45,8 +45,8 @@ def ci_cmd(
     if init_key:
         typer.echo(make_key())
         raise typer.Exit(ExitCode.KEPT)
-    from gitar.records import Record, record_dict
-    from gitar.report import result_line
+    from gitar.loop.result_line import result_line
+    from gitar.store.records import Record, record_dict
 
     def show(record: Record) -> None:
         emit(result_line(record), record_dict(record), as_json)

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gitar import history, state
 from gitar.commands.common import open_workspace
-from gitar.history import Attempt, History
-from gitar.noise import Noise, Spread, pooled_spread
+from gitar.host import state
 from gitar.numbers import bpb, delta, rounded, signed
 from gitar.paths import Paths
+from gitar.review import history
+from gitar.review.history import Attempt, History
+from gitar.review.noise import Noise, Spread, pooled_spread
 
 
 @dataclass(frozen=True)

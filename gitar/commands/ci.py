@@ -11,7 +11,7 @@ pushed. Each job:
    (`gitar run` semantics: record, then move the branch), syncing after each;
 5. syncs once more, so records and branch moves reach the remote.
 
-Every record the job writes is signed with the runner's Ed25519 key (gitar/signing.py:
+Every record the job writes is signed with the runner's Ed25519 key (gitar/store/signing.py:
 GITAR_RUNNER_KEY or ~/.config/gitar/runner-key, made on first use or by `gitar ci --init-key`,
 which prints the public key for ground.json experiment.runner_keys). The key must stay
 out of reach of train.py: the sandbox hides it (signing.key_path()).
@@ -30,17 +30,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitar import confine, integrity, ledger, lock, signing
 from gitar.commands.run import measure_chain
-from gitar.config import ground_at
+from gitar.config.schema import ground_at
 from gitar.errors import GitarError
-from gitar.git import Git
-from gitar.judge import Best, current_best
+from gitar.host import confine, lock
+from gitar.loop import integrity
+from gitar.loop.judge import Best, current_best
+from gitar.loop.recovery import recover
 from gitar.paths import Paths
-from gitar.records import Notebook, Record
-from gitar.recovery import recover
-from gitar.sync import SyncResult, judged, sync, tracking_branch_ref
-from gitar.worktree import move_branch
+from gitar.sharing.sync import SyncResult, judged, sync, tracking_branch_ref
+from gitar.store import ledger, signing
+from gitar.store.branch import move_branch
+from gitar.store.git import Git
+from gitar.store.records import Notebook, Record
 
 
 @dataclass

@@ -6,10 +6,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitar.config import Ground, ground_at
+from gitar.config.schema import Ground, ground_at
 from gitar.errors import GitarError
-from gitar.git import Git
-from gitar.recovery import recover
+from gitar.loop.recovery import recover
+from gitar.store.git import Git
 from gitar.text import safe
 
 

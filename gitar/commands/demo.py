@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from gitar import corpus, sandbox
-from gitar.config import read_json_object
+from gitar.config.schema import read_json_object
+from gitar.demo import corpus
+from gitar.demo.presets import cpu_ground, cpu_model
 from gitar.errors import ExitCode, GitarError
-from gitar.presets import cpu_ground, cpu_model
+from gitar.host import sandbox
 
 # The files a workspace is made of, as this project ships them.
 TEMPLATE_FILES = ("prepare.py", "train.py", "program.md", ".pre-commit-config.yaml", "hooks/gitar-hook")

@@ -3,7 +3,7 @@
 Safe to run twice: on the branch it creates, a second run re-applies the hooks and
 config and changes nothing else.
 
-The branch's base is recorded too (gitar/integrity.py): refs/gitar/base/<branch> names
+The branch's base is recorded too (gitar/loop/integrity.py): refs/gitar/base/<branch> names
 the commit the branch was created on, whose prepare.py and ground.json every experiment
 must keep, and the evaluation data is pinned by hash if it is already prepared (else at
 the branch's first run). A branch made by an older gitar gets its tip as the base.
@@ -16,18 +16,19 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitar import integrity, summary, trust
-from gitar.config import GROUND_FILE, MODEL_FILE, Ground, load_ground, load_model
+from gitar.config.schema import GROUND_FILE, MODEL_FILE, Ground, load_ground, load_model
 from gitar.errors import ExitCode, GitarError
-from gitar.git import Git, clean_env
-from gitar.ledger import Ledger
+from gitar.loop import integrity, trust
 from gitar.paths import read_device, write_device
-from gitar.records import NOTES_REF
-from gitar.summary import SUMMARY_REF
+from gitar.review import summary
+from gitar.review.summary import SUMMARY_REF
+from gitar.store.git import Git, clean_env
+from gitar.store.ledger import Ledger
+from gitar.store.records import NOTES_REF
 
 # Config that makes notes follow the commits they describe and show where people look.
 NOTES_CONFIG = {
-    # Plain `git log` shows each attempt's one line (gitar/summary.py), not its JSON records;
+    # Plain `git log` shows each attempt's one line (gitar/review/summary.py), not its JSON records;
     # `git log --notes=gitar` shows those.
     "notes.displayRef": SUMMARY_REF,
     "notes.rewriteRef": NOTES_REF,  # amend and rebase carry the records (no default otherwise)
@@ -107,7 +108,7 @@ def _configure(git: Git) -> None:
     for key, value in NOTES_CONFIG.items():
         git.run("config", "--replace-all", key, value)  # one value, even where an older setup added more
     summary.refresh(git)  # a notebook gitar did not write (a clone, an older gitar) gets its summary
-    # The hooks start `python -m gitar.hooks` with this interpreter: the one that has gitar and torch.
+    # The hooks start `python -m gitar.loop.hook_entry` with this interpreter: the one that has gitar and torch.
     git.run("config", "gitar.python", sys.executable)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
-from gitar.records import Lesson, Notebook, Record
+from gitar.store.records import Lesson, Notebook, Record
 from gitar.text import LESSON, check_text
 
 

@@ -15,10 +15,10 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
-from gitar import history
 from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
-from gitar.history import Attempt, History
+from gitar.review import history
+from gitar.review.history import Attempt, History
 from gitar.text import json_line
 
 TSV_HEADER = ("commit", "val_bpb", "memory_gb", "status", "description")

@@ -4,7 +4,7 @@ What helped (the lineage of kept improvements), what did not (discards grouped s
 that repeated ideas stand out), what broke and why, what the smoke step refused, what
 nearly worked, what was learned, and how large a difference the noise alone makes.
 Repeats by content (the same train.py and model.json under another description,
-gitar/repeats.py) are listed on their own: the description cannot hide them. Everything comes from the
+gitar/loop/repeats.py) are listed on their own: the description cannot hide them. Everything comes from the
 records in git; nothing depends on the time of the call, so two calls on the same
 history print the same text, and the text never exceeds --max-chars: sections come in
 priority order, each cut with "… N more" when space runs out.
@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar, overload
 
-from gitar import history
 from gitar.commands.best import noise_phrase
 from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
-from gitar.history import FAILED, Attempt, History
 from gitar.numbers import bpb, delta, signed
-from gitar.records import DISCARD, KEEP, REJECTED, SMOKE
+from gitar.review import history
+from gitar.review.history import FAILED, Attempt, History
+from gitar.store.records import DISCARD, KEEP, REJECTED, SMOKE
 from gitar.text import safe
 
 DEFAULT_MAX_CHARS = 6000

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gitar import history
 from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
-from gitar.history import Attempt, History
-from gitar.records import ABORTED, CRASH, DISCARD, KEEP, TIMEOUT
+from gitar.review import history
+from gitar.review.history import Attempt, History
+from gitar.store.records import ABORTED, CRASH, DISCARD, KEEP, TIMEOUT
 from gitar.text import safe
 
 if TYPE_CHECKING:

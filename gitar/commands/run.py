@@ -17,19 +17,21 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from gitar import confine, experiment, ledger, lock
 from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
-from gitar.git import Git
-from gitar.hooks import reject_unfit
-from gitar.judge import Best, current_best
-from gitar.noise import commit_spread
+from gitar.host import confine, lock
+from gitar.loop import experiment
+from gitar.loop.hook_entry import reject_unfit
+from gitar.loop.judge import Best, current_best
 from gitar.numbers import bpb
 from gitar.paths import Paths
-from gitar.records import KEEP, Notebook, Record
-from gitar.sync import judged
+from gitar.review.noise import commit_spread
+from gitar.sharing.sync import judged
+from gitar.store import ledger
+from gitar.store.branch import move_branch
+from gitar.store.git import Git
+from gitar.store.records import KEEP, Notebook, Record
 from gitar.text import subject
-from gitar.worktree import move_branch
 
 
 def run_commit(rev: str = "HEAD", repeat: int = 1, start: str | Path = ".") -> list[Record]:

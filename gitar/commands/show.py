@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from gitar.commands.common import open_workspace
-from gitar.git import Git
-from gitar.records import Lesson, Notebook, Record, record_dict
-from gitar.report import result_line
+from gitar.loop.result_line import result_line
+from gitar.store.git import Git
+from gitar.store.records import Lesson, Notebook, Record, record_dict
 
 DEFAULT_LOG_LINES = 20
 

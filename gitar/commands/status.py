@@ -10,17 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gitar import runner, state
 from gitar.commands.common import open_workspace
-from gitar.config import ground_at
+from gitar.config.schema import ground_at
 from gitar.errors import GitarError
-from gitar.git import Git
-from gitar.history import one_line
-from gitar.judge import Policy, current_best
-from gitar.noise import Noise, branch_noise
+from gitar.host import runner, state
+from gitar.loop.judge import Policy, current_best
 from gitar.numbers import bpb, rounded
 from gitar.paths import Paths
-from gitar.records import UNDECIDED, Notebook, Record
+from gitar.review.history import one_line
+from gitar.review.noise import Noise, branch_noise
+from gitar.store.git import Git
+from gitar.store.records import UNDECIDED, Notebook, Record
 
 
 @dataclass(frozen=True)

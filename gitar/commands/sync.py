@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gitar.git import Git
-from gitar.sync import SyncResult, sync
+from gitar.sharing.sync import SyncResult, sync
+from gitar.store.git import Git
 
 
 def sync_clone(remote: str = "origin", *, push: bool = True, start: str | Path = ".") -> SyncResult:

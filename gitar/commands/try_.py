@@ -4,7 +4,7 @@ This command adds what a plain `git commit` lacks: refusals before anything is
 committed, staging of the agent-owned files only, the lock, a live progress line on
 a terminal (hook output is buffered until the hook ends), and one result line.
 
-When the hooks a commit would run are only gitar's own (gitar/hookset.py), this
+When the hooks a commit would run are only gitar's own (gitar/loop/own_hooks.py), this
 process runs both hook stages itself — the same preflight on an index holding
 exactly what is committed, then the same run — and commits with the hooks off: the
 hooks would only start three more Python processes to reach the same code. Any
@@ -24,17 +24,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gitar import confine, experiment, hooks, lock, preflight, remote_queue, state, stops, trust
 from gitar.commands.common import Workspace, open_workspace
-from gitar.config import MODEL_FILE
+from gitar.config.schema import MODEL_FILE
 from gitar.errors import ExitCode, GitarError
-from gitar.hookset import foreign_hooks
-from gitar.judge import current_best
+from gitar.host import confine, lock, signals, state
+from gitar.loop import experiment, hook_entry, preflight, trust
+from gitar.loop.judge import current_best
+from gitar.loop.own_hooks import foreign_hooks
+from gitar.loop.preflight import check_model_source, check_source, owned
 from gitar.paths import Paths
-from gitar.preflight import check_model_source, check_source, owned
-from gitar.records import Notebook, Record
-from gitar.remote_queue import Queued
-from gitar.sync import check_remote
+from gitar.sharing import remote_queue
+from gitar.sharing.remote_queue import Queued
+from gitar.sharing.sync import check_remote
+from gitar.store.records import Notebook, Record
 from gitar.text import DESCRIPTION, HYPOTHESIS, check_text, subject
 
 
@@ -141,7 +143,7 @@ class _Attempt:
                                            description=self.text, hypothesis=self.hypothesis)
             # From the commit until the run is under way, a stop request waits (see stop_signals_held);
             # the detached runner inherits the wait and ends it when its own run starts.
-            with stops.stop_signals_held():
+            with signals.stop_signals_held():
                 sha = self._commit(index)
                 # A concurrent try is refused naming what runs: this commit, not the one it builds on.
                 self.held.transfer(os.getpid(), commit=sha, description=self.text)
@@ -152,7 +154,7 @@ class _Attempt:
                 if not self.detach:
                     return experiment.execute(git, plan)
                 env = {**os.environ, lock.TOKEN_ENV: self.token, "GITAR_HYPOTHESIS": self.hypothesis or ""}
-                hooks.spawn_detached(git, plan, env)
+                hook_entry.spawn_detached(git, plan, env)
             return self._outcome(sha)
         finally:
             index.unlink(missing_ok=True)
@@ -175,7 +177,7 @@ class _Attempt:
 
     def through_hooks(self) -> Record | Started | Queued:
         env = {lock.TOKEN_ENV: self.token, "GITAR_RUN_ID": self.run_id, "GITAR_DETACH": "1" if self.detach else "0",
-               "GITAR_HYPOTHESIS": self.hypothesis or "", hooks.REMOTE_ENV: self.remote or "",
+               "GITAR_HYPOTHESIS": self.hypothesis or "", hook_entry.REMOTE_ENV: self.remote or "",
                # what the pre-commit stage notes a change the smoke step refuses under (no message yet there)
                preflight.DESCRIPTION_ENV: self.text,
                # the hooks call `python`: make it this interpreter, the one with gitar and torch
@@ -266,7 +268,7 @@ def _watching(paths: Paths, on_progress: Callable[[Paths], None] | None) -> Iter
 
     def watch() -> None:
         # Stop signals are the main thread's: delivered to this thread, they would slip past its hold.
-        signal.pthread_sigmask(signal.SIG_BLOCK, stops.STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals.STOP_SIGNALS)
         while not stop.wait(0.5):
             callback(paths)
 
@@ -292,12 +294,12 @@ def _commit(ws: Workspace, text: str, files: list[str], env: dict[str, str]) -> 
         proc.stdin.write(text.encode())
         proc.stdin.close()
         try:
-            with stops.stop_signals_interrupt():
+            with signals.stop_signals_interrupt():
                 proc.wait()
         except KeyboardInterrupt as stop:
             # A terminal's Ctrl-C reached the hooks too, a signal to gitar alone did not: pass it
             # on if need be, and return only once the run is recorded as aborted.
-            state.stop_hook_run(Paths.of(ws.git), env.get("GITAR_RUN_ID", ""), proc, stops.signal_of(stop))
+            state.stop_hook_run(Paths.of(ws.git), env.get("GITAR_RUN_ID", ""), proc, signals.signal_of(stop))
             raise
         out.seek(0)
         return out.read().decode("utf-8", "replace")

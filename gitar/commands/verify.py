@@ -11,7 +11,7 @@ of the branch (the baseline, kept attempts, re-measurements of the best):
 - its evaluation data hash is the branch's data pin, where this clone has one;
 - it was measured inside the sandbox (a `sandbox` field, not missing and not "off").
 
-And that the notebook is gitar's (gitar/ledger.py, gitar/trust.py): refs/notes/gitar and
+And that the notebook is gitar's (gitar/store/ledger.py, gitar/loop/trust.py): refs/notes/gitar and
 the branch are where gitar left them, and every run a kept commit's value averages was
 written by gitar here, synced by `gitar sync`, accepted by hand, or signed by a runner
 ground.json trusts (experiment.runner_keys). A record that is none of these was written
@@ -38,15 +38,17 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitar import experiment, integrity, lock, signing, trust
-from gitar.config import ground_at
+from gitar.config.schema import ground_at
 from gitar.errors import GitarError
-from gitar.git import Git
-from gitar.judge import sigma_of
-from gitar.ledger import ACCEPTED, SYNCED, Ledger
-from gitar.noise import branch_noise
+from gitar.host import lock
+from gitar.loop import experiment, integrity, trust
+from gitar.loop.judge import sigma_of
 from gitar.paths import Paths
-from gitar.records import KEEP, VERIFY, Notebook, Record
+from gitar.review.noise import branch_noise
+from gitar.store import signing
+from gitar.store.git import Git
+from gitar.store.ledger import ACCEPTED, SYNCED, Ledger
+from gitar.store.records import KEEP, VERIFY, Notebook, Record
 
 
 @dataclass(frozen=True)

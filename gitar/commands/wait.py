@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from gitar import experiment, state
 from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
+from gitar.host import state
+from gitar.loop import experiment
+from gitar.loop.recovery import recover
 from gitar.paths import Paths
-from gitar.records import Notebook, Record
-from gitar.recovery import recover
+from gitar.store.records import Notebook, Record
 
 POLL_S = 0.5
 

@@ -16,7 +16,7 @@ Export: 3.0s
 training_seconds: 21.0
 total_seconds: 35.5
 [gitar] ok, exit 0, 38.0 s
-[gitar] 2026-12-01 18:24:28 run python -m gitar.harness.evaluate --workspace /eval
+[gitar] 2026-12-01 18:24:28 run python -m gitar.loop.evaluator --workspace /eval
 ---
 val_bpb: 2.437260
 """

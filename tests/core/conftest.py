@@ -67,7 +67,7 @@ print("seed: " + os.environ.get("GITAR_SEED", "42"))
 
 
 # A user's own pre-commit hook, appended to .pre-commit-config.yaml: with it, `gitar try` commits
-# through the hooks (gitar/hookset.py) and the marker file shows the hook ran.
+# through the hooks (gitar/loop/own_hooks.py) and the marker file shows the hook ran.
 USER_HOOK_CONFIG = """\
   - repo: local
     hooks:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gitar.git import Git
-from gitar.hookset import foreign_hooks
+from gitar.loop.own_hooks import foreign_hooks
+from gitar.store.git import Git
 from tests.core.conftest import Workspace, fake_train, make_workspace
 
 

@@ -1,4 +1,4 @@
-"""gitar.lock with real processes holding, losing and fighting over the lock."""
+"""gitar.host.lock with real processes holding, losing and fighting over the lock."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from gitar import lock as lockmod
 from gitar.errors import ExitCode, GitarError
-from gitar.lock import LockInfo, acquire, clear_stale, lock_path, new_token, read
+from gitar.host import lock as lockmod
+from gitar.host.lock import LockInfo, acquire, clear_stale, lock_path, new_token, read
 
 REPO = Path(__file__).resolve().parents[2]
 
 HOLDER = """\
 import os, sys
 from pathlib import Path
-from gitar.lock import acquire
+from gitar.host.lock import acquire
 from gitar.errors import GitarError
 
 gitdir, mode, token = Path(sys.argv[1]), sys.argv[2], sys.argv[3] or None

@@ -350,9 +350,9 @@ def test_status_shows_the_phase_and_the_time_left(hermetic: Path, tmp_path: Path
 
 def test_phases_come_from_gitar_and_the_stage_from_the_log(tmp_path: Path) -> None:
     """gitar's phases after the trainer (export, evaluation, judging) with their deadlines."""
-    from gitar import state
     from gitar.commands.status import phase_of, progress_line
-    from gitar.runner import Progress
+    from gitar.host import state
+    from gitar.host.runner import Progress
 
     now = time.time()
     running = state.Running(run_id="r", commit="a" * 40, branch="b", description="d", kind="attempt",
@@ -374,9 +374,9 @@ def test_phases_come_from_gitar_and_the_stage_from_the_log(tmp_path: Path) -> No
 
 
 def test_live_progress_reads_the_log(tmp_path: Path) -> None:
-    from gitar import state
     from gitar.commands.status import progress_line
-    from gitar.runner import read_progress
+    from gitar.host import state
+    from gitar.host.runner import read_progress
 
     log = tmp_path / "run.log"
     log.write_text("starting\nstep 00007 | loss 3.250000 | lrm 1.000 | dt 10ms | tok/s 1 | mfu 1.0% "

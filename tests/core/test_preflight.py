@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gitar.preflight import NO_DESCRIPTION, failing_frame
+from gitar.loop.preflight import NO_DESCRIPTION, failing_frame
 from tests.core.conftest import Workspace, make_workspace
 
 REFUSED = 2

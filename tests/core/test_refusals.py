@@ -117,7 +117,7 @@ def test_nothing_to_try(measured: Workspace) -> None:
 def lock_held_elsewhere(ws: Workspace) -> Iterator[None]:
     """Another live process holds the workspace's experiment lock for the block."""
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from gitar import lock;"
+        "import sys, time; from pathlib import Path; from gitar.host import lock;"
         "l = lock.acquire(Path(sys.argv[1]), purpose='test'); print('held', flush=True); time.sleep(30)"),
         str(ws.root / ".git")], stdout=subprocess.PIPE, text=True)
     try:

@@ -1,4 +1,4 @@
-"""Repeats are recognised by content: the same agent-owned files under a new description (gitar/repeats.py)."""
+"""Repeats are recognised by content: the same agent-owned files under a new description (gitar/loop/repeats.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gitar.git import Git
+from gitar.loop.repeats import CONTENTS_FILE, Change, commit_content, contents, find
 from gitar.paths import Paths
-from gitar.records import DISCARD, Notebook, Record
-from gitar.repeats import CONTENTS_FILE, Change, commit_content, contents, find
+from gitar.store.git import Git
+from gitar.store.records import DISCARD, Notebook, Record
 from tests.core.conftest import Workspace, fake_train, make_workspace
 
 REFUSED, NOT_KEPT = 2, 1

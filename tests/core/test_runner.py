@@ -1,4 +1,4 @@
-"""gitar.runner with real processes: exit paths, timeouts, orphans, signals, log parsing."""
+"""gitar.host.runner with real processes: exit paths, timeouts, orphans, signals, log parsing."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from gitar.errors import GitarError
-from gitar.runner import (
+from gitar.host.runner import (
     Progress,
     RunResult,
     Started,
@@ -295,7 +295,7 @@ def test_failing_on_start_still_kills_the_group(tmp_path: Path) -> None:
 HELPER = """\
 import json, os, signal, sys
 from pathlib import Path
-from gitar.runner import RunInterrupted, run_training
+from gitar.host.runner import RunInterrupted, run_training
 
 work, grace_s = Path(sys.argv[1]), float(sys.argv[2])
 before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}

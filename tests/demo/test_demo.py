@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gitar.commands.demo import STAGES, Stages, build_workspace, default_directory
-from gitar.config import load_ground, load_model
+from gitar.config.schema import load_ground, load_model
 
 
 def test_default_directory_never_reuses_a_taken_one(tmp_path: Path) -> None:

@@ -224,7 +224,7 @@ def _pgrp(pid: int) -> int:
 
 def _add_foreign_hook(root: Path) -> None:
     # Any hook besides gitar's makes `gitar try` commit through git's hooks (the pre-commit
-    # framework, then `python -m gitar.hooks`): the path a plain `git commit` takes.
+    # framework, then `python -m gitar.loop.hook_entry`): the path a plain `git commit` takes.
     hook = root / ".git" / "hooks" / "commit-msg"
     hook.write_text("#!/bin/sh\nexit 0\n")
     hook.chmod(0o755)

@@ -465,9 +465,9 @@ FAULTS = {
 STOP_AFTER_THE_RUN = """
 import os, signal, sys
 from pathlib import Path
-from gitar import runner, stops
+from gitar.host import runner, signals
 tmp = Path(sys.argv[1])
-with stops.stop_signals_held():
+with signals.stop_signals_held():
     result = runner.run_training([sys.executable, "-c", "print('---'); print('val_bpb: 1.0')"], cwd=tmp,
                                  env=dict(os.environ), log_path=tmp / "run.log", crash_path=tmp / "crash.json",
                                  timeout_s=30)

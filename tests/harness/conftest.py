@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from gitar.config import read_json_object
-from gitar.corpus import write_corpus
-from gitar.presets import cpu_ground, cpu_model
+from gitar.config.schema import read_json_object
+from gitar.demo.corpus import write_corpus
+from gitar.demo.presets import cpu_ground, cpu_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Enough stdlib docstrings (~1 MB) for a 2048-token vocabulary and a visible learning curve,

@@ -1,4 +1,4 @@
-"""gitar/corpus.py: the embedded stdlib-docstring corpus."""
+"""gitar/demo/corpus.py: the embedded stdlib-docstring corpus."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from gitar import corpus
+from gitar.demo import corpus
 
 
 def read_texts(paths: list[Path]) -> list[str]:

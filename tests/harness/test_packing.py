@@ -1,4 +1,4 @@
-"""gitar/harness/packing.py: the fast best-fit packer against the plain reference, and the prefetch thread."""
+"""gitar/runtime/packing.py: the fast best-fit packer against the plain reference, and the prefetch thread."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from gitar.harness import packing
-from gitar.harness.packing import BestFitPacker, DocBatch, DocumentBuffer, Prefetcher, with_bos
+from gitar.runtime import packing
+from gitar.runtime.packing import BestFitPacker, DocBatch, DocumentBuffer, Prefetcher, with_bos
 
 BOS = 0
 

@@ -1,4 +1,4 @@
-"""gitar/harness/platform.py: the choices for each GPU generation, CPU and Mac, and the overrides."""
+"""gitar/runtime/platform.py: the choices for each GPU generation, CPU and Mac, and the overrides."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gitar.config import ProcessorConfig
-from gitar.harness import platform
-from gitar.harness.platform import (
+from gitar.config.schema import ProcessorConfig
+from gitar.runtime import platform
+from gitar.runtime.platform import (
     DeviceProbe,
     Platform,
     detect_platform,

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from gitar import corpus
+from gitar.demo import corpus
 from gitar.errors import GitarError
-from gitar.harness.platform import detect_platform, probe_device
+from gitar.runtime.platform import detect_platform, probe_device
 from tests.harness.conftest import clean_env, import_prepare, run_prepare
 from tests.harness.test_packing import reference_rows
 

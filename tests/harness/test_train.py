@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 import train
-from gitar.config import ProcessorConfig, load_model, parse_model
-from gitar.presets import cpu_model
+from gitar.config.schema import ProcessorConfig, load_model, parse_model
+from gitar.demo.presets import cpu_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -188,7 +188,7 @@ def test_compiled_flex_matches_sdpa_on_the_gpu(T, window, n_kv_head):
 
 
 def test_fa3_that_will_not_load_falls_back_to_flex_loudly(capsys, monkeypatch):
-    from gitar.harness import platform
+    from gitar.runtime import platform
     monkeypatch.setattr(platform, "load_flash_attention_3", lambda *a, **k: None)
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -206,7 +206,7 @@ def test_fa3_that_will_not_load_falls_back_to_flex_loudly(capsys, monkeypatch):
 def _hopper_with_fa3():
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
         return None
-    from gitar.harness.platform import load_flash_attention_3
+    from gitar.runtime.platform import load_flash_attention_3
     return load_flash_attention_3()
 
 
@@ -497,7 +497,7 @@ def run_script(workspace: Path, timeout: float = 300, **extra: str) -> subproces
 
 def script_workspace(dest: Path, *, preset: bool) -> Path:
     """prepare.py, train.py, ground.json and model.json: the shipped ones or the CPU preset."""
-    from gitar.presets import cpu_ground
+    from gitar.demo.presets import cpu_ground
 
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("prepare.py", "train.py", "ground.json", "model.json"):

@@ -36,7 +36,7 @@ def test_the_baseline_is_measured_by_the_harness(measured: Measured) -> None:
     assert (evaluation["batch_size"], evaluation["seq_len"], evaluation["dtype"]) == (16, 256, "float32")
     assert isinstance(rec["data_sha256"], str) and len(rec["data_sha256"]) == 64
     log = Path(str(rec["log"])).read_text()
-    assert "causality probe: ok" in log and "gitar.harness.evaluate" in log
+    assert "causality probe: ok" in log and "gitar.loop.evaluator" in log
     assert [line for line in log.splitlines() if line.startswith("val_bpb: ")] == [f"val_bpb: {val_bpb:.6f}"]
     # What the trainer wrote and the evaluator's copies do not outlive the run.
     assert not any((measured.ws.root / ".git" / "gitar" / "runs").iterdir())
@@ -55,7 +55,7 @@ def test_a_try_evaluates_once_in_the_harness_and_never_in_the_trainer(measured: 
     assert rec["status"] in ("keep", "discard") and rec["val_bpb_source"] == "harness", rec
     assert "reported_val_bpb" not in rec
     log = Path(str(rec["log"])).read_text()
-    trainer, *evaluators = log.split("gitar.harness.evaluate")
+    trainer, *evaluators = log.split("gitar.loop.evaluator")
     assert len(evaluators) == 1, "the harness evaluation ran more or less than once"
     trainer_lines = trainer.splitlines()
     assert "Export: " in trainer and not any(line.startswith("Evaluation: ") for line in trainer_lines)

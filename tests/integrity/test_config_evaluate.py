@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gitar.config import parse_ground
+from gitar.config.schema import parse_ground
 from gitar.errors import GitarError
 from tests.conftest import REPO_ROOT
 

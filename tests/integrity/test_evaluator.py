@@ -28,7 +28,7 @@ BATCH = 16  # the CPU preset's evaluation.batch_size
 
 def run_evaluator(workspace: Path, program: Path, out: Path) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GITAR_")} | {"PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "gitar.harness.evaluate", "--workspace", str(workspace),
+    proc = subprocess.run([sys.executable, "-m", "gitar.loop.evaluator", "--workspace", str(workspace),
                            "--program", str(program), "--out", str(out)],
                           cwd=out.parent, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

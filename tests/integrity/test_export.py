@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 import train
-from gitar.config import parse_model
+from gitar.config.schema import parse_model
+from gitar.demo.presets import cpu_model
 from gitar.errors import GitarError
-from gitar.harness import evaluate
-from gitar.presets import cpu_model
+from gitar.loop import evaluator
 from tests.conftest import REPO_ROOT
 from tests.harness.test_train import tiny_gpt
 
@@ -35,15 +35,15 @@ NOISE_FLOOR = 1e-3  # ground.json's experiment.noise_floor
 _edits = itertools.count()
 
 
-def exported(model: nn.Module, tmp_path: Path, batch: int = 3) -> evaluate.ExportedModel:
+def exported(model: nn.Module, tmp_path: Path, batch: int = 3) -> evaluator.ExportedModel:
     path = tmp_path / "model.pt2"
     model.eval()
     train.export_for_evaluation(model, path, batch, SEQ)
-    return evaluate.ExportedModel(load(path))
+    return evaluator.ExportedModel(load(path))
 
 
 def load(path: Path) -> torch.export.ExportedProgram:
-    return evaluate.load_program(path.read_bytes(), path.name)
+    return evaluator.load_program(path.read_bytes(), path.name)
 
 
 def tokens(batch: int = 3, seed: int = 0) -> torch.Tensor:
@@ -73,7 +73,7 @@ def test_export_under_bf16_autocast_on_cuda_matches_the_eager_model(tmp_path: Pa
     path = tmp_path / "model.pt2"
     with torch.autocast("cuda", dtype=torch.bfloat16):
         train.export_for_evaluation(model, path, 3, SEQ)
-    program = evaluate.ExportedModel(load(path))
+    program = evaluator.ExportedModel(load(path))
     x = tokens().cuda()
     with torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
         torch.testing.assert_close(program(x), model(x), rtol=1e-2, atol=1e-2)
@@ -87,9 +87,9 @@ def test_export_keeps_the_attention_backend_and_records_the_input_shape(tmp_path
     path = tmp_path / "model.pt2"
     train.export_for_evaluation(model.eval(), path, 5, SEQ)
     assert all(m.backend == "sdpa" for m in model.modules() if isinstance(m, train.CausalSelfAttention))
-    assert evaluate.input_shape(load(path), SEQ) == (5, SEQ)
+    assert evaluator.input_shape(load(path), SEQ) == (5, SEQ)
     with pytest.raises(GitarError, match=r"must be int64 token ids of shape \[batch, 32\]"):
-        evaluate.input_shape(load(path), 32)
+        evaluator.input_shape(load(path), 32)
 
 
 def test_a_model_that_cannot_be_exported_is_a_clear_error(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_pickled_python_objects_in_the_archive_are_refused(tmp_path: Path, monke
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(torch, "load", spy)
-    with evaluate._tensors_only():
+    with evaluator._tensors_only():
         torch.load(pickle_file(tmp_path), weights_only=False)
         with pytest.raises(GitarError, match="pickled Python object"):
             pickle.loads(pickle.dumps({"a": 1}))
@@ -174,17 +174,17 @@ def trained_looking(model: nn.Module) -> nn.Module:
 
 
 def evaluation(model: nn.Module, batches: int = 4, rows: int = 3, probes_per_batch: int = 1, seed: int = 7,
-               autocast: str | None = None) -> evaluate.Probe:
+               autocast: str | None = None) -> evaluator.Probe:
     """The probe as prepare.evaluate_bpb drives it: one scored forward per batch, `batches` batches.
     A fixed seed keeps the tests deterministic (the evaluator draws its seed from OS entropy)."""
-    probed = evaluate.ProbedModel(model, VOCAB, NOISE_FLOOR, probes_per_batch, seed=seed)
+    probed = evaluator.ProbedModel(model, VOCAB, NOISE_FLOOR, probes_per_batch, seed=seed)
     compute = torch.autocast(autocast, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     device = next(model.buffers(), torch.zeros(0)).device
     try:
         with compute, torch.no_grad():
             for i in range(batches):
                 probed(tokens(rows, seed=i).to(device))
-    except evaluate.CausalityLeak as leak:
+    except evaluator.CausalityLeak as leak:
         return leak.probe
     return probed.result()
 
@@ -205,7 +205,7 @@ def test_an_honest_model_exported_under_bf16_autocast_passes_with_no_change(tmp_
     path = tmp_path / "model.pt2"
     with torch.autocast("cpu", dtype=torch.bfloat16):
         train.export_for_evaluation(model, path, 3, SEQ)
-    result = evaluation(evaluate.ExportedModel(load(path)), batches=4, probes_per_batch=2, autocast="cpu")
+    result = evaluation(evaluator.ExportedModel(load(path)), batches=4, probes_per_batch=2, autocast="cpu")
     assert result.ok and result.max_diff == 0.0 and result.positions == 4 * 3 * 2
 
 
@@ -249,12 +249,12 @@ class NextTokenLeak(nn.Module):
         return self.head(self.emb(x)) + self.eps * nxt * where[..., None]
 
 
-def program_of(model: nn.Module, tmp_path: Path, autocast: str | None = None) -> evaluate.ExportedModel:
+def program_of(model: nn.Module, tmp_path: Path, autocast: str | None = None) -> evaluator.ExportedModel:
     path = tmp_path / "model.pt2"
     compute = torch.autocast(autocast, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with compute, torch.no_grad():
         torch.export.save(torch.export.export(model.eval(), (tokens(),)), path)
-    return evaluate.ExportedModel(load(path))
+    return evaluator.ExportedModel(load(path))
 
 
 @pytest.mark.parametrize("autocast", [None, "cpu"], ids=["float32", "bf16-autocast"])
@@ -301,18 +301,18 @@ def test_a_leak_at_a_few_positions_picked_by_content_is_caught_over_many_batches
 
 def test_the_probe_draws_fresh_positions_from_os_entropy_each_evaluation() -> None:
     model = NextTokenLeak(0.0)
-    seeds = {evaluate.ProbedModel(model, VOCAB, NOISE_FLOOR).seed for _ in range(4)}
+    seeds = {evaluator.ProbedModel(model, VOCAB, NOISE_FLOOR).seed for _ in range(4)}
     assert len(seeds) == 4
 
 
 def test_the_detectable_leak_fraction_and_the_tolerance() -> None:
     # The README's figures: the CPU preset scores 16 batches of 16 rows, the H100 default 10240 rows.
-    assert evaluate.detectable_fraction(65536 // 256) == pytest.approx(0.0526, abs=1e-4)
-    assert evaluate.detectable_fraction(20971520 // 2048) == pytest.approx(0.001348, abs=1e-6)
-    assert evaluate.detectable_fraction(0) == 1.0
-    assert evaluate.probe_tolerance(1e-3) == pytest.approx(6.931e-4, abs=1e-7)
+    assert evaluator.detectable_fraction(65536 // 256) == pytest.approx(0.0526, abs=1e-4)
+    assert evaluator.detectable_fraction(20971520 // 2048) == pytest.approx(0.001348, abs=1e-6)
+    assert evaluator.detectable_fraction(0) == 1.0
+    assert evaluator.probe_tolerance(1e-3) == pytest.approx(6.931e-4, abs=1e-7)
 
 
 def test_the_probe_count_per_batch_is_at_least_one() -> None:
     with pytest.raises(SystemExit):
-        evaluate.main(["--workspace", ".", "--program", "m.pt2", "--out", "r.json", "--probes-per-batch", "0"])
+        evaluator.main(["--workspace", ".", "--program", "m.pt2", "--out", "r.json", "--probes-per-batch", "0"])

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from gitar import signing
-from gitar.records import Record, record_dict
+from gitar.store import signing
+from gitar.store.records import Record, record_dict
 from tests.core.conftest import Workspace, make_workspace
 
 BRANCH = "autoresearch/t1"

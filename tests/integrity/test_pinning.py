@@ -132,7 +132,7 @@ def test_init_twice_keeps_the_base_and_a_new_branch_gets_its_own(measured: Measu
 def test_the_running_state_goes_through_gitars_phases_with_their_deadlines(measured: Measured) -> None:
     """The real train.py and the harness evaluation: each phase written by gitar as it enters it,
     the trainer's and the evaluator's own hard deadlines, and no phase taken from the trainer's log."""
-    from gitar.state import PHASES
+    from gitar.host.state import PHASES
 
     ws = measured.ws
     source = (ws.root / "train.py").read_text()

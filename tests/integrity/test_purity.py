@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from gitar.errors import GitarError
-from gitar.harness import evaluate
+from gitar.loop import evaluator
 from tests.integrity.test_export import SEQ, VOCAB, evaluation, load, tokens
 
 ROWS = 3
@@ -122,7 +122,7 @@ def test_in_place_arithmetic_on_the_programs_own_tensors_is_fine(tmp_path: Path)
             h[:, :, 0] = 0.0
             return torch.relu_(h)
 
-    model = evaluate.ExportedModel(load(save(export(InPlace()), tmp_path)))
+    model = evaluator.ExportedModel(load(save(export(InPlace()), tmp_path)))
     assert evaluation(model).ok
 
 
@@ -156,7 +156,7 @@ def test_dropout_in_eval_mode_and_attention_without_dropout_are_fine(tmp_path: P
             h = self.drop(self.emb(x))[:, None]
             return torch.nn.functional.scaled_dot_product_attention(h, h, h, is_causal=True)[:, 0]
 
-    assert evaluation(evaluate.ExportedModel(load(save(export(Attention()), tmp_path)))).ok
+    assert evaluation(evaluator.ExportedModel(load(save(export(Attention()), tmp_path)))).ok
 
 
 def test_uninitialised_memory_is_refused(tmp_path: Path) -> None:
@@ -186,7 +186,7 @@ def test_higher_order_operators_beyond_autocast_and_no_grad_are_refused(tmp_path
             with torch.no_grad():
                 return h.float() + 1
 
-    assert evaluation(evaluate.ExportedModel(load(save(export(Regions()), tmp_path)))).ok
+    assert evaluation(evaluator.ExportedModel(load(save(export(Regions()), tmp_path)))).ok
 
     class Branching(nn.Module):
         def __init__(self) -> None:
@@ -203,7 +203,7 @@ def test_higher_order_operators_beyond_autocast_and_no_grad_are_refused(tmp_path
 
 def test_state_a_check_missed_does_not_outlive_the_call() -> None:
     # Unchecked on purpose (export's program, not load_program's): the runner's own isolation.
-    model = evaluate.ExportedModel(export(Counting(honest_calls=1)))
+    model = evaluator.ExportedModel(export(Counting(honest_calls=1)))
     x = tokens(ROWS)
     with torch.no_grad():
         first, second = model(x), model(x)
@@ -223,8 +223,8 @@ def test_the_program_never_sees_the_loaders_storage(tmp_path: Path) -> None:
             return self.emb(x) + 5.0 * torch.nn.functional.one_hot(targets, VOCAB).float()
 
     pair = torch.stack([tokens(ROWS), tokens(ROWS, seed=1)])
-    program = evaluate.ExportedModel(load(save(export(PastTheEnd(), example=pair[0]), tmp_path)))
-    probed = evaluate.ProbedModel(program, VOCAB, 1e-3)
+    program = evaluator.ExportedModel(load(save(export(PastTheEnd(), example=pair[0]), tmp_path)))
+    probed = evaluator.ProbedModel(program, VOCAB, 1e-3)
     with torch.no_grad(), pytest.raises(RuntimeError, match="out of bounds for storage"):
         probed(pair[0])
 
@@ -239,4 +239,4 @@ def test_only_aten_operators_and_pure_builtins_are_allowed(target: object, why: 
     [add] = [n for n in program.graph.nodes if n.target is torch.ops.aten.add.Tensor]
     add.target = target  # the graph as a cheat could write it; checked in memory (it need not serialise)
     with pytest.raises(GitarError, match=why):
-        evaluate.check_program(program)
+        evaluator.check_program(program)

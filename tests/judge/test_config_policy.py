@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from gitar.config import load_ground, parse_ground
+from gitar.config.schema import load_ground, parse_ground
 from gitar.errors import GitarError
-from gitar.judge import Policy
+from gitar.loop.judge import Policy
 from tests.conftest import REPO_ROOT
 
 SHIPPED: dict[str, Any] = json.loads((REPO_ROOT / "ground.json").read_text())

@@ -7,9 +7,9 @@ import statistics
 
 import pytest
 
-from gitar.judge import Best, Policy, Sigma, decide, judge, sigma_of, threshold
-from gitar.noise import MAD_TO_STD, Noise, noise_from, pooled_spread
-from gitar.records import Record
+from gitar.loop.judge import Best, Policy, Sigma, decide, judge, sigma_of, threshold
+from gitar.review.noise import MAD_TO_STD, Noise, noise_from, pooled_spread
+from gitar.store.records import Record
 
 BEST = Best(commit="b" * 40, val_bpb=1.0, runs=1)
 MEASURED = Sigma(0.002, "σ measured")

@@ -15,8 +15,8 @@ import pytest
 from benchmarks.bench_loop import synthesise_history
 from gitar.commands.log import tsv_text
 from gitar.commands.memory import _NUMBER, Section, fit, normalise
-from gitar.history import Attempt, attempt, tsv_status
-from gitar.records import Lesson, Record, parse_lines
+from gitar.review.history import Attempt, attempt, tsv_status
+from gitar.store.records import Lesson, Record, parse_lines
 from tests.core.conftest import Workspace
 
 
@@ -175,7 +175,7 @@ def _run(i: int, status: str, content: str | None, *, branch: str = "autoresearc
 
 def test_memory_lists_repeats_by_content_and_the_ideas_the_smoke_step_refused() -> None:
     from gitar.commands.memory import render
-    from gitar.history import History
+    from gitar.review.history import History
 
     same = "a" * 64
     attempts = [

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gitar.records import Lesson, Record, parse_lines
+from gitar.store.records import Lesson, Record, parse_lines
 from tests.core.conftest import Workspace
 
 # A description as a forger would write it: a screen clear, a window title (OSC), colour,
@@ -113,8 +113,8 @@ def test_status_escapes_the_running_experiment(forged: Workspace) -> None:
 
 
 def test_the_live_line_is_escaped(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from gitar import state
     from gitar.cli.loop import _live_progress
+    from gitar.host import state
     from gitar.paths import Paths
 
     # running.json is train.py-writable: the commit the live line names may be anything too.

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gitar import history, notes_cache, records
-from gitar.git import Git
-from gitar.records import NOTES_REF, Notebook
+from gitar.review import history
+from gitar.store import notes_cache, records
+from gitar.store.git import Git
+from gitar.store.records import NOTES_REF, Notebook
 from tests.review.conftest import Built
 
 COMMANDS = (("log",), ("log", "--json"), ("log", "--tsv"), ("log", "--all"), ("memory",), ("best",), ("best", "--json"))

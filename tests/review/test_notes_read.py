@@ -17,13 +17,14 @@ import pygit2
 import pytest
 
 from benchmarks.bench_loop import synthesise_history
-from gitar import history, notes_read, records
-from gitar.git import Git
-from gitar.notes_read import note_blobs
-from gitar.records import NOTES_REF
+from gitar.review import history
+from gitar.store import notes, records
+from gitar.store.git import Git
+from gitar.store.notes import note_blobs
+from gitar.store.records import NOTES_REF
 from tests.core.conftest import Workspace
 
-STREAMED, IN_PROCESS = 1, 10**9  # notes_read.STREAM_FROM: from how many notes git streams them
+STREAMED, IN_PROCESS = 1, 10**9  # notes.STREAM_FROM: from how many notes git streams them
 
 
 def _reference(ws: Workspace) -> list[tuple[str, bytes]]:
@@ -47,10 +48,10 @@ def long_notebook(workspace: Workspace) -> Workspace:
 
 @pytest.mark.parametrize("stream_from", [STREAMED, IN_PROCESS], ids=["streamed", "in-process"])
 def test_every_note_in_git_order(long_notebook: Workspace, stream_from: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(notes_read, "STREAM_FROM", stream_from)
+    monkeypatch.setattr(notes, "STREAM_FROM", stream_from)
     # Each way alone: streamed, nothing may be left for the in-process walk to fill in.
     unused = "_walk" if stream_from == STREAMED else "_streamed"
-    monkeypatch.setattr(notes_read, unused, lambda *_: pytest.fail(f"{unused} was used"))
+    monkeypatch.setattr(notes, unused, lambda *_: pytest.fail(f"{unused} was used"))
     got = list(note_blobs(Git.discover(long_notebook.root), NOTES_REF))
     assert len(got) == 300
     assert got == _reference(long_notebook)
@@ -68,7 +69,7 @@ def test_a_git_that_stops_part_way_costs_only_speed(long_notebook: Workspace, tm
                     f'exec "{real}" "$@"\n')
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(notes_read, "STREAM_FROM", STREAMED)
+    monkeypatch.setattr(notes, "STREAM_FROM", STREAMED)
     assert list(note_blobs(Git.discover(long_notebook.root), NOTES_REF)) == expected
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # no git at all
     assert list(note_blobs(Git.discover(long_notebook.root), NOTES_REF)) == expected
@@ -92,7 +93,7 @@ def test_history_is_the_same_either_way(long_notebook: Workspace, monkeypatch: p
     git = Git.discover(long_notebook.root)
     loaded = []
     for stream_from in (STREAMED, IN_PROCESS):
-        monkeypatch.setattr(notes_read, "STREAM_FROM", stream_from)
+        monkeypatch.setattr(notes, "STREAM_FROM", stream_from)
         monkeypatch.setattr(records, "_warned", set())  # each read warns afresh
         h = history.load(git, "autoresearch/t1")
         loaded.append(([(a.commit, a.status, a.val_bpb, a.runs) for a in h.attempts], h.lineage, h.counts))

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gitar import history
 from gitar.commands import plot
-from gitar.history import History
-from gitar.records import ABORTED, CRASH, DISCARD, KEEP, TIMEOUT, UNDECIDED, Record
+from gitar.review import history
+from gitar.review.history import History
+from gitar.store.records import ABORTED, CRASH, DISCARD, KEEP, TIMEOUT, UNDECIDED, Record
 
 BRANCH = "autoresearch/t1"
 T0 = 1_767_225_600.0  # 2026-01-01

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gitar.git import Git
-from gitar.integrity import base_ref, data_ref, load_data_pin, save_data_pin
-from gitar.sync import sync
+from gitar.loop.integrity import base_ref, data_ref, load_data_pin, save_data_pin
+from gitar.sharing.sync import sync
+from gitar.store.git import Git
 from tests.scale.conftest import BRANCH, Lab, commit_train, run_job
 
 PIN = {"data/shard_06542.parquet": "ab" * 32, "tokenizer/manifest.json": "cd" * 32}

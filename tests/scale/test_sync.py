@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gitar import sync as sync_module
-from gitar.git import Git
-from gitar.records import Notebook, Record
-from gitar.sync import sync
+from gitar.sharing import sync as sync_module
+from gitar.sharing.sync import sync
+from gitar.store.git import Git
+from gitar.store.records import Notebook, Record
 from tests.core.conftest import Workspace
 from tests.scale.conftest import Lab
 
@@ -26,9 +26,9 @@ WRITER = textwrap.dedent("""
     import time
 
     import pygit2
-    from gitar.git import Git
-    from gitar.records import Notebook, Record
-    from gitar.sync import sync
+    from gitar.store.git import Git
+    from gitar.store.records import Notebook, Record
+    from gitar.sharing.sync import sync
 
     root, name, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
     git = Git.discover(root)
@@ -117,7 +117,7 @@ def test_a_local_unpushed_record_survives_a_sync_against_diverged_notes(lab: Lab
 
 
 def test_sync_brings_the_summary_for_git_up_to_the_merged_records(lab: Lab) -> None:
-    from gitar.summary import SUMMARY_REF, summary_text
+    from gitar.review.summary import SUMMARY_REF, summary_text
 
     a, b = lab.clone("a"), lab.clone("b")
     ga, gb = Git.discover(a.root), Git.discover(b.root)

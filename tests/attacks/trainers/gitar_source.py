@@ -4,10 +4,10 @@ def on_start() -> None:
     import importlib.util
 
     try:
-        spec = importlib.util.find_spec("gitar.harness.evaluate")
+        spec = importlib.util.find_spec("gitar.loop.evaluator")
         path = spec.origin if spec is not None else None
         if path is None:
-            raise OSError("gitar.harness.evaluate not found")
+            raise OSError("gitar.loop.evaluator not found")
         with open(path) as f:
             src = f.read()
         old = 'return {"val_bpb": val_bpb, **info}'

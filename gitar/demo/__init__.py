@@ -1,0 +1,1 @@
+"""The demo workspace: the CPU preset and the embedded corpus."""

@@ -1,0 +1,135 @@
+"""The running experiment, as a small JSON file beside the lock.
+
+Written when a run starts and removed when its record is written. If gitar dies
+in between (SIGKILL, power loss), the file is what the next gitar command uses to
+kill what is left of the training process and record the attempt as aborted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from contextlib import suppress
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from gitar.host.processes import process_alive
+from gitar.paths import Paths
+
+# What gitar is doing for a run, as it knows it itself (never from what train.py prints): each
+# change is written here by the process running the experiment, the only writer, so `gitar
+# status` in another process and the live line of `gitar try` can show it.
+STARTING = "start-up"  # writing the snapshot, setting up the sandbox: the trainer is not started yet
+TRAINING = "training"  # the trainer runs: its start-up, compilation, training and export are all in here
+EXPORT = "export"  # the trainer has exited; gitar copies and hashes its export and the evaluation data
+EVALUATION = "evaluation"  # gitar's harness evaluator measures the export
+JUDGING = "judging"  # the number is in: judging, recording, keeping or moving the branch back
+PHASES = (STARTING, TRAINING, EXPORT, EVALUATION, JUDGING)
+
+_GROUP_SIGNAL_S = 0.3  # git exits this fast when a terminal's Ctrl-C reached it too
+_RECORD_WAIT_S = 30.0  # the runner's grace for the trainer (10 s) and SIGKILL (5 s), with room
+
+
+@dataclass(frozen=True)
+class Running:
+    run_id: str
+    commit: str
+    branch: str
+    description: str
+    kind: str  # attempt | baseline | rerun
+    best_commit: str | None  # where the branch goes back to if the attempt is not kept
+    move_branch: bool  # False for `gitar run` of an existing commit: the branch never moves
+    started: float
+    budget_s: float
+    timeout_s: float
+    log: str
+    pid: int  # the gitar process that runs the experiment
+    pgid: int | None = None  # the training process group, once started
+    seed: int | None = None
+    # The process gitar started for the run (bwrap), identified beyond its pid: recovery kills
+    # only a process whose start time matches, or what is in the run's namespace or cgroup.
+    trainer_pid: int | None = None
+    trainer_start: int | None = None
+    pid_namespace: int | None = None
+    sandbox: str | None = None
+    phase: str | None = None  # one of PHASES (None: written by an older gitar)
+    phase_started: float | None = None  # when this phase began (epoch seconds)
+    # When gitar stops the process of this phase (epoch seconds): the trainer's hard timeout, then
+    # the evaluator's (what is left of experiment.timeout_s). None while no timed process runs.
+    deadline: float | None = None
+    evaluate: str | None = None  # ground.json experiment.evaluate of the run: "harness" or "reported"
+
+    def save(self, paths: Paths) -> None:
+        paths.running.parent.mkdir(parents=True, exist_ok=True)
+        tmp = paths.running.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(asdict(self)))
+        os.replace(tmp, paths.running)
+
+    def with_(self, **changes: Any) -> Running:
+        return replace(self, **changes)
+
+
+def load(paths: Paths) -> Running | None:
+    try:
+        data = json.loads(paths.running.read_text())
+        return Running(**data)
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError, RecursionError):
+        # A torn write cannot happen (os.replace), so this is damage: treat as nothing running.
+        return None
+
+
+def judged_tip(paths: Paths, branch: str, tip: str | None) -> str | None:
+    """The commit that is the branch's best for review (status, best, memory): its tip, except
+    while an attempt runs there. `git commit` puts the branch on the attempt before it is
+    judged, so until its record is written the best is the one the attempt is judged against,
+    which the running state names (None: no best yet). A rerun never moves the branch.
+    """
+    running = load(paths)
+    if (tip is not None and running is not None and running.move_branch and running.branch == branch
+            and running.commit == tip):
+        return running.best_commit
+    return tip
+
+
+def clear(paths: Paths, run_id: str) -> None:
+    current = load(paths)
+    if current is not None and current.run_id == run_id:
+        paths.running.unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether the process that runs an experiment still runs (a zombie does not)."""
+    return process_alive(pid)
+
+
+def stop_hook_run(paths: Paths, run_id: str, commit: subprocess.Popen[bytes], signum: int) -> None:
+    """`gitar try` was stopped while `git commit` runs its hooks: see the run stop and be recorded.
+
+    Ctrl-C at a terminal reaches the whole foreground process group, hooks included, and
+    git exits at once. A signal sent to gitar alone (kill, an agent's harness) reaches
+    nobody else: it is passed on to the runner named in the running state, once its run is
+    under way (before that the commit is still being checked, and stopping git there could
+    leave a commit that no hook records). Returns when git has exited and the run is
+    recorded, or its runner is gone and the next gitar command records it.
+    """
+    try:
+        commit.wait(timeout=_GROUP_SIGNAL_S)
+    except subprocess.TimeoutExpired:
+        while commit.poll() is None:
+            running = load(paths)
+            if running is not None and running.run_id == run_id and pid_alive(running.pid):
+                with suppress(ProcessLookupError):
+                    os.kill(running.pid, signum)
+                break
+            time.sleep(0.05)
+        commit.wait()
+    deadline = time.monotonic() + _RECORD_WAIT_S
+    while time.monotonic() < deadline:
+        running = load(paths)
+        if running is None or running.run_id != run_id or not pid_alive(running.pid):
+            return
+        time.sleep(0.05)

@@ -1,0 +1,453 @@
+"""What keeps the number honest: the branch's pinned base, the harness hash and the data pin.
+
+An agent optimising val_bpb finds every shortcut, so what measures a run must not be
+something the run can change:
+
+- the harness (prepare.py and ground.json) of every commit on an experiment branch must
+  hash to the harness of the branch's base, the commit `gitar init` created the branch on
+  (kept alive by the ref refs/gitar/base/<branch>); a commit that differs is rejected
+  before it trains, whatever hooks it bypassed;
+- the files the evaluation reads (the tokenizer and the pinned validation shard) are
+  hashed when a branch is first measured and must hash the same before every run and
+  again after train.py has exited, when gitar copies them for the evaluator: each is
+  read once, hashed as it is copied, and the evaluator reads only the copy;
+- the recorded val_bpb comes from gitar/loop/evaluator.py, a separate process in a
+  sandbox of its own that runs only the pinned prepare.py on the model train.py exported
+  (see measure()).
+
+train.py itself runs in a sandbox (gitar/host/sandbox.py, gitar/host/confine.py) that cannot write
+any of this, sees neither the validation shard nor gitar's state, and whose processes all
+end with it; these checks are what holds when ground.json turns the sandbox off, and
+what `gitar verify` re-checks afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import stat
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from gitar.config.schema import GROUND_FILE, Ground
+from gitar.host import confine, runner
+from gitar.loop.preflight import owned
+from gitar.paths import Paths
+from gitar.store.git import Git, clean_env
+from gitar.store.records import REJECTED
+
+HARNESS_FILES = ("prepare.py", GROUND_FILE)
+BASE_PREFIX = "refs/gitar/base/"
+HARNESS, REPORTED = "harness", "reported"  # ground.json experiment.evaluate: where val_bpb comes from
+EXPORT_ENV = "GITAR_EXPORT_PATH"  # where train.py saves its trained model for the harness evaluation
+# train.py's own val_bpb line and the harness's number of the same model agree to float noise
+# (the same data and code, eager vs exported graph); more than this is worth a note in the record.
+REPORTED_TOLERANCE = 1e-3
+_HASH_CHUNK = 1 << 20
+
+
+# ---------------------------------------------------------------------------
+# The harness and the branch base
+# ---------------------------------------------------------------------------
+
+
+def harness_sha256(git: Git, sha: str) -> str:
+    """One hash over the evaluation harness of a commit, so a record says what measured it."""
+    h = hashlib.sha256()
+    for name in HARNESS_FILES:
+        h.update(name.encode() + b"\0")
+        h.update(git.blob_at(sha, name) or b"<missing>")
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def base_ref(branch: str) -> str:
+    return BASE_PREFIX + branch
+
+
+def base_commit(git: Git, branch: str) -> str | None:
+    """The commit the branch was created on: its harness is the one every experiment must keep."""
+    return git.ref_target(base_ref(branch))
+
+
+def record_base(git: Git, branch: str, sha: str) -> None:
+    git.pin(base_ref(branch), sha, f"gitar: base of {branch}")
+
+
+def ensure_base(git: Git, branch: str, fallback: str) -> str:
+    """The branch's base. A branch without one (made by an older gitar, or fetched into a clone
+    where `gitar init` never ran) takes `fallback`, the commit its first measured run builds on."""
+    base = base_commit(git, branch)
+    if base is None:
+        record_base(git, branch, fallback)
+        base = fallback
+    return base
+
+
+def harness_refusal(git: Git, sha: str, base: str) -> str | None:
+    """Why the commit may not be measured on a branch with this base (another harness), or None."""
+    if harness_sha256(git, sha) != harness_sha256(git, base):
+        changed = [name for name in HARNESS_FILES if git.blob_at(sha, name) != git.blob_at(base, name)]
+        return (f"harness differs from the branch base {base[:7]}: {'/'.join(changed) or 'prepare.py/ground.json'} "
+                "changed; experiments may change only the agent-owned files")
+    return None
+
+
+def ownership_refusal(git: Git, sha: str, base: str, agent_owned: tuple[str, ...]) -> str | None:
+    """Why the commit may not be measured: it changes files only the user may change, or None.
+
+    The pre-commit hook refuses such a commit where it is made; this catches the ones made
+    without it (`--no-verify`, another clone, pushed for a runner), against the branch base.
+    """
+    changed = [p for p in git.out("diff", "--name-only", "--no-renames", base, sha).splitlines() if p]
+    foreign = [p for p in changed if not owned(p, agent_owned)]
+    if not foreign:
+        return None
+    more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+    return (f"changes files that are not agent-owned since the branch base {base[:7]}: "
+            f"{', '.join(foreign[:3])}{more}; experiments may change only {', '.join(agent_owned)}")
+
+
+# ---------------------------------------------------------------------------
+# The evaluation data and its pin
+# ---------------------------------------------------------------------------
+
+
+def evaluation_files(ground: Ground) -> dict[str, Path]:
+    """The files prepare.evaluate_bpb reads, by their path in the cache (prepare.py's layout)."""
+    cache = ground.cache_dir
+    names = ("tokenizer/manifest.json", "tokenizer/ranks.tiktoken", "tokenizer/token_bytes.pt",
+             f"data/shard_{ground.data.val_shard:05d}.parquet")
+    return {name: cache / name for name in names}
+
+
+def hash_evaluation_data(ground: Ground) -> dict[str, str] | None:
+    """sha256 of each evaluation file; None if any is missing (the data is not prepared)."""
+    out: dict[str, str] = {}
+    for name, path in evaluation_files(ground).items():
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(_HASH_CHUNK):
+                    h.update(chunk)
+        except OSError:
+            return None
+        out[name] = h.hexdigest()
+    return out
+
+
+def data_digest(files: Mapping[str, str]) -> str:
+    """One hash over the per-file hashes, for the record."""
+    return hashlib.sha256("".join(f"{k} {v}\n" for k, v in sorted(files.items())).encode()).hexdigest()
+
+
+def changed_files(expected: Mapping[str, str], actual: Mapping[str, str] | None) -> list[str]:
+    if actual is None:
+        return sorted(expected)
+    return sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+
+
+DATA_PREFIX = "refs/gitar/data/"
+
+
+def data_ref(branch: str) -> str:
+    return DATA_PREFIX + branch
+
+
+def _legacy_pin_path(paths: Paths, branch: str) -> Path:
+    # Where gitar 0.1 kept the pin, one file per branch; read once and moved into git.
+    return paths.base / "bases" / (branch.replace("%", "%25").replace("/", "%2F") + ".json")
+
+
+def _parse_pin(raw: bytes) -> dict[str, str] | None:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    data = obj.get("data") if isinstance(obj, dict) else None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        return None
+    return {str(k): v for k, v in data.items()}
+
+
+def load_data_pin(git: Git, branch: str) -> dict[str, str] | None:
+    """The sha256 of each evaluation file the branch was first measured on, or None.
+
+    The pin is a JSON blob that refs/gitar/data/<branch> points at: in git, so `gitar sync`
+    carries it to runners and other clones beside the base ref, and gc keeps it.
+    """
+    raw = git.ref_blob(data_ref(branch))
+    if raw is not None:
+        return _parse_pin(raw)
+    legacy = _legacy_pin_path(Paths(git.common_dir), branch)
+    try:
+        pinned = _parse_pin(legacy.read_bytes())
+    except OSError:
+        return None
+    if pinned is not None:
+        save_data_pin(git, branch, pinned)
+    return pinned
+
+
+def save_data_pin(git: Git, branch: str, files: Mapping[str, str]) -> None:
+    """Create the branch's pin; a pin that exists already (another process, a sync) is kept."""
+    body = json.dumps({"branch": branch, "data": dict(sorted(files.items()))}, indent=1) + "\n"
+    blob = git.out("hash-object", "-w", "--stdin", input=body)
+    git.run("update-ref", "-m", f"gitar: data pin of {branch}", data_ref(branch), blob, "", check=False)
+
+
+def forget_data_pin(git: Git, branch: str) -> None:
+    git.delete_ref(data_ref(branch))
+    _legacy_pin_path(Paths(git.common_dir), branch).unlink(missing_ok=True)
+
+
+def pin_data(git: Git, branch: str, ground: Ground) -> dict[str, str] | None:
+    """The branch's data pin, made from the files as they are now if it has none yet."""
+    pinned = load_data_pin(git, branch)
+    if pinned is not None:
+        return pinned
+    files = hash_evaluation_data(ground)
+    if files is not None:
+        save_data_pin(git, branch, files)
+        return load_data_pin(git, branch)  # the pin that won, should another process have made one
+    return files
+
+
+def data_refusal(git: Git, branch: str, ground: Ground) -> str | None:
+    """Why the branch's evaluation data cannot be trusted now, or None (the data may be unprepared:
+    training then fails on its own, with prepare.py's message)."""
+    pinned = pin_data(git, branch, ground)
+    if pinned is None:
+        return None
+    changed = changed_files(pinned, hash_evaluation_data(ground))
+    if changed:
+        return (f"evaluation data differs from what {branch} was first measured on: {', '.join(changed)} "
+                f"changed in {ground.cache_dir}; restore it (`python prepare.py`) or start a new branch "
+                "with `gitar init TAG`")
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The measurement: the harness evaluation of what train.py exported
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The number a run is judged on and where it came from."""
+
+    status: str  # ok | crash | timeout | rejected: the run as the judge sees it
+    val_bpb: float | None
+    source: str | None  # harness | reported
+    reported: float | None  # train.py's own val_bpb line
+    reason: str = ""  # why a run that trained is rejected
+    error: dict[str, Any] | None = None  # a failure after training (export missing, evaluator crashed)
+    evaluation: dict[str, Any] | None = None  # what the evaluator reports besides val_bpb
+    data_sha256: str | None = None
+    evaluator_s: float | None = None  # the evaluator process's wall time, by gitar's clock
+
+    @property
+    def mismatch(self) -> str | None:
+        """A note when train.py printed another number than the harness measured."""
+        if self.source != HARNESS or self.val_bpb is None or self.reported is None:
+            return None
+        if not math.isfinite(self.reported) or abs(self.reported - self.val_bpb) > REPORTED_TOLERANCE * max(
+                1.0, abs(self.val_bpb)):
+            return (f"train.py printed val_bpb {self.reported:.6f} but the harness measured {self.val_bpb:.6f}; "
+                    "the harness's number is recorded")
+        return None
+
+
+def reported_only(result: runner.RunResult) -> Measurement:
+    """experiment.evaluate "reported": the number train.py printed (an escape hatch; verify flags it)."""
+    value = _number(result.summary.get("val_bpb"))
+    ok = result.status == "ok"
+    return Measurement(result.status, value if ok else None, REPORTED if ok else None, value)
+
+
+@dataclass(frozen=True)
+class EvaluationRun:
+    """Where one run's trainer writes and its harness evaluation reads and writes.
+
+    out/ is the only directory the trainer may write besides its snapshot: the export and
+    its crash record. eval/ is written by gitar after every process of the trainer is gone:
+    the base's prepare.py and ground.json from git, and private copies of the export and
+    of the evaluation files, each read once and hashed as it was copied. result/ is the
+    evaluator's only writable directory. The trainer never sees eval/ or result/.
+    """
+
+    root: Path
+    log_path: Path
+
+    @classmethod
+    def of(cls, paths: Paths, log_path: Path, run_key: str) -> EvaluationRun:
+        return cls(root=paths.runs / run_key, log_path=log_path)
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "out"
+
+    @property
+    def export_path(self) -> Path:
+        return self.outbox / "model.pt2"
+
+    @property
+    def trainer_crash_path(self) -> Path:
+        return self.outbox / "crash.json"
+
+    @property
+    def inputs(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "result"
+
+    @property
+    def crash_path(self) -> Path:
+        return self.results / "crash.json"
+
+    def prepare(self) -> None:
+        """Before training: an empty out/ (no export from an earlier run can pass for this one's)."""
+        _remove(self.root)
+        self.outbox.mkdir(parents=True)
+
+    def cleanup(self) -> None:
+        _remove(self.root)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def copy_once(source: Path, dest: Path) -> str | None:
+    """Copy a regular file, hashing the bytes as they pass: the copy is exactly what was hashed.
+
+    None if the source is missing or not a regular file (a symlink the trainer left is not
+    followed). Returns the sha256.
+    """
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    h = hashlib.sha256()
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest, "wb") as out:
+            while chunk := f.read(_HASH_CHUNK):
+                h.update(chunk)
+                out.write(chunk)
+    return h.hexdigest()
+
+
+def measure(git: Git, base: str, ground: Ground, trained: runner.RunResult, run: EvaluationRun,
+            pinned: Mapping[str, str] | None, timeout_s: float, *, run_id: str,
+            on_start: Callable[[runner.Started], None] | None = None,
+            device_env: Mapping[str, str] | None = None) -> Measurement:
+    """The harness's val_bpb of the model train.py exported, from a sandbox of its own.
+
+    Runs only after a successful training run, whose every process is gone. The evaluator
+    reads the base commit's prepare.py and ground.json, written fresh from git, and copies
+    of the export and the evaluation files that gitar made and hashed just now, under what
+    is left of the run's hard timeout. Raises runner.RunInterrupted like training does.
+    """
+    reported = _number(trained.summary.get("val_bpb"))
+    if pinned is None:
+        return Measurement(REJECTED, None, None, reported,
+                           reason="the evaluation data was not prepared when the run started, so the harness "
+                                  "cannot vouch for it; run `python prepare.py` and measure again")
+    digest = data_digest(pinned)
+    _remove(run.inputs)
+    _remove(run.results)
+    run.results.mkdir(parents=True)
+    program = run.inputs / "model.pt2"
+    program_sha = copy_once(run.export_path, program)
+    if program_sha is None:
+        return Measurement("crash", None, None, reported, data_sha256=digest, error={
+            "type": "NoExport", "message": f"train.py did not export its model for the harness evaluation "
+                                           f"(${EXPORT_ENV}; see program.md)"})
+    copies = {name: run.inputs / "cache" / name for name in evaluation_files(ground)}
+    actual: dict[str, str] = {}
+    for name, path in evaluation_files(ground).items():
+        sha = copy_once(path, copies[name])
+        if sha is not None:
+            actual[name] = sha
+    changed = changed_files(pinned, actual)
+    if changed:
+        return Measurement(REJECTED, None, None, reported, data_sha256=digest,
+                           reason=f"evaluation data changed during the run: {', '.join(changed)} in "
+                                  f"{ground.cache_dir} differ from the branch's pin; restore it (`python prepare.py`)")
+    _write_harness(git, base, run.inputs, pinned)
+    out = run.results / "result.json"
+    # No --expect: the evaluator's copies are the bytes just hashed, and nothing else can write them.
+    command = [sys.executable, "-m", "gitar.loop.evaluator", "--workspace", str(run.inputs),
+               "--program", str(program), "--out", str(out)]
+    env = clean_env({"GITAR_WORKSPACE": str(git.root), "PYTHONPATH": _gitar_path()})
+    for key in [k for k in env if k.startswith("GITAR_") and k != "GITAR_WORKSPACE"]:
+        del env[key]
+    env.update(device_env or {})  # the GPU the model trained on
+    confined = confine.for_evaluation(git, ground, run.inputs, run.results, copies, run_id)
+    result = runner.run_training(command, cwd=run.results, env=env, log_path=run.log_path,
+                                 crash_path=run.crash_path, timeout_s=max(timeout_s, 0.0), on_start=on_start,
+                                 confined=confined, needs_val_bpb=False)
+    measured = _interpret(result, out, reported, digest)
+    details = dict(measured.evaluation or {})
+    details["program_sha256"] = program_sha
+    return replace(measured, evaluation=details, evaluator_s=result.wall_s)
+
+
+def _interpret(result: runner.RunResult, out: Path, reported: float | None, digest: str) -> Measurement:
+    if result.status == "timeout":
+        return Measurement("timeout", None, None, reported, data_sha256=digest, error={
+            "type": "Timeout", "message": "the harness evaluation ran past experiment.timeout_s, which covers "
+                                          "training and evaluation; process group killed"})
+    data = runner.read_json_file(out) if result.returncode == 0 else None
+    if data is None:
+        crash = dict(result.crash or {})
+        message = str(crash.get("message") or "exited without a result")
+        crash["message"] = f"the harness evaluation failed: {message}"
+        crash.setdefault("type", "EvaluationFailed")
+        if not crash.get("traceback"):
+            crash["traceback"] = result.log_tail.splitlines()[-15:]
+        return Measurement("crash", None, None, reported, data_sha256=digest, error=crash)
+    details = {k: v for k, v in data.items() if k not in ("val_bpb", "rejected")}
+    rejected = data.get("rejected")
+    if isinstance(rejected, str):
+        return Measurement(REJECTED, None, None, reported, reason=rejected, evaluation=details,
+                           data_sha256=digest)
+    value = _number(data.get("val_bpb"))
+    if value is None or not math.isfinite(value):
+        return Measurement("crash", None, None, reported, data_sha256=digest, error={
+            "type": "EvaluationFailed", "message": f"the harness evaluation gave no finite val_bpb: {data!r:.200}"})
+    return Measurement("ok", value, HARNESS, reported, evaluation=details, data_sha256=digest)
+
+
+def _write_harness(git: Git, base: str, directory: Path, pinned: Mapping[str, str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in HARNESS_FILES:
+        blob = git.blob_at(base, name)
+        if blob is not None:
+            (directory / name).write_bytes(blob)
+    (directory / "expect.json").write_text(json.dumps({"data": dict(pinned)}), encoding="utf-8")
+
+
+def _gitar_path() -> str:
+    # The evaluator imports the gitar that runs this, never a copy in the snapshot or the work tree.
+    here = str(Path(__file__).resolve().parent.parent)
+    rest = os.environ.get("PYTHONPATH")
+    return os.pathsep.join([here, rest]) if rest else here
+
+
+def _number(v: object) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None

@@ -1,0 +1,300 @@
+"""The pre-commit stage: refuse a broken or out-of-bounds change in seconds, before any GPU time.
+
+Checks, cheapest first: the ownership guard (only agent-owned files may be
+committed on an experiment branch), the lock (one experiment at a time), the syntax
+of every staged Python file, model.json against the schema, and a CPU smoke step
+that builds the model train.py + model.json define and runs one forward/backward.
+Each failure is one line that says what to fix; the agent's edits stay untouched.
+Under ground.json experiment.repeats "refuse", a change whose files an earlier attempt
+already ran is refused before the smoke step (gitar/loop/repeats.py).
+
+A change the smoke step refuses is an idea that failed: it is noted in the notebook
+(record_refused) so `gitar memory` can warn against it, while the branch, the index
+and the work tree stay exactly as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gitar.config.jsonfile import parse_json
+from gitar.config.schema import MODEL_FILE, REPEATS_REFUSE, Ground, parse_model
+from gitar.errors import ExitCode, GitarError
+from gitar.host import confine, lock, runner
+from gitar.paths import Paths
+from gitar.store.git import Git
+from gitar.text import DESCRIPTION_CHARS, NOTE_CHARS, safe
+
+if TYPE_CHECKING:
+    from gitar.loop.repeats import Change, Earlier
+
+SMOKE_TIMEOUT_S = 120.0  # generous for the CPU; the default model's smoke step takes a few seconds
+# A plain `git commit` reaches the pre-commit stage before git has its message.
+NO_DESCRIPTION = "(a plain git commit: refused at pre-commit, before git had its message)"
+DESCRIPTION_ENV = "GITAR_DESCRIPTION"  # set by `gitar try` for the hooks: the description of the refused change
+_FRAME = re.compile(r'\s*File "(?P<path>[^"]+)", line (?P<line>\d+), in (?P<func>.+)')
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+class SmokeFailed(GitarError):
+    """The smoke step ran the change and it failed: the idea itself is broken (not gitar, not the machine)."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output  # what train.py printed, kept as the refused idea's log
+
+
+def owned(path: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a repository path falls under an ownership list ("dir/" covers a whole directory)."""
+    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in patterns)
+
+
+def check_ownership(paths: list[str], ground: Ground) -> None:
+    agent = ground.experiment.agent_owned
+    for path in paths:
+        if not owned(path, agent):
+            who = "user-owned" if owned(path, ground.experiment.user_owned) else "not agent-owned"
+            raise GitarError(f"{path} is {who}: on an experiment branch only {', '.join(agent)} may change; "
+                             f"undo it with `git restore --staged --worktree -- {path}`")
+
+
+def check_lock(git: Git, token: str | None = None) -> None:
+    """No other experiment holds the lock (the holder's own commit passes its token)."""
+    info = lock.read(git.common_dir, Paths.of(git).lock_name)
+    if info is None or not info.alive():
+        return
+    if info.token and info.token == (token or os.environ.get(lock.TOKEN_ENV)):
+        return
+    raise GitarError(lock.held_message(info, "wait for it with `gitar wait`, then commit again"))
+
+
+def check_source(path: str, source: bytes) -> None:
+    """One Python file compiles; otherwise one line naming the file and line."""
+    if b"\0" in source:  # compile() would blame a line it cannot name
+        raise GitarError(f"{path} is not Python source (it contains NUL bytes: a binary file?); "
+                         f"restore it with `git checkout -- {path}`")
+    try:
+        compile(source, path, "exec", dont_inherit=True)
+    except SyntaxError as e:
+        where = f" line {e.lineno}" if e.lineno else ""
+        raise GitarError(f"syntax error in {path}{where}: {e.msg}; fix it and try again") from None
+    except ValueError as e:  # e.g. null bytes: not a Python source file
+        raise GitarError(f"{path} is not Python source ({e}); restore it with `git checkout -- {path}`") from None
+
+
+def check_syntax(git: Git, paths: list[str]) -> None:
+    for path in paths:
+        if path.endswith(".py"):
+            check_source(path, git.staged_blob(path))
+
+
+def check_model_source(raw: bytes, ground: Ground, where: Path) -> None:
+    """model.json parses and validates against the schema and ground.json."""
+    parse_model(parse_json(raw, MODEL_FILE), where, ground)
+
+
+def check_model(git: Git, paths: list[str], ground: Ground) -> None:
+    if MODEL_FILE in paths:
+        check_model_source(git.staged_blob(MODEL_FILE), ground, git.root / MODEL_FILE)
+
+
+def smoke(git: Git, ground: Ground) -> str:
+    """Run the staged train.py in smoke mode from a copy of the index; returns its `smoke:` line.
+
+    The smoke step runs the agent's code as much as training does, so it runs in the same
+    sandbox (without any data) and no process it starts outlives it.
+    """
+    with tempfile.TemporaryDirectory(prefix="gitar-smoke-") as tmp, \
+            tempfile.TemporaryDirectory(prefix="gitar-smoke-log-") as logs:
+        # The index, not the work tree: an untracked module that train.py imports would be
+        # missing in the real run too, so it must be missing here.
+        git.run("checkout-index", "-a", f"--prefix={tmp}/", keep_hook_env=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        env.update({"GITAR_SMOKE": "1", "GITAR_WORKSPACE": str(git.root)})
+        env.pop("GITAR_EXPORT_PATH", None)
+        command = runner.expand_command(ground.experiment.command)
+        crash = Path(tmp) / ".gitar-smoke-crash.json"
+        log = Path(logs) / "smoke.log"
+        confined = confine.for_smoke(git, ground, command, Path(tmp), f"smoke-{uuid.uuid4().hex}")
+        try:
+            result = runner.run_training(command, cwd=Path(tmp), env=env, log_path=log, crash_path=crash,
+                                         timeout_s=SMOKE_TIMEOUT_S, grace_s=2.0, confined=confined,
+                                         needs_val_bpb=False)
+        except GitarError as e:
+            raise GitarError(f"smoke step: {e.message}") from None
+        output = log.read_text(errors="replace")
+        if result.status == "timeout":
+            raise SmokeFailed(f"smoke step: train.py took over {SMOKE_TIMEOUT_S:g} s for one step on CPU; "
+                              "something blocks or the model is far too large", output)
+        line = next((ln for ln in output.splitlines() if ln.startswith("smoke: ok")), None)
+        if result.status == "ok" and line:
+            return line
+        cause = (result.crash or {}).get("message") if (result.crash or {}).get("type") == "LimitExceeded" else None
+        trainer = _trainer_output(output)
+        if cause is None:
+            where = failing_frame(trainer, Path(tmp), ground.experiment.agent_owned)
+            cause = _smoke_error(crash, trainer)
+            if where is not None:
+                cause = f"{where}: {cause}"
+        raise SmokeFailed(f"smoke step failed: {safe(str(cause))}", output)
+
+
+def _trainer_output(log: str) -> str:
+    # The log's own [gitar] header and footer lines are not the trainer's words.
+    return "\n".join(ln for ln in log.splitlines() if not ln.startswith("[gitar] "))
+
+
+def _smoke_error(crash_file: Path, output: str) -> str:
+    try:
+        crash = json.loads(crash_file.read_text())
+        return f"{crash.get('type', 'Error')}: {str(crash.get('message', '')).strip().splitlines()[0][:300]}"
+    except (OSError, ValueError, IndexError, AttributeError, RecursionError):  # train.py wrote it: anything
+        pass
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "train.py exited without printing `smoke: ok`"
+
+
+def failing_frame(output: str, root: Path, agent_owned: tuple[str, ...]) -> str | None:
+    """`train.py:LINE in FUNCTION` for the innermost frame of the agent's code in the last traceback.
+
+    The traceback is the one Python (or train.py's own handler) printed: in the smoke log it is
+    whole, where the crash record keeps only its last lines. Frames of torch, of prepare.py or
+    of gitar's runtime are skipped; the agent's code is whatever agent_owned covers, at its path
+    in the copy the smoke step ran from (root). Only a message: whatever train.py printed,
+    nothing is decided by it. None when no frame of the agent's code is named.
+    """
+    lines = output.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.strip() == _TRACEBACK]
+    # The last exception's own traceback first; a chained one before it names the same frames or older ones.
+    for block in ((lines[starts[-1]:],) if starts else ()) + (lines,):
+        found = _innermost(block, root, agent_owned)
+        if found is not None:
+            return found
+    return None
+
+
+def _innermost(lines: Iterable[str], root: Path, agent_owned: tuple[str, ...]) -> str | None:
+    roots = {str(root), str(root.resolve())}
+    found = None
+    for ln in lines:
+        m = _FRAME.fullmatch(ln.rstrip())
+        if m is None:
+            continue
+        path = m["path"]
+        for r in roots:
+            if path.startswith(r + os.sep):
+                path = path[len(r) + 1:]
+                break
+        else:
+            if os.path.isabs(path):
+                continue  # outside the copy: torch, the standard library, gitar
+        path = path.removeprefix("./")
+        if owned(path, agent_owned):
+            found = f"{path}:{m['line']} in {m['func'][:80]}"  # frames run outermost to innermost
+    return found
+
+
+def run_checks(git: Git, ground: Ground, *, echo: bool = True, token: str | None = None,
+               description: str | None = None, hypothesis: str | None = None) -> float | None:
+    """Every check of the pre-commit stage on the index being committed; returns the smoke
+    step's seconds (None when it did not run).
+
+    description and hypothesis are the change's (`gitar try` passes them; a plain commit has
+    none yet): a change the smoke step refuses is recorded under them.
+    """
+    paths = git.staged_paths()
+    check_ownership(paths, ground)
+    confine.check_available(ground)
+    check_lock(git, token)
+    check_syntax(git, paths)
+    check_model(git, paths, ground)
+    if not any(owned(p, ground.experiment.agent_owned) for p in paths):
+        return None
+    from gitar.loop import repeats
+
+    # Under "run", a change is looked up only if the smoke step refuses it: one that passes is
+    # looked up once, by the run (its record says what it repeats).
+    change = repeats.Change.staged(git, ground) if ground.experiment.repeats == REPEATS_REFUSE else None
+    earlier = repeats.check(git, ground, change) if change is not None else None
+    if not ground.experiment.smoke:
+        return None
+    t0 = time.time()
+    try:
+        line = smoke(git, ground)
+    except SmokeFailed as e:
+        change = change or repeats.Change.staged(git, ground)
+        if earlier is None:
+            earlier = repeats.find(git, change, ground.experiment.agent_owned)
+        raise SmokeFailed(e.message + record_refused(git, e, change, earlier, description, hypothesis),
+                          e.output) from None
+    if echo:
+        print(f"gitar: {line}", file=sys.stderr)
+    return time.time() - t0
+
+
+def record_refused(git: Git, failure: SmokeFailed, change: Change, earlier: list[Earlier],
+                   description: str | None, hypothesis: str | None) -> str:
+    """Note a change the smoke step refused; returns what to add to the refusal line.
+
+    The record (status rejected, kind smoke, the smoke error as its reason, no run, no number)
+    goes on a commit of the refused index made only to hold it: pinned under
+    refs/gitar/attempts/ like every attempt, never on the branch, never trained. The branch,
+    git's index and the work tree are untouched, so the refusal still changes nothing the
+    agent works with; `gitar log` shows the record and `gitar memory` lists it. Written with
+    Notebook.append, so the ledger knows the line as gitar's.
+    """
+    from gitar.loop import repeats
+    from gitar.loop.experiment import iso_time
+    from gitar.store.records import REJECTED, SMOKE, Notebook, Record
+
+    # From `gitar try`, checked by the text rule already; from the environment, anyone's: escaped.
+    text = safe(description or os.environ.get(DESCRIPTION_ENV) or NO_DESCRIPTION)[:DESCRIPTION_CHARS]
+    why = safe(hypothesis or os.environ.get("GITAR_HYPOTHESIS") or "")[:NOTE_CHARS] or None
+    try:
+        head = git.resolve("HEAD")
+        sha = _hold(git, head, text)
+        run_id = uuid.uuid4().hex
+        log = Paths.of(git).log(sha, run_id)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(failure.output, errors="replace")
+        notebook = Notebook(git)
+        notebook.pin(sha, text)
+        now = iso_time(time.time())
+        notebook.append(Record(
+            status=REJECTED, commit=sha, branch=change.branch, description=text, run_id=run_id, kind=SMOKE,
+            hypothesis=why, parent=head, reason=failure.message, started=now, ended=now,
+            host=socket.gethostname(), harness_sha256=change.harness, agent_sha256=change.content,
+            repeat_of=repeats.summary(earlier), log=str(log)))
+    except (GitarError, OSError) as e:  # the refusal stands either way; only the note is missing
+        return f" (could not note it in the notebook: {getattr(e, 'message', None) or e})"
+    return f"; noted as rejected {sha[:7]} (`gitar log`; never on the branch)"
+
+
+def _hold(git: Git, head: str, message: str) -> str:
+    """A commit of the index being checked, on top of HEAD, that no branch points at.
+
+    Written from a copy of that index (write-tree may update the index it reads, and this one
+    is git's or `gitar try`'s); only objects are added to the repository.
+    """
+    index = git.index_file or Path(os.environ.get("GIT_INDEX_FILE") or git.gitdir / "index")
+    if not index.is_absolute():
+        index = git.root / index
+    with tempfile.TemporaryDirectory(prefix="gitar-refused-") as tmp:
+        copy = Path(tmp) / "index"
+        shutil.copyfile(index, copy)
+        tree = git.out("write-tree", env={"GIT_INDEX_FILE": str(copy)})
+    sha = git.out("commit-tree", tree, "-p", head, "-F", "-", input=message + "\n")
+    if len(sha) < 40:
+        raise GitarError(f"git commit-tree printed {sha!r}, not a commit id", ExitCode.INTERNAL)
+    return sha

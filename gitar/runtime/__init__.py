@@ -1,0 +1,1 @@
+"""The only gitar code prepare.py and train.py build on: best-fit packing and platform detection."""
