@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from gitar.commands.demo import build_workspace  # noqa: E402
 from gitar.config.schema import read_json_object  # noqa: E402
-from gitar.demo import corpus
+from gitar.demo import corpus  # noqa: E402
 from gitar.errors import GitarError  # noqa: E402
 from gitar.host import sandbox  # noqa: E402
 

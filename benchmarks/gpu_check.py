@@ -47,7 +47,7 @@ import torch  # noqa: E402
 
 from gitar.commands.demo import build_workspace  # noqa: E402
 from gitar.config.schema import ProcessorConfig, read_json_object  # noqa: E402
-from gitar.demo import corpus
+from gitar.demo import corpus  # noqa: E402
 from gitar.errors import GitarError  # noqa: E402
 from gitar.host import sandbox  # noqa: E402
 from gitar.runtime.platform import FLEX_MIN_CAPABILITY, detect_platform, fa3_repos, probe_device  # noqa: E402
