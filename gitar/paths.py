@@ -14,10 +14,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from gitar.store.git import Git
+from gitar import shared
+
+
+class GitDirs(Protocol):
+    """What Paths needs of a repository (gitar/store/git.py's Git has it): paths sit below git."""
+
+    @property
+    def common_dir(self) -> Path: ...
+
+    @property
+    def gitdir(self) -> Path: ...
 
 DEVICE_FILE = "device"
 
@@ -29,7 +38,7 @@ class Paths:
     device: str | None = None  # the GPU this worktree is pinned to (CUDA_VISIBLE_DEVICES), if any
 
     @classmethod
-    def of(cls, git: Git) -> Paths:
+    def of(cls, git: GitDirs) -> Paths:
         return cls(git.common_dir, git.gitdir, read_device(git.gitdir))
 
     @property
@@ -74,7 +83,7 @@ class Paths:
 
     @property
     def running(self) -> Path:
-        return self.own / "running.json"
+        return self.own / shared.RUNNING_FILE
 
     def log(self, commit: str, run_id: str) -> Path:
         return self.logs / f"{commit[:12]}-{run_id[:8]}.log"

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from gitar import shared
 from gitar.commands.common import Workspace, open_workspace
 from gitar.config.schema import MODEL_FILE
 from gitar.errors import ExitCode, GitarError
@@ -153,7 +154,7 @@ class _Attempt:
                                                        self.run_id, self.hypothesis), smoke_s=smoke_s)
                 if not self.detach:
                     return experiment.execute(git, plan)
-                env = {**os.environ, lock.TOKEN_ENV: self.token, "GITAR_HYPOTHESIS": self.hypothesis or ""}
+                env = {**os.environ, shared.LOCK_TOKEN: self.token, shared.HYPOTHESIS: self.hypothesis or ""}
                 hook_entry.spawn_detached(git, plan, env)
             return self._outcome(sha)
         finally:
@@ -176,10 +177,10 @@ class _Attempt:
         return remote_queue.queue(git, self.ws.branch, sha, subject(git.commit(sha).message), str(self.remote))
 
     def through_hooks(self) -> Record | Started | Queued:
-        env = {lock.TOKEN_ENV: self.token, "GITAR_RUN_ID": self.run_id, "GITAR_DETACH": "1" if self.detach else "0",
-               "GITAR_HYPOTHESIS": self.hypothesis or "", hook_entry.REMOTE_ENV: self.remote or "",
+        env = {shared.LOCK_TOKEN: self.token, shared.RUN_ID: self.run_id, shared.DETACH: "1" if self.detach else "0",
+               shared.HYPOTHESIS: self.hypothesis or "", shared.REMOTE: self.remote or "",
                # what the pre-commit stage notes a change the smoke step refuses under (no message yet there)
-               preflight.DESCRIPTION_ENV: self.text,
+               shared.DESCRIPTION: self.text,
                # the hooks call `python`: make it this interpreter, the one with gitar and torch
                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
         output = _commit(self.ws, self.text, self.files, env)
@@ -299,7 +300,7 @@ def _commit(ws: Workspace, text: str, files: list[str], env: dict[str, str]) -> 
         except KeyboardInterrupt as stop:
             # A terminal's Ctrl-C reached the hooks too, a signal to gitar alone did not: pass it
             # on if need be, and return only once the run is recorded as aborted.
-            state.stop_hook_run(Paths.of(ws.git), env.get("GITAR_RUN_ID", ""), proc, signals.signal_of(stop))
+            signals.stop_hook_run(Paths.of(ws.git), env.get(shared.RUN_ID, ""), proc, signals.signal_of(stop))
             raise
         out.seek(0)
         return out.read().decode("utf-8", "replace")

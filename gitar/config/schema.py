@@ -9,6 +9,7 @@ print the same message and nothing runs on a half-understood configuration.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gitar import shared
 from gitar.config.jsonfile import (
     Section,
     auto_or,
@@ -174,7 +176,7 @@ class Ground:
         p = Path(os.path.expanduser(self.data.cache_dir))
         if p.is_absolute():
             return p
-        base = os.environ.get("GITAR_WORKSPACE") or str(self.path.parent)
+        base = os.environ.get(shared.WORKSPACE) or str(self.path.parent)
         return (Path(base) / p).resolve()
 
 
@@ -330,9 +332,24 @@ def _limits(e: Section) -> LimitsConfig:
     )
     li.done()
     return limits
-def _runner_keys(s: Section, k: str, v: Any) -> tuple[str, ...]:
-    from gitar.store.signing import parse_public
+# A runner's public key as ground.json spells it; gitar/store/signing.py signs and checks with it.
+PUBLIC_PREFIX = "ed25519:"
 
+
+def parse_public(text: str) -> bytes:
+    """The raw 32 bytes of an `ed25519:<base64>` public key; ValueError if it is not one."""
+    if not text.startswith(PUBLIC_PREFIX):
+        raise ValueError(f'expected "{PUBLIC_PREFIX}<base64>"')
+    try:
+        raw = base64.b64decode(text[len(PUBLIC_PREFIX):], validate=True)
+    except ValueError:
+        raise ValueError("the key is not valid base64") from None
+    if len(raw) != 32:
+        raise ValueError(f"an Ed25519 public key has 32 bytes, this one {len(raw)}")
+    return raw
+
+
+def _runner_keys(s: Section, k: str, v: Any) -> tuple[str, ...]:
     keys = str_list(nonempty=False)(s, k, v)
     for key in keys:
         try:

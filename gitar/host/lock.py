@@ -23,7 +23,6 @@ from typing import Any
 from gitar.errors import ExitCode, GitarError
 from gitar.host.processes import process_stat
 
-TOKEN_ENV = "GITAR_LOCK_TOKEN"
 CORRUPT_STALE_AFTER_S = 5.0  # an unreadable lock this young may be being written right now
 _CORRUPT_WAIT_S = 0.5  # how long to wait for such a lock to become readable
 _CLEARS = 20  # stale locks cleared (or vanished) in one acquire before giving up

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from gitar import shared
 from gitar.errors import GitarError
 from gitar.host import sandbox as sandbox_mod
 from gitar.host.limits import Limits, RunGroup, file_size_preexec
@@ -213,7 +214,7 @@ def run_training(
             crash_path.unlink(missing_ok=True)  # a crash file from an earlier run must not be blamed on this one
         except OSError as e:
             raise GitarError(f"cannot prepare the crash file {crash_path}: {e.strerror}") from None
-        child_env = {**env, "GITAR_CRASH_FILE": str(crash_path), "PYTHONUNBUFFERED": "1"}
+        child_env = {**env, shared.CRASH_FILE: str(crash_path), "PYTHONUNBUFFERED": "1"}
         group = RunGroup.create(confined.run_id, confined.limits) if confined is not None else None
         try:
             with _Launch(argv, cwd, child_env, log, confined, group) as launch:

@@ -44,6 +44,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gitar import shared
 from gitar.errors import GitarError
 
 BWRAP, OFF = "bwrap", "off"  # ground.json experiment.sandbox
@@ -58,7 +59,7 @@ NVIDIA_SHARED = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset"
 ROCM = ("kfd", "dri/*")
 # Caches that would otherwise point outside the sandbox (and be shared between runs).
 _CACHE_VARS = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPYCACHEPREFIX",
-               "CUDA_CACHE_PATH", "TORCH_HOME", "HF_HOME", "GITAR_RUNNER_KEY")
+               "CUDA_CACHE_PATH", "TORCH_HOME", "HF_HOME", shared.RUNNER_KEY)
 _PROBE_TIMEOUT_S = 20.0
 
 

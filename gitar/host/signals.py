@@ -6,18 +6,27 @@ commit and its run, and between a run and its record, a stop waits: it is held
 (stop_signals_held) and delivered once it can no longer cut the bookkeeping in half.
 A process that only waits for others (`gitar try` waiting for its hooks) turns SIGTERM
 and SIGHUP into interrupts it can pass on; a hook whose `gitar try` died stops its own
-run (stop_if_gone).
+run (stop_if_gone); a stop that reached only `gitar try` is passed on to the run its
+hooks started (stop_hook_run).
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from types import FrameType
 
+from gitar.host import state
 from gitar.host.processes import process_alive
+from gitar.paths import Paths
+
+_GROUP_SIGNAL_S = 0.3  # git exits this fast when a terminal's Ctrl-C reached it too
+_RECORD_WAIT_S = 30.0  # the runner's grace for the trainer (10 s) and SIGKILL (5 s), with room
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -151,3 +160,32 @@ def catch_stop_signals() -> Iterator[StopSignals]:
         if catcher.received and not catcher.consumed:
             # Arrived after the trainer had finished: the caller's handler still gets it.
             signal.raise_signal(catcher.received[0])
+
+
+def stop_hook_run(paths: Paths, run_id: str, commit: subprocess.Popen[bytes], signum: int) -> None:
+    """`gitar try` was stopped while `git commit` runs its hooks: see the run stop and be recorded.
+
+    Ctrl-C at a terminal reaches the whole foreground process group, hooks included, and
+    git exits at once. A signal sent to gitar alone (kill, an agent's harness) reaches
+    nobody else: it is passed on to the runner named in the running state, once its run is
+    under way (before that the commit is still being checked, and stopping git there could
+    leave a commit that no hook records). Returns when git has exited and the run is
+    recorded, or its runner is gone and the next gitar command records it.
+    """
+    try:
+        commit.wait(timeout=_GROUP_SIGNAL_S)
+    except subprocess.TimeoutExpired:
+        while commit.poll() is None:
+            running = state.load(paths)
+            if running is not None and running.run_id == run_id and state.pid_alive(running.pid):
+                with suppress(ProcessLookupError):
+                    os.kill(running.pid, signum)
+                break
+            time.sleep(0.05)
+        commit.wait()
+    deadline = time.monotonic() + _RECORD_WAIT_S
+    while time.monotonic() < deadline:
+        running = state.load(paths)
+        if running is None or running.run_id != run_id or not state.pid_alive(running.pid):
+            return
+        time.sleep(0.05)

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import time
-from contextlib import suppress
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -27,9 +24,6 @@ EXPORT = "export"  # the trainer has exited; gitar copies and hashes its export 
 EVALUATION = "evaluation"  # gitar's harness evaluator measures the export
 JUDGING = "judging"  # the number is in: judging, recording, keeping or moving the branch back
 PHASES = (STARTING, TRAINING, EXPORT, EVALUATION, JUDGING)
-
-_GROUP_SIGNAL_S = 0.3  # git exits this fast when a terminal's Ctrl-C reached it too
-_RECORD_WAIT_S = 30.0  # the runner's grace for the trainer (10 s) and SIGKILL (5 s), with room
 
 
 @dataclass(frozen=True)
@@ -104,32 +98,3 @@ def clear(paths: Paths, run_id: str) -> None:
 def pid_alive(pid: int) -> bool:
     """Whether the process that runs an experiment still runs (a zombie does not)."""
     return process_alive(pid)
-
-
-def stop_hook_run(paths: Paths, run_id: str, commit: subprocess.Popen[bytes], signum: int) -> None:
-    """`gitar try` was stopped while `git commit` runs its hooks: see the run stop and be recorded.
-
-    Ctrl-C at a terminal reaches the whole foreground process group, hooks included, and
-    git exits at once. A signal sent to gitar alone (kill, an agent's harness) reaches
-    nobody else: it is passed on to the runner named in the running state, once its run is
-    under way (before that the commit is still being checked, and stopping git there could
-    leave a commit that no hook records). Returns when git has exited and the run is
-    recorded, or its runner is gone and the next gitar command records it.
-    """
-    try:
-        commit.wait(timeout=_GROUP_SIGNAL_S)
-    except subprocess.TimeoutExpired:
-        while commit.poll() is None:
-            running = load(paths)
-            if running is not None and running.run_id == run_id and pid_alive(running.pid):
-                with suppress(ProcessLookupError):
-                    os.kill(running.pid, signum)
-                break
-            time.sleep(0.05)
-        commit.wait()
-    deadline = time.monotonic() + _RECORD_WAIT_S
-    while time.monotonic() < deadline:
-        running = load(paths)
-        if running is None or running.run_id != run_id or not pid_alive(running.pid):
-            return
-        time.sleep(0.05)

@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from torch.export.graph_signature import InputKind
 
+from gitar import shared
 from gitar.errors import GitarError
 from gitar.loop.integrity import changed_files, hash_evaluation_data
 
@@ -494,7 +495,7 @@ def _write_json(path: Path, obj: Mapping[str, Any]) -> None:
 
 
 def _write_crash(exc: BaseException) -> None:
-    path = os.environ.get("GITAR_CRASH_FILE")
+    path = os.environ.get(shared.CRASH_FILE)
     if not path:
         return
     lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from gitar import shared
 from gitar.config.schema import Ground, ground_at
 from gitar.errors import ExitCode, GitarError
 from gitar.host import confine, runner, signals, state
@@ -103,7 +104,7 @@ def plan_rerun(git: Git, sha: str, branch: str, run_id: str | None = None, *, ve
 def _next_seed(notebook: Notebook, sha: str, branch: str) -> int:
     """Each run of a commit gets its own seed, so repeats measure noise rather than repeat it."""
     seen = sum(1 for r in notebook.records(sha) if r.branch == branch)
-    env = os.environ.get("GITAR_SEED")
+    env = os.environ.get(shared.SEED)
     base = int(env) if env and env.isdigit() else DEFAULT_SEED
     return base + seen
 
@@ -277,12 +278,12 @@ def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, r
     harness = ground.experiment.evaluate == integrity.HARNESS
     evaluation = integrity.EvaluationRun.of(paths, log_path, run_key)
     evaluation.prepare()
-    env = clean_env({"GITAR_WORKSPACE": str(git.root), "GITAR_SEED": str(plan.seed),
-                     "GITAR_COMMIT": plan.commit, "GITAR_RUN_ID": run_key, **paths.device_env()})
-    env.pop("GITAR_SMOKE", None)
-    env.pop(integrity.EXPORT_ENV, None)
+    env = clean_env({shared.WORKSPACE: str(git.root), shared.SEED: str(plan.seed),
+                     shared.COMMIT: plan.commit, shared.RUN_ID: run_key, **paths.device_env()})
+    env.pop(shared.SMOKE, None)
+    env.pop(shared.EXPORT_PATH, None)
     if harness:
-        env[integrity.EXPORT_ENV] = str(evaluation.export_path)
+        env[shared.EXPORT_PATH] = str(evaluation.export_path)
     command = runner.expand_command(ground.experiment.command)
     confined = confine.for_training(git, ground, command, snapshot, evaluation.outbox, run_key)
     allowed_s = ground.training.budget_s + ground.training.allowance_s

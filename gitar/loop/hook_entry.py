@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+from gitar import shared
 from gitar.config.schema import GROUND_FILE, Ground, ground_at
 from gitar.errors import ExitCode, GitarError
 from gitar.host import lock, signals, state
@@ -33,7 +34,6 @@ from gitar.store.records import REJECTED, Notebook, Record
 from gitar.text import DESCRIPTION_CHARS, HYPOTHESIS, NOTE_CHARS, check_message, check_text, safe, subject
 
 DETACH_START_TIMEOUT_S = 30.0
-REMOTE_ENV = "GITAR_REMOTE"  # set by `gitar try --remote`: the remote's runner measures the commit
 
 
 # The branches gitar makes by default: one of these without gitar's files is a workspace half set
@@ -125,21 +125,21 @@ def stage_run() -> int:
     if found is None:
         return 0
     branch, _ = found
-    if os.environ.get(REMOTE_ENV):
-        print(f"gitar: queued for the runner of {os.environ[REMOTE_ENV]}")
+    if os.environ.get(shared.REMOTE):
+        print(f"gitar: queued for the runner of {os.environ[shared.REMOTE]}")
         return 0
     sha = git.resolve("HEAD")
     message = git.commit(sha).message
     description = subject(message)
-    run_id = os.environ.get("GITAR_RUN_ID") or experiment.new_run_id()
-    token = os.environ.get("GITAR_LOCK_TOKEN")
-    plan = experiment.plan_attempt(git, sha, branch, description, run_id, os.environ.get("GITAR_HYPOTHESIS"))
+    run_id = os.environ.get(shared.RUN_ID) or experiment.new_run_id()
+    token = os.environ.get(shared.LOCK_TOKEN)
+    plan = experiment.plan_attempt(git, sha, branch, description, run_id, os.environ.get(shared.HYPOTHESIS))
     rejected = reject_unfit(git, plan, message)
     if rejected is not None:
         print(f"gitar: {safe(result_line(rejected))}")
         return 0
 
-    if os.environ.get("GITAR_DETACH") == "1":
+    if os.environ.get(shared.DETACH) == "1":
         return spawn_detached(git, plan)
 
     try:
@@ -195,13 +195,13 @@ def spawn_detached(git: Git, plan: experiment.Plan, env: dict[str, str] | None =
 
 def stage_detached(run_id: str, sha: str, branch: str) -> int:
     git = Git.discover()
-    token = os.environ.get("GITAR_LOCK_TOKEN")
+    token = os.environ.get(shared.LOCK_TOKEN)
     description = subject(git.commit(sha).message)
     held = lock.acquire(git.common_dir, purpose="experiment", token=token, commit=sha,
                         description=description, name=Paths.of(git).lock_name)
     held.transfer(os.getpid(), commit=sha, description=description)
     try:
-        plan = experiment.plan_attempt(git, sha, branch, description, run_id, os.environ.get("GITAR_HYPOTHESIS"))
+        plan = experiment.plan_attempt(git, sha, branch, description, run_id, os.environ.get(shared.HYPOTHESIS))
         experiment.execute(git, plan)
     finally:
         held.release()

@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from gitar import shared
 from gitar.config.schema import GROUND_FILE, Ground
 from gitar.host import confine, runner
 from gitar.loop.preflight import owned
@@ -45,7 +46,6 @@ from gitar.store.records import REJECTED
 HARNESS_FILES = ("prepare.py", GROUND_FILE)
 BASE_PREFIX = "refs/gitar/base/"
 HARNESS, REPORTED = "harness", "reported"  # ground.json experiment.evaluate: where val_bpb comes from
-EXPORT_ENV = "GITAR_EXPORT_PATH"  # where train.py saves its trained model for the harness evaluation
 # train.py's own val_bpb line and the harness's number of the same model agree to float noise
 # (the same data and code, eager vs exported graph); more than this is worth a note in the record.
 REPORTED_TOLERANCE = 1e-3
@@ -295,11 +295,11 @@ class EvaluationRun:
 
     @property
     def export_path(self) -> Path:
-        return self.outbox / "model.pt2"
+        return self.outbox / shared.EXPORT_FILE
 
     @property
     def trainer_crash_path(self) -> Path:
-        return self.outbox / "crash.json"
+        return self.outbox / shared.CRASH_RECORD
 
     @property
     def inputs(self) -> Path:
@@ -311,7 +311,7 @@ class EvaluationRun:
 
     @property
     def crash_path(self) -> Path:
-        return self.results / "crash.json"
+        return self.results / shared.CRASH_RECORD
 
     def prepare(self) -> None:
         """Before training: an empty out/ (no export from an earlier run can pass for this one's)."""
@@ -371,12 +371,12 @@ def measure(git: Git, base: str, ground: Ground, trained: runner.RunResult, run:
     _remove(run.inputs)
     _remove(run.results)
     run.results.mkdir(parents=True)
-    program = run.inputs / "model.pt2"
+    program = run.inputs / shared.EXPORT_FILE
     program_sha = copy_once(run.export_path, program)
     if program_sha is None:
         return Measurement("crash", None, None, reported, data_sha256=digest, error={
             "type": "NoExport", "message": f"train.py did not export its model for the harness evaluation "
-                                           f"(${EXPORT_ENV}; see program.md)"})
+                                           f"(${shared.EXPORT_PATH}; see program.md)"})
     copies = {name: run.inputs / "cache" / name for name in evaluation_files(ground)}
     actual: dict[str, str] = {}
     for name, path in evaluation_files(ground).items():
@@ -393,8 +393,8 @@ def measure(git: Git, base: str, ground: Ground, trained: runner.RunResult, run:
     # No --expect: the evaluator's copies are the bytes just hashed, and nothing else can write them.
     command = [sys.executable, "-m", "gitar.loop.evaluator", "--workspace", str(run.inputs),
                "--program", str(program), "--out", str(out)]
-    env = clean_env({"GITAR_WORKSPACE": str(git.root), "PYTHONPATH": _gitar_path()})
-    for key in [k for k in env if k.startswith("GITAR_") and k != "GITAR_WORKSPACE"]:
+    env = clean_env({shared.WORKSPACE: str(git.root), "PYTHONPATH": _gitar_path()})
+    for key in [k for k in env if k.startswith("GITAR_") and k != shared.WORKSPACE]:
         del env[key]
     env.update(device_env or {})  # the GPU the model trained on
     confined = confine.for_evaluation(git, ground, run.inputs, run.results, copies, run_id)

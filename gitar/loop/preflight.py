@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gitar import shared
 from gitar.config.jsonfile import parse_json
 from gitar.config.schema import MODEL_FILE, REPEATS_REFUSE, Ground, parse_model
 from gitar.errors import ExitCode, GitarError
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 SMOKE_TIMEOUT_S = 120.0  # generous for the CPU; the default model's smoke step takes a few seconds
 # A plain `git commit` reaches the pre-commit stage before git has its message.
 NO_DESCRIPTION = "(a plain git commit: refused at pre-commit, before git had its message)"
-DESCRIPTION_ENV = "GITAR_DESCRIPTION"  # set by `gitar try` for the hooks: the description of the refused change
 _FRAME = re.compile(r'\s*File "(?P<path>[^"]+)", line (?P<line>\d+), in (?P<func>.+)')
 _TRACEBACK = "Traceback (most recent call last):"
 
@@ -74,7 +74,7 @@ def check_lock(git: Git, token: str | None = None) -> None:
     info = lock.read(git.common_dir, Paths.of(git).lock_name)
     if info is None or not info.alive():
         return
-    if info.token and info.token == (token or os.environ.get(lock.TOKEN_ENV)):
+    if info.token and info.token == (token or os.environ.get(shared.LOCK_TOKEN)):
         return
     raise GitarError(lock.held_message(info, "wait for it with `gitar wait`, then commit again"))
 
@@ -121,8 +121,8 @@ def smoke(git: Git, ground: Ground) -> str:
         # missing in the real run too, so it must be missing here.
         git.run("checkout-index", "-a", f"--prefix={tmp}/", keep_hook_env=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-        env.update({"GITAR_SMOKE": "1", "GITAR_WORKSPACE": str(git.root)})
-        env.pop("GITAR_EXPORT_PATH", None)
+        env.update({shared.SMOKE: "1", shared.WORKSPACE: str(git.root)})
+        env.pop(shared.EXPORT_PATH, None)
         command = runner.expand_command(ground.experiment.command)
         crash = Path(tmp) / ".gitar-smoke-crash.json"
         log = Path(logs) / "smoke.log"
@@ -259,8 +259,8 @@ def record_refused(git: Git, failure: SmokeFailed, change: Change, earlier: list
     from gitar.store.records import REJECTED, SMOKE, Notebook, Record
 
     # From `gitar try`, checked by the text rule already; from the environment, anyone's: escaped.
-    text = safe(description or os.environ.get(DESCRIPTION_ENV) or NO_DESCRIPTION)[:DESCRIPTION_CHARS]
-    why = safe(hypothesis or os.environ.get("GITAR_HYPOTHESIS") or "")[:NOTE_CHARS] or None
+    text = safe(description or os.environ.get(shared.DESCRIPTION) or NO_DESCRIPTION)[:DESCRIPTION_CHARS]
+    why = safe(hypothesis or os.environ.get(shared.HYPOTHESIS) or "")[:NOTE_CHARS] or None
     try:
         head = git.resolve("HEAD")
         sha = _hold(git, head, text)

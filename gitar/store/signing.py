@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gitar import shared
+from gitar.config.schema import PUBLIC_PREFIX, parse_public
 from gitar.errors import GitarError
 
-KEY_ENV = "GITAR_RUNNER_KEY"
-PUBLIC_PREFIX = "ed25519:"
 _PRIVATE_PREFIX = "ed25519-private:"
 
 # What a record's signature says, for verify and the check before judging.
@@ -45,7 +45,7 @@ UNTRUSTED = "untrusted"  # a valid-looking signature by a key ground.json does n
 
 
 def key_path() -> Path:
-    env = os.environ.get(KEY_ENV)
+    env = os.environ.get(shared.RUNNER_KEY)
     if env:
         return Path(env).expanduser()
     config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
@@ -64,19 +64,6 @@ def key_id(public_raw: bytes) -> str:
 
 def public_text(public_raw: bytes) -> str:
     return PUBLIC_PREFIX + base64.b64encode(public_raw).decode("ascii")
-
-
-def parse_public(text: str) -> bytes:
-    """The raw 32 bytes of an `ed25519:<base64>` public key; ValueError if it is not one."""
-    if not text.startswith(PUBLIC_PREFIX):
-        raise ValueError(f'expected "{PUBLIC_PREFIX}<base64>"')
-    try:
-        raw = base64.b64decode(text[len(PUBLIC_PREFIX):], validate=True)
-    except ValueError:
-        raise ValueError("the key is not valid base64") from None
-    if len(raw) != 32:
-        raise ValueError(f"an Ed25519 public key has 32 bytes, this one {len(raw)}")
-    return raw
 
 
 @dataclass(frozen=True)

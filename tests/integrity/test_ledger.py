@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from gitar import shared
 from gitar.store import signing
 from gitar.store.records import Record, record_dict
 from tests.core.conftest import Workspace, make_workspace
@@ -276,7 +277,7 @@ def test_a_runner_signature_verifies_and_breaks_on_any_edit(tmp_path: Path) -> N
 @pytest.fixture
 def signed_workspace(hermetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     """A workspace whose ground.json trusts a runner key, made with `gitar ci --init-key`."""
-    monkeypatch.setenv(signing.KEY_ENV, str(tmp_path / "runner" / "key"))
+    monkeypatch.setenv(shared.RUNNER_KEY, str(tmp_path / "runner" / "key"))
     ws = make_workspace(tmp_path / "ws")
     monkeypatch.chdir(ws.root)
     made = ws.gitar("ci", "--init-key")
@@ -395,7 +396,7 @@ def test_a_runner_does_not_count_a_forged_record_an_agent_pushed(hermetic: Path,
     agent.git("-c", "core.hooksPath=/dev/null", "commit", "-qam", "judged against the fake best?")
     assert agent.gitar("sync").returncode == 0
     monkeypatch.chdir(runner.root)
-    monkeypatch.setenv(signing.KEY_ENV, str(tmp_path / "runner-key"))
+    monkeypatch.setenv(shared.RUNNER_KEY, str(tmp_path / "runner-key"))
     line = one_line_refusal(runner.gitar("ci", BRANCH))
     assert f"the best of {BRANCH}, {forged[:7]}, rests on a record gitar did not write" in line
     assert "synced, and this runner counts only records a trusted runner signed" in line

@@ -1,0 +1,33 @@
+"""Every name gitar's processes share: environment variables and the files of a run.
+
+`gitar try`, the git hooks it commits through, the detached run, train.py in its sandbox and
+gitar's evaluator are separate processes; what passes between them goes through the
+environment and through files. Each name is spelled once, here, so a reader can see the
+whole contract in one place and no two modules can drift apart on a spelling.
+"""
+
+from __future__ import annotations
+
+# --- Between `gitar try`, the hooks and the detached run -----------------------------------
+LOCK_TOKEN = "GITAR_LOCK_TOKEN"  # the lock `gitar try` holds; its hooks run under it instead of waiting
+RUN_ID = "GITAR_RUN_ID"  # the run the post-commit stage records (chosen by `gitar try`, so it can wait)
+DETACH = "GITAR_DETACH"  # "1": the post-commit stage starts the run in the background (`try --detach`)
+HYPOTHESIS = "GITAR_HYPOTHESIS"  # `try --hypothesis`, carried into the record
+DESCRIPTION = "GITAR_DESCRIPTION"  # `gitar try`'s description: a smoke refusal is noted under it (no message yet)
+REMOTE = "GITAR_REMOTE"  # `try --remote`: the remote's runner measures the commit, not this machine
+
+# --- Into train.py (and the smoke step) -------------------------------------------------------
+WORKSPACE = "GITAR_WORKSPACE"  # the workspace whose ground.json and data the snapshot uses
+SEED = "GITAR_SEED"  # the run's seed (repeats of the best get seeds of their own)
+COMMIT = "GITAR_COMMIT"  # the commit being measured, for the trainer's log
+SMOKE = "GITAR_SMOKE"  # "1": the preflight's CPU smoke step, one step and out
+EXPORT_PATH = "GITAR_EXPORT_PATH"  # where train.py saves the trained model for gitar's evaluation
+CRASH_FILE = "GITAR_CRASH_FILE"  # where a failing trainer or evaluator writes its crash record
+
+# --- Of the runner --------------------------------------------------------------------------
+RUNNER_KEY = "GITAR_RUNNER_KEY"  # the private key `gitar ci` signs records with (never inside a sandbox)
+
+# --- Files of one run, under .git/gitar/runs/<key>/ (gitar/loop/integrity.py EvaluationRun) ---
+EXPORT_FILE = "model.pt2"  # out/: the trainer's export; eval/: gitar's private copy of it
+CRASH_RECORD = "crash.json"  # out/: the trainer's crash record; result/: the evaluator's
+RUNNING_FILE = "running.json"  # .git/gitar/ of a worktree: the experiment it runs now (gitar/host/state.py)

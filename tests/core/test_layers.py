@@ -1,0 +1,143 @@
+"""The package's architecture as a rule: layers as folders, imports only downwards, no loops.
+
+A newcomer reads the layers off the tree (README "How it works" draws it); these tests keep
+the tree, the README and the import graph telling the same story.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "gitar"
+# Lowest first. A module may import its own layer and the layers below it, never above; two
+# layers of one rank (sharing and review) do not import each other.
+LAYERS: list[tuple[int, str]] = [
+    (0, "foundation"),  # the top-level modules: errors, text, numbers, paths, shared
+    (1, "config"),
+    (2, "runtime"),
+    (2, "store"),
+    (3, "host"),
+    (4, "loop"),
+    (5, "sharing"),
+    (5, "review"),
+    (5, "demo"),
+    (6, "commands"),
+    (7, "cli"),
+]
+RANK = {name: rank for rank, name in LAYERS}
+
+
+def layer_of(module: str) -> str:
+    """gitar.store.git -> store; gitar.errors -> foundation."""
+    parts = module.split(".")
+    if len(parts) > 2 or (len(parts) == 2 and (PACKAGE / parts[1]).is_dir()):
+        return parts[1]
+    return "foundation"
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(REPO_ROOT).with_suffix("")
+        name = ".".join(rel.parts)
+        found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def imports_of(module: str, path: Path) -> set[str]:
+    """Every gitar module this one imports, at the top or inside a function."""
+    tree = ast.parse(path.read_text(), str(path))
+    known = modules()
+    out: set[str] = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("gitar"))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            if not base.startswith("gitar"):
+                continue
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                out.add(full if full in known else base)
+    return {m for m in out if m != "gitar" and m != module}
+
+
+def test_every_module_lives_in_a_known_layer() -> None:
+    unknown = {m for m in modules() if m != "gitar" and layer_of(m) not in RANK}
+    assert not unknown, f"modules outside the layers of tests/core/test_layers.py: {sorted(unknown)}"
+
+
+def test_nothing_imports_upward() -> None:
+    upward = []
+    for module, path in modules().items():
+        if module == "gitar" or module == "gitar.__main__":
+            continue
+        mine = layer_of(module)
+        for imported in imports_of(module, path):
+            theirs = layer_of(imported)
+            if RANK[theirs] > RANK[mine] or (RANK[theirs] == RANK[mine] and theirs != mine):
+                upward.append(f"{module} ({mine}) imports {imported} ({theirs})")
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_loops() -> None:
+    graph = {m: imports_of(m, p) for m, p in modules().items()}
+    # packages import nothing of their own; a module importing `gitar.store` means a submodule
+    graph = {m: {i for i in deps if i in graph} for m, deps in graph.items()}
+    loops = []
+    done: set[str] = set()
+
+    def visit(node: str, trail: list[str]) -> None:
+        if node in trail:
+            loops.append(" -> ".join([*trail[trail.index(node):], node]))
+            return
+        if node in done:
+            return
+        for nxt in sorted(graph[node]):
+            visit(nxt, [*trail, node])
+        done.add(node)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert not loops, "\n".join(loops)
+
+
+def test_readme_layout_matches_the_tree() -> None:
+    """README's layout block names every module and folder of the package, and nothing else."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = re.search(r"```\ngitar/ .*?```", readme, re.S)
+    assert block, "README.md: the layout block (```gitar/ ...```) is missing"
+    named: set[str] = set()
+    folder = ""
+    entry = re.compile(r"(\w+\.py|\w+/)(, \w+\.py)*$")
+    for line in block.group(0).splitlines()[1:-1]:
+        indent = len(line) - len(line.lstrip(" "))
+        token = line.strip().split("  ")[0]
+        if indent not in (2, 4) or not entry.match(token):
+            continue  # gitar/ itself, files beside it, a continued description
+        for name in token.split(", "):
+            if indent == 2:
+                folder = name if name.endswith("/") else ""
+                named.add(name)
+            else:
+                named.add(folder + name)
+    actual = set()
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE)
+        if path.name in ("__init__.py", "__main__.py") or "__pycache__" in rel.parts:
+            if len(rel.parts) == 2:
+                actual.add(rel.parts[0] + "/")
+            continue
+        actual.add(rel.as_posix())
+        if len(rel.parts) == 2:
+            actual.add(rel.parts[0] + "/")
+    cli_and_commands = {n for n in actual if n.startswith(("cli/", "commands/")) and n.endswith(".py")}
+    assert actual - named - cli_and_commands == set(), "in the tree but not in README's layout"
+    assert named - actual == set(), "in README's layout but not in the tree"
