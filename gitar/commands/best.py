@@ -17,6 +17,7 @@ from gitar.paths import Paths
 from gitar.review import history
 from gitar.review.history import Attempt, History
 from gitar.review.noise import Noise, Spread, pooled_spread
+from gitar.store.refs import HEADS_PREFIX, branch_ref
 
 
 @dataclass(frozen=True)
@@ -85,12 +86,12 @@ def find_global_best(start: str | Path = ".") -> GlobalBest:
     prefix = ws.ground.experiment.branch_prefix
     paths = Paths.of(ws.git)
     tips: dict[str, str | None] = {}
-    listing = ws.git.out("for-each-ref", "--format=%(objectname) %(refname)", f"refs/heads/{prefix}",
+    listing = ws.git.out("for-each-ref", "--format=%(objectname) %(refname)", branch_ref(prefix),
                          f"refs/remotes/*/{prefix}")
     for line in listing.splitlines():
         sha, _, ref = line.partition(" ")
-        local = ref.startswith("refs/heads/")
-        name = ref.removeprefix("refs/heads/") if local else ref.split("/", 3)[3]
+        local = ref.startswith(HEADS_PREFIX)
+        name = ref.removeprefix(HEADS_PREFIX) if local else ref.split("/", 3)[3]
         if local or name not in tips:
             # this worktree's branch, while an attempt runs on it: the best that attempt faces
             tips[name] = state.judged_tip(paths, name, sha) if local else sha

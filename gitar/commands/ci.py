@@ -38,11 +38,12 @@ from gitar.loop import integrity
 from gitar.loop.judge import Best, current_best
 from gitar.loop.recovery import recover
 from gitar.paths import Paths
-from gitar.sharing.sync import SyncResult, judged, sync, tracking_branch_ref
+from gitar.sharing.sync import SyncResult, judged, sync
 from gitar.store import ledger, signing
 from gitar.store.branch import move_branch
 from gitar.store.git import Git
 from gitar.store.records import Notebook, Record
+from gitar.store.refs import branch_ref, tracking_branch_ref
 
 
 @dataclass
@@ -88,7 +89,7 @@ def _run_ci(branch: str | None, remote: str, *, with_sync: bool, start: str | Pa
     syncs: list[SyncResult] = []
     if with_sync:
         syncs.append(sync(git, remote))
-    tip = git.ref_target(tracking_branch_ref(remote, name)) or git.ref_target(f"refs/heads/{name}")
+    tip = git.ref_target(tracking_branch_ref(remote, name)) or git.ref_target(branch_ref(name))
     if tip is None:
         raise GitarError(f"no branch {name} on {remote} nor in this clone; push it, or fetch it with "
                          f"`gitar sync {remote}`")
@@ -162,7 +163,7 @@ def _check_out(git: Git, branch: str, start_at: str, tip: str) -> None:
     A runner's branch is derived from the remote branch and the records, so it may be moved;
     but never off a commit that exists nowhere else and has no verdict.
     """
-    ref = f"refs/heads/{branch}"
+    ref = branch_ref(branch)
     local = git.ref_target(ref)
     if local is None:
         git.update_ref(ref, start_at, None, f"gitar ci: {branch} from the pushed branch")

@@ -24,7 +24,7 @@ from gitar.review import summary
 from gitar.review.summary import SUMMARY_REF
 from gitar.store.git import Git, clean_env
 from gitar.store.ledger import Ledger
-from gitar.store.records import NOTES_REF
+from gitar.store.refs import NOTES_REF, base_ref, branch_ref, data_ref
 
 # Config that makes notes follow the commits they describe and show where people look.
 NOTES_CONFIG = {
@@ -74,7 +74,7 @@ def init_workspace(tag: str, start: str | Path = ".", *, worktrees: int = 0,
     current = git.current_branch()
     start = git.resolve("HEAD")
     created = False
-    if git.ref_target(f"refs/heads/{branch}") is not None:
+    if git.ref_target(branch_ref(branch)) is not None:
         if current != branch:
             raise GitarError(f"branch {branch} already exists; pick another tag, or `git switch {branch}` "
                              "and run gitar init again to repair its hooks")
@@ -95,10 +95,10 @@ def init_workspace(tag: str, start: str | Path = ".", *, worktrees: int = 0,
 
 def _undo_branch(git: Git, branch: str, back_to: str) -> None:
     """Back where init started (a branch, or the detached commit), the new branch and its pins gone."""
-    detach = [] if git.ref_target(f"refs/heads/{back_to}") is not None else ["--detach"]
+    detach = [] if git.ref_target(branch_ref(back_to)) is not None else ["--detach"]
     git.run("switch", "--quiet", *detach, back_to, check=False)
     git.run("branch", "-D", branch, check=False)
-    for ref in (integrity.base_ref(branch), integrity.data_ref(branch)):
+    for ref in (base_ref(branch), data_ref(branch)):
         git.run("update-ref", "-d", ref, check=False)
 
 
@@ -134,7 +134,7 @@ def _init_worktrees(git: Git, ground: Ground, tag: str, n: int, where: str | Pat
     for k in range(n):
         branch = _branch_name(git, ground, f"{tag}-gpu{k}")
         path = parent / f"{git.root.name}-{tag}-gpu{k}"
-        has_branch = git.ref_target(f"refs/heads/{branch}") is not None
+        has_branch = git.ref_target(branch_ref(branch)) is not None
         if has_branch and existing.get(branch) != path:
             raise GitarError(f"branch {branch} already exists{' in ' + str(existing[branch]) if branch in existing else ''}; "
                              "pick another tag")
@@ -167,7 +167,7 @@ def _record_base(git: Git, branch: str, ground: Ground, *, fresh: bool) -> None:
         # The ledger starts here. Records an older gitar wrote are adopted (`accepted`): running
         # init is the user's act, as `gitar verify --accept` would be.
         trust.accept(git, None)
-    tip = git.ref_target(f"refs/heads/{branch}")
+    tip = git.ref_target(branch_ref(branch))
     if tip is not None and (fresh or book.branch_tip(branch) is None):
         book.set_branch(branch, tip)
     if fresh:

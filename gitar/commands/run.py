@@ -31,6 +31,7 @@ from gitar.store import ledger
 from gitar.store.branch import move_branch
 from gitar.store.git import Git
 from gitar.store.records import KEEP, Notebook, Record
+from gitar.store.refs import branch_ref
 from gitar.text import subject
 
 
@@ -40,7 +41,7 @@ def run_commit(rev: str = "HEAD", repeat: int = 1, start: str | Path = ".") -> l
     ws = open_workspace(start)
     confine.check_available(ws.ground)
     sha = ws.git.resolve(rev)
-    tip = ws.git.ref_target(f"refs/heads/{ws.branch}")
+    tip = ws.git.ref_target(branch_ref(ws.branch))
     if sha != tip:
         if tip is None:
             raise GitarError(f"{ws.branch} has no commit; check out an experiment branch")
@@ -110,7 +111,7 @@ def measure_chain(git: Git, branch: str, chain: list[str], best: Best | None,
     whatever its result); each later one is an attempt, kept or reset by experiment.finish.
     """
     notebook = Notebook(git)
-    ref = f"refs/heads/{branch}"
+    ref = branch_ref(branch)
     records: list[Record] = []
     for sha in chain:
         tip = git.ref_target(ref)

@@ -21,6 +21,7 @@ from gitar.review.history import one_line
 from gitar.review.noise import Noise, branch_noise
 from gitar.store.git import Git
 from gitar.store.records import UNDECIDED, Notebook, Record
+from gitar.store.refs import branch_ref
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def get_status(start: str | Path = ".") -> Status:
     progress = runner.read_progress(Path(running.log)) if running else None
     notebook = Notebook(ws.git)
     # While an attempt runs, the branch sits on it unjudged: the best is the one it is judged against.
-    tip = state.judged_tip(paths, ws.branch, ws.git.ref_target(f"refs/heads/{ws.branch}"))
+    tip = state.judged_tip(paths, ws.branch, ws.git.ref_target(branch_ref(ws.branch)))
     best = current_best(notebook, ws.branch, tip)
     confirming = _undecided(notebook.records(running.commit), running.branch) if running else []
     return Status(branch=ws.branch, running=running, progress=progress,

@@ -38,6 +38,7 @@ from gitar.sharing import remote_queue
 from gitar.sharing.remote_queue import Queued
 from gitar.sharing.sync import check_remote
 from gitar.store.records import Notebook, Record
+from gitar.store.refs import branch_ref
 from gitar.text import DESCRIPTION, HYPOTHESIS, check_text, subject
 
 
@@ -166,7 +167,7 @@ class _Attempt:
         git.run("-c", f"core.hooksPath={os.devnull}", "commit", "--cleanup=whitespace", "--quiet", "-F", "-",
                 env={"GIT_INDEX_FILE": str(index)}, input=self.text,
                 advice="nothing was committed; your edits are untouched")
-        sha = git.ref_target(f"refs/heads/{self.ws.branch}")
+        sha = git.ref_target(branch_ref(self.ws.branch))
         if sha is None or sha == self.ws.head or git.commit(sha).parent_ids[0] != self.ws.head:
             raise GitarError(f"{self.ws.branch} moved during the commit (now {str(sha)[:7]}); "
                              "someone else commits here — nothing was run", ExitCode.INTERNAL)
@@ -184,7 +185,7 @@ class _Attempt:
                # the hooks call `python`: make it this interpreter, the one with gitar and torch
                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
         output = _commit(self.ws, self.text, self.files, env)
-        new_head = self.ws.git.ref_target(f"refs/heads/{self.ws.branch}")
+        new_head = self.ws.git.ref_target(branch_ref(self.ws.branch))
         if new_head == self.ws.head and experiment.read_result(self.ws.git, self.run_id) is None:
             raise GitarError(_refusal(output))
         if self.remote is not None and new_head is not None:
@@ -238,7 +239,7 @@ def _index_restored_unless_committed(ws: Workspace) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if ws.git.ref_target(f"refs/heads/{ws.branch}") == ws.head:  # nothing committed
+        if ws.git.ref_target(branch_ref(ws.branch)) == ws.head:  # nothing committed
             _write_index(index, saved)
         raise
 

@@ -49,6 +49,7 @@ from gitar.store import signing
 from gitar.store.git import Git
 from gitar.store.ledger import ACCEPTED, SYNCED, Ledger
 from gitar.store.records import KEEP, VERIFY, Notebook, Record
+from gitar.store.refs import HEADS_PREFIX, base_ref, branch_ref
 
 
 @dataclass(frozen=True)
@@ -96,14 +97,14 @@ class Verification:
 def verify_branch(branch: str | None = None, start: str | Path = ".", *, require_signed: bool = False,
                   accept: bool = False, rerun: int = 0) -> Verification:
     git = Git.discover(start)
-    name = (branch or git.current_branch() or "").removeprefix("refs/heads/")
+    name = (branch or git.current_branch() or "").removeprefix(HEADS_PREFIX)
     if not name:
         raise GitarError("HEAD is detached; name the branch to verify with --branch B")
-    if git.ref_target(f"refs/heads/{name}") is None:
+    if git.ref_target(branch_ref(name)) is None:
         raise GitarError(f"no branch {name}; name an experiment branch with --branch (see `git branch`)")
     base = integrity.base_commit(git, name)
     if base is None:
-        raise GitarError(f"{name} has no recorded base ({integrity.base_ref(name)}); run `gitar init TAG` "
+        raise GitarError(f"{name} has no recorded base ({base_ref(name)}); run `gitar init TAG` "
                          "on the branch to record one, then verify again")
     if rerun < 0:
         raise GitarError(f"--rerun must be at least 1, got {rerun}")
@@ -116,7 +117,7 @@ def verify_branch(branch: str | None = None, start: str | Path = ".", *, require
     kept = sorted((ln for ln in lines if ln.record.status == KEEP and ln.record.kind != VERIFY),
                   key=lambda ln: (ln.record.started or "", ln.record.commit, ln.record.run_id))
     problems = [Problem("", "", p) for p in (trust.notes_problem(git),
-                                             trust.branch_problem(git, name, git.ref_target(f"refs/heads/{name}")))
+                                             trust.branch_problem(git, name, git.ref_target(branch_ref(name))))
                 if p is not None]
     problems += [Problem(e.commit, e.run_id, f"a record {_origin_words(e.origin)} is gone from the notes: "
                                              "removed or edited outside gitar")

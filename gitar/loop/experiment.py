@@ -33,6 +33,7 @@ from gitar.store import ledger
 from gitar.store.branch import MOVED_ELSEWHERE, PENDING, move_branch, moved_elsewhere
 from gitar.store.git import Git, clean_env
 from gitar.store.records import ABORTED, CRASH, KEEP, REJECTED, UNDECIDED, VERIFY, Notebook, Record, best_of
+from gitar.store.refs import branch_ref
 from gitar.text import subject
 
 DEFAULT_SEED = 42
@@ -379,7 +380,7 @@ def finish(git: Git, plan: Plan, record: Record) -> Record:
     claiming the branch is back at the best.
     """
     paths = Paths.of(git)
-    ref = f"refs/heads/{plan.branch}"
+    ref = branch_ref(plan.branch)
     tip = git.ref_target(ref)
     if plan.kind == "attempt" and tip != plan.commit:
         record.worktree = moved_elsewhere(plan.branch, tip)

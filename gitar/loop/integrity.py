@@ -42,9 +42,9 @@ from gitar.loop.preflight import owned
 from gitar.paths import Paths
 from gitar.store.git import Git, clean_env
 from gitar.store.records import REJECTED
+from gitar.store.refs import base_ref, data_ref
 
 HARNESS_FILES = ("prepare.py", GROUND_FILE)
-BASE_PREFIX = "refs/gitar/base/"
 HARNESS, REPORTED = "harness", "reported"  # ground.json experiment.evaluate: where val_bpb comes from
 # train.py's own val_bpb line and the harness's number of the same model agree to float noise
 # (the same data and code, eager vs exported graph); more than this is worth a note in the record.
@@ -65,10 +65,6 @@ def harness_sha256(git: Git, sha: str) -> str:
         h.update(git.blob_at(sha, name) or b"<missing>")
         h.update(b"\0")
     return h.hexdigest()
-
-
-def base_ref(branch: str) -> str:
-    return BASE_PREFIX + branch
 
 
 def base_commit(git: Git, branch: str) -> str | None:
@@ -151,13 +147,6 @@ def changed_files(expected: Mapping[str, str], actual: Mapping[str, str] | None)
     if actual is None:
         return sorted(expected)
     return sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
-
-
-DATA_PREFIX = "refs/gitar/data/"
-
-
-def data_ref(branch: str) -> str:
-    return DATA_PREFIX + branch
 
 
 def _legacy_pin_path(paths: Paths, branch: str) -> Path:

@@ -25,6 +25,7 @@ from gitar.store.branch import move_branch
 from gitar.store.git import Git
 from gitar.store.ledger import Ledger
 from gitar.store.records import ABORTED, KEEP, Notebook, Record
+from gitar.store.refs import branch_ref
 
 
 def recover(git: Git) -> list[str]:
@@ -124,7 +125,7 @@ def _save_result(paths: Paths, record: Record) -> None:
 
 
 def _finish_reset(git: Git, branch: str) -> str | None:
-    tip = git.ref_target(f"refs/heads/{branch}")
+    tip = git.ref_target(branch_ref(branch))
     if tip is None:
         return None
     lines = [ln for ln in trust.note_lines(git, tip) if ln.record.branch == branch]

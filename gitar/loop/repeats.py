@@ -38,7 +38,8 @@ from gitar.paths import Paths
 from gitar.review import history
 from gitar.store.git import Git
 from gitar.store.notes import note_blobs
-from gitar.store.records import ABORTED, NOTES_REF, SMOKE, Notebook, Record
+from gitar.store.records import ABORTED, SMOKE, Notebook, Record
+from gitar.store.refs import NOTES_REF
 
 _FIELD = b'"agent_sha256"'  # how the key is spelled in every note line gitar writes (json_line)
 _IDENTITY = re.compile(rb'"agent_sha256": "([0-9a-f]{64})"')

@@ -31,9 +31,10 @@ from gitar.config.schema import GROUND_FILE, parse_ground
 from gitar.errors import GitarError
 from gitar.store import ledger, signing
 from gitar.store.git import Git
-from gitar.store.ledger import NOTES_PIN, Entry, Ledger, descends, line_hash
+from gitar.store.ledger import Entry, Ledger, descends, line_hash
 from gitar.store.notes import note_blobs
-from gitar.store.records import LESSON, NOTES_REF, Record
+from gitar.store.records import LESSON, Record
+from gitar.store.refs import LEDGER_NOTES, NOTES_REF, branch_ref
 
 ACCEPT = "`gitar verify --accept`"
 
@@ -318,10 +319,10 @@ def accept(git: Git, branch: str | None) -> list[str]:
     current = git.ref_target(NOTES_REF)
     last = book.last_notes()
     if current is None and last is not None:
-        said.append(f"accepted: {NOTES_REF} is gone (gitar last left it at {last[:7]}, still kept as {NOTES_PIN})")
+        said.append(f"accepted: {NOTES_REF} is gone (gitar last left it at {last[:7]}, still kept as {LEDGER_NOTES})")
         book.clear_notes()
     elif current is not None and last is not None and not descends(git, last, current):
-        said.append(f"accepted: {NOTES_REF} at {current[:7]} (gitar last left it at {last[:7]}, kept as {NOTES_PIN})")
+        said.append(f"accepted: {NOTES_REF} at {current[:7]} (gitar last left it at {last[:7]}, kept as {LEDGER_NOTES})")
     raw = book.raw()
     entries: list[Entry] = []
     for ln in all_lines(git) if current is not None else iter(()):
@@ -347,7 +348,7 @@ def accept(git: Git, branch: str | None) -> list[str]:
     if current is not None:
         book.set_notes(git, current, accept=True)
     if branch is not None:
-        tip = git.ref_target(f"refs/heads/{branch}")
+        tip = git.ref_target(branch_ref(branch))
         left = book.branch_tip(branch)
         if tip is not None and tip != left:
             if left is not None and not descends(git, left, tip):

@@ -41,6 +41,7 @@ from gitar.store.records import (
     Record,
     tokens_per_s,
 )
+from gitar.store.refs import branch_ref
 from gitar.text import safe
 
 FAILED = (CRASH, TIMEOUT, ABORTED)  # ran and produced no number
@@ -311,7 +312,7 @@ def load(git: Git, branch: str | None) -> History:
     # While an attempt runs, the branch sits on it unjudged: the best is the one it is judged against.
     tip = None
     if branch is not None:
-        tip = state.judged_tip(Paths.of(git), branch, git.ref_target(f"refs/heads/{branch}"))
+        tip = state.judged_tip(Paths.of(git), branch, git.ref_target(branch_ref(branch)))
     lineage = _lineage(git, attempts, tip) if branch is not None else []
     return History(git=git, branch=branch, unordered=attempts, tip=tip, lineage=lineage)
 

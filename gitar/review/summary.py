@@ -30,7 +30,8 @@ from gitar.errors import GitarError
 from gitar.review import history
 from gitar.store.git import Git, clean_env
 from gitar.store.notes import note_blobs
-from gitar.store.records import NOTES_REF, parse_lines
+from gitar.store.records import parse_lines
+from gitar.store.refs import NOTES_REF
 from gitar.text import safe
 
 SUMMARY_REF = "refs/notes/gitar-summary"

@@ -17,21 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gitar.loop.integrity import BASE_PREFIX, DATA_PREFIX
 from gitar.store.git import Git
+from gitar.store.refs import BASE_PREFIX, DATA_PREFIX, tracking_pin_prefix
 
 SHARED = (BASE_PREFIX, DATA_PREFIX)
-_ROOT = "refs/gitar/"
-
-
-def tracking_prefix(remote: str, prefix: str) -> str:
-    """refs/gitar/base/ → refs/gitar/remotes/<remote>/base/."""
-    return f"{_ROOT}remotes/{remote}/{prefix.removeprefix(_ROOT)}"
-
-
 def fetch_specs(remote: str) -> list[str]:
     # Forced, like every tracking ref: it mirrors the remote, and the local refs are never forced.
-    return [f"+{prefix}*:{tracking_prefix(remote, prefix)}*" for prefix in SHARED]
+    return [f"+{prefix}*:{tracking_pin_prefix(remote, prefix)}*" for prefix in SHARED]
 
 
 @dataclass(frozen=True)
@@ -55,7 +47,7 @@ def reconcile(git: Git, remote: str) -> PinPlan:
     local = _refs(git, *(p.rstrip("/") for p in SHARED))
     theirs: dict[str, str] = {}
     for prefix in SHARED:
-        tracking = tracking_prefix(remote, prefix)
+        tracking = tracking_pin_prefix(remote, prefix)
         for ref, obj in _refs(git, tracking.rstrip("/")).items():
             theirs[prefix + ref.removeprefix(tracking)] = obj
     adopted: list[str] = []

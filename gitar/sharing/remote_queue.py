@@ -20,6 +20,7 @@ from gitar.sharing.sync import JUDGED, PUSHED, UP_TO_DATE, SyncResult, sync
 from gitar.store.branch import MOVED_ELSEWHERE, PENDING, move_branch, moved_elsewhere
 from gitar.store.git import Git
 from gitar.store.records import KEEP, REJECTED, Notebook, Record
+from gitar.store.refs import branch_ref
 
 DEFAULT_POLL_S = 10.0  # a run takes minutes; a fetch every 10 s costs the remote little
 FINAL = (*JUDGED, REJECTED)  # a runner that died leaves "aborted": its next job measures the commit again
@@ -77,7 +78,7 @@ def _follow(git: Git, branch: str, sha: str, record: Record) -> Record:
     """Put the local branch where the verdict puts it, as a local run would have."""
     if record.status == KEEP or record.kind != "attempt":
         return record
-    tip = git.ref_target(f"refs/heads/{branch}")
+    tip = git.ref_target(branch_ref(branch))
     back_to = record.best_commit or record.parent
     if tip != sha or back_to is None:
         return record  # more commits were queued on top: the runner settles them, and their verdicts move it
@@ -87,5 +88,5 @@ def _follow(git: Git, branch: str, sha: str, record: Record) -> Record:
     except GitarError as e:
         record.worktree = f"{PENDING}: {e.message}"  # recovery finishes the move at the next command
     if record.worktree == MOVED_ELSEWHERE:
-        record.worktree = moved_elsewhere(branch, git.ref_target(f"refs/heads/{branch}"))
+        record.worktree = moved_elsewhere(branch, git.ref_target(branch_ref(branch)))
     return record

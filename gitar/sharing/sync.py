@@ -35,7 +35,16 @@ from gitar.loop.judge import current_best
 from gitar.review import summary
 from gitar.sharing import pin_sync
 from gitar.store.git import Git
-from gitar.store.records import ATTEMPTS_PREFIX, CRASH, DISCARD, KEEP, NOTES_REF, TIMEOUT, Notebook, Record
+from gitar.store.records import CRASH, DISCARD, KEEP, TIMEOUT, Notebook, Record
+from gitar.store.refs import (
+    ATTEMPTS_PREFIX,
+    GITAR_ROOT,
+    NOTES_REF,
+    SYNC_SCRATCH_PREFIX,
+    branch_ref,
+    tracking_branch_ref,
+    tracking_notes_ref,
+)
 
 MERGE_STRATEGY = "cat_sort_uniq"
 MAX_TRIES = 20
@@ -51,14 +60,6 @@ _FALLBACK_IDENTITY = {"GIT_AUTHOR_NAME": "gitar", "GIT_AUTHOR_EMAIL": "gitar@loc
 
 # What happened to the checked-out branch.
 PUSHED, UP_TO_DATE, LEFT, NOT_PUSHED = "pushed", "up-to-date", "left-as-is", "not-pushed"
-
-
-def tracking_notes_ref(remote: str) -> str:
-    return f"refs/notes/remotes/{remote}/gitar"
-
-
-def tracking_branch_ref(remote: str, branch: str) -> str:
-    return f"refs/remotes/{remote}/{branch}"
 
 
 def judged(records: list[Record], branch: str) -> bool:
@@ -100,7 +101,7 @@ class SyncResult:
             else:
                 out.append(f"branch: {b.branch} not pushed: {b.reason}")
         if self.pins is not None:
-            names = [r.removeprefix("refs/gitar/") for r in self.pins.adopted]
+            names = [r.removeprefix(GITAR_ROOT) for r in self.pins.adopted]
             if names:
                 out.append(f"bases and data pins adopted from {self.remote}: {', '.join(names)}")
             out.extend(f"warning: {line}" for line in self.pins.conflicts)
@@ -224,7 +225,7 @@ def merge_notes(git: Git, remote: str) -> bool:
 
 
 def _merge_on_scratch_ref(git: Git, ours: str | None, theirs: str) -> str:
-    scratch = f"refs/notes/gitar-sync/{uuid.uuid4().hex}"
+    scratch = f"{SYNC_SCRATCH_PREFIX}{uuid.uuid4().hex}"
     try:
         if ours is not None:
             git.pin(scratch, ours, "gitar sync: scratch")
@@ -256,7 +257,7 @@ def plan_branch_push(git: Git, remote: str, prefix: str | None) -> BranchPush | 
     branch = git.current_branch()
     if branch is None or prefix is None or not branch.startswith(prefix):
         return None
-    local = git.ref_target(f"refs/heads/{branch}")
+    local = git.ref_target(branch_ref(branch))
     theirs = git.ref_target(tracking_branch_ref(remote, branch))
     if local == theirs:
         return BranchPush(branch, UP_TO_DATE, local, theirs)
@@ -292,7 +293,7 @@ def _push(git: Git, remote: str, remote_notes: str | None, plan: BranchPush | No
     if ours is not None and ours != remote_notes:
         args += [f"--force-with-lease={NOTES_REF}:{remote_notes or ''}", f"{NOTES_REF}:{NOTES_REF}"]
     if plan is not None and plan.action == PUSHED and plan.local is not None:
-        ref = f"refs/heads/{plan.branch}"
+        ref = branch_ref(plan.branch)
         args += [f"--force-with-lease={ref}:{plan.lease or ''}", f"{plan.local}:{ref}"]
     proc = git.run(*args, check=False)
     refs = _porcelain(proc.stdout)

@@ -16,6 +16,7 @@ import os
 from gitar.errors import GitarError
 from gitar.store import ledger
 from gitar.store.git import Git
+from gitar.store.refs import branch_ref
 
 FOLLOWED = "followed"  # the work tree now matches the best
 KEPT_EDITS = "kept-edits"  # some files kept edits made after the commit
@@ -25,7 +26,7 @@ PENDING = "pending"  # the move could not happen now; the next gitar command com
 
 
 def move_branch(git: Git, branch: str, attempt: str, target: str, message: str) -> str:
-    ref = f"refs/heads/{branch}"
+    ref = branch_ref(branch)
     if git.ref_target(ref) != attempt:
         return MOVED_ELSEWHERE
     checked_out = git.current_branch() == branch

@@ -18,6 +18,7 @@ from pathlib import Path
 import pygit2
 
 from gitar.errors import ExitCode, GitarError
+from gitar.store.refs import HEADS_PREFIX
 
 # Variables git exports to hooks. A git process we start from inside a hook must see
 # the repository's real index and directories, not the hook's temporary ones.
@@ -137,8 +138,8 @@ class Git:
             return None
         head = self.repo.references.get("HEAD")
         target = head.target if head is not None else None
-        if isinstance(target, str) and target.startswith("refs/heads/"):
-            return target[len("refs/heads/"):]
+        if isinstance(target, str) and target.startswith(HEADS_PREFIX):
+            return target[len(HEADS_PREFIX):]
         return None
 
     def worktrees(self) -> list[Worktree]:
@@ -150,7 +151,7 @@ class Git:
                 continue
             branch = fields.get("branch", "")
             out.append(Worktree(path=Path(fields["worktree"]).resolve(), head=fields.get("HEAD") or None,
-                                branch=branch[len("refs/heads/"):] if branch.startswith("refs/heads/") else None,
+                                branch=branch[len(HEADS_PREFIX):] if branch.startswith(HEADS_PREFIX) else None,
                                 prunable="prunable" in fields))
         return out
 

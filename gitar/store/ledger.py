@@ -34,12 +34,12 @@ import pygit2
 
 from gitar.paths import Paths
 from gitar.store.git import Git
+from gitar.store.refs import LEDGER_NOTES, NOTES_REF
 
 HERE = "here"
 SYNCED = "synced"  # written as synced:<remote>
 ACCEPTED = "accepted"
 REMOVED = "removed"  # a line gitar wrote is gone from the notes, and a person accepted that
-NOTES_PIN = "refs/gitar/ledger/notes"
 
 
 def line_hash(line: str) -> str:
@@ -127,7 +127,7 @@ class Ledger:
         _write_atomic(self._notes, tip + "\n")
         # In-process (no git process per record): keeps the commit alive should the notes ref go.
         with contextlib.suppress(pygit2.GitError, ValueError):
-            git.repo.references.create(NOTES_PIN, pygit2.Oid(hex=tip), force=True)
+            git.repo.references.create(LEDGER_NOTES, pygit2.Oid(hex=tip), force=True)
 
     def clear_notes(self) -> None:
         """gitar no longer claims a notes tip (the user accepted that the notes ref is gone)."""
@@ -170,7 +170,7 @@ def wrote(git: Git, line: str | None, run_id: str, commit: str) -> None:
     ledger = Ledger.of(git)
     if line is not None:
         ledger.add([Entry(line_hash(line), run_id, commit, HERE)])
-    ledger.set_notes(git, git.ref_target("refs/notes/gitar"))
+    ledger.set_notes(git, git.ref_target(NOTES_REF))
 
 
 def branch_set(git: Git, branch: str, sha: str) -> None:

@@ -40,7 +40,8 @@ import pygit2
 from gitar import __version__
 from gitar.store.git import Git
 from gitar.store.notes import note_tree, walk_notes
-from gitar.store.records import NOTES_REF, Lesson, Record, parse_line, parse_lines
+from gitar.store.records import Lesson, Record, parse_line, parse_lines
+from gitar.store.refs import NOTES_REF
 
 
 def _origin(module: str) -> str | None:

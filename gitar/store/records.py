@@ -23,10 +23,9 @@ from gitar.numbers import rounded
 from gitar.store import ledger, signing
 from gitar.store.git import Git
 from gitar.store.notes import note_blobs
+from gitar.store.refs import ATTEMPTS_PREFIX, NOTES_REF
 from gitar.text import json_line
 
-NOTES_REF = "refs/notes/gitar"
-ATTEMPTS_PREFIX = "refs/gitar/attempts/"
 SCHEMA = 1
 
 # Statuses. keep/discard/crash/timeout are the judge's; the rest end a run before judging.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from gitar.loop.integrity import base_ref, data_ref, load_data_pin, save_data_pin
+from gitar.store.refs import base_ref, data_ref
+
+from gitar.loop.integrity import load_data_pin, save_data_pin
 from gitar.sharing.sync import sync
 from gitar.store.git import Git
 from tests.scale.conftest import BRANCH, Lab, commit_train, run_job
