@@ -59,13 +59,12 @@ from gitar.runtime.platform import (
     Platform,
     detect_platform,
     fetch_flash_attention_3,
-    load_flash_attention_3,
     probe_device,
 )
 
 __all__ = [
     "EVAL_TOKENS", "GROUND", "MAX_SEQ_LEN", "PLATFORM", "TIME_BUDGET", "TOKEN_BYTES_RULE", "Tokenizer",
-    "evaluate_bpb", "get_token_bytes", "load_flash_attention_3", "make_dataloader",
+    "evaluate_bpb", "get_token_bytes", "make_dataloader",
 ]
 
 # ---------------------------------------------------------------------------

@@ -9,12 +9,17 @@ nothing else in the package calls sys.exit.
 from __future__ import annotations
 
 import enum
+import os
+import tempfile
+import time
+import traceback
+from pathlib import Path
 
 
 class ExitCode(enum.IntEnum):
     """Documented exit codes (README, "Exit codes"). Distinct so a harness can branch on them."""
 
-    KEPT = 0  # the experiment ran and the branch now points at it
+    OK = 0  # the command succeeded; for try, run and wait: the experiment ran and was kept
     NOT_KEPT = 1  # it ran and was discarded, crashed, timed out or was rejected after the run
     REFUSED = 2  # refused before running anything: bad input or a repository state to fix first
     INTERNAL = 3  # an unexpected failure inside gitar; the traceback is saved under .git/gitar/
@@ -31,3 +36,20 @@ class GitarError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+def save_traceback(directory: Path | None) -> str:
+    """The exception being handled, written to a file of its own; the file's path for the one-line error.
+
+    An unexpected failure is one line for the user (CLI and hooks alike) and the whole traceback
+    for whoever fixes gitar: under .git/gitar/ when there is a repository, else the temp dir.
+    """
+    text = traceback.format_exc()
+    base = directory or Path(tempfile.gettempdir()) / "gitar"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        path = base / f"internal-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        path.write_text(text)
+        return str(path)
+    except OSError:
+        return "(could not be saved)"

@@ -14,13 +14,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
-import time
-import traceback
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gitar.errors import ExitCode, GitarError
+import gitar
+from gitar.errors import ExitCode, GitarError, save_traceback
 from gitar.text import json_line, safe
 
 if TYPE_CHECKING:
@@ -40,6 +37,16 @@ def _app() -> typer.Typer:
                            help="git as the loop, the lab notebook and the referee of autonomous ML research.")
         for group in (loop.app, review.app, scale.app):
             _APP.add_typer(group)
+
+        def print_version(value: bool) -> None:
+            if value:
+                typer.echo(f"gitar {gitar.__version__}")
+                raise typer.Exit()
+
+        @_APP.callback()
+        def options(version: bool = typer.Option(False, "--version", callback=print_version, is_eager=True,
+                                                 help="Print gitar's version and exit.")) -> None:
+            """git as the loop, the lab notebook and the referee of autonomous ML research."""
     return _APP
 
 
@@ -53,20 +60,9 @@ def __getattr__(name: str) -> Any:
 
 
 def _save_traceback() -> str:
-    text = traceback.format_exc()
-    try:
-        from gitar.store.git import Git
+    from gitar.store.git import gitar_dir
 
-        base = Git.discover().common_dir / "gitar"
-    except Exception:
-        base = Path(tempfile.gettempdir()) / "gitar"
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        path = base / f"internal-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
-        path.write_text(text)
-        return str(path)
-    except OSError:
-        return "(could not be saved)"
+    return save_traceback(gitar_dir())
 
 
 # Commands whose every outcome, with --json, is one JSON object on stdout (refusals and errors too).
@@ -110,7 +106,7 @@ def _pipe_closed() -> int:
     with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-    return int(ExitCode.KEPT)
+    return int(ExitCode.OK)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:
             where = _save_traceback()
             return fail(ExitCode.INTERNAL, f"{type(e).__name__}: {e} (traceback: {where})", "internal error: ")
-        return int(ExitCode.KEPT)
+        return int(ExitCode.OK)
 
     import click
 
@@ -155,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             # and exits 1, the code for "not kept". The swapped stdout tells it from a real 1.
             if sys.stdout is not stdout:
                 return _pipe_closed()
-            return e.code if isinstance(e.code, int) else int(ExitCode.KEPT if e.code is None else ExitCode.REFUSED)
+            return e.code if isinstance(e.code, int) else int(ExitCode.OK if e.code is None else ExitCode.REFUSED)
     except BrokenPipeError:
         return _pipe_closed()
     except click.exceptions.NoArgsIsHelpError as e:
@@ -172,4 +168,4 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         where = _save_traceback()
         return fail(ExitCode.INTERNAL, f"{type(e).__name__}: {e} (traceback: {where})", "internal error: ")
-    return int(ExitCode.KEPT) if code is None else int(code)
+    return int(ExitCode.OK) if code is None else int(code)

@@ -45,7 +45,7 @@ def init_cmd(
         say(f"gitar: warning: {warning}", err=True)
     where = " in each worktree" if result.worktrees else ""
     typer.echo(f"gitar: next: `gitar run` measures the baseline{where}, then `gitar try \"what I changed\"`")
-    raise typer.Exit(ExitCode.KEPT)
+    raise typer.Exit(ExitCode.OK)
 
 
 @app.command("try")
@@ -78,15 +78,15 @@ def try_cmd(
     if isinstance(outcome, Started):
         data = {"status": "started", "run_id": outcome.run_id, "commit": outcome.commit, "log": outcome.log}
         emit(f"started {outcome.commit[:7]} \"{one_line(outcome.description, 60)}\"; "
-             "`gitar status` to watch, `gitar wait` for the result", data, as_json, ExitCode.KEPT)
-        raise typer.Exit(ExitCode.KEPT)
+             "`gitar status` to watch, `gitar wait` for the result", data, as_json, ExitCode.OK)
+        raise typer.Exit(ExitCode.OK)
     if isinstance(outcome, Queued):
         if no_wait:
             data = {"status": "queued", "commit": outcome.commit, "remote": outcome.remote, "branch": outcome.branch}
             emit(f"queued {outcome.commit[:7]} \"{one_line(outcome.description, 60)}\" for the runner of "
                  f"{outcome.remote}; `gitar wait --remote {outcome.remote}` for the result", data, as_json,
-                 ExitCode.KEPT)
-            raise typer.Exit(ExitCode.KEPT)
+                 ExitCode.OK)
+            raise typer.Exit(ExitCode.OK)
         outcome = _wait_remote(outcome.remote, outcome.commit, timeout, poll)
     emit(result_line(outcome), record_dict(outcome), as_json, exit_code(outcome))
     raise typer.Exit(exit_code(outcome))
@@ -161,7 +161,7 @@ def status_cmd(
     else:
         s = get_status()
         emit_lines(s.as_dict(), status_lines(s), as_json)
-    raise typer.Exit(ExitCode.KEPT)
+    raise typer.Exit(ExitCode.OK)
 
 
 @app.command("wait")
@@ -191,4 +191,4 @@ def demo_cmd(
     from gitar.commands.demo import default_directory, run_demo
 
     run_demo(directory or default_directory(Path.cwd()), echo=typer.echo)
-    raise typer.Exit(ExitCode.KEPT)
+    raise typer.Exit(ExitCode.OK)

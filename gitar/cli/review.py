@@ -26,7 +26,7 @@ def log_cmd(
 
     text, newline = log_text(all_branches, as_json, tsv, limit)
     typer.echo(text, nl=newline)
-    raise typer.Exit(ExitCode.KEPT)
+    raise typer.Exit(ExitCode.OK)
 
 
 @app.command("show")
@@ -40,7 +40,7 @@ def show_cmd(
 
     shown = show_commit(rev, lines)
     emit_lines(shown.as_dict(), shown_lines(shown), as_json)
-    raise typer.Exit(ExitCode.KEPT)
+    raise typer.Exit(ExitCode.OK)
 
 
 @app.command("best")
@@ -52,7 +52,7 @@ def best_cmd(
     from gitar.cli.fast import best_text
 
     typer.echo(best_text(as_json, all_branches))
-    raise typer.Exit(ExitCode.KEPT)
+    raise typer.Exit(ExitCode.OK)
 
 
 @app.command("memory")
@@ -64,7 +64,7 @@ def memory_cmd(
     from gitar.cli.fast import memory_text
 
     typer.echo(memory_text(max_chars, all_branches))
-    raise typer.Exit(ExitCode.KEPT)
+    raise typer.Exit(ExitCode.OK)
 
 
 @app.command("learn")
@@ -79,7 +79,7 @@ def learn_cmd(
     saved, record = learn(rev, lesson)
     say(f"learned on {saved.commit[:7]} ({record.status} \"{one_line(record.description, 60)}\"): "
         f"{one_line(saved.lesson, 120)}")
-    raise typer.Exit(ExitCode.KEPT)
+    raise typer.Exit(ExitCode.OK)
 
 
 @app.command("plot")
@@ -91,7 +91,7 @@ def plot_cmd(
 
     done = plot_progress(output)
     say(f"wrote {done.path} ({done.attempts} experiments, {done.kept} kept)")
-    raise typer.Exit(ExitCode.KEPT)
+    raise typer.Exit(ExitCode.OK)
 
 
 @app.command("verify")
@@ -113,4 +113,4 @@ def verify_cmd(
 
     result = verify_branch(branch, require_signed=require_signed, accept=accept, rerun=rerun)
     say(verification_lines(result))
-    raise typer.Exit(ExitCode.KEPT if result.clean else ExitCode.NOT_KEPT)
+    raise typer.Exit(ExitCode.OK if result.clean else ExitCode.NOT_KEPT)

@@ -21,7 +21,7 @@ def sync_cmd(
     from gitar.commands.sync import sync_clone
 
     say(f"gitar: {line}" for line in sync_clone(remote, push=push).lines())
-    raise typer.Exit(ExitCode.KEPT)
+    raise typer.Exit(ExitCode.OK)
 
 
 @app.command("ci")
@@ -44,7 +44,7 @@ def ci_cmd(
 
     if init_key:
         typer.echo(make_key())
-        raise typer.Exit(ExitCode.KEPT)
+        raise typer.Exit(ExitCode.OK)
     from gitar.loop.result_line import result_line
     from gitar.store.records import Record, record_dict
 
@@ -59,4 +59,4 @@ def ci_cmd(
     if outcome.syncs:
         say((f"gitar: {line}" for line in outcome.syncs[-1].lines()), err=True)
     # A discard is a normal outcome of a job, not a failure of it.
-    raise typer.Exit(ExitCode.KEPT)
+    raise typer.Exit(ExitCode.OK)

@@ -23,7 +23,7 @@ from typing import Any
 
 from gitar import shared
 from gitar.config.schema import Ground, ground_at
-from gitar.errors import ExitCode, GitarError
+from gitar.errors import GitarError
 from gitar.host import confine, runner, signals, state
 from gitar.loop import integrity, repeats, trust
 from gitar.loop.judge import Best, Policy, Sigma, Verdict, current_best, judge, sigma_of
@@ -514,10 +514,3 @@ def read_result(git: Git, run_id: str) -> Record | None:
         return None
     return Record.from_dict(data)
 
-
-def require_record(git: Git, run_id: str) -> Record:
-    record = read_result(git, run_id)
-    if record is None:
-        raise GitarError("the experiment ended without a record; see `gitar status` and the hook output above",
-                         ExitCode.INTERNAL)
-    return record

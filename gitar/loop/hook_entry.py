@@ -23,13 +23,13 @@ import time
 
 from gitar import shared
 from gitar.config.schema import GROUND_FILE, Ground, ground_at
-from gitar.errors import ExitCode, GitarError
+from gitar.errors import ExitCode, GitarError, save_traceback
 from gitar.host import lock, signals, state
 from gitar.loop import experiment, integrity
 from gitar.loop.recovery import recover
 from gitar.loop.result_line import result_line
 from gitar.paths import Paths
-from gitar.store.git import Git
+from gitar.store.git import Git, gitar_dir
 from gitar.store.records import REJECTED, Notebook, Record
 from gitar.text import DESCRIPTION_CHARS, HYPOTHESIS, NOTE_CHARS, check_message, check_text, safe, subject
 
@@ -223,9 +223,14 @@ def main(argv: list[str] | None = None) -> int:
         refused = args[:1] in (["check"], ["message"])
         print(f"gitar: refused: {safe(e.message)}" if refused else f"gitar: error: {safe(e.message)}",
               file=sys.stderr)
-        return 1 if e.code != ExitCode.KEPT else 0
+        return 1 if e.code != ExitCode.OK else 0
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)
+    except Exception as e:
+        # As the CLI does: one line, the traceback saved, exit INTERNAL (a pre-commit refusal too).
+        where = save_traceback(gitar_dir())
+        print(f"gitar: internal error: {safe(f'{type(e).__name__}: {e}')} (traceback: {where})", file=sys.stderr)
+        return int(ExitCode.INTERNAL)
     print("usage: python -m gitar.loop.hook_entry check|message FILE|run", file=sys.stderr)
     return 2
 

@@ -12,7 +12,7 @@ from gitar.store.records import KEEP, Record
 
 
 def exit_code(record: Record) -> ExitCode:
-    return ExitCode.KEPT if record.status == KEEP else ExitCode.NOT_KEPT
+    return ExitCode.OK if record.status == KEEP else ExitCode.NOT_KEPT
 
 
 def _first_line(text: str, limit: int = 72) -> str:

@@ -1,7 +1,7 @@
 """Sharing one lab notebook between clones: fetch, merge and push records without losing one.
 
 Many agents and runners write records into their own clone's refs/notes/gitar; `gitar sync`
-makes every clone and the shared remote hold the union of them all. The rules (DESIGN.md):
+makes every clone and the shared remote hold the union of them all. The rules:
 - the remote's notes are fetched into refs/notes/remotes/<remote>/gitar, never into the local
   notes ref, which a forced fetch would silently overwrite;
 - they are merged with `git notes merge -s cat_sort_uniq` (a record is one JSON line, so the
@@ -59,7 +59,7 @@ _FALLBACK_IDENTITY = {"GIT_AUTHOR_NAME": "gitar", "GIT_AUTHOR_EMAIL": "gitar@loc
                       "GIT_COMMITTER_NAME": "gitar", "GIT_COMMITTER_EMAIL": "gitar@localhost"}
 
 # What happened to the checked-out branch.
-PUSHED, UP_TO_DATE, LEFT, NOT_PUSHED = "pushed", "up-to-date", "left-as-is", "not-pushed"
+PUSHED, UP_TO_DATE, LEFT = "pushed", "up-to-date", "left-as-is"
 
 
 def judged(records: list[Record], branch: str) -> bool:

@@ -1,6 +1,6 @@
 """Every git operation gitar performs, behind one class whose errors say what to do.
 
-Two engines, each for what it is good at (see DESIGN.md):
+Two engines, each for what it is good at:
 - the git CLI wherever git's own semantics matter: commits (only the CLI runs hooks),
   ref updates with compare-and-swap and a reflog message, moving the index and work tree;
 - pygit2 for fast reads: resolving revisions, reading trees and blobs, notes.
@@ -280,3 +280,11 @@ def _failure_line(args: Sequence[str], proc: subprocess.CompletedProcess[str], a
     elif advice:
         msg += f"; {advice}"
     return msg
+
+
+def gitar_dir() -> Path | None:
+    """.git/gitar/ of the repository here, or None outside one (where an internal error's traceback goes)."""
+    try:
+        return Git.discover().common_dir / "gitar"
+    except Exception:  # any failure here must not hide the error being reported
+        return None

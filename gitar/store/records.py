@@ -294,11 +294,6 @@ def parse_line(line: str) -> Record | Lesson:
 
 
 
-def parse_note(text: str, where: str) -> list[Record]:
-    """Every valid record line of one note (runs only: lesson lines are not runs)."""
-    return parse_lines(text, where)[0]
-
-
 def _str_or_none(v: Any) -> str | None:
     return v if isinstance(v, str) else None
 
