@@ -96,7 +96,7 @@ def _run_ci(branch: str | None, remote: str, *, with_sync: bool, start: str | Pa
     ground = ground_at(git, tip)
     confine.check_available(ground)
     prefix = ground.experiment.branch_prefix
-    if not name.startswith(prefix):
+    if not ground.experiment.is_experiment_branch(name):
         raise GitarError(f"{name} is not an experiment branch (branches named {prefix}TAG); "
                          "the runner measures experiment branches only")
     outcome = CiOutcome(branch=name, tip=tip, pending=[], syncs=syncs, recovered=recovered)

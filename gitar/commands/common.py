@@ -35,7 +35,7 @@ def open_workspace(start: str | Path = ".", *, need_experiment_branch: bool = Tr
     if need_experiment_branch:
         if branch is None:
             raise GitarError(f"HEAD is detached; {_where_to_go(git, prefix)}")
-        if not branch.startswith(prefix):
+        if not ground.experiment.is_experiment_branch(branch):
             raise GitarError(f"{branch} is not an experiment branch; {_where_to_go(git, prefix)}")
     for line in recover(git):
         print(f"gitar: {safe(line)}", file=sys.stderr)  # names a description: untrusted text

@@ -111,7 +111,7 @@ def build_memory(max_chars: int = DEFAULT_MAX_CHARS, start: str | Path = ".", *,
     ws = open_workspace(start, need_experiment_branch=not all_branches)
     if not all_branches:
         return render(history.load(ws.git, ws.branch), max_chars)
-    mine = history.load(ws.git, ws.branch) if ws.branch.startswith(ws.ground.experiment.branch_prefix) else None
+    mine = history.load(ws.git, ws.branch) if ws.ground.experiment.is_experiment_branch(ws.branch) else None
     return "\n".join(fit(sections_all(history.load(ws.git, None), mine), max_chars))
 
 

@@ -156,6 +156,10 @@ class ExperimentConfig:
     runner_keys: tuple[str, ...] = ()
     repeats: str = REPEATS_RUN  # optional in ground.json: one of REPEAT_POLICIES
 
+    def is_experiment_branch(self, branch: str | None) -> bool:
+        """The one test of whether gitar's loop runs on a branch (hooks, commands, the runner)."""
+        return branch is not None and branch.startswith(self.branch_prefix)
+
 
 @dataclass(frozen=True)
 class Ground:

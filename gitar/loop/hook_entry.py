@@ -54,7 +54,7 @@ def _experiment_branch(git: Git) -> tuple[str, Ground] | None:
                              "`git commit --no-verify` to leave gitar out")
         return None
     ground = ground_at(git, head)
-    if not branch.startswith(ground.experiment.branch_prefix):
+    if not ground.experiment.is_experiment_branch(branch):
         return None
     return branch, ground
 
