@@ -31,20 +31,139 @@ import gc
 import importlib.util
 import json
 import math
+import re
 import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gitar.config.schema import ArchitectureConfig, ModelConfig, OptimizationConfig, load_model
+from gitar.config.jsonfile import Section, describe, integer, number, read_json, string
 from gitar.errors import GitarError
 
 MODEL_JSON = Path(__file__).with_name("model.json")
+
+# ---------------------------------------------------------------------------
+# Hyperparameters: model.json and its schema (both the agent's: a new key goes in both)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArchitectureConfig:
+    depth: int
+    aspect_ratio: int  # model_dim = depth * aspect_ratio, rounded up to a multiple of head_dim
+    head_dim: int
+    window_pattern: str  # per-layer S (half context) / L (full context), repeated; last layer is L
+
+
+@dataclass(frozen=True)
+class OptimizationConfig:
+    total_batch_size: int  # tokens per optimizer step
+    device_batch_size: int  # sequences per micro-batch
+    embedding_lr: float
+    unembedding_lr: float
+    matrix_lr: float
+    scalar_lr: float
+    weight_decay: float
+    adam_betas: tuple[float, float]
+    warmup_ratio: float
+    warmdown_ratio: float
+    final_lr_frac: float
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: Path
+    architecture: ArchitectureConfig
+    optimization: OptimizationConfig
+    evaluation: EvaluationConfig
+
+
+
+
+def _betas(s: Section, k: str, v: Any) -> tuple[float, float]:
+    if not isinstance(v, list) or len(v) != 2:
+        raise s.fail(k, f"expected a list of two numbers [beta1, beta2], got {describe(v)}")
+    b1 = number(0, 1)(s, k, v[0])
+    b2 = number(0, 1)(s, k, v[1])
+    if b1 >= 1 or b2 >= 1:
+        raise s.fail(k, f"each beta must be below 1, got {v}")
+    return (b1, b2)
+
+
+def parse_model(obj: Any, path: Path, ground: Any = None) -> ModelConfig:
+    """model.json as typed hyperparameters; one line naming the key for anything else (exit 2).
+
+    The schema is this file's: add a key to model.json, to the dataclass above and here.
+    `ground` (prepare.GROUND) adds the checks that involve the data: batch shapes.
+    """
+    f = path.name
+    top = Section(f, "", obj)
+
+    a = top.section("architecture")
+    arch = ArchitectureConfig(
+        depth=a.get("depth", integer(1, 1024)),
+        aspect_ratio=a.get("aspect_ratio", integer(1, 1 << 16)),
+        head_dim=a.get("head_dim", integer(8, 1024)),
+        window_pattern=a.get("window_pattern", string()),
+    )
+    a.done()
+    if not re.fullmatch(r"[SLsl]+", arch.window_pattern):
+        raise a.fail("window_pattern", f"use only S (short) and L (long), got {describe(arch.window_pattern)}")
+    if arch.head_dim % 2:
+        raise a.fail("head_dim", f"must be even (rotary embeddings rotate pairs), got {arch.head_dim}")
+
+    o = top.section("optimization")
+    lr = number(0)
+    opt = OptimizationConfig(
+        total_batch_size=o.get("total_batch_size", integer(1)),
+        device_batch_size=o.get("device_batch_size", integer(1)),
+        embedding_lr=o.get("embedding_lr", lr),
+        unembedding_lr=o.get("unembedding_lr", lr),
+        matrix_lr=o.get("matrix_lr", lr),
+        scalar_lr=o.get("scalar_lr", lr),
+        weight_decay=o.get("weight_decay", number(0)),
+        adam_betas=o.get("adam_betas", _betas),
+        warmup_ratio=o.get("warmup_ratio", number(0, 1)),
+        warmdown_ratio=o.get("warmdown_ratio", number(0, 1)),
+        final_lr_frac=o.get("final_lr_frac", number(0, 1)),
+    )
+    o.done()
+    if opt.warmup_ratio + opt.warmdown_ratio > 1:
+        raise o.fail("warmdown_ratio", f"warmup_ratio + warmdown_ratio must be at most 1, "
+                     f"got {opt.warmup_ratio:g} + {opt.warmdown_ratio:g}")
+
+    ev = top.section("evaluation")
+    evaluation = EvaluationConfig(batch_size=ev.get("batch_size", integer(1)))
+    ev.done()
+    top.done()
+
+    if ground is not None:
+        t = ground.training.max_seq_len
+        per_micro = opt.device_batch_size * t
+        if opt.total_batch_size % per_micro:
+            raise o.fail("total_batch_size", f"{opt.total_batch_size} is not a multiple of device_batch_size × "
+                         f"max_seq_len = {opt.device_batch_size} × {t} = {per_micro}")
+        if ground.training.eval_tokens < evaluation.batch_size * t:
+            raise ev.fail("batch_size", f"{evaluation.batch_size} × max_seq_len {t} exceeds "
+                          f"ground.json training.eval_tokens ({ground.training.eval_tokens})")
+    return ModelConfig(path=path, architecture=arch, optimization=opt, evaluation=evaluation)
+
+
+def load_model(path: str | os.PathLike[str] = MODEL_JSON, ground: Any = None) -> ModelConfig:
+    p = Path(path).absolute()
+    return parse_model(read_json(p), p, ground)
+
 
 # ---------------------------------------------------------------------------
 # Crash record: what failed, in which phase and at which step, for gitar's notes

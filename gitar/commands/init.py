@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitar.config.schema import GROUND_FILE, MODEL_FILE, Ground, load_ground, load_model
+from gitar.config.schema import GROUND_FILE, MODEL_FILE, Ground, load_ground, read_json_object
 from gitar.errors import ExitCode, GitarError
 from gitar.loop import integrity, trust
 from gitar.paths import read_device, write_device
@@ -65,7 +65,7 @@ def init_workspace(tag: str, start: str | Path = ".", *, worktrees: int = 0,
     if git.head_is_unborn():
         raise GitarError("this repository has no commits yet; commit the workspace files first")
     ground = load_ground(git.root / GROUND_FILE)
-    load_model(git.root / MODEL_FILE, ground)
+    read_json_object(git.root / MODEL_FILE)  # the hyperparameters: their schema is train.py's (smoke step)
     # Everything that can refuse is checked before anything changes: exit 2 means nothing did.
     _check_installable(git)
     if worktrees:

@@ -218,7 +218,7 @@ def _check_cheaply(ws: Workspace, files: list[str]) -> None:
         if path.endswith(".py"):
             check_source(path, full.read_bytes())
         elif path == MODEL_FILE:
-            check_model_source(full.read_bytes(), ws.ground, full)
+            check_model_source(full.read_bytes())
 
 
 @contextmanager

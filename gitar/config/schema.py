@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,42 +183,6 @@ class Ground:
         return (Path(base) / p).resolve()
 
 
-@dataclass(frozen=True)
-class ArchitectureConfig:
-    depth: int
-    aspect_ratio: int  # model_dim = depth * aspect_ratio, rounded up to a multiple of head_dim
-    head_dim: int
-    window_pattern: str  # per-layer S (half context) / L (full context), repeated; last layer is L
-
-
-@dataclass(frozen=True)
-class OptimizationConfig:
-    total_batch_size: int  # tokens per optimizer step
-    device_batch_size: int  # sequences per micro-batch
-    embedding_lr: float
-    unembedding_lr: float
-    matrix_lr: float
-    scalar_lr: float
-    weight_decay: float
-    adam_betas: tuple[float, float]
-    warmup_ratio: float
-    warmdown_ratio: float
-    final_lr_frac: float
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    batch_size: int
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    path: Path
-    architecture: ArchitectureConfig
-    optimization: OptimizationConfig
-    evaluation: EvaluationConfig
-
-
 # ---------------------------------------------------------------------------
 # ground.json
 # ---------------------------------------------------------------------------
@@ -372,75 +335,6 @@ def load_ground(path: str | os.PathLike[str] = GROUND_FILE) -> Ground:
 # ---------------------------------------------------------------------------
 # model.json
 # ---------------------------------------------------------------------------
-
-
-def _betas(s: Section, k: str, v: Any) -> tuple[float, float]:
-    if not isinstance(v, list) or len(v) != 2:
-        raise s.fail(k, f"expected a list of two numbers [beta1, beta2], got {describe(v)}")
-    b1 = number(0, 1)(s, k, v[0])
-    b2 = number(0, 1)(s, k, v[1])
-    if b1 >= 1 or b2 >= 1:
-        raise s.fail(k, f"each beta must be below 1, got {v}")
-    return (b1, b2)
-
-
-def parse_model(obj: Any, path: Path, ground: Ground | None = None) -> ModelConfig:
-    f = path.name
-    top = Section(f, "", obj)
-
-    a = top.section("architecture")
-    arch = ArchitectureConfig(
-        depth=a.get("depth", integer(1, 1024)),
-        aspect_ratio=a.get("aspect_ratio", integer(1, 1 << 16)),
-        head_dim=a.get("head_dim", integer(8, 1024)),
-        window_pattern=a.get("window_pattern", string()),
-    )
-    a.done()
-    if not re.fullmatch(r"[SLsl]+", arch.window_pattern):
-        raise a.fail("window_pattern", f"use only S (short) and L (long), got {describe(arch.window_pattern)}")
-    if arch.head_dim % 2:
-        raise a.fail("head_dim", f"must be even (rotary embeddings rotate pairs), got {arch.head_dim}")
-
-    o = top.section("optimization")
-    lr = number(0)
-    opt = OptimizationConfig(
-        total_batch_size=o.get("total_batch_size", integer(1)),
-        device_batch_size=o.get("device_batch_size", integer(1)),
-        embedding_lr=o.get("embedding_lr", lr),
-        unembedding_lr=o.get("unembedding_lr", lr),
-        matrix_lr=o.get("matrix_lr", lr),
-        scalar_lr=o.get("scalar_lr", lr),
-        weight_decay=o.get("weight_decay", number(0)),
-        adam_betas=o.get("adam_betas", _betas),
-        warmup_ratio=o.get("warmup_ratio", number(0, 1)),
-        warmdown_ratio=o.get("warmdown_ratio", number(0, 1)),
-        final_lr_frac=o.get("final_lr_frac", number(0, 1)),
-    )
-    o.done()
-    if opt.warmup_ratio + opt.warmdown_ratio > 1:
-        raise o.fail("warmdown_ratio", f"warmup_ratio + warmdown_ratio must be at most 1, "
-                     f"got {opt.warmup_ratio:g} + {opt.warmdown_ratio:g}")
-
-    ev = top.section("evaluation")
-    evaluation = EvaluationConfig(batch_size=ev.get("batch_size", integer(1)))
-    ev.done()
-    top.done()
-
-    if ground is not None:
-        t = ground.training.max_seq_len
-        per_micro = opt.device_batch_size * t
-        if opt.total_batch_size % per_micro:
-            raise o.fail("total_batch_size", f"{opt.total_batch_size} is not a multiple of device_batch_size × "
-                         f"max_seq_len = {opt.device_batch_size} × {t} = {per_micro}")
-        if ground.training.eval_tokens < evaluation.batch_size * t:
-            raise ev.fail("batch_size", f"{evaluation.batch_size} × max_seq_len {t} exceeds "
-                          f"ground.json training.eval_tokens ({ground.training.eval_tokens})")
-    return ModelConfig(path=path, architecture=arch, optimization=opt, evaluation=evaluation)
-
-
-def load_model(path: str | os.PathLike[str] = MODEL_FILE, ground: Ground | None = None) -> ModelConfig:
-    p = Path(path).absolute()
-    return parse_model(read_json(p), p, ground)
 
 
 def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:

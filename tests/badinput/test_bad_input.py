@@ -271,7 +271,7 @@ def test_the_suite_counts_at_least_thirty_cases() -> None:
 
 
 def test_train_py_refuses_a_deeply_nested_model_json_in_one_line(tmp_path: Path) -> None:
-    """train.py loads model.json with gitar.config.schema.load_model: the same one line, exit 2, no traceback."""
+    """train.py loads model.json with its own load_model: the same one line, exit 2, no traceback."""
     for name in ("train.py", "prepare.py", "ground.json"):
         shutil.copy(REPO_ROOT / name, tmp_path / name)
     (tmp_path / "model.json").write_text("[" * 100_000 + "]" * 100_000)

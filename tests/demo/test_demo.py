@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+import train
 from gitar.commands.demo import STAGES, Stages, build_workspace, default_directory
-from gitar.config.schema import load_ground, load_model
+from gitar.config.schema import load_ground
 
 
 def test_default_directory_never_reuses_a_taken_one(tmp_path: Path) -> None:
@@ -25,7 +26,7 @@ def test_workspace_is_the_project_files_with_the_cpu_preset(tmp_path: Path) -> N
     build_workspace(tmp_path)
     ground = load_ground(tmp_path / "ground.json")
     assert ground.training.mode == "cpu" and ground.cache_dir == (tmp_path / "data").resolve()
-    load_model(tmp_path / "model.json", ground)
+    train.load_model(tmp_path / "model.json", ground)
     assert (tmp_path / "hooks" / "gitar-hook").stat().st_mode & 0o111
     assert ground.experiment.sandbox == "bwrap"
 

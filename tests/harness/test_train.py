@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import train
-from gitar.config.schema import ProcessorConfig, load_model, parse_model
+from gitar.config.schema import ProcessorConfig
 from gitar.demo.presets import cpu_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ def model_cfg(**arch):
     """A ModelConfig from the CPU preset, with architecture keys overridden."""
     obj = cpu_model()
     obj["architecture"].update(arch)
-    return parse_model(obj, Path("model.json"))
+    return train.parse_model(obj, Path("model.json"))
 
 
 def tiny_gpt(vocab_size=64, sequence_len=16, seed=0, **arch) -> train.GPT:
@@ -274,7 +274,7 @@ def test_model_dimensions_and_parameter_count(arch, vocab, dim, n_head):
 
 
 def test_shipped_model_json_builds_the_upstream_model():
-    cfg = load_model(REPO_ROOT / "model.json")
+    cfg = train.load_model(REPO_ROOT / "model.json")
     config = train.gpt_config(cfg.architecture, 8192, 2048, "sdpa")
     assert (config.n_embd, config.n_head) == (512, 4)
     assert train.window_sizes(config) == [1024, 1024, 1024, 2048, 1024, 1024, 1024, 2048]
@@ -442,7 +442,7 @@ def test_grad_scaler_skips_a_step_with_inf_gradients():
 def test_lr_schedule_follows_the_formula():
     obj = cpu_model()
     obj["optimization"].update(warmup_ratio=0.1, warmdown_ratio=0.5, final_lr_frac=0.1)
-    opt = parse_model(obj, Path("model.json")).optimization
+    opt = train.parse_model(obj, Path("model.json")).optimization
     assert train.lr_multiplier(0.0, opt) == 0.0
     assert train.lr_multiplier(0.05, opt) == pytest.approx(0.5)
     assert train.lr_multiplier(0.3, opt) == 1.0
@@ -451,7 +451,7 @@ def test_lr_schedule_follows_the_formula():
 
 
 def test_lr_schedule_of_the_shipped_model_json():
-    opt = load_model(REPO_ROOT / "model.json").optimization  # no warmup, warmdown over the second half to 0
+    opt = train.load_model(REPO_ROOT / "model.json").optimization  # no warmup, warmdown over the second half to 0
     assert [train.lr_multiplier(p, opt) for p in (0.0, 0.25, 0.5, 0.75, 1.0)] == pytest.approx(
         [1.0, 1.0, 1.0, 0.5, 0.0])
 
@@ -459,12 +459,12 @@ def test_lr_schedule_of_the_shipped_model_json():
 def test_lr_schedule_without_warmdown_stays_flat_to_the_end():
     obj = cpu_model()
     obj["optimization"].update(warmup_ratio=0.0, warmdown_ratio=0.0)
-    opt = parse_model(obj, Path("model.json")).optimization
+    opt = train.parse_model(obj, Path("model.json")).optimization
     assert train.lr_multiplier(1.0, opt) == 1.0
 
 
 def test_momentum_and_weight_decay_schedules():
-    opt = load_model(REPO_ROOT / "model.json").optimization
+    opt = train.load_model(REPO_ROOT / "model.json").optimization
     assert [train.muon_momentum(s) for s in (0, 150, 300, 5000)] == pytest.approx([0.85, 0.90, 0.95, 0.95])
     assert [train.weight_decay(p, opt) for p in (0.0, 0.5, 1.0)] == pytest.approx([0.2, 0.1, 0.0])
     model = tiny_gpt()
@@ -542,6 +542,33 @@ def test_smoke_mode_never_imports_torchdynamo(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "smoke: ok" in result.stdout and result.stdout.strip().endswith("dynamo imported: False"), result.stdout
+
+
+def test_the_agent_extends_its_own_schema_and_typos_are_still_refused(tmp_path):
+    """model.json's schema is train.py's: a new key needs train.py only, never a gitar release."""
+    from gitar.loop.preflight import check_model_source
+
+    ws = script_workspace(tmp_path / "ws", preset=True)
+    source = (ws / "train.py").read_text()
+    declared = source.replace("    window_pattern: str  #", "    mlp_ratio: int\n    window_pattern: str  #", 1)
+    declared = declared.replace('        window_pattern=a.get("window_pattern", string()),',
+                                '        window_pattern=a.get("window_pattern", string()),\n'
+                                '        mlp_ratio=a.get("mlp_ratio", integer(1, 64)),', 1)
+    assert declared.count("mlp_ratio") == source.count("mlp_ratio") + 3, "train.py's schema moved: update this test's edit"
+    (ws / "train.py").write_text(declared)
+    model = json.loads((ws / "model.json").read_text())
+    model["architecture"]["mlp_ratio"] = 4
+    (ws / "model.json").write_text(json.dumps(model))
+    check_model_source((ws / "model.json").read_bytes())  # gitar's own check: a JSON object, nothing more
+    result = run_script(ws, GITAR_SMOKE="1")
+    assert result.returncode == 0 and result.stdout.strip().splitlines()[-1].startswith("smoke: ok"), result.stderr
+
+    model["architecture"]["mlp_ration"] = model["architecture"].pop("mlp_ratio")  # a typo of the new key
+    (ws / "model.json").write_text(json.dumps(model))
+    result = run_script(ws, GITAR_SMOKE="1")
+    assert result.returncode == 2, result.stderr
+    assert 'model.json: architecture.mlp_ration: unknown key; did you mean "mlp_ratio"' in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_smoke_mode_fails_with_a_crash_record_on_a_shape_error(tmp_path):

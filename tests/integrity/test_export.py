@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 import train
-from gitar.config.schema import parse_model
 from gitar.demo.presets import cpu_model
 from gitar.errors import GitarError
 from gitar.loop import evaluator
@@ -68,7 +67,7 @@ def test_export_under_bf16_autocast_on_cuda_matches_the_eager_model(tmp_path: Pa
     # As train.py runs on a GPU: bf16 embeddings, float32 matrices, autocast while exporting;
     # the evaluator applies the same autocast to the loaded program.
     torch.manual_seed(0)
-    config = train.gpt_config(parse_model(cpu_model(), Path("model.json")).architecture, VOCAB, SEQ, "sdpa")
+    config = train.gpt_config(train.parse_model(cpu_model(), Path("model.json")).architecture, VOCAB, SEQ, "sdpa")
     model = trained_looking(train.build_model(config, torch.device("cuda"), torch.bfloat16)).eval()
     path = tmp_path / "model.pt2"
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -158,7 +157,7 @@ def edited_train(tmp_path: Path, old: str, new: str) -> ModuleType:
 def gpt_of(module: ModuleType, window_pattern: str = "SL") -> nn.Module:
     arch = cpu_model()["architecture"] | {"depth": 3, "aspect_ratio": 16, "head_dim": 16,
                                           "window_pattern": window_pattern}
-    cfg = parse_model(cpu_model() | {"architecture": arch}, Path("model.json"))
+    cfg = train.parse_model(cpu_model() | {"architecture": arch}, Path("model.json"))
     torch.manual_seed(0)
     model: nn.Module = module.build_model(module.gpt_config(cfg.architecture, VOCAB, SEQ, "sdpa"), torch.device("cpu"))
     return model
