@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import gitar
 from gitar.config.schema import read_json_object
 from gitar.demo import corpus
 from gitar.demo.presets import cpu_ground, cpu_model
@@ -40,7 +41,7 @@ SHAPE_BUG = ("self.c_proj = nn.Linear(4 * ", "self.c_proj = nn.Linear(3 * ")
 
 def template_dir() -> Path:
     """Where this project's workspace files are: inside the wheel, or the source checkout."""
-    here = Path(__file__).resolve().parent.parent
+    here = Path(gitar.__file__).resolve().parent
     for candidate in (here / "_template", here.parent):
         if all((candidate / f).exists() for f in (*TEMPLATE_FILES, "ground.json")):
             return candidate

@@ -44,6 +44,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gitar
 from gitar import shared
 from gitar.errors import GitarError
 
@@ -175,7 +176,7 @@ def python_dirs(protected: Iterable[Path]) -> list[Path]:
         if not p.is_dir() or p == Path("/") or any(g == p or p in g.parents for g in guard):
             continue
         out.append(p)
-    out.append(Path(__file__).resolve().parent)  # gitar itself
+    out.append(Path(gitar.__file__).resolve().parent)  # gitar itself, the whole package
     return _outermost(out)
 
 

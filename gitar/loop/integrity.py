@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import gitar
 from gitar import shared
 from gitar.config.schema import GROUND_FILE, Ground
 from gitar.host import confine, runner
@@ -433,7 +434,7 @@ def _write_harness(git: Git, base: str, directory: Path, pinned: Mapping[str, st
 
 def _gitar_path() -> str:
     # The evaluator imports the gitar that runs this, never a copy in the snapshot or the work tree.
-    here = str(Path(__file__).resolve().parent.parent)
+    here = str(Path(gitar.__file__).resolve().parent.parent)  # the directory holding the gitar package
     rest = os.environ.get("PYTHONPATH")
     return os.pathsep.join([here, rest]) if rest else here
 
