@@ -37,7 +37,6 @@ from gitar.host import confine, lock
 from gitar.loop import integrity
 from gitar.loop.judge import Best, current_best
 from gitar.loop.recovery import recover
-from gitar.paths import Paths
 from gitar.sharing.sync import SyncResult, judged, sync
 from gitar.store import ledger, signing
 from gitar.store.branch import move_branch
@@ -110,7 +109,7 @@ def _run_ci(branch: str | None, remote: str, *, with_sync: bool, start: str | Pa
             except GitarError as e:  # the records are safe here; the final sync tries again
                 print(f"gitar: warning: sync after {record.commit[:7]} failed: {e.message}", file=sys.stderr)
 
-    with lock.acquire(git.common_dir, purpose="ci", commit=tip, name=Paths.of(git).lock_name):
+    with lock.acquire_for(git, purpose="ci", commit=tip):
         pending, best = pending_commits(git, name, tip, prefix)
         outcome.pending = pending
         _check_out(git, name, best.commit if best else (pending[0] if pending else tip), tip)

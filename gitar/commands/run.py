@@ -24,7 +24,6 @@ from gitar.loop import experiment
 from gitar.loop.hook_entry import reject_unfit
 from gitar.loop.judge import Best, current_best
 from gitar.numbers import bpb
-from gitar.paths import Paths
 from gitar.review.noise import commit_spread
 from gitar.sharing.sync import judged
 from gitar.store import ledger
@@ -48,13 +47,11 @@ def run_commit(rev: str = "HEAD", repeat: int = 1, start: str | Path = ".") -> l
         if repeat != 1:
             raise GitarError(f"--repeat re-measures the tip of {ws.branch}; {rev} ({sha[:7]}) is not the tip")
         chain = unmeasured_chain(ws.git, ws.branch, tip, sha, rev)
-        with lock.acquire(ws.git.common_dir, purpose="run", commit=sha, description=_subject(ws.git, sha),
-                          name=Paths.of(ws.git).lock_name):
+        with lock.acquire_for(ws.git, purpose="run", commit=sha, description=_subject(ws.git, sha)):
             best = current_best(Notebook(ws.git), ws.branch, tip)
             return measure_chain(ws.git, ws.branch, chain, best)
     records: list[Record] = []
-    with lock.acquire(ws.git.common_dir, purpose="run", commit=sha, description=_subject(ws.git, sha),
-                      name=Paths.of(ws.git).lock_name):
+    with lock.acquire_for(ws.git, purpose="run", commit=sha, description=_subject(ws.git, sha)):
         for _ in range(repeat):
             plan = experiment.plan_rerun(ws.git, sha, ws.branch)
             records.append(experiment.execute(ws.git, plan))

@@ -92,8 +92,7 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
                          "exists); wait for it, or remove that file if no git command is running")
     token = lock.new_token()
     # No commit yet: the lock names the description until the commit exists (then the commit too).
-    held = lock.acquire(ws.git.common_dir, purpose="try", token=token, description=text,
-                        name=Paths.of(ws.git).lock_name)
+    held = lock.acquire_for(ws.git, purpose="try", token=token, description=text)
     attempt = _Attempt(ws, text, why, files, held, experiment.new_run_id(), detach, remote)
     outcome: Record | Started | Queued | None = None
     try:

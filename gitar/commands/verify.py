@@ -43,7 +43,6 @@ from gitar.errors import GitarError
 from gitar.host import lock
 from gitar.loop import experiment, integrity, trust
 from gitar.loop.judge import sigma_of
-from gitar.paths import Paths
 from gitar.review.noise import branch_noise
 from gitar.store import signing
 from gitar.store.git import Git
@@ -210,7 +209,7 @@ def _rerun(git: Git, branch: str, base: str, n: int, v: Verification) -> None:
             means.append((math.fsum(values) / len(values), commit, len(values)))
     sigma = sigma_of(branch_noise(notebook, branch), ground.experiment.noise_floor)
     k = ground.experiment.margin_k
-    with lock.acquire(git.common_dir, purpose="verify", commit=base, name=Paths.of(git).lock_name):
+    with lock.acquire_for(git, purpose="verify", commit=base):
         for mean, commit, runs in sorted(means)[:n]:
             try:
                 plan = experiment.plan_rerun(git, commit, branch, verify=True)

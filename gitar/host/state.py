@@ -8,10 +8,10 @@ kill what is left of the training process and record the attempt as aborted.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from gitar.files import write_json_atomic
 from gitar.host.processes import process_alive
 from gitar.paths import Paths
 
@@ -56,10 +56,7 @@ class Running:
     evaluate: str | None = None  # ground.json experiment.evaluate of the run: "harness" or "reported"
 
     def save(self, paths: Paths) -> None:
-        paths.running.parent.mkdir(parents=True, exist_ok=True)
-        tmp = paths.running.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(self)))
-        os.replace(tmp, paths.running)
+        write_json_atomic(paths.running, asdict(self))
 
     def with_(self, **changes: Any) -> Running:
         return replace(self, **changes)

@@ -51,6 +51,7 @@ from torch.export.graph_signature import InputKind
 
 from gitar import shared
 from gitar.errors import GitarError
+from gitar.files import write_json_atomic
 from gitar.loop.integrity import changed_files, hash_evaluation_data
 
 # The causality probe compares what val_bpb depends on: log_softmax of the full logits in float32,
@@ -488,12 +489,6 @@ def evaluate(workspace: Path, program_path: Path, expect: Mapping[str, str] | No
     return {"val_bpb": val_bpb, **info}
 
 
-def _write_json(path: Path, obj: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _write_crash(exc: BaseException) -> None:
     path = os.environ.get(shared.CRASH_FILE)
     if not path:
@@ -501,7 +496,7 @@ def _write_crash(exc: BaseException) -> None:
     lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()
     message = exc.message if isinstance(exc, GitarError) else str(exc)
     with contextlib.suppress(OSError):
-        _write_json(Path(path), {"type": type(exc).__name__, "message": message[:2000],
+        write_json_atomic(Path(path), {"type": type(exc).__name__, "message": message[:2000],
                                  "traceback": lines[-CRASH_TRACEBACK_LINES:], "phase": "evaluate"})
 
 
@@ -529,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--probes-per-batch must be at least 1")
     try:
         result = evaluate(args.workspace.resolve(), args.program, _read_expect(args.expect), args.probes_per_batch)
-        _write_json(args.out, result)
+        write_json_atomic(args.out, result)
     except GitarError as e:
         _write_crash(e)
         print(e.message, file=sys.stderr)

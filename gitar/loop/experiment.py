@@ -24,6 +24,7 @@ from typing import Any
 from gitar import shared
 from gitar.config.schema import Ground, ground_at
 from gitar.errors import GitarError
+from gitar.files import write_atomic
 from gitar.host import confine, runner, signals, state
 from gitar.loop import integrity, repeats, trust
 from gitar.loop.judge import Best, Policy, Sigma, Verdict, current_best, judge, sigma_of
@@ -399,10 +400,7 @@ def finish(git: Git, plan: Plan, record: Record) -> Record:
                 record.worktree = moved_elsewhere(plan.branch, git.ref_target(ref))
     elif plan.kind != VERIFY and tip == plan.commit and record.status == KEEP:
         ledger.branch_set(git, plan.branch, plan.commit)  # a keep, a baseline, a re-run: the branch stays here
-    paths.results.mkdir(parents=True, exist_ok=True)
-    tmp = paths.result(plan.run_id).with_suffix(".tmp")
-    tmp.write_text(record.to_line() + "\n")
-    os.replace(tmp, paths.result(plan.run_id))
+    write_atomic(paths.result(plan.run_id), record.to_line() + "\n")
     return record
 
 

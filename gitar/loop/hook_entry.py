@@ -143,8 +143,7 @@ def stage_run() -> int:
         return spawn_detached(git, plan)
 
     try:
-        held = lock.acquire(git.common_dir, purpose="experiment", token=token, commit=sha,
-                            description=description, name=Paths.of(git).lock_name)
+        held = lock.acquire_for(git, purpose="experiment", token=token, commit=sha, description=description)
     except GitarError as e:
         # Someone else's experiment holds the GPU: this commit cannot be measured now.
         record = Record(status=REJECTED, commit=sha, branch=branch, description=description, run_id=run_id,
@@ -197,8 +196,7 @@ def stage_detached(run_id: str, sha: str, branch: str) -> int:
     git = Git.discover()
     token = os.environ.get(shared.LOCK_TOKEN)
     description = subject(git.commit(sha).message)
-    held = lock.acquire(git.common_dir, purpose="experiment", token=token, commit=sha,
-                        description=description, name=Paths.of(git).lock_name)
+    held = lock.acquire_for(git, purpose="experiment", token=token, commit=sha, description=description)
     held.transfer(os.getpid(), commit=sha, description=description)
     try:
         plan = experiment.plan_attempt(git, sha, branch, description, run_id, os.environ.get(shared.HYPOTHESIS))

@@ -10,11 +10,11 @@ Two situations, both detected from git and the running-state file alone:
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
 
+from gitar.files import write_atomic
 from gitar.host import lock, state
 from gitar.host.limits import RunGroup
 from gitar.host.processes import kill_group, process_stat
@@ -118,10 +118,7 @@ def _save_result(paths: Paths, record: Record) -> None:
     target = paths.result(record.run_id)
     if target.exists():
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(record.to_line() + "\n")
-    os.replace(tmp, target)
+    write_atomic(target, record.to_line() + "\n")
 
 
 def _finish_reset(git: Git, branch: str) -> str | None:

@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 import pygit2
 
+from gitar.files import write_atomic
 from gitar.paths import Paths
 from gitar.store.git import Git
 from gitar.store.refs import LEDGER_NOTES, NOTES_REF
@@ -124,7 +125,7 @@ class Ledger:
         if not accept and last is not None and last != tip and not descends(git, last, tip):
             return
         self.ensure()
-        _write_atomic(self._notes, tip + "\n")
+        write_atomic(self._notes, tip + "\n")
         # In-process (no git process per record): keeps the commit alive should the notes ref go.
         with contextlib.suppress(pygit2.GitError, ValueError):
             git.repo.references.create(LEDGER_NOTES, pygit2.Oid(hex=tip), force=True)
@@ -149,7 +150,7 @@ class Ledger:
     def set_branch(self, branch: str, sha: str) -> None:
         path = self._branch_file(branch)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, sha + "\n")
+        write_atomic(path, sha + "\n")
 
 
 def descends(git: Git, ancestor: str, descendant: str) -> bool:
@@ -157,12 +158,6 @@ def descends(git: Git, ancestor: str, descendant: str) -> bool:
         return git.is_ancestor(ancestor, descendant)
     except (KeyError, ValueError, pygit2.GitError):  # a commit gc collected, or never had
         return False
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def wrote(git: Git, line: str | None, run_id: str, commit: str) -> None:
