@@ -8,6 +8,9 @@ whole contract in one place and no two modules can drift apart on a spelling.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 # --- Between `gitar try`, the hooks and the detached run -----------------------------------
 LOCK_TOKEN = "GITAR_LOCK_TOKEN"  # the lock `gitar try` holds; its hooks run under it instead of waiting
 RUN_ID = "GITAR_RUN_ID"  # the run the post-commit stage records (chosen by `gitar try`, so it can wait)
@@ -31,3 +34,15 @@ RUNNER_KEY = "GITAR_RUNNER_KEY"  # the private key `gitar ci` signs records with
 EXPORT_FILE = "model.pt2"  # out/: the trainer's export; eval/: gitar's private copy of it
 CRASH_RECORD = "crash.json"  # out/: the trainer's crash record; result/: the evaluator's
 RUNNING_FILE = "running.json"  # .git/gitar/ of a worktree: the experiment it runs now (gitar/host/state.py)
+
+
+def confined_env(sets: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a process gitar confines (trainer, smoke step, evaluator).
+
+    The caller's environment without git's variables (a hook's GIT_INDEX_FILE, GIT_DIR...) and
+    without any of gitar's own (a lock token, another run's paths), plus exactly `sets`: what
+    the process is told is what gitar chose for it, nothing it inherited by accident.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "GITAR_"))}
+    env.update(sets)
+    return env

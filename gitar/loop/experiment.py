@@ -32,7 +32,7 @@ from gitar.paths import Paths
 from gitar.review.noise import branch_noise, commit_spread
 from gitar.store import ledger
 from gitar.store.branch import MOVED_ELSEWHERE, PENDING, move_branch, moved_elsewhere
-from gitar.store.git import Git, clean_env
+from gitar.store.git import Git
 from gitar.store.records import ABORTED, CRASH, KEEP, REJECTED, UNDECIDED, VERIFY, Notebook, Record, best_of
 from gitar.store.refs import branch_ref
 from gitar.text import subject
@@ -280,10 +280,8 @@ def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, r
     harness = ground.experiment.evaluate == integrity.HARNESS
     evaluation = integrity.EvaluationRun.of(paths, log_path, run_key)
     evaluation.prepare()
-    env = clean_env({shared.WORKSPACE: str(git.root), shared.SEED: str(plan.seed),
-                     shared.COMMIT: plan.commit, shared.RUN_ID: run_key, **paths.device_env()})
-    env.pop(shared.SMOKE, None)
-    env.pop(shared.EXPORT_PATH, None)
+    env = shared.confined_env({shared.WORKSPACE: str(git.root), shared.SEED: str(plan.seed),
+                               shared.COMMIT: plan.commit, shared.RUN_ID: run_key, **paths.device_env()})
     if harness:
         env[shared.EXPORT_PATH] = str(evaluation.export_path)
     command = runner.expand_command(ground.experiment.command)

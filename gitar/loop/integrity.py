@@ -41,7 +41,7 @@ from gitar.config.schema import GROUND_FILE, Ground
 from gitar.host import confine, runner
 from gitar.loop.preflight import owned
 from gitar.paths import Paths
-from gitar.store.git import Git, clean_env
+from gitar.store.git import Git
 from gitar.store.records import REJECTED
 from gitar.store.refs import base_ref, data_ref
 
@@ -383,10 +383,7 @@ def measure(git: Git, base: str, ground: Ground, trained: runner.RunResult, run:
     # No --expect: the evaluator's copies are the bytes just hashed, and nothing else can write them.
     command = [sys.executable, "-m", "gitar.loop.evaluator", "--workspace", str(run.inputs),
                "--program", str(program), "--out", str(out)]
-    env = clean_env({shared.WORKSPACE: str(git.root), "PYTHONPATH": _gitar_path()})
-    for key in [k for k in env if k.startswith("GITAR_") and k != shared.WORKSPACE]:
-        del env[key]
-    env.update(device_env or {})  # the GPU the model trained on
+    env = shared.confined_env({shared.WORKSPACE: str(git.root), "PYTHONPATH": _gitar_path(), **(device_env or {})})  # the GPU the model trained on
     confined = confine.for_evaluation(git, ground, run.inputs, run.results, copies, run_id)
     result = runner.run_training(command, cwd=run.results, env=env, log_path=run.log_path,
                                  crash_path=run.crash_path, timeout_s=max(timeout_s, 0.0), on_start=on_start,

@@ -125,9 +125,7 @@ def smoke(git: Git, ground: Ground) -> str:
         # The index, not the work tree: an untracked module that train.py imports would be
         # missing in the real run too, so it must be missing here.
         git.run("checkout-index", "-a", f"--prefix={tmp}/", keep_hook_env=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-        env.update({shared.SMOKE: "1", shared.WORKSPACE: str(git.root)})
-        env.pop(shared.EXPORT_PATH, None)
+        env = shared.confined_env({shared.SMOKE: "1", shared.WORKSPACE: str(git.root)})
         command = runner.expand_command(ground.experiment.command)
         crash = Path(tmp) / ".gitar-smoke-crash.json"
         log = Path(logs) / "smoke.log"
