@@ -18,6 +18,7 @@ DETACH = "GITAR_DETACH"  # "1": the post-commit stage starts the run in the back
 HYPOTHESIS = "GITAR_HYPOTHESIS"  # `try --hypothesis`, carried into the record
 DESCRIPTION = "GITAR_DESCRIPTION"  # `gitar try`'s description: a smoke refusal is noted under it (no message yet)
 REMOTE = "GITAR_REMOTE"  # `try --remote`: the remote's runner measures the commit, not this machine
+REFUSAL_FILE = "GITAR_REFUSAL_FILE"  # where the pre-commit stage writes why it refused, for `gitar try`
 
 # --- Into train.py (and the smoke step) -------------------------------------------------------
 WORKSPACE = "GITAR_WORKSPACE"  # the workspace whose ground.json and data the snapshot uses

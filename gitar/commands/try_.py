@@ -13,6 +13,7 @@ other hook configured, and the commit goes through the hooks.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -183,10 +184,13 @@ class _Attempt:
                shared.DESCRIPTION: self.text,
                # the hooks call `python`: make it this interpreter, the one with gitar and torch
                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-        output = _commit(self.ws, self.text, self.files, env)
-        new_head = self.ws.git.ref_target(branch_ref(self.ws.branch))
-        if new_head == self.ws.head and experiment.read_result(self.ws.git, self.run_id) is None:
-            raise GitarError(_refusal(output))
+        with tempfile.TemporaryDirectory(prefix="gitar-try-") as tmp:
+            refusal = Path(tmp) / "refusal.json"
+            env[shared.REFUSAL_FILE] = str(refusal)
+            output = _commit(self.ws, self.text, self.files, env)
+            new_head = self.ws.git.ref_target(branch_ref(self.ws.branch))
+            if new_head == self.ws.head and experiment.read_result(self.ws.git, self.run_id) is None:
+                raise GitarError(_refusal(refusal, output))
         if self.remote is not None and new_head is not None:
             return self._queue(new_head)
         return self._outcome(new_head, output)
@@ -306,11 +310,15 @@ def _commit(ws: Workspace, text: str, files: list[str], env: dict[str, str]) -> 
         return out.read().decode("utf-8", "replace")
 
 
-def _refusal(output: str) -> str:
-    lines = [ln.strip() for ln in output.splitlines()]
-    reasons = [ln[len("gitar: refused: "):] for ln in lines if ln.startswith("gitar: refused: ")]
-    if reasons:
-        return reasons[-1]
+def _refusal(refusal: Path, output: str) -> str:
+    """Why the commit did not happen: gitar's own hook says so in the refusal file; another
+    hook (a formatter, a linter of the user's) only in what it printed."""
+    try:
+        message = json.loads(refusal.read_text(encoding="utf-8"))["message"]
+        if isinstance(message, str):
+            return message
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     return f"the commit was refused: {_tail(output)}"
 
 

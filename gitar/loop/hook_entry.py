@@ -16,14 +16,17 @@ experiment branch is judged and recorded exactly as `gitar try` would.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from gitar import shared
 from gitar.config.schema import GROUND_FILE, Ground, ground_at
 from gitar.errors import ExitCode, GitarError, save_traceback
+from gitar.files import write_json_atomic
 from gitar.host import lock, signals, state
 from gitar.loop import experiment, integrity
 from gitar.loop.recovery import recover
@@ -219,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             return stage_detached(args[1], args[2], args[3])
     except GitarError as e:
         refused = args[:1] in (["check"], ["message"])
+        if refused and os.environ.get(shared.REFUSAL_FILE):
+            # `gitar try` committed through the hooks: it reports this refusal as its own (exit 2).
+            with contextlib.suppress(OSError):
+                write_json_atomic(Path(os.environ[shared.REFUSAL_FILE]), {"message": e.message})
         print(f"gitar: refused: {safe(e.message)}" if refused else f"gitar: error: {safe(e.message)}",
               file=sys.stderr)
         return 1 if e.code != ExitCode.OK else 0
