@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gitar import shared
+from gitar import shared, version
 from gitar.config.schema import Ground, ground_at
 from gitar.errors import GitarError
 from gitar.files import write_atomic
@@ -227,7 +227,7 @@ def _rejected(git: Git, plan: Plan, ground: Ground, reason: str) -> Record:
                   parent=_first_parent(git, plan.commit), best_before=plan.best.val_bpb if plan.best else None,
                   best_commit=plan.best.commit if plan.best else None, rule=ground.experiment.keep_rule,
                   reason=reason, seed=plan.seed, started=iso_time(time.time()), host=socket.gethostname(),
-                  harness_sha256=integrity.harness_sha256(git, plan.commit))
+                  harness_sha256=integrity.harness_sha256(git, plan.commit), gitar=version.identity())
 
 
 def _not_run(git: Git, plan: Plan, ground: Ground, error: GitarError) -> Record:
@@ -458,6 +458,7 @@ def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verd
         host=socket.gethostname(), platform=platform or None,
         harness_sha256=integrity.harness_sha256(git, plan.commit), log=str(result.log_path),
         error=_failure(result, measured), sandbox=result.sandbox, limits=result.limits,
+        gitar=version.identity(),
     )
 
 

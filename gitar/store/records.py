@@ -128,6 +128,7 @@ class Record:
     # trainer_s, handoff_s (copying and hashing the export and the evaluation data), evaluator_s.
     # What is left of a `gitar try`'s wall time is the CLI, the commit and the record (benchmarks/bench_cost.py).
     timings: dict[str, float] | None = None
+    gitar: dict[str, str] | None = None  # {"version", "sha256"}: the gitar that ran and measured it (version.py)
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer gitar wrote, kept verbatim
 
     def to_line(self) -> str:

@@ -58,6 +58,12 @@ def test_record_fields(workspace: Workspace) -> None:
     assert rec["platform"] == {"device": "cpu", "dtype": "float32", "attention": "sdpa"}
     assert rec["bytes_rule"] == "utf8-decoded"  # the token-bytes rule val_bpb was computed with
     assert rec["hypothesis"] == "lower loss from a better init"
+    # the gitar that ran and evaluated it: its release and a hash of its whole source
+    import gitar
+    from gitar import version
+
+    assert rec["gitar"] == {"version": gitar.__version__, "sha256": version.code_sha256()}
+    assert len(rec["gitar"]["sha256"]) == 64
     assert Path(rec["log"]).is_file() and "val_bpb" in Path(rec["log"]).read_text()
     assert ".git" in Path(rec["log"]).parts  # outside the tracked tree
     # notes are readable from git itself, one JSON object per line

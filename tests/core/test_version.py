@@ -1,0 +1,27 @@
+"""gitar/version.py: the hash of gitar's code that every record carries changes with any change to it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import gitar
+from gitar import version
+
+
+def test_the_code_hash_changes_with_the_evaluator_s_code_and_is_stable_otherwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "gitar"
+    shutil.copytree(Path(gitar.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(gitar, "__file__", str(copy / "__init__.py"))
+    version.code_sha256.cache_clear()
+    same = version.code_sha256()
+    version.code_sha256.cache_clear()
+    assert version.code_sha256() == same  # stable
+    evaluator = copy / "loop" / "evaluator.py"
+    evaluator.write_text(evaluator.read_text() + "\n# one more line\n")
+    version.code_sha256.cache_clear()
+    changed = version.code_sha256()
+    assert changed != same
+    version.code_sha256.cache_clear()
