@@ -172,15 +172,14 @@ def test_syntax_error_is_refused_fast_and_edits_stay(measured: Workspace) -> Non
     assert (ws.root / "train.py").read_text() == broken
 
 
-def test_invalid_model_json_is_refused(measured: Workspace) -> None:
+def test_a_model_json_that_is_not_an_object_is_refused(measured: Workspace) -> None:
+    """gitar's own check of model.json: one JSON object (its keys are train.py's to check)."""
     ws = measured
     head = ws.tip()
-    model = json.loads((ws.root / "model.json").read_text())
-    model["architecture"]["depht"] = model["architecture"].pop("depth")
-    (ws.root / "model.json").write_text(json.dumps(model, indent=2))
-    proc = ws.gitar("try", "typo in model.json")
+    (ws.root / "model.json").write_text('["depth", 8]\n')
+    proc = ws.gitar("try", "model.json as a list")
     assert proc.returncode == REFUSED
-    assert 'model.json: architecture.depht: unknown key; did you mean "depth"?' in proc.stderr
+    assert "model.json: expected a JSON object at the top level" in proc.stderr
     _unchanged(ws, head)
 
 

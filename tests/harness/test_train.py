@@ -544,6 +544,39 @@ def test_smoke_mode_never_imports_torchdynamo(tmp_path):
     assert "smoke: ok" in result.stdout and result.stdout.strip().endswith("dynamo imported: False"), result.stdout
 
 
+def _set(section, key, value):
+    return lambda m: m[section].__setitem__(key, value)
+
+
+def _rename(section, old, new):
+    return lambda m: m[section].__setitem__(new, m[section].pop(old))
+
+
+@pytest.mark.parametrize("edit,expected", [
+    (_rename("architecture", "depth", "detph"), 'model.json: architecture.detph: unknown key; did you mean "depth"'),
+    (_set("architecture", "depth", "8"), "architecture.depth: expected an integer"),
+    (_set("architecture", "depth", 0), "architecture.depth: must be at least 1"),
+    (_set("optimization", "device_batch_size", True), "expected an integer"),
+    (lambda m: m.clear(), "missing key architecture"),
+    (_set("optimization", "total_batch_size", 1000), "not a multiple of"),
+    (_set("optimization", "adam_betas", [0.9, 1.0]), "each beta must be below 1"),
+    (_set("optimization", "warmup_ratio", 0.8), "warmup_ratio + warmdown_ratio"),
+    (_set("architecture", "window_pattern", "SXL"), "use only S (short) and L"),
+    (_set("architecture", "head_dim", 65), "must be even"),
+], ids=["typo", "wrong-type", "zero-depth", "bool-as-int", "empty-object", "batch-not-divisible", "betas",
+        "schedule", "window-pattern", "odd-head-dim"])
+def test_train_py_s_schema_refuses_bad_hyperparameters_in_one_line(edit, expected):
+    """model.json's schema is train.py's own: every key checked, one line naming it (exit 2 in the script)."""
+    from gitar.config.schema import load_ground
+    from gitar.errors import GitarError
+
+    model = json.loads((REPO_ROOT / "model.json").read_text())
+    edit(model)
+    with pytest.raises(GitarError) as refused:
+        train.parse_model(model, Path("model.json"), load_ground(REPO_ROOT / "ground.json"))
+    assert expected in refused.value.message and "\n" not in refused.value.message
+
+
 def test_the_agent_extends_its_own_schema_and_typos_are_still_refused(tmp_path):
     """model.json's schema is train.py's: a new key needs train.py only, never a gitar release."""
     from gitar.loop.preflight import check_model_source

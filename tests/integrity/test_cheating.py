@@ -105,3 +105,4 @@ def test_a_model_without_the_causal_mask_is_rejected(measured: Measured) -> None
 def test_records_say_where_the_number_came_from(measured: Measured) -> None:
     line = json.dumps(measured.record)
     assert '"val_bpb_source": "harness"' in line and '"sandbox": "bwrap ' in line
+
