@@ -13,6 +13,7 @@ page, in the result line, `log` and `memory` alike.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Callable
 
@@ -57,3 +58,11 @@ def per_second(rate: float) -> str:
     if rate >= 999.5e3:  # 999,950 reads 1M, not 1e+03k
         return f"{rate / 1e6:.3g}M" if rate < 999.5e6 else f"{rate / 1e9:.3g}G"
     return f"{rate / 1e3:.3g}k" if rate >= 999.5 else f"{rate:.0f}"
+
+
+def iso_time(t: float) -> str:
+    """A time as every record spells it: ISO 8601 in UTC, to the millisecond.
+
+    Milliseconds: a fast loop starts several runs a second, and review orders attempts by start.
+    """
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")

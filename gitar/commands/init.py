@@ -21,10 +21,9 @@ from gitar.errors import ExitCode, GitarError
 from gitar.loop import integrity, trust
 from gitar.paths import read_device, write_device
 from gitar.review import summary
-from gitar.review.summary import SUMMARY_REF
 from gitar.store.git import Git, clean_env
 from gitar.store.ledger import Ledger
-from gitar.store.refs import NOTES_REF, base_ref, branch_ref, data_ref
+from gitar.store.refs import NOTES_REF, SUMMARY_REF, base_ref, branch_ref, data_ref
 
 # Config that makes notes follow the commits they describe and show where people look.
 NOTES_CONFIG = {

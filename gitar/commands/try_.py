@@ -27,13 +27,13 @@ from pathlib import Path
 
 from gitar import shared
 from gitar.commands.common import Workspace, open_workspace
-from gitar.config.schema import MODEL_FILE
+from gitar.config.schema import MODEL_FILE, owned
 from gitar.errors import ExitCode, GitarError
 from gitar.host import confine, lock, signals, state
 from gitar.loop import experiment, hook_entry, preflight, trust
 from gitar.loop.judge import current_best
 from gitar.loop.own_hooks import foreign_hooks
-from gitar.loop.preflight import check_model_source, check_source, owned
+from gitar.loop.preflight import check_model_source, check_source
 from gitar.paths import Paths
 from gitar.sharing import remote_queue
 from gitar.sharing.remote_queue import Queued

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from gitar import shared
 from gitar.config.jsonfile import (
@@ -33,8 +33,14 @@ from gitar.config.jsonfile import (
 )
 from gitar.errors import GitarError
 
-if TYPE_CHECKING:
-    from gitar.store.git import Git
+
+class Commits(Protocol):
+    """What ground_at needs of a repository (gitar/store/git.py's Git has it): config sits below git."""
+
+    @property
+    def root(self) -> Path: ...
+
+    def blob_at(self, sha: str, path: str) -> bytes | None: ...
 
 GROUND_FILE = "ground.json"
 MODEL_FILE = "model.json"
@@ -345,7 +351,12 @@ def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
     return obj
 
 
-def ground_at(git: Git, sha: str) -> Ground:
+def owned(path: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a repository path falls under an ownership list ("dir/" covers a whole directory)."""
+    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in patterns)
+
+
+def ground_at(git: Commits, sha: str) -> Ground:
     """The ground.json of a commit: the experiment's policy is the one it was committed with."""
     blob = git.blob_at(sha, GROUND_FILE)
     if blob is None:

@@ -8,7 +8,6 @@ and no attempt's code or numbers are lost.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import os
@@ -21,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gitar import shared, version
+from gitar import numbers, shared, version
 from gitar.config.schema import Ground, ground_at
 from gitar.errors import GitarError
 from gitar.files import write_atomic
@@ -42,11 +41,6 @@ DEFAULT_SEED = 42
 
 def new_run_id() -> str:
     return uuid.uuid4().hex
-
-
-def iso_time(t: float) -> str:
-    # Milliseconds: a fast loop starts several runs a second, and review orders attempts by start.
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -226,7 +220,7 @@ def _rejected(git: Git, plan: Plan, ground: Ground, reason: str) -> Record:
                   hypothesis=plan.hypothesis, run_id=plan.run_id, kind=plan.kind,
                   parent=_first_parent(git, plan.commit), best_before=plan.best.val_bpb if plan.best else None,
                   best_commit=plan.best.commit if plan.best else None, rule=ground.experiment.keep_rule,
-                  reason=reason, seed=plan.seed, started=iso_time(time.time()), host=socket.gethostname(),
+                  reason=reason, seed=plan.seed, started=numbers.iso_time(time.time()), host=socket.gethostname(),
                   harness_sha256=integrity.harness_sha256(git, plan.commit), gitar=version.identity())
 
 
@@ -454,7 +448,7 @@ def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verd
         num_steps=_int(s.get("num_steps")), num_params_M=_float(s.get("num_params_M")),
         last_step=last.step if last is not None else None, last_train_s=last.train_s if last is not None else None,
         sigma=sigma, best_tokens_per_s=_best_rate(Notebook(git), plan),
-        depth=_int(s.get("depth")), seed=plan.seed, started=iso_time(result.started_at), ended=iso_time(result.ended_at),
+        depth=_int(s.get("depth")), seed=plan.seed, started=numbers.iso_time(result.started_at), ended=numbers.iso_time(result.ended_at),
         host=socket.gethostname(), platform=platform or None,
         harness_sha256=integrity.harness_sha256(git, plan.commit), log=str(result.log_path),
         error=_failure(result, measured), sandbox=result.sandbox, limits=result.limits,

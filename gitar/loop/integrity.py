@@ -37,9 +37,8 @@ from typing import Any
 
 import gitar
 from gitar import shared
-from gitar.config.schema import GROUND_FILE, Ground
+from gitar.config.schema import GROUND_FILE, Ground, owned
 from gitar.host import confine, runner
-from gitar.loop.preflight import owned
 from gitar.paths import Paths
 from gitar.store.git import Git
 from gitar.store.records import REJECTED

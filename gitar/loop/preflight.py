@@ -28,9 +28,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gitar import shared
+from gitar import numbers, shared
 from gitar.config.jsonfile import parse_json
-from gitar.config.schema import MODEL_FILE, REPEATS_REFUSE, Ground
+from gitar.config.schema import MODEL_FILE, REPEATS_REFUSE, Ground, owned
 from gitar.errors import ExitCode, GitarError
 from gitar.host import confine, lock, runner
 from gitar.paths import Paths
@@ -53,11 +53,6 @@ class SmokeFailed(GitarError):
     def __init__(self, message: str, output: str = "") -> None:
         super().__init__(message)
         self.output = output  # what train.py printed, kept as the refused idea's log
-
-
-def owned(path: str, patterns: tuple[str, ...]) -> bool:
-    """Whether a repository path falls under an ownership list ("dir/" covers a whole directory)."""
-    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in patterns)
 
 
 def check_ownership(paths: list[str], ground: Ground) -> None:
@@ -258,7 +253,6 @@ def record_refused(git: Git, failure: SmokeFailed, change: Change, earlier: list
     Notebook.append, so the ledger knows the line as gitar's.
     """
     from gitar.loop import repeats
-    from gitar.loop.experiment import iso_time
     from gitar.store.records import REJECTED, SMOKE, Notebook, Record
 
     # From `gitar try`, checked by the text rule already; from the environment, anyone's: escaped.
@@ -273,7 +267,7 @@ def record_refused(git: Git, failure: SmokeFailed, change: Change, earlier: list
         log.write_text(failure.output, errors="replace")
         notebook = Notebook(git)
         notebook.pin(sha, text)
-        now = iso_time(time.time())
+        now = numbers.iso_time(time.time())
         notebook.append(Record(
             status=REJECTED, commit=sha, branch=change.branch, description=text, run_id=run_id, kind=SMOKE,
             hypothesis=why, parent=head, reason=failure.message, started=now, ended=now,

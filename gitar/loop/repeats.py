@@ -28,10 +28,9 @@ from typing import Any
 
 import pygit2
 
-from gitar.config.schema import REPEATS_REFUSE, Ground
+from gitar.config.schema import REPEATS_REFUSE, Ground, owned
 from gitar.errors import GitarError
 from gitar.loop.integrity import harness_sha256
-from gitar.loop.preflight import owned
 from gitar.loop.result_line import repeat_phrase
 from gitar.numbers import rounded
 from gitar.paths import Paths

@@ -7,6 +7,7 @@ from typing import Any
 
 from gitar.errors import ExitCode
 from gitar.numbers import bpb, delta, per_second, signed
+from gitar.review.flags import noise_flag, throughput_flag
 from gitar.store.branch import KEPT_EDITS, MOVED_ELSEWHERE, PENDING
 from gitar.store.records import KEEP, Record
 
@@ -41,33 +42,6 @@ def repeat_phrase(repeat: Mapping[str, Any], branch: str | None = None) -> str |
 
 
 REMEASURED = "remeasured"  # the result line's word for another run of the best (`gitar run` on it)
-
-# A run whose tokens/s is more than this factor below or above the best's is flagged: on a machine
-# other work keeps busy the same model trained 16 steps in one run and 106 in another, and its
-# val_bpb followed the load, not the idea. Both numbers are train.py's claims, so this only warns.
-THROUGHPUT_FACTOR = 1.25
-
-
-def throughput_flag(rate: float | None, best_rate: float | None) -> str | None:
-    """The warning for a throughput far from the best's, e.g. "throughput 0.40x the best's: ..."."""
-    if rate is None or best_rate is None or rate <= 0 or best_rate <= 0:
-        return None
-    ratio = rate / best_rate
-    if 1 / THROUGHPUT_FACTOR <= ratio <= THROUGHPUT_FACTOR:
-        return None
-    why = "the machine may be busy" if ratio < 1 else "the best may have run on a busy machine"
-    return f"throughput {ratio:.2f}x the best's: {why}"
-
-
-def noise_flag(status: str, kind: str, change: float | None, sigma: float | None) -> str | None:
-    """The warning for a keep whose improvement is no larger than the measured noise σ."""
-    if status != KEEP or kind not in ("attempt", "confirm") or change is None or sigma is None:
-        return None
-    gain = -change
-    if gain > sigma:
-        return None
-    return f"within noise: improved {gain:.6f}, σ {sigma:.6f}; `gitar run --repeat 3` re-measures it"
-
 
 def flags(record: Record) -> list[str]:
     """What a reader should doubt about this run's number (display only; the verdict stands)."""

@@ -23,8 +23,8 @@ import pygit2
 
 from gitar import numbers
 from gitar.host import state
-from gitar.loop import result_line
 from gitar.paths import Paths
+from gitar.review import flags
 from gitar.review.noise import Noise, noise_from
 from gitar.store import notes_cache
 from gitar.store.git import Git
@@ -151,10 +151,10 @@ class Attempt:
         found = []
         if self.status == KEEP:
             sigma = next((r.sigma for r in reversed(self.runs) if r.status == KEEP and r.sigma is not None), None)
-            found.append(result_line.noise_flag(self.status, self.kind, self.delta, sigma))
+            found.append(flags.noise_flag(self.status, self.kind, self.delta, sigma))
         best_rate = self.runs[0].best_tokens_per_s
         if best_rate is not None and rate is not None:
-            found.append(result_line.throughput_flag(rate, best_rate))
+            found.append(flags.throughput_flag(rate, best_rate))
         return [f for f in found if f]
 
     @property

@@ -31,10 +31,9 @@ from gitar.review import history
 from gitar.store.git import Git, clean_env
 from gitar.store.notes import note_blobs
 from gitar.store.records import parse_lines
-from gitar.store.refs import NOTES_REF
+from gitar.store.refs import NOTES_REF, SUMMARY_REF
 from gitar.text import safe
 
-SUMMARY_REF = "refs/notes/gitar-summary"
 _DERIVED = "gitar: summary of "  # + the notes commit the summary was derived from
 _ZERO = "0" * 40
 

@@ -57,7 +57,7 @@ HOT = ("status", "commit", "branch", "description", "run_id", "kind", "val_bpb",
 # What wrote the cache: this format, the code that parses and derives (a change to it makes what
 # is kept stale), and the interpreter (marshal's format is its own).
 # By module name, not file name: found without importing them (history imports this module).
-_SOURCES = ("gitar.store.notes_cache", "gitar.store.records", "gitar.review.history", "gitar.numbers", "gitar.loop.result_line")
+_SOURCES = ("gitar.store.notes_cache", "gitar.store.records", "gitar.review.history", "gitar.numbers", "gitar.loop.result_line", "gitar.review.flags")
 FORMAT = ("gitar-notes-cache", 3, __version__, sys.version_info[:2],
           hashlib.sha256(b"".join(Path(str(_origin(name))).read_bytes() for name in _SOURCES)).hexdigest())
 _LINE = "_line"  # the record's full line (UTF-8), in a PartialRecord's __dict__ until it is completed

