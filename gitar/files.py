@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """`path` holds `text`, all at once; the parent directory is made if needed."""
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """`path` holds `text` (or bytes), all at once; the parent directory is made if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # pid and a random part: two writers of one file (two worktrees, a thread) never share a temp
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        if isinstance(text, bytes):
+            tmp.write_bytes(text)
+        else:
+            tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -18,8 +18,8 @@ again on purpose and is never a repeat.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ import pygit2
 
 from gitar.config.schema import REPEATS_REFUSE, Ground, owned
 from gitar.errors import GitarError
+from gitar.files import write_atomic
 from gitar.loop.integrity import harness_sha256
 from gitar.loop.result_line import repeat_phrase
 from gitar.numbers import rounded
@@ -249,13 +250,8 @@ def _read_contents(path: Path, key: str) -> tuple[str, dict[str, frozenset[str]]
 
 def _write_contents(path: Path, key: str, tip: str, index: dict[str, frozenset[str]]) -> None:
     body = "".join(f"{c} {' '.join(sorted(ids))}\n" for c, ids in index.items())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(f"{_CONTENTS_MAGIC} 1 {tip} {key}\n{body}", encoding="ascii")
-        os.replace(tmp, path)
-    except OSError:  # only a cache: the next call builds it again
-        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # only a cache: the next call builds it again
+        write_atomic(path, f"{_CONTENTS_MAGIC} 1 {tip} {key}\n{body}")
 
 
 def _attempts(commit: str, runs: list[Record]) -> Iterable[Earlier]:

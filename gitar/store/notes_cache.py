@@ -38,6 +38,7 @@ from typing import Any
 import pygit2
 
 from gitar import __version__
+from gitar.files import write_atomic
 from gitar.store.git import Git
 from gitar.store.notes import note_tree, walk_notes
 from gitar.store.records import Lesson, Record, parse_line, parse_lines
@@ -213,14 +214,5 @@ def _load(path: os.PathLike[str]) -> tuple[str, list[tuple[str, str, Any]]] | No
 
 def _save(path: os.PathLike[str], tree: str, listing: list[tuple[str, str, Any]]) -> None:
     """Write the cache beside the ledger; a read-only or full .git only makes the next read slower."""
-    target = os.fspath(path)
-    tmp = f"{target}.{os.getpid()}.tmp"
-    with contextlib.suppress(OSError, ValueError):
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(marshal.dumps((FORMAT, tree, listing)))
-            os.replace(tmp, target)  # whole or not at all: a concurrent reader sees the old or the new
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    with contextlib.suppress(OSError, ValueError):  # whole or not at all: a reader sees the old or the new
+        write_atomic(Path(path), marshal.dumps((FORMAT, tree, listing)))
