@@ -270,12 +270,16 @@ def _discarded_line(g: list[Attempt]) -> str:
     return f"{count}{closest.commit[:7]} {_q(closest.description)} delta {shown or '-'}{_why(closest)}"
 
 
+def _latest_groups(h: History, attempts: list[Attempt]) -> tuple[list[list[Attempt]], int]:
+    """Attempts grouped as repeats, each group in time order, the largest and latest first; the count."""
+    groups = [sorted(g, key=lambda a: (h.when(a), a.commit)) for g in _groups(attempts)]
+    groups.sort(key=lambda g: (-len(g), -h.when(g[-1]), g[-1].commit))
+    return groups, sum(len(g) for g in groups)
+
+
 def _failed(h: History) -> Section:
     """Each group once, shown by its latest failure and that one's cause."""
-    groups = [sorted(g, key=lambda a: (h.when(a), a.commit))
-              for g in _groups([a for a in h.unordered if a.status in FAILED])]
-    groups.sort(key=lambda g: (-len(g), -h.when(g[-1]), g[-1].commit))
-    total = sum(len(g) for g in groups)
+    groups, total = _latest_groups(h, [a for a in h.unordered if a.status in FAILED])
     return Section(f"crashed, timed out or aborted ({total}; `gitar show SHA` has the log)",
                    Lines(groups, _failed_line))
 
@@ -326,10 +330,7 @@ def _repeat_line(g: list[Attempt]) -> str:
 
 def _smoke_refused(h: History) -> Section:
     """Changes the smoke step refused (never on the branch, never run), each group by its latest."""
-    groups = [sorted(g, key=lambda a: (h.when(a), a.commit))
-              for g in _groups([a for a in h.unordered if a.kind == SMOKE])]
-    groups.sort(key=lambda g: (-len(g), -h.when(g[-1]), g[-1].commit))
-    total = sum(len(g) for g in groups)
+    groups, total = _latest_groups(h, [a for a in h.unordered if a.kind == SMOKE])
     return Section(f"refused by the smoke step ({total}; never ran: `gitar show SHA` has the diff and the log)",
                    Lines(groups, _smoke_line))
 
