@@ -21,7 +21,7 @@ def log_cmd(
                                       "(timeout/aborted -> crash; rejected left out)")] = False,
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="only the N newest attempts")] = None,
 ) -> None:
-    """Every attempt on the branch, newest first: sha, status, val_bpb, delta, memory, seconds, description."""
+    """Every attempt on the branch, newest first: sha, status, val_bpb, delta, memory, seconds, steps, tokens/s, description."""
     from gitar.cli.fast import log_text
 
     text, newline = log_text(all_branches, as_json, tsv, limit)
