@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pygit2
 import pytest
-from gitar.store.refs import NOTES_REF
 
 from benchmarks.bench_loop import synthesise_history
 from gitar.review import history
 from gitar.store import notes, records
 from gitar.store.git import Git
 from gitar.store.notes import note_blobs
+from gitar.store.refs import NOTES_REF
 from tests.core.conftest import Workspace
 
 STREAMED, IN_PROCESS = 1, 10**9  # notes.STREAM_FROM: from how many notes git streams them
