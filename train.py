@@ -517,14 +517,20 @@ class GPT(nn.Module):
 
 def build_model(config: GPTConfig, device: torch.device, embedding_dtype: torch.dtype = torch.float32,
                 flash_attn_func=None) -> GPT:
-    # Built on the meta device, as upstream builds it: the layers' default initialisers draw
-    # nothing from the RNG there, so init_weights' draws are the first after the seed and the
-    # same seed gives upstream's initial weights. (Built on the device, nn.Linear and
-    # nn.Embedding would draw first and 20 of 32 tensors of the shipped model would differ.)
-    with torch.device("meta"):
-        model = GPT(config, flash_attn_func)
-    model.to_empty(device=device)  # storage only; init_weights writes every tensor
-    model.init_weights(embedding_dtype)
+    # The layers' default initialisers must draw nothing from the RNG, so that init_weights' draws
+    # are the first after the seed and the same seed gives upstream's initial weights. (Drawing
+    # first, nn.Linear and nn.Embedding would change 20 of 32 tensors of the shipped model.)
+    if device.type == "cpu":
+        # On a fork of the RNG, restored after: the meta device's reference initialisers would
+        # import TorchDynamo, ~2 s of CPU in every smoke step.
+        with torch.random.fork_rng(devices=[]), torch.device(device):
+            model = GPT(config, flash_attn_func)
+    else:
+        # On the meta device, as upstream builds it: no values, no draws; storage only after.
+        with torch.device("meta"):
+            model = GPT(config, flash_attn_func)
+        model.to_empty(device=device)
+    model.init_weights(embedding_dtype)  # writes every tensor
     return model
 
 
