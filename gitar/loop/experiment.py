@@ -215,13 +215,19 @@ def _refusal(git: Git, plan: Plan, ground: Ground, paths: Paths, base: str) -> s
     return reason
 
 
-def _rejected(git: Git, plan: Plan, ground: Ground, reason: str) -> Record:
+def rejected(git: Git, plan: Plan, reason: str, rule: str | None = None) -> Record:
+    """The record of a planned commit that is not run: one builder for every refusal after the commit
+    (harness, ownership, data, repeat, a message that breaks the text rules, the GPU busy)."""
     return Record(status=REJECTED, commit=plan.commit, branch=plan.branch, description=plan.description,
                   hypothesis=plan.hypothesis, run_id=plan.run_id, kind=plan.kind,
                   parent=_first_parent(git, plan.commit), best_before=plan.best.val_bpb if plan.best else None,
-                  best_commit=plan.best.commit if plan.best else None, rule=ground.experiment.keep_rule,
+                  best_commit=plan.best.commit if plan.best else None, rule=rule,
                   reason=reason, seed=plan.seed, started=numbers.iso_time(time.time()), host=socket.gethostname(),
                   harness_sha256=integrity.harness_sha256(git, plan.commit), gitar=version.identity())
+
+
+def _rejected(git: Git, plan: Plan, ground: Ground, reason: str) -> Record:
+    return rejected(git, plan, reason, rule=ground.experiment.keep_rule)
 
 
 def _not_run(git: Git, plan: Plan, ground: Ground, error: GitarError) -> Record:

@@ -17,6 +17,7 @@ experiment branch is judged and recorded exactly as `gitar try` would.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from gitar.loop.recovery import recover
 from gitar.loop.result_line import result_line
 from gitar.paths import Paths
 from gitar.store.git import Git, gitar_dir
-from gitar.store.records import REJECTED, Notebook, Record
+from gitar.store.records import Notebook, Record
 from gitar.text import DESCRIPTION_CHARS, HYPOTHESIS, NOTE_CHARS, check_message, check_text, safe, subject
 
 DETACH_START_TIMEOUT_S = 30.0
@@ -95,14 +96,14 @@ def reject_unfit(git: Git, plan: experiment.Plan, message: str) -> Record | None
 
     to the best) and return that record; None when the message is fine.
     """
-    record = unfit_message(plan, message)
+    record = unfit_message(git, plan, message)
     if record is None:
         return None
     Notebook(git).pin(plan.commit, record.description)
     return experiment.finish(git, plan, record)
 
 
-def unfit_message(plan: experiment.Plan, message: str) -> Record | None:
+def unfit_message(git: Git, plan: experiment.Plan, message: str) -> Record | None:
     """The rejected record of a commit whose message or hypothesis breaks the rules, else None.
 
     The commit-msg hook refuses such a message before the commit exists; this is for commits
@@ -114,11 +115,10 @@ def unfit_message(plan: experiment.Plan, message: str) -> Record | None:
         if plan.hypothesis is not None:
             check_text(plan.hypothesis, HYPOTHESIS)
     except GitarError as e:
-        return Record(status=REJECTED, commit=plan.commit, branch=plan.branch,
-                      description=safe(subject(message))[:DESCRIPTION_CHARS] or "(no description)",
-                      run_id=plan.run_id, parent=plan.best.commit if plan.best else None,
-                      hypothesis=safe(plan.hypothesis)[:NOTE_CHARS] if plan.hypothesis else None,
-                      reason=f"not run: {e.message}")
+        shown = dataclasses.replace(
+            plan, description=safe(subject(message))[:DESCRIPTION_CHARS] or "(no description)",
+            hypothesis=safe(plan.hypothesis)[:NOTE_CHARS] if plan.hypothesis else None)
+        return experiment.rejected(git, shown, f"not run: {e.message}")
     return None
 
 
@@ -149,9 +149,7 @@ def stage_run() -> int:
         held = lock.acquire_for(git, purpose="experiment", token=token, commit=sha, description=description)
     except GitarError as e:
         # Someone else's experiment holds the GPU: this commit cannot be measured now.
-        record = Record(status=REJECTED, commit=sha, branch=branch, description=description, run_id=run_id,
-                        parent=plan.best.commit if plan.best else None, reason=str(e))
-        record = experiment.finish(git, plan, record)
+        record = experiment.finish(git, plan, experiment.rejected(git, plan, str(e)))
         print(f"gitar: {safe(result_line(record))}")
         return 0
     # Joined from the `gitar try` that made the commit: from now on the lock names this process,
