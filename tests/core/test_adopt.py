@@ -307,3 +307,21 @@ def test_source_holding_the_validation_shard_is_refused(hermetic: Path, tmp_path
     assert "is the pinned validation shard (shard_06542.parquet)" in proc.stderr, proc.stderr
     assert not fresh.exists()  # nothing written
     assert sorted(str(p) for p in upstream.rglob("*")) == source_listing
+
+
+def test_preflight_passes_an_adopted_branch_without_model_json(clone: Path) -> None:
+    """model.json is optional: train.py alone is agent-owned, and the preflight (smoke off) passes it."""
+    assert gitar(clone, "init", "nov21").returncode == 0
+    (clone / "train.py").write_text(UPSTREAM_TRAIN + "DEPTH = 9  # an idea\n")
+    git(clone, "add", "train.py")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run([sys.executable, "-m", "gitar.loop.hook_entry", "check"], cwd=clone, capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # A user-owned file in the same commit is still refused.
+    (clone / "prepare.py").write_text(UPSTREAM_PREPARE + "TIME_BUDGET = 600\n")
+    git(clone, "add", "prepare.py")
+    proc = subprocess.run([sys.executable, "-m", "gitar.loop.hook_entry", "check"], cwd=clone, capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 1
+    assert "prepare.py" in proc.stderr and proc.stderr.startswith("gitar: refused:"), proc.stderr
