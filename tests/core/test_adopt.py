@@ -325,3 +325,13 @@ def test_preflight_passes_an_adopted_branch_without_model_json(clone: Path) -> N
                           text=True, env=env, timeout=120)
     assert proc.returncode == 1
     assert "prepare.py" in proc.stderr and proc.stderr.startswith("gitar: refused:"), proc.stderr
+
+
+def test_a_refusal_after_the_commit_undoes_it(clone: Path) -> None:
+    """--worktrees: a worktree path taken is found after gitar's files are committed; init undoes the commit."""
+    (clone.parent / f"{clone.name}-nov21-gpu0").mkdir()
+    before = tree_state(clone)
+    proc = gitar(clone, "init", "nov21", "--worktrees", "1")
+    assert proc.returncode == 2, proc.stderr
+    assert "already exists; move it away or pass --worktree-dir DIR" in proc.stderr
+    assert tree_state(clone) == before
