@@ -98,6 +98,7 @@ VAL_SHARD = f"shard_{GROUND.data.val_shard:05d}.parquet"  # pinned: every experi
 RANKS_FILE = "ranks.tiktoken"
 TOKEN_BYTES_FILE = "token_bytes.pt"
 MANIFEST_FILE = "manifest.json"
+UPSTREAM_TOKENIZER = "tokenizer.pkl"  # karpathy/autoresearch's prepare.py: never overwritten here
 
 # ---------------------------------------------------------------------------
 # Platform: device, number format, attention kernel, compiler (gitar/runtime/platform.py)
@@ -297,6 +298,12 @@ def read_source_documents(source: Path) -> list[str]:
     files = _source_files(source)
     if not files:
         raise GitarError(f"--source: no {', '.join(SOURCE_SUFFIXES)} files under {source}")
+    # The pinned validation shard among the sources would put validation documents into the
+    # training shards (and make the split overwrite it): an upstream cache's data/ directory, say.
+    held = [f for f in files if f.name == VAL_SHARD]
+    if held:
+        raise GitarError(f"--source: {held[0]} is the pinned validation shard ({VAL_SHARD}); its documents would "
+                         "become training data; point --source at raw files without it")
     docs: list[str] = []
     for path in files:
         docs += _parquet_documents(path) if path.suffix.lower() == ".parquet" else _text_documents(path)
@@ -471,9 +478,19 @@ def _read_ranks(path: Path) -> dict[bytes, int]:
     return ranks
 
 
+def _refuse_upstream_tokenizer() -> None:
+    """karpathy/autoresearch's prepare.py made this cache: its token_bytes.pt is read in place and
+    never overwritten by gitar's (upstream's train.py evaluates with it)."""
+    if (TOKENIZER_DIR / UPSTREAM_TOKENIZER).is_file() and not (TOKENIZER_DIR / MANIFEST_FILE).exists():
+        raise GitarError(f"{TOKENIZER_DIR} holds autoresearch's tokenizer ({UPSTREAM_TOKENIZER}, {TOKEN_BYTES_FILE}); "
+                         "gitar's prepare.py will not overwrite it: use that repository's prepare.py, or set "
+                         "ground.json data.cache_dir to another directory")
+
+
 def train_tokenizer() -> None:
     """Train the BPE tokenizer on the training shards, unless one trained for the same
     configuration and the same shards is already there."""
+    _refuse_upstream_tokenizer()
     manifest_path = TOKENIZER_DIR / MANIFEST_FILE
     for name in TRAIN_SHARDS:
         if not (DATA_DIR / name).is_file():
@@ -753,6 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         print(f"cache: {CACHE_DIR}")
+        _refuse_upstream_tokenizer()  # before anything is written
         _remove_stale_temps()
         if args.source is not None:
             prepare_source(args.source.expanduser())

@@ -33,6 +33,8 @@ def init_cmd(
     if worktree_dir is not None and not worktrees:
         raise typer.BadParameter("goes with --worktrees N", param_hint="--worktree-dir")
     result = init_workspace(tag, worktrees=worktrees, worktree_dir=worktree_dir)
+    if result.adopted is not None:
+        say(f"gitar: committed gitar's files on {result.adopted.branch} as {result.adopted.commit[:7]}")
     if result.worktrees:
         for w in result.worktrees:
             verb = "created" if w.created else "kept"

@@ -27,6 +27,10 @@ def open_workspace(start: str | Path = ".", *, need_experiment_branch: bool = Tr
         raise GitarError("this repository has no commits yet; commit the workspace files, then `gitar init TAG`")
     head = git.resolve("HEAD")
     if git.blob_at(head, "ground.json") is None:
+        if all(git.blob_at(head, f) is not None for f in ("train.py", "prepare.py")):
+            # An autoresearch clone, or an experiment branch made before gitar's files were committed.
+            raise GitarError(f"not a gitar workspace: HEAD ({head[:7]}) has no ground.json; run `gitar init TAG` "
+                             "on the branch you started from: it adds and commits gitar's files, then makes the branch")
         raise GitarError(f"not a gitar workspace: HEAD ({head[:7]}) has no ground.json; "
                          "clone the gitar template or run `gitar demo` to see one")
     ground = ground_at(git, head)
@@ -37,6 +41,10 @@ def open_workspace(start: str | Path = ".", *, need_experiment_branch: bool = Tr
             raise GitarError(f"HEAD is detached; {_where_to_go(git, prefix)}")
         if not ground.experiment.is_experiment_branch(branch):
             raise GitarError(f"{branch} is not an experiment branch; {_where_to_go(git, prefix)}")
+        missing = [f for f in (".pre-commit-config.yaml", "hooks/gitar-hook") if git.blob_at(head, f) is None]
+        if missing:
+            raise GitarError(f"{branch} has no {missing[0]} at HEAD ({head[:7]}), so its hooks are not gitar's: run "
+                             "`gitar init TAG` on the branch you started from and experiment on the branch it makes")
     for line in recover(git):
         print(f"gitar: {safe(line)}", file=sys.stderr)  # names a description: untrusted text
     head = git.resolve("HEAD")

@@ -22,31 +22,18 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import gitar
 from gitar.config.schema import read_json_object
 from gitar.demo import corpus
-from gitar.demo.presets import cpu_ground, cpu_model
+from gitar.demo.presets import TEMPLATE_FILES, cpu_ground, cpu_model, template_dir
 from gitar.errors import ExitCode, GitarError
 from gitar.host import sandbox
 
-# The files a workspace is made of, as this project ships them.
-TEMPLATE_FILES = ("prepare.py", "train.py", "program.md", ".pre-commit-config.yaml", "hooks/gitar-hook")
 GITIGNORE = "# prepared data and tokenizer (ground.json data.cache_dir)\n/data/\n/corpus/\n__pycache__/\n"
 
 # The experiment the demo tries: one hyperparameter, the kind of change an agent makes first.
 EXPERIMENT = ("matrix_lr", 0.06, "raise the Muon learning rate 0.04 -> 0.06")
 # The idea the preflight refuses: a shape bug the CPU smoke step catches in seconds.
 SHAPE_BUG = ("self.c_proj = nn.Linear(4 * ", "self.c_proj = nn.Linear(3 * ")
-
-
-def template_dir() -> Path:
-    """Where this project's workspace files are: inside the wheel, or the source checkout."""
-    here = Path(gitar.__file__).resolve().parent
-    for candidate in (here / "_template", here.parent):
-        if all((candidate / f).exists() for f in (*TEMPLATE_FILES, "ground.json")):
-            return candidate
-    raise GitarError(f"cannot find the workspace template next to {here}; reinstall gitar "
-                     "(pip install -e . from a checkout)", ExitCode.INTERNAL)
 
 
 def default_directory(parent: Path) -> Path:

@@ -11,12 +11,14 @@ the branch's first run). A branch made by an older gitar gets its tip as the bas
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitar.config.schema import GROUND_FILE, MODEL_FILE, Ground, load_ground, read_json_object
+from gitar.config.schema import GROUND_FILE, MODEL_FILE, Ground, load_ground, parse_ground, read_json_object
+from gitar.demo import presets
 from gitar.errors import ExitCode, GitarError
 from gitar.loop import integrity, trust
 from gitar.paths import read_device, write_device
@@ -48,6 +50,7 @@ class InitResult:
     created: bool
     warnings: list[str]
     worktrees: list[Worktree] = field(default_factory=list)  # --worktrees N: one per GPU
+    adopted: Adoption | None = None  # gitar's files added to an upstream-style repository, and their commit
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,26 @@ def init_workspace(tag: str, start: str | Path = ".", *, worktrees: int = 0,
     git = Git.discover(start)
     if git.head_is_unborn():
         raise GitarError("this repository has no commits yet; commit the workspace files first")
-    ground = load_ground(git.root / GROUND_FILE)
-    read_json_object(git.root / MODEL_FILE)  # the hyperparameters: their schema is train.py's (smoke step)
     # Everything that can refuse is checked before anything changes: exit 2 means nothing did.
+    adoption = plan_adoption(git, tag, worktrees=worktrees)
+    if adoption is not None:
+        ground = adoption.ground
+        before = git.resolve("HEAD")
+        adopt(git, adoption)
+        try:
+            result = _init(git, ground, tag, worktrees, worktree_dir)
+        except BaseException:
+            _unadopt(git, before)
+            raise
+        return InitResult(result.branch, result.created, result.warnings, result.worktrees, adoption)
+    ground = load_ground(git.root / GROUND_FILE)
+    if MODEL_FILE in ground.experiment.agent_owned:
+        read_json_object(git.root / MODEL_FILE)  # the hyperparameters: their schema is train.py's (smoke step)
     _check_installable(git)
+    return _init(git, ground, tag, worktrees, worktree_dir)
+
+
+def _init(git: Git, ground: Ground, tag: str, worktrees: int, worktree_dir: str | Path | None) -> InitResult:
     if worktrees:
         return _init_worktrees(git, ground, tag, worktrees, worktree_dir)
     branch = _branch_name(git, ground, tag)
@@ -188,13 +207,13 @@ def _branch_name(git: Git, ground: Ground, tag: str) -> str:
     return branch
 
 
-def _check_installable(git: Git) -> None:
+def _check_installable(git: Git, *, files: bool = True) -> None:
     """What would make installing the hooks fail, said before init changes anything."""
     hooks_path = git.run("config", "--get", "core.hooksPath", check=False).stdout.strip()
     if hooks_path:
         raise GitarError(f"core.hooksPath is set ({hooks_path}), so pre-commit cannot install its hooks; "
                          "unset it with `git config --unset-all core.hooksPath` (and --global if set there)")
-    for needed in (".pre-commit-config.yaml", "hooks/gitar-hook"):
+    for needed in presets.HOOK_FILES if files else ():
         if not (git.root / needed).exists():
             raise GitarError(f"{needed} is missing from the workspace; restore it from the template "
                              "(the hooks are how gitar runs each commit)")
@@ -214,7 +233,126 @@ def _data_warnings(ground: Ground) -> list[str]:
     val = cache / "data" / f"shard_{ground.data.val_shard:05d}.parquet"
     # prepare.py writes the tokenizer manifest last: its presence means the tokenizer is complete.
     manifest = cache / "tokenizer" / "manifest.json"
-    if val.exists() and manifest.exists():
+    upstream = integrity.upstream_layout(cache)  # upstream's prepare.py: tokenizer.pkl and token_bytes.pt
+    if val.exists() and (manifest.exists() or upstream):
         return []
     return [f"data is not prepared in {cache}: run `python prepare.py` "
             "(or `python prepare.py --source DIR` offline) before the first experiment"]
+
+
+# ---------------------------------------------------------------------------
+# Adopting a karpathy/autoresearch clone: gitar's files added and committed on the current branch
+# ---------------------------------------------------------------------------
+
+# Upstream's files that say "this is an autoresearch repository": its own train.py and prepare.py.
+UPSTREAM_FILES = ("train.py", "prepare.py")
+PROGRAM_FILE = "program.md"
+ADOPT_MESSAGE = ("gitar: add ground.json, hooks/gitar-hook, .pre-commit-config.yaml and the program.md loop section\n\n"
+                 "Written by `gitar init`: the experiment loop runs through git hooks (gitar try) from here on;\n"
+                 "train.py, prepare.py and the data cache are unchanged.\n")
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What init writes into an upstream-style repository (path -> content) before it makes the branch."""
+
+    files: dict[str, bytes]
+    ground: Ground
+    branch: str  # the branch the files are committed on
+    notes: list[str]  # said to the user with the plan (why smoke is off)
+    commit: str = ""
+
+
+def plan_adoption(git: Git, tag: str, *, worktrees: int = 0) -> Adoption | None:
+    """None when the repository already has gitar's files; else everything adopt() will write, checked.
+
+    Every refusal happens here, before a file, commit, branch or ref changes.
+    """
+    root = git.root
+    if (root / GROUND_FILE).exists():
+        return None
+    missing = [f for f in UPSTREAM_FILES if not (root / f).is_file()]
+    if missing:
+        raise GitarError(f"{GROUND_FILE}: not found in {root}, and {missing[0]} is missing too, so this is neither a "
+                         "gitar workspace nor an autoresearch clone; run gitar init in one (or `gitar demo`)")
+    present = [f for f in presets.HOOK_FILES if (root / f).exists()]
+    if present:
+        raise GitarError(f"{present[0]} exists but {GROUND_FILE} does not: a half set-up workspace; "
+                         f"remove {present[0]} (gitar init writes it) or restore {GROUND_FILE}")
+    branch = git.current_branch()
+    if branch is None:
+        raise GitarError("HEAD is detached; `git switch` to the branch gitar's files should be committed on, "
+                         "then run gitar init again")
+    if (op := git.operation_in_progress()) is not None:
+        raise GitarError(f"{op} is in progress; finish or abort it first")
+    if git.run("diff", "--cached", "--quiet", check=False).returncode != 0:
+        raise GitarError("the index has staged changes; commit or unstage them first (gitar init commits only its own files)")
+    if git.run("var", "GIT_COMMITTER_IDENT", check=False).returncode != 0:
+        raise GitarError("git has no identity for the commit gitar init makes; set `git config user.name` and "
+                         "`git config user.email`")
+    _check_installable(git, files=False)
+    program = root / PROGRAM_FILE
+    if program.exists() and git.run("diff", "--quiet", "--", PROGRAM_FILE, check=False).returncode != 0:
+        raise GitarError(f"{PROGRAM_FILE} has uncommitted changes; commit or stash them first "
+                         "(gitar init appends its section and commits it)")
+    src = presets.template_dir()
+    train = (root / "train.py").read_text(encoding="utf-8", errors="replace")
+    shipped = read_json_object(src / GROUND_FILE)
+    obj = presets.upstream_ground(shipped, has_model_json=(root / MODEL_FILE).is_file(), train_source=train)
+    ground = parse_ground(obj, root / GROUND_FILE)  # validated before it is written
+    if worktrees == 0:
+        name = _branch_name(git, ground, tag)
+        if git.ref_target(branch_ref(name)) is not None:
+            raise GitarError(f"branch {name} already exists; pick another tag")
+    files: dict[str, bytes] = {GROUND_FILE: (json.dumps(obj, indent=2) + "\n").encode()}
+    for rel in presets.HOOK_FILES:
+        files[rel] = (src / rel).read_bytes()
+    text = program.read_text(encoding="utf-8") if program.exists() else ""
+    if presets.PROGRAM_BEGIN not in text:
+        files[PROGRAM_FILE] = (text.rstrip("\n") + "\n" + presets.PROGRAM_SECTION if text else
+                               presets.PROGRAM_SECTION.lstrip("\n")).encode()
+    notes = [] if ground.experiment.smoke else [presets.SMOKE_OFF_WHY]
+    return Adoption(files=files, ground=ground, branch=branch, notes=notes)
+
+
+def adopt(git: Git, plan: Adoption) -> None:
+    """Say what will be added, write it, and commit it on the current branch (undone on failure)."""
+    print(f"gitar: {git.root} has no gitar files; adding them and committing on {plan.branch}:")
+    for rel in plan.files:
+        print(f"  {'append a marked section to' if rel == PROGRAM_FILE and (git.root / rel).exists() else 'add'} {rel}")
+    for note in plan.notes:
+        print(f"  note: {note}")
+    before = git.resolve("HEAD")
+    old: dict[str, bytes | None] = {rel: (git.root / rel).read_bytes() if (git.root / rel).exists() else None
+                                    for rel in plan.files}
+    try:
+        for rel, content in plan.files.items():
+            path = git.root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+            if rel.startswith("hooks/"):
+                path.chmod(0o755)
+        git.run("add", "--", *plan.files)
+        git.run("commit", "--quiet", "--no-verify", "-m", ADOPT_MESSAGE, advice="the commit of gitar's files failed")
+    except BaseException:
+        git.run("reset", "--quiet", before, "--", *plan.files, check=False)
+        for rel, was in old.items():
+            if was is None:
+                (git.root / rel).unlink(missing_ok=True)
+            else:
+                (git.root / rel).write_bytes(was)
+        _remove_empty_hooks_dir(git)
+        raise
+    object.__setattr__(plan, "commit", git.resolve("HEAD"))
+
+
+def _unadopt(git: Git, before: str) -> None:
+    """init failed after the adoption commit: the branch, index and files back to where they were."""
+    git.run("reset", "--quiet", "--keep", before, check=False)
+    _remove_empty_hooks_dir(git)
+
+
+def _remove_empty_hooks_dir(git: Git) -> None:
+    hooks = git.root / "hooks"
+    if hooks.is_dir() and not any(hooks.iterdir()):
+        hooks.rmdir()

@@ -7,7 +7,11 @@ stays as shipped, so the demo exercises the same harness a GPU run does.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
+
+import gitar
+from gitar.errors import ExitCode, GitarError
 
 # ground.json keys that the CPU preset overrides, as (section, key) -> value.
 CPU_GROUND: dict[tuple[str, ...], Any] = {
@@ -42,14 +46,93 @@ CPU_MODEL: dict[str, Any] = {
 
 def cpu_ground(shipped: dict[str, Any]) -> dict[str, Any]:
     """The shipped ground.json object with the CPU preset applied."""
-    out = copy.deepcopy(shipped)
-    for keys, value in CPU_GROUND.items():
-        node = out
-        for k in keys[:-1]:
-            node = node[k]
-        node[keys[-1]] = value
-    return out
+    return _apply(shipped, CPU_GROUND)
 
 
 def cpu_model() -> dict[str, Any]:
     return copy.deepcopy(CPU_MODEL)
+
+
+# ---------------------------------------------------------------------------
+# The workspace template, and the preset for an existing karpathy/autoresearch clone
+# ---------------------------------------------------------------------------
+
+# The files a workspace is made of, as this project ships them.
+TEMPLATE_FILES = ("prepare.py", "train.py", "program.md", ".pre-commit-config.yaml", "hooks/gitar-hook")
+# What `gitar init` adds to a repository laid out like upstream (its own train.py and prepare.py stay).
+HOOK_FILES = (".pre-commit-config.yaml", "hooks/gitar-hook")
+
+
+def template_dir() -> Path:
+    """Where this project's workspace files are: inside the wheel, or the source checkout."""
+    here = Path(gitar.__file__).resolve().parent
+    for candidate in (here / "_template", here.parent):
+        if all((candidate / f).exists() for f in (*TEMPLATE_FILES, "ground.json")):
+            return candidate
+    raise GitarError(f"cannot find the workspace template next to {here}; reinstall gitar "
+                     "(pip install -e . from a checkout)", ExitCode.INTERNAL)
+
+
+# Upstream's constants (prepare.py: CACHE_DIR, TIME_BUDGET, MAX_SEQ_LEN, EVAL_TOKENS, VAL_SHARD,
+# VOCAB_SIZE), so a number measured through gitar is comparable with one measured by upstream.
+UPSTREAM_GROUND: dict[tuple[str, ...], Any] = {
+    ("data", "cache_dir"): "~/.cache/autoresearch",
+    ("data", "num_train_shards"): 10,
+    ("data", "val_shard"): 6542,
+    ("tokenizer", "vocab_size"): 8192,
+    ("training", "max_seq_len"): 2048,
+    ("training", "time_budget_s", "train"): 300,
+    ("training", "eval_tokens"): 40 * 524288,
+    # The launcher runs train.py unmodified and exports the model it passes to prepare.evaluate_bpb.
+    ("experiment", "command"): ["{python}", "-m", "gitar.runtime.launch", "train.py"],
+    ("experiment", "user_owned"): ["prepare.py", "program.md", "pyproject.toml", "uv.lock", "ground.json",
+                                   "hooks/", ".pre-commit-config.yaml"],
+}
+
+# Why the smoke step is off for such a train.py: it builds the model on the CPU, which one that
+# calls torch.cuda or loads FA3 through `kernels` at import cannot do.
+SMOKE_OFF_WHY = ("train.py hard-codes CUDA (torch.cuda / kernels FA3), so the CPU smoke step cannot build it: "
+                 "ground.json experiment.smoke is false; set it true once train.py runs on the CPU")
+
+
+def hard_codes_cuda(train_source: str) -> bool:
+    return "torch.cuda." in train_source or "from kernels import" in train_source or ".cuda()" in train_source
+
+
+def upstream_ground(shipped: dict[str, Any], *, has_model_json: bool, train_source: str) -> dict[str, Any]:
+    """The shipped ground.json for a repository laid out like karpathy/autoresearch."""
+    out = _apply(shipped, UPSTREAM_GROUND)
+    out["experiment"]["agent_owned"] = ["train.py", "model.json"] if has_model_json else ["train.py"]
+    out["experiment"]["smoke"] = not hard_codes_cuda(train_source)
+    return out
+
+
+def _apply(shipped: dict[str, Any], keys_values: dict[tuple[str, ...], Any]) -> dict[str, Any]:
+    out = copy.deepcopy(shipped)
+    for keys, value in keys_values.items():
+        node = out
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = copy.deepcopy(value)
+    return out
+
+
+# The section `gitar init` appends to an upstream program.md, between these markers (re-running
+# finds them and adds nothing).
+PROGRAM_BEGIN = "<!-- gitar: begin -->"
+PROGRAM_END = "<!-- gitar: end -->"
+PROGRAM_SECTION = f"""
+{PROGRAM_BEGIN}
+## The loop with gitar (replaces the manual commit / run / grep / reset steps above)
+
+This repository runs the experiment loop through git hooks (`gitar init` set them up). For each idea:
+
+1. Read `gitar memory` (what was tried, kept, discarded, crashed) and pick an idea.
+2. Edit `train.py` (the only file you own; `prepare.py`, `program.md`, `ground.json` and the hooks are the user's).
+3. `gitar try "what I changed"`: it commits, trains under the time budget, measures val_bpb with the
+   harness, records the result in git notes and keeps the commit or resets the branch. It prints one
+   result line; exit 0 kept, 1 not kept (discard, crash, timeout), 2 refused (nothing changed; fix what it says).
+4. Do not `git commit`, `git reset`, run `uv run train.py` or grep `run.log` yourself, and do not keep results.tsv:
+   `gitar log --tsv` prints it. `gitar show REV` shows a run's log tail.
+{PROGRAM_END}
+"""

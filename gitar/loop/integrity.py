@@ -115,11 +115,25 @@ def ownership_refusal(git: Git, sha: str, base: str, agent_owned: tuple[str, ...
 # ---------------------------------------------------------------------------
 
 
+# The tokenizer upstream's prepare.py writes (a pickled tiktoken encoding); gitar's writes ranks.tiktoken
+# and manifest.json. A cache with the first and without gitar's manifest is upstream's.
+UPSTREAM_TOKENIZER = "tokenizer.pkl"
+
+
+def upstream_layout(cache: Path) -> bool:
+    tok = cache / "tokenizer"
+    return (tok / UPSTREAM_TOKENIZER).is_file() and not (tok / "manifest.json").exists()
+
+
 def evaluation_files(ground: Ground) -> dict[str, Path]:
     """The files prepare.evaluate_bpb reads, by their path in the cache (prepare.py's layout)."""
     cache = ground.cache_dir
-    names = ("tokenizer/manifest.json", "tokenizer/ranks.tiktoken", "tokenizer/token_bytes.pt",
-             f"data/shard_{ground.data.val_shard:05d}.parquet")
+    val = f"data/shard_{ground.data.val_shard:05d}.parquet"
+    if upstream_layout(cache):
+        # A cache karpathy/autoresearch's prepare.py made: its tokenizer, read in place.
+        names: tuple[str, ...] = (f"tokenizer/{UPSTREAM_TOKENIZER}", "tokenizer/token_bytes.pt", val)
+    else:
+        names = ("tokenizer/manifest.json", "tokenizer/ranks.tiktoken", "tokenizer/token_bytes.pt", val)
     return {name: cache / name for name in names}
 
 
