@@ -1,7 +1,7 @@
-"""Fixtures shared by every test: a hermetic git environment (git-revise style).
+"""Fixtures shared by every test folder: they wrap the helpers of testing/ (the repository root).
 
-Temporary HOME, no system or global config, fixed author and dates: what a test sees
-does not depend on the machine it runs on, and nothing touches the developer's files.
+hermetic: a hermetic git environment (testing/hermetic.py). workspace: a real gitar workspace
+with the fake trainer (testing/workspace.py), initialised on autoresearch/t1.
 """
 
 from __future__ import annotations
@@ -11,11 +11,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-_GIT_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX", "GIT_EDITOR", "GIT_CONFIG",
-             "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GITAR_LOCK_TOKEN", "GITAR_RUN_ID", "GITAR_DETACH",
-             "GITAR_SMOKE", "GITAR_SEED", "GITAR_WORKSPACE", "GITAR_CRASH_FILE")
+from testing.hermetic import apply_hermetic
+from testing.workspace import Workspace, make_workspace
 
 
 @pytest.fixture(scope="session")
@@ -24,27 +21,19 @@ def pre_commit_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("pre-commit-home")
 
 
-def apply_hermetic(mp: pytest.MonkeyPatch, home: Path, pre_commit_home: Path, *, fixed_dates: bool = True) -> None:
-    """Point git and pre-commit at `home` only: no system or global config but ours, a fixed identity."""
-    home.mkdir(exist_ok=True)
-    for var in _GIT_VARS:
-        mp.delenv(var, raising=False)
-    mp.setenv("HOME", str(home))
-    mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-    mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    mp.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
-    mp.setenv("PRE_COMMIT_HOME", str(pre_commit_home))
-    for who in ("AUTHOR", "COMMITTER"):
-        mp.setenv(f"GIT_{who}_NAME", "Test Researcher")
-        mp.setenv(f"GIT_{who}_EMAIL", "researcher@example.com")
-        if fixed_dates:
-            mp.setenv(f"GIT_{who}_DATE", "2026-01-01T00:00:00+00:00")
-    (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n")
-
-
 @pytest.fixture
 def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pre_commit_home: Path) -> Path:
     home = tmp_path / "home"
     apply_hermetic(monkeypatch, home, pre_commit_home)
     assert os.environ["HOME"] == str(home)
     return home
+
+
+@pytest.fixture
+def workspace(hermetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """An initialised workspace on autoresearch/t1 with the hooks installed, cwd inside it."""
+    ws = make_workspace(tmp_path / "ws")
+    monkeypatch.chdir(ws.root)
+    proc = ws.gitar("init", "t1")
+    assert proc.returncode == 0, proc.stderr
+    return ws

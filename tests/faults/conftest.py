@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import apply_hermetic
-from tests.core.conftest import Workspace, make_workspace
+from testing.hermetic import apply_hermetic
+from testing.workspace import Workspace, make_workspace
 
 FAULT_TRAIN = '''\
 """A stand-in trainer for the fault suite: fails on cue the way train.py fails."""

@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from testing.hermetic import REPO_ROOT
 from tests.faults.conftest import FaultWorkspace, Pids, copy_fault_workspace, make_fault_workspace
 
 BRANCH = "autoresearch/t1"

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _GIT_VARS, REPO_ROOT
-from tests.core.conftest import Workspace
-from tests.core.conftest import workspace as workspace  # the fake trainer's workspace (evaluate "reported")
+from testing.hermetic import _GIT_VARS, REPO_ROOT
+from testing.workspace import Workspace
 from tests.harness.conftest import prepared_workspace as prepared_workspace  # the session fixture
 from tests.harness.conftest import small_corpus_dir as small_corpus_dir
 

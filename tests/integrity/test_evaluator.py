@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import train
-from tests.conftest import REPO_ROOT
+from testing.hermetic import REPO_ROOT
 from tests.harness.test_train import tiny_gpt
 from tests.integrity.test_export import trained_looking
 

@@ -26,7 +26,7 @@ import train
 from gitar.demo.presets import cpu_model
 from gitar.errors import GitarError
 from gitar.loop import evaluator
-from tests.conftest import REPO_ROOT
+from testing.hermetic import REPO_ROOT
 from tests.harness.test_train import tiny_gpt
 
 VOCAB, SEQ = 64, 16

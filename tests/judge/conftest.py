@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.core.conftest import Workspace, make_workspace
+from testing.workspace import Workspace, make_workspace
 
 NOISY_TRAIN = '''\
 """A stand-in trainer: val_bpb is a base value plus a noise offset looked up by seed."""

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.core.conftest import Workspace
+from testing.workspace import Workspace
 from tests.judge.conftest import BASELINE_STD, JudgedWorkspace, ok, write_noisy
 
 

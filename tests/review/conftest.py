@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import apply_hermetic
-from tests.core.conftest import Workspace, fake_train, make_workspace
-from tests.core.conftest import workspace as workspace  # the fixture, for tests that start from nothing
+from testing.hermetic import apply_hermetic
+from testing.trainers import fake_train
+from testing.workspace import Workspace, make_workspace
 
 CRASH_DESCRIPTION = '"double" width\tOOM\nsecond line'
 

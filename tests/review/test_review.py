@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.core.conftest import Workspace, fake_train
+from testing.trainers import fake_train
+from testing.workspace import Workspace
 from tests.review.conftest import CRASH_DESCRIPTION, Built
 
 
