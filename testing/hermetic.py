@@ -6,6 +6,8 @@ does not depend on the machine it runs on, and nothing touches the developer's f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,21 @@ def apply_hermetic(mp: pytest.MonkeyPatch, home: Path, pre_commit_home: Path, *,
         if fixed_dates:
             mp.setenv(f"GIT_{who}_DATE", "2026-01-01T00:00:00+00:00")
     (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n")
+
+
+@contextmanager
+def hermetic_session(home: Path) -> Iterator[None]:
+    """What tests/conftest.py's `hermetic` gives a test, for a session-scoped fixture."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n")
+    with pytest.MonkeyPatch.context() as mp:
+        for var in (*_GIT_VARS, "GITAR_EXPORT_PATH"):
+            mp.delenv(var, raising=False)
+        mp.setenv("HOME", str(home))
+        mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+        mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
+        mp.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
+        for who in ("AUTHOR", "COMMITTER"):
+            mp.setenv(f"GIT_{who}_NAME", "Test Researcher")
+            mp.setenv(f"GIT_{who}_EMAIL", "researcher@example.com")
+        yield

@@ -1,7 +1,9 @@
 """Fixtures shared by every test folder: they wrap the helpers of testing/ (the repository root).
 
 hermetic: a hermetic git environment (testing/hermetic.py). workspace: a real gitar workspace
-with the fake trainer (testing/workspace.py), initialised on autoresearch/t1.
+with the fake trainer (testing/workspace.py), initialised on autoresearch/t1. small_corpus_dir and
+prepared_workspace: a CPU-preset workspace prepared once per session by the real prepare.py
+(testing/prepared.py), for tests/harness, tests/integrity and tests/attacks.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from gitar.demo.corpus import write_corpus
 from testing.hermetic import apply_hermetic
+from testing.prepared import SMALL_CORPUS_DOCS, make_prepared_workspace, run_prepare
 from testing.workspace import Workspace, make_workspace
 
 
@@ -37,3 +41,23 @@ def workspace(hermetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     proc = ws.gitar("init", "t1")
     assert proc.returncode == 0, proc.stderr
     return ws
+
+
+@pytest.fixture(scope="session")
+def small_corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first SMALL_CORPUS_DOCS documents of the embedded stdlib corpus, as parquet files."""
+    directory = tmp_path_factory.mktemp("small-corpus")
+    write_corpus(directory, max_docs=SMALL_CORPUS_DOCS)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def prepared_workspace(tmp_path_factory: pytest.TempPathFactory, small_corpus_dir: Path) -> Path:
+    """A CPU-preset workspace, prepared once per session by the real `prepare.py --source`."""
+    root = tmp_path_factory.mktemp("prepared")
+    ws = make_prepared_workspace(root, root / "cache")
+    result = run_prepare(ws, "--source", str(small_corpus_dir))
+    if result.returncode != 0:
+        pytest.fail(f"prepare.py --source failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return ws
+
