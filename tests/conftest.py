@@ -61,3 +61,18 @@ def prepared_workspace(tmp_path_factory: pytest.TempPathFactory, small_corpus_di
         pytest.fail(f"prepare.py --source failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return ws
 
+
+
+# Fixtures whose setup trains the real train.py on CPU: `measured` (tests/integrity) and `arena`
+# (tests/attacks) start from a baseline gitar ran and measured. A test there that uses one is slow,
+# so `-m "not slow"` runs without any real training. (By folder: tests/core has a `measured` of its
+# own, on the fake trainer.)
+_REAL_TRAINING = {Path(__file__).parent / "integrity": "measured", Path(__file__).parent / "attacks": "arena"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the marker must be there when it does
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixture = _REAL_TRAINING.get(item.path.parent)
+        if fixture in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
