@@ -92,3 +92,15 @@ def build_workspace(prepared: Path, root: Path) -> Workspace:
     ws.git("add", "-A")
     ws.git("commit", "-q", "-m", "workspace")
     return ws
+
+
+def script_workspace(dest: Path, *, preset: bool) -> Path:
+    """prepare.py, train.py, ground.json and model.json: the shipped ones or the CPU preset."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("prepare.py", "train.py", "ground.json", "model.json"):
+        shutil.copy(REPO_ROOT / name, dest / name)
+    if preset:
+        ground = cpu_ground(json.loads((REPO_ROOT / "ground.json").read_text()))
+        (dest / "ground.json").write_text(json.dumps(ground, indent=2))
+        (dest / "model.json").write_text(json.dumps(cpu_model(), indent=2))
+    return dest

@@ -20,7 +20,7 @@ from torch import nn
 
 import train
 from testing.hermetic import REPO_ROOT
-from tests.harness.test_train import tiny_gpt
+from testing.model import tiny_gpt
 from tests.integrity.test_export import trained_looking
 
 BATCH = 16  # the CPU preset's evaluation.batch_size
