@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,3 +125,11 @@ def make_workspace(root: Path, *, timeout_s: float = 30, budget_s: float = 1, sm
     ws.git("add", "-A")
     ws.git("commit", "-q", "-m", "workspace")
     return ws
+
+
+def ok(proc: object) -> str:
+    return f"stdout={getattr(proc, 'stdout', '')!r} stderr={getattr(proc, 'stderr', '')!r}"
+
+
+# judged(rule, ...) of tests/judge/conftest.py: a workspace with that keep rule.
+JudgedWorkspace = Callable[..., Workspace]
