@@ -97,3 +97,106 @@ def write_noisy(ws: Workspace, base: float, offsets: dict[int, float] | None = N
     text = NOISY_TRAIN.format(base=base, offsets=dict(offsets or {}), crash_seeds=set(crash_seeds),
                               sleep_s=sleep_s)
     (ws.root / "train.py").write_text(text + (f"# {note}\n" if note else ""))
+
+
+# The fault suite's trainer (tests/faults): fails on cue the way train.py fails; see testing/faults.py.
+FAULT_TRAIN = '''\
+"""A stand-in trainer for the fault suite: fails on cue the way train.py fails."""
+import json, math, os, resource, subprocess, sys, time, traceback
+MODE = {mode!r}
+VAL_BPB = {val_bpb!r}
+WAIT = {wait!r}
+if os.environ.get("GITAR_SMOKE") == "1":
+    print("smoke: ok loss=9.0 params=0.1M", flush=True)
+    sys.exit(0)
+STATE = os.path.dirname(os.environ["GITAR_CRASH_FILE"])
+
+
+class TrainingDiverged(RuntimeError):
+    """train.py's fast fail on a NaN/inf loss (check_loss)."""
+
+
+class OutOfMemoryError(RuntimeError):
+    """What torch.OutOfMemoryError looks like to a crash record."""
+
+
+def write_crash_record(exc):
+    # train.py's write_crash_record: type, message, traceback, phase, step; atomic.
+    path = os.environ.get("GITAR_CRASH_FILE")
+    if not path:
+        return
+    lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({{"type": type(exc).__name__, "message": str(exc)[:2000], "traceback": lines[-20:],
+                   "phase": "train", "step": 3}}, f)
+    os.replace(tmp, path)
+
+
+def main():
+    # A data-loader worker: same process group, not a direct concern of the trainer's exit.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    tmp = os.path.join(STATE, "pids.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump({{"trainer": os.getpid(), "child": child.pid, "pgid": os.getpgrp()}}, f)
+    for step in range(3):
+        print(f"step {{step:05d}} | loss 3.{{step}}00000 | lrm 1.000 | dt 1ms | tok/s 100 | mfu 0.0% | epoch 1 | train {{step * 0.1:.1f}}/1s", flush=True)
+    os.replace(tmp, os.path.join(STATE, "pids.json"))
+    deadline = time.time() + 60
+    while WAIT and not os.path.exists(os.path.join(STATE, "go")) and time.time() < deadline:
+        time.sleep(0.02)
+    if MODE == "sleep":
+        time.sleep(60)
+    elif MODE == "hang":
+        time.sleep(600)
+    elif MODE == "crash":
+        raise RuntimeError("a bug in the new attention code (fake)")
+    elif MODE == "nan":
+        loss = float("nan")
+        if not math.isfinite(loss):  # train.py's check_loss, verbatim message
+            raise TrainingDiverged(f"training loss is {{loss}} at step {{3}} (limit {{100.0:g}}): the run diverged; "
+                                   "lower the learning rates in model.json or fix the model")
+    elif MODE == "nan-summary":
+        pass  # exits 0 with val_bpb nan below
+    elif MODE == "oom":
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity "
+                               "of 79.10 GiB of which 1.19 GiB is free.")
+    elif MODE == "oom-rlimit":
+        # A real allocation failure: the address space is capped well below what is asked for.
+        limit = 512 * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        hoard = bytearray(2 * limit)
+        print(len(hoard))
+    elif MODE == "flood":
+        # The log outgrows what its volume can take (the test caps file sizes with RLIMIT_FSIZE).
+        line = "step 00003 | loss 3.000000 | " + "x" * 200
+        for _ in range(100000):
+            print(line, flush=True)
+    print("---")
+    print(f"val_bpb:          {{float('nan') if MODE == 'nan-summary' else VAL_BPB:.6f}}")
+    print("training_seconds: 1.0")
+    print("total_seconds:    1.5")
+    print("peak_vram_mb:     1024.0")
+    print("num_steps:        3")
+    print("depth:            2")
+    print("seed: " + os.environ.get("GITAR_SEED", "42"), flush=True)
+
+
+def run():
+    # train.py's run(): a crash leaves a record and a traceback, and exits 1.
+    try:
+        main()
+    except Exception as e:
+        write_crash_record(e)
+        traceback.print_exc()
+        if isinstance(e, OutOfMemoryError):
+            print("hint: out of GPU memory; lower optimization.device_batch_size in model.json", file=sys.stderr)
+        return 1
+    return 0
+
+
+sys.exit(run())
+'''
+
+def fault_train(mode: str = "ok", val_bpb: float = 1.0, *, wait: bool = False) -> str:
+    return FAULT_TRAIN.format(mode=mode, val_bpb=val_bpb, wait=wait)
