@@ -30,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.core.conftest import Workspace, fake_train, make_workspace  # noqa: E402
+from testing.trainers import fake_train  # noqa: E402
+from testing.workspace import Workspace, make_workspace  # noqa: E402
 
 
 def hermetic_env(home: Path) -> None:

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_loop import hermetic_env, synthesise_history  # noqa: E402
-from tests.core.conftest import Workspace, make_workspace  # noqa: E402
+from testing.workspace import Workspace, make_workspace  # noqa: E402
 
 COMMANDS = (("log",), ("log", "--tsv"), ("memory",), ("best",))
 FLOOR = ("git", "log", "--notes=gitar", "--glob=refs/gitar/attempts/")

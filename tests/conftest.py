@@ -1,7 +1,9 @@
-"""Fixtures shared by every test: a hermetic git environment (git-revise style).
+"""Fixtures shared by every test folder: they wrap the helpers of testing/ (the repository root).
 
-Temporary HOME, no system or global config, fixed author and dates: what a test sees
-does not depend on the machine it runs on, and nothing touches the developer's files.
+hermetic: a hermetic git environment (testing/hermetic.py). workspace: a real gitar workspace
+with the fake trainer (testing/workspace.py), initialised on autoresearch/t1. small_corpus_dir and
+prepared_workspace: a CPU-preset workspace prepared once per session by the real prepare.py
+(testing/prepared.py), for tests/harness, tests/integrity and tests/attacks.
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-_GIT_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX", "GIT_EDITOR", "GIT_CONFIG",
-             "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GITAR_LOCK_TOKEN", "GITAR_RUN_ID", "GITAR_DETACH",
-             "GITAR_SMOKE", "GITAR_SEED", "GITAR_WORKSPACE", "GITAR_CRASH_FILE")
+from gitar.demo.corpus import write_corpus
+from testing.hermetic import apply_hermetic
+from testing.prepared import SMALL_CORPUS_DOCS, make_prepared_workspace, run_prepare
+from testing.workspace import Workspace, make_workspace
 
 
 @pytest.fixture(scope="session")
@@ -24,27 +25,54 @@ def pre_commit_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("pre-commit-home")
 
 
-def apply_hermetic(mp: pytest.MonkeyPatch, home: Path, pre_commit_home: Path, *, fixed_dates: bool = True) -> None:
-    """Point git and pre-commit at `home` only: no system or global config but ours, a fixed identity."""
-    home.mkdir(exist_ok=True)
-    for var in _GIT_VARS:
-        mp.delenv(var, raising=False)
-    mp.setenv("HOME", str(home))
-    mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-    mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    mp.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
-    mp.setenv("PRE_COMMIT_HOME", str(pre_commit_home))
-    for who in ("AUTHOR", "COMMITTER"):
-        mp.setenv(f"GIT_{who}_NAME", "Test Researcher")
-        mp.setenv(f"GIT_{who}_EMAIL", "researcher@example.com")
-        if fixed_dates:
-            mp.setenv(f"GIT_{who}_DATE", "2026-01-01T00:00:00+00:00")
-    (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n")
-
-
 @pytest.fixture
 def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pre_commit_home: Path) -> Path:
     home = tmp_path / "home"
     apply_hermetic(monkeypatch, home, pre_commit_home)
     assert os.environ["HOME"] == str(home)
     return home
+
+
+@pytest.fixture
+def workspace(hermetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """An initialised workspace on autoresearch/t1 with the hooks installed, cwd inside it."""
+    ws = make_workspace(tmp_path / "ws")
+    monkeypatch.chdir(ws.root)
+    proc = ws.gitar("init", "t1")
+    assert proc.returncode == 0, proc.stderr
+    return ws
+
+
+@pytest.fixture(scope="session")
+def small_corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first SMALL_CORPUS_DOCS documents of the embedded stdlib corpus, as parquet files."""
+    directory = tmp_path_factory.mktemp("small-corpus")
+    write_corpus(directory, max_docs=SMALL_CORPUS_DOCS)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def prepared_workspace(tmp_path_factory: pytest.TempPathFactory, small_corpus_dir: Path) -> Path:
+    """A CPU-preset workspace, prepared once per session by the real `prepare.py --source`."""
+    root = tmp_path_factory.mktemp("prepared")
+    ws = make_prepared_workspace(root, root / "cache")
+    result = run_prepare(ws, "--source", str(small_corpus_dir))
+    if result.returncode != 0:
+        pytest.fail(f"prepare.py --source failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return ws
+
+
+
+# Fixtures whose setup trains the real train.py on CPU: `measured` (tests/integrity) and `arena`
+# (tests/attacks) start from a baseline gitar ran and measured. A test there that uses one is slow,
+# so `-m "not slow"` runs without any real training. (By folder: tests/core has a `measured` of its
+# own, on the fake trainer.)
+_REAL_TRAINING = {Path(__file__).parent / "integrity": "measured", Path(__file__).parent / "attacks": "arena"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the marker must be there when it does
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixture = _REAL_TRAINING.get(item.path.parent)
+        if fixture in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

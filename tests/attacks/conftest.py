@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from testing.hermetic import hermetic_session
+from testing.prepared import build_workspace
 from tests.attacks.arena import (
     BRANCH,
     Arena,
@@ -34,9 +36,6 @@ from tests.attacks.arena import (
     private_env,
     trainer,
 )
-from tests.harness.conftest import prepared_workspace as prepared_workspace  # the session fixture
-from tests.harness.conftest import small_corpus_dir as small_corpus_dir
-from tests.integrity.conftest import build_workspace, hermetic_session
 
 # experiment.timeout_s: training and evaluation together. An honest run takes ~10 s on two idle
 # cores; the longest attack (the budget overrun) trains 30 s. Room for a busy machine.

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, apply_hermetic
-from tests.core.conftest import Workspace, fake_train, make_workspace
+from testing.hermetic import REPO_ROOT, apply_hermetic
+from testing.trainers import fake_train
+from testing.workspace import Workspace, make_workspace
 
 REFUSED = 2
 
@@ -279,8 +280,8 @@ def test_a_model_json_typo_is_refused_by_train_py_through_the_smoke_step(hermeti
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """model.json's schema is train.py's (#12): the real train.py's loader, run by the smoke step, refuses
     a typo as one line, exit 2, nothing committed, the agent's edit where it was."""
-    from tests.conftest import REPO_ROOT
-    from tests.harness.test_train import script_workspace
+    from testing.hermetic import REPO_ROOT
+    from testing.prepared import script_workspace
 
     root = script_workspace(tmp_path / "ws", preset=True)
     shutil.copy(REPO_ROOT / ".pre-commit-config.yaml", root / ".pre-commit-config.yaml")

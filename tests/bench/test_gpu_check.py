@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu_check
-from tests.conftest import REPO_ROOT
+from testing.hermetic import REPO_ROOT
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ import pytest
 
 from gitar.loop.own_hooks import foreign_hooks
 from gitar.store.git import Git
-from tests.core.conftest import Workspace, fake_train, make_workspace
+from testing.trainers import fake_train
+from testing.workspace import Workspace, make_workspace
 
 
 def test_only_gitars_hooks_by_default(workspace: Workspace) -> None:

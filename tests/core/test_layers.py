@@ -10,7 +10,7 @@ import ast
 import re
 from pathlib import Path
 
-from tests.conftest import REPO_ROOT
+from testing.hermetic import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "gitar"
 # Lowest first. A module may import its own layer and the layers below it, never above; two

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.core.conftest import Workspace, fake_train, trainer_processes
+from testing.trainers import fake_train
+from testing.workspace import Workspace, trainer_processes
 
 
 def _result(proc: object) -> str:
@@ -122,7 +123,7 @@ def test_crash_without_crash_file_uses_the_log(workspace: Workspace) -> None:
 
 
 def test_timeout_kills_the_process_group(hermetic: Path, tmp_path: Path, monkeypatch: object) -> None:
-    from tests.core.conftest import make_workspace
+    from testing.workspace import make_workspace
 
     ws = make_workspace(tmp_path / "ws", timeout_s=3, budget_s=1)
     os.chdir(ws.root)
@@ -303,7 +304,7 @@ print("num_steps: 4")
 
 def test_status_shows_the_phase_and_the_time_left(hermetic: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.core.conftest import make_workspace
+    from testing.workspace import make_workspace
 
     ws = make_workspace(tmp_path / "ws", timeout_s=60, budget_s=1)
     monkeypatch.chdir(ws.root)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gitar.loop.preflight import NO_DESCRIPTION, failing_frame
-from tests.core.conftest import Workspace, make_workspace
+from testing.workspace import Workspace, make_workspace
 
 REFUSED = 2
 AGENT = ("train.py", "model.json")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.core.conftest import Workspace, fake_train, make_workspace
+from testing.trainers import fake_train
+from testing.workspace import Workspace, make_workspace
 
 REFUSED = 2
 

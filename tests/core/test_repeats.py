@@ -12,7 +12,8 @@ from gitar.loop.repeats import CONTENTS_FILE, Change, commit_content, contents, 
 from gitar.paths import Paths
 from gitar.store.git import Git
 from gitar.store.records import DISCARD, Notebook, Record
-from tests.core.conftest import Workspace, fake_train, make_workspace
+from testing.trainers import fake_train
+from testing.workspace import Workspace, make_workspace
 
 REFUSED, NOT_KEPT = 2, 1
 

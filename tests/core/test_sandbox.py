@@ -390,7 +390,7 @@ def test_the_trainer_sees_the_fa3_kernels_prepare_fetched(tmp_path: Path) -> Non
     kernels directory, which `python prepare.py` fills; the validation shard stays out."""
     from gitar.config.schema import parse_ground, read_json_object
     from gitar.host import confine
-    from tests.conftest import REPO_ROOT
+    from testing.hermetic import REPO_ROOT
 
     obj = read_json_object(REPO_ROOT / "ground.json")
     cache = tmp_path / "cache"

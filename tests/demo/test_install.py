@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from testing.hermetic import REPO_ROOT
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+, as development and CI use
 PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]

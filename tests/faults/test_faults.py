@@ -35,8 +35,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO_ROOT
-from tests.faults.conftest import FaultWorkspace, Pids, copy_fault_workspace, make_fault_workspace
+from testing.faults import FaultWorkspace, Pids, copy_fault_workspace, make_fault_workspace
+from testing.hermetic import REPO_ROOT
 
 BRANCH = "autoresearch/t1"
 EDIT = b"\n# the next idea, typed into train.py while the run goes on\n"

@@ -24,7 +24,7 @@ import torch
 from gitar.demo import corpus
 from gitar.errors import GitarError
 from gitar.runtime.platform import detect_platform, probe_device
-from tests.harness.conftest import clean_env, import_prepare, run_prepare
+from testing.prepared import clean_env, import_prepare, run_prepare
 from tests.harness.test_packing import reference_rows
 
 UNICODE_TEXTS = [

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 import train
 from gitar.config.schema import ProcessorConfig
 from gitar.demo.presets import cpu_model
+from testing.model import model_cfg, tiny_gpt
+from testing.prepared import script_workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,20 +36,6 @@ STEP_LINE = re.compile(
 )
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                 "total_tokens_M", "num_steps", "num_params_M", "depth", "device", "dtype", "attention", "bytes_rule", "seed"]
-
-
-def model_cfg(**arch):
-    """A ModelConfig from the CPU preset, with architecture keys overridden."""
-    obj = cpu_model()
-    obj["architecture"].update(arch)
-    return train.parse_model(obj, Path("model.json"))
-
-
-def tiny_gpt(vocab_size=64, sequence_len=16, seed=0, **arch) -> train.GPT:
-    arch = {"depth": 3, "aspect_ratio": 16, "head_dim": 16, "window_pattern": "SL", **arch}
-    config = train.gpt_config(model_cfg(**arch).architecture, vocab_size, sequence_len, "sdpa")
-    torch.manual_seed(seed)
-    return train.build_model(config, torch.device("cpu"))
 
 
 # ---------------------------------------------------------------------------
@@ -493,20 +481,6 @@ def script_env(workspace: Path, **extra: str) -> dict[str, str]:
 def run_script(workspace: Path, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "train.py"], cwd=workspace, env=script_env(workspace, **extra),
                           capture_output=True, text=True, timeout=timeout)
-
-
-def script_workspace(dest: Path, *, preset: bool) -> Path:
-    """prepare.py, train.py, ground.json and model.json: the shipped ones or the CPU preset."""
-    from gitar.demo.presets import cpu_ground
-
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("prepare.py", "train.py", "ground.json", "model.json"):
-        shutil.copy(REPO_ROOT / name, dest / name)
-    if preset:
-        ground = cpu_ground(json.loads((REPO_ROOT / "ground.json").read_text()))
-        (dest / "ground.json").write_text(json.dumps(ground, indent=2))
-        (dest / "model.json").write_text(json.dumps(cpu_model(), indent=2))
-    return dest
 
 
 def read_crash(path: Path) -> dict:

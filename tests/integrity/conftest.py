@@ -11,63 +11,16 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import _GIT_VARS, REPO_ROOT
-from tests.core.conftest import Workspace
-from tests.core.conftest import workspace as workspace  # the fake trainer's workspace (evaluate "reported")
-from tests.harness.conftest import prepared_workspace as prepared_workspace  # the session fixture
-from tests.harness.conftest import small_corpus_dir as small_corpus_dir
+from testing.hermetic import hermetic_session
+from testing.prepared import build_workspace
+from testing.workspace import Workspace
 
-BUDGET_S = 3  # counted training seconds per real run: the model learns a little, the test stays short
 BRANCH = "autoresearch/t1"
-
-
-@contextmanager
-def hermetic_session(home: Path) -> Iterator[None]:
-    """What tests/conftest.py's `hermetic` gives a test, for a session-scoped fixture."""
-    home.mkdir(parents=True, exist_ok=True)
-    (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n")
-    with pytest.MonkeyPatch.context() as mp:
-        for var in (*_GIT_VARS, "GITAR_EXPORT_PATH"):
-            mp.delenv(var, raising=False)
-        mp.setenv("HOME", str(home))
-        mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-        mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
-        mp.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
-        for who in ("AUTHOR", "COMMITTER"):
-            mp.setenv(f"GIT_{who}_NAME", "Test Researcher")
-            mp.setenv(f"GIT_{who}_EMAIL", "researcher@example.com")
-        yield
-
-
-def build_workspace(prepared: Path, root: Path) -> Workspace:
-    """A gitar workspace from the prepared one: its prepare.py, train.py and model.json, a private
-    copy of its cache, ground.json with the cache inside the workspace and a short budget."""
-    root.mkdir(parents=True)
-    ground = json.loads((prepared / "ground.json").read_text())
-    shutil.copytree(Path(ground["data"]["cache_dir"]), root / "cache")
-    ground["data"]["cache_dir"] = "cache"
-    ground["training"]["time_budget_s"]["cpu"] = BUDGET_S
-    # Ten excluded warm-up steps take a minute on two loaded cores: the allowance is not under test here.
-    ground["training"]["allowance_s"]["cpu"] = 600
-    ground["experiment"].update(timeout_s=240, smoke=False)
-    (root / "ground.json").write_text(json.dumps(ground, indent=2) + "\n")
-    for name in ("prepare.py", "train.py", "model.json"):
-        shutil.copy(prepared / name, root / name)
-    shutil.copy(REPO_ROOT / ".pre-commit-config.yaml", root / ".pre-commit-config.yaml")
-    shutil.copytree(REPO_ROOT / "hooks", root / "hooks")
-    (root / "program.md").write_text("# program\n")
-    (root / ".gitignore").write_text("cache/\n")
-    ws = Workspace(root)
-    ws.git("init", "-q", "-b", "main")
-    ws.git("add", "-A")
-    ws.git("commit", "-q", "-m", "workspace")
-    return ws
 
 
 @dataclass(frozen=True)

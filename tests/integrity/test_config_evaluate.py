@@ -11,7 +11,7 @@ import pytest
 
 from gitar.config.schema import parse_ground
 from gitar.errors import GitarError
-from tests.conftest import REPO_ROOT
+from testing.hermetic import REPO_ROOT
 
 SHIPPED: dict[str, Any] = json.loads((REPO_ROOT / "ground.json").read_text())
 

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 import train
-from tests.conftest import REPO_ROOT
-from tests.harness.test_train import tiny_gpt
+from testing.hermetic import REPO_ROOT
+from testing.model import tiny_gpt
 from tests.integrity.test_export import trained_looking
 
 BATCH = 16  # the CPU preset's evaluation.batch_size

@@ -26,8 +26,8 @@ import train
 from gitar.demo.presets import cpu_model
 from gitar.errors import GitarError
 from gitar.loop import evaluator
-from tests.conftest import REPO_ROOT
-from tests.harness.test_train import tiny_gpt
+from testing.hermetic import REPO_ROOT
+from testing.model import tiny_gpt
 
 VOCAB, SEQ = 64, 16
 NOISE_FLOOR = 1e-3  # ground.json's experiment.noise_floor

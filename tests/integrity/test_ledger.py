@@ -21,7 +21,7 @@ import pytest
 from gitar import shared
 from gitar.store import signing
 from gitar.store.records import Record, record_dict
-from tests.core.conftest import Workspace, make_workspace
+from testing.workspace import Workspace, make_workspace
 
 BRANCH = "autoresearch/t1"
 NOTES = "refs/notes/gitar"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.core.conftest import Workspace
+from testing.workspace import Workspace
 
 
 @pytest.mark.parametrize("path", ["program.md", "hooks/extra.sh", "notes.txt"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.core.conftest import Workspace
+from testing.workspace import Workspace
 from tests.integrity.conftest import BRANCH, Measured
 
 

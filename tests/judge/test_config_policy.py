@@ -12,7 +12,7 @@ import pytest
 from gitar.config.schema import load_ground, parse_ground
 from gitar.errors import GitarError
 from gitar.loop.judge import Policy
-from tests.conftest import REPO_ROOT
+from testing.hermetic import REPO_ROOT
 
 SHIPPED: dict[str, Any] = json.loads((REPO_ROOT / "ground.json").read_text())
 

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tests.core.conftest import Workspace
-from tests.judge.conftest import BASELINE_STD, JudgedWorkspace, ok, write_noisy
+from testing.trainers import BASELINE_STD, write_noisy
+from testing.workspace import JudgedWorkspace, Workspace, ok
 
 
 def _measure_baseline(ws: Workspace, repeat: int = 3) -> None:

@@ -13,55 +13,15 @@ Each test gets its own copy, so it may add to the history or damage it freely.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import apply_hermetic
-from tests.core.conftest import Workspace, fake_train, make_workspace
-from tests.core.conftest import workspace as workspace  # the fixture, for tests that start from nothing
-
-CRASH_DESCRIPTION = '"double" width\tOOM\nsecond line'
-
-
-def _as_older_gitar_wrote(ws: Workspace, sha: str, description: str) -> None:
-    """Put back into the commit's record a description that gitar refuses today."""
-    note = ws.git("notes", "--ref", "refs/notes/gitar", "show", sha).stdout
-    lines = [json.loads(line) for line in note.splitlines() if line.strip()]
-    for record in lines:
-        record["description"] = description
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines)
-    ws.git("notes", "--ref", "refs/notes/gitar", "add", "-f", "-m", text.rstrip("\n"), sha)
-
-
-@dataclass(frozen=True)
-class Built:
-    ws: Workspace
-    baseline: str
-    wider: str
-    lr04: str
-    lr05: str
-    crash: str
-    rotary: str
-
-
-def _seeded_train(val_bpb: float) -> str:
-    source = fake_train(val_bpb)
-    line = f"VAL_BPB = {val_bpb!r}\n"
-    assert line in source
-    return source.replace(line, f"VAL_BPB = {val_bpb!r} + (int(os.environ.get('GITAR_SEED', '42')) % 3) * 0.001\n")
-
-
-def _attempt(ws: Workspace, val_bpb: float, description: str, mode: str = "ok", hypothesis: str | None = None) -> str:
-    ws.write_train(val_bpb, mode)
-    args = ["try", description, "--json"] + (["--hypothesis", hypothesis] if hypothesis else [])
-    proc = ws.gitar(*args)
-    assert proc.returncode in (0, 1), proc.stderr
-    return str(json.loads(proc.stdout)["commit"])
+from testing.hermetic import apply_hermetic
+from testing.history import CRASH_DESCRIPTION, Built, as_older_gitar_wrote, attempt, seeded_train
+from testing.workspace import Workspace, make_workspace
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +33,7 @@ def review_template(tmp_path_factory: pytest.TempPathFactory, pre_commit_home: P
         # real dates, since the review orders attempts in time.
         apply_hermetic(mp, home, pre_commit_home, fixed_dates=False)
         ws = make_workspace(base / "ws")
-        (ws.root / "train.py").write_text(_seeded_train(1.0))
+        (ws.root / "train.py").write_text(seeded_train(1.0))
         ws.git("commit", "-qam", "a trainer whose result moves with the seed")
         mp.chdir(ws.root)
         assert ws.gitar("init", "t1").returncode == 0
@@ -82,13 +42,13 @@ def review_template(tmp_path_factory: pytest.TempPathFactory, pre_commit_home: P
         baseline = ws.head()
         built = Built(
             ws=ws, baseline=baseline,
-            wider=_attempt(ws, 0.99, "wider MLP", hypothesis="more capacity pays at this size"),
-            lr04=_attempt(ws, 0.995, "increase LR to 0.04"),
-            lr05=_attempt(ws, 0.9915, "Increase lr to 0.05"),
-            crash=_attempt(ws, 1.0, '"double" width OOM', mode="crash"),
-            rotary=_attempt(ws, 0.98, "rotary base 20000"),
+            wider=attempt(ws, 0.99, "wider MLP", hypothesis="more capacity pays at this size"),
+            lr04=attempt(ws, 0.995, "increase LR to 0.04"),
+            lr05=attempt(ws, 0.9915, "Increase lr to 0.05"),
+            crash=attempt(ws, 1.0, '"double" width OOM', mode="crash"),
+            rotary=attempt(ws, 0.98, "rotary base 20000"),
         )
-        _as_older_gitar_wrote(ws, built.crash, CRASH_DESCRIPTION)
+        as_older_gitar_wrote(ws, built.crash, CRASH_DESCRIPTION)
     yield built
 
 

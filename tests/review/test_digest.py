@@ -17,7 +17,7 @@ from gitar.commands.log import tsv_text
 from gitar.commands.memory import _NUMBER, Section, fit, normalise
 from gitar.review.history import Attempt, attempt, tsv_status
 from gitar.store.records import Lesson, Record, parse_lines
-from tests.core.conftest import Workspace
+from testing.workspace import Workspace
 
 
 def _attempt(i: int, status: str, val_bpb: float | None = None, description: str = "idea") -> Attempt:

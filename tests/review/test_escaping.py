@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gitar.store.records import Lesson, Record, parse_lines
-from tests.core.conftest import Workspace
+from testing.workspace import Workspace
 
 # A description as a forger would write it: a screen clear, a window title (OSC), colour,
 # a fake notes block with a fake keep, a right-to-left override, line and paragraph

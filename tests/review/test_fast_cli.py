@@ -10,7 +10,7 @@ import pytest
 
 from gitar import cli
 from gitar.cli import fast
-from tests.review.conftest import Built
+from testing.history import Built
 
 FAST = (["log"], ["log", "--tsv"], ["log", "--json", "-n", "2"], ["log", "--all", "--limit", "3"], ["best"],
         ["best", "--json"], ["best", "--all"], ["memory"], ["memory", "--max-chars", "900", "--all"],

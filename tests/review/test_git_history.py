@@ -7,7 +7,7 @@ import subprocess
 import time
 
 from gitar.store.refs import SUMMARY_REF
-from tests.review.conftest import Built
+from testing.history import Built
 
 
 def _ok(proc: subprocess.CompletedProcess[str]) -> str:

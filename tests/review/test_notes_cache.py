@@ -14,7 +14,7 @@ from gitar.review import history
 from gitar.store import notes_cache, records
 from gitar.store.git import Git
 from gitar.store.records import NOTES_REF, Notebook
-from tests.review.conftest import Built
+from testing.history import Built
 
 COMMANDS = (("log",), ("log", "--json"), ("log", "--tsv"), ("log", "--all"), ("memory",), ("best",), ("best", "--json"))
 

@@ -22,7 +22,7 @@ from gitar.store import notes, records
 from gitar.store.git import Git
 from gitar.store.notes import note_blobs
 from gitar.store.refs import NOTES_REF
-from tests.core.conftest import Workspace
+from testing.workspace import Workspace
 
 STREAMED, IN_PROCESS = 1, 10**9  # notes.STREAM_FROM: from how many notes git streams them
 

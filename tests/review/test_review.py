@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.core.conftest import Workspace, fake_train
-from tests.review.conftest import CRASH_DESCRIPTION, Built
+from testing.history import CRASH_DESCRIPTION, Built
+from testing.trainers import fake_train
+from testing.workspace import Workspace
 
 
 def _ok(proc: subprocess.CompletedProcess[str]) -> str:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from tests.conftest import REPO_ROOT
-from tests.core.conftest import Workspace, make_workspace
+from testing.hermetic import REPO_ROOT
+from testing.workspace import Workspace, make_workspace
 
 BRANCH = "autoresearch/t1"
 JOB_SCRIPT = REPO_ROOT / ".github" / "gitar-job.sh"

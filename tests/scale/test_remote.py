@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.core.conftest import Workspace, fake_train
+from testing.trainers import fake_train
+from testing.workspace import Workspace
 from tests.scale.conftest import BRANCH, Lab, run_job
 
 

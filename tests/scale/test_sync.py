@@ -13,7 +13,7 @@ from gitar.sharing import sync as sync_module
 from gitar.sharing.sync import sync
 from gitar.store.git import Git
 from gitar.store.records import Notebook, Record
-from tests.core.conftest import Workspace
+from testing.workspace import Workspace
 from tests.scale.conftest import Lab
 
 ROUNDS = 100

@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import REPO_ROOT
+from testing.hermetic import REPO_ROOT
 from tests.scale.conftest import JOB_SCRIPT
 
 WORKFLOW = REPO_ROOT / ".github" / "workflows" / "gitar.yml"

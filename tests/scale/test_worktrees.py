@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.core.conftest import Workspace, fake_train, make_workspace
+from testing.trainers import fake_train
+from testing.workspace import Workspace, make_workspace
 
 # The fake trainer, plus a line saying which GPU it was given (inside the sandbox the one GPU
 # passed in is device 0; the log's header names which one it is).

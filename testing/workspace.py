@@ -1,11 +1,8 @@
-"""A real gitar workspace in a throwaway repository, with a fake, fast trainer.
+"""A real gitar workspace in a throwaway repository, with the fake trainer (testing/trainers.py).
 
-The loop tests are about git, hooks and records, not the model: the trainer here
-prints the step lines and summary block train.py prints, with a val_bpb and a
-behaviour (ok, crash, hang, ...) that each test writes into train.py itself. The
-workspace's ground.json sets experiment.evaluate "reported", so gitar records that
-printed number instead of evaluating an exported model.
-Everything else is real: git, the pre-commit framework, the installed hooks.
+The workspace's ground.json sets experiment.evaluate "reported", so gitar records the
+printed number instead of evaluating an exported model. Everything else is real: git,
+the pre-commit framework, the installed hooks.
 """
 
 from __future__ import annotations
@@ -15,56 +12,12 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import REPO_ROOT
-
-FAKE_TRAIN = '''\
-"""A stand-in trainer for loop tests: same output shape as train.py, controlled result."""
-import json, os, sys, time
-VAL_BPB = {val_bpb!r}
-MODE = {mode!r}  # ok | crash | hang | nosummary | smoke-fail | sleep
-SLEEP_S = {sleep_s!r}
-if os.environ.get("GITAR_SMOKE") == "1":
-    if MODE == "smoke-fail":
-        raise ValueError("mat1 and mat2 shapes cannot be multiplied (2x64 and 128x64)")
-    print("smoke: ok loss=9.0 params=0.1M", flush=True)
-    sys.exit(0)
-for step in range(3):
-    print(f"step {{step:05d}} | loss 3.{{step}}00000 | lrm 1.000 | dt 1ms | tok/s 100 | mfu 0.0% | epoch 1 | train {{step * 0.1:.1f}}/1s", flush=True)
-if MODE == "sleep":
-    time.sleep(SLEEP_S)
-if MODE == "crash":
-    crash = os.environ.get("GITAR_CRASH_FILE")
-    if crash:
-        with open(crash, "w") as f:
-            json.dump({{"type": "RuntimeError", "message": "CUDA error: out of memory (fake)", "traceback": ["line 1"], "phase": "train"}}, f)
-    raise RuntimeError("CUDA error: out of memory (fake)")
-if MODE == "hang":
-    print("hanging", flush=True)  # tests find this process through /proc (trainer_processes)
-    time.sleep(600)
-if MODE == "nosummary":
-    sys.exit(0)
-print("---")
-print(f"val_bpb:          {{VAL_BPB:.6f}}")
-print("training_seconds: 1.0")
-print("total_seconds:    1.5")
-print("peak_vram_mb:     1024.0")
-print("mfu_percent:      12.50")
-print("total_tokens_M:   0.1")
-print("num_steps:        3")
-print("num_params_M:     0.1")
-print("depth:            2")
-print("device: cpu")
-print("dtype: float32")
-print("attention: sdpa")
-print("bytes_rule: utf8-decoded")
-print("seed: " + os.environ.get("GITAR_SEED", "42"))
-'''
-
+from testing.hermetic import REPO_ROOT
+from testing.trainers import fake_train
 
 # A user's own pre-commit hook, appended to .pre-commit-config.yaml: with it, `gitar try` commits
 # through the hooks (gitar/loop/own_hooks.py) and the marker file shows the hook ran.
@@ -79,10 +32,6 @@ USER_HOOK_CONFIG = """\
         always_run: true
         stages: [pre-commit]
 """
-
-
-def fake_train(val_bpb: float = 1.0, mode: str = "ok", sleep_s: float = 0.0) -> str:
-    return FAKE_TRAIN.format(val_bpb=val_bpb, mode=mode, sleep_s=sleep_s)
 
 
 def trainer_processes(root: Path) -> list[int]:
@@ -178,11 +127,9 @@ def make_workspace(root: Path, *, timeout_s: float = 30, budget_s: float = 1, sm
     return ws
 
 
-@pytest.fixture
-def workspace(hermetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
-    """An initialised workspace on autoresearch/t1 with the hooks installed, cwd inside it."""
-    ws = make_workspace(tmp_path / "ws")
-    monkeypatch.chdir(ws.root)
-    proc = ws.gitar("init", "t1")
-    assert proc.returncode == 0, proc.stderr
-    return ws
+def ok(proc: object) -> str:
+    return f"stdout={getattr(proc, 'stdout', '')!r} stderr={getattr(proc, 'stderr', '')!r}"
+
+
+# judged(rule, ...) of tests/judge/conftest.py: a workspace with that keep rule.
+JudgedWorkspace = Callable[..., Workspace]

@@ -1,0 +1,55 @@
+"""A hermetic git environment (git-revise style).
+
+Temporary HOME, no system or global config, fixed author and dates: what a test sees
+does not depend on the machine it runs on, and nothing touches the developer's files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_GIT_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX", "GIT_EDITOR", "GIT_CONFIG",
+             "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GITAR_LOCK_TOKEN", "GITAR_RUN_ID", "GITAR_DETACH",
+             "GITAR_SMOKE", "GITAR_SEED", "GITAR_WORKSPACE", "GITAR_CRASH_FILE")
+
+
+def apply_hermetic(mp: pytest.MonkeyPatch, home: Path, pre_commit_home: Path, *, fixed_dates: bool = True) -> None:
+    """Point git and pre-commit at `home` only: no system or global config but ours, a fixed identity."""
+    home.mkdir(exist_ok=True)
+    for var in _GIT_VARS:
+        mp.delenv(var, raising=False)
+    mp.setenv("HOME", str(home))
+    mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    mp.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
+    mp.setenv("PRE_COMMIT_HOME", str(pre_commit_home))
+    for who in ("AUTHOR", "COMMITTER"):
+        mp.setenv(f"GIT_{who}_NAME", "Test Researcher")
+        mp.setenv(f"GIT_{who}_EMAIL", "researcher@example.com")
+        if fixed_dates:
+            mp.setenv(f"GIT_{who}_DATE", "2026-01-01T00:00:00+00:00")
+    (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n")
+
+
+@contextmanager
+def hermetic_session(home: Path) -> Iterator[None]:
+    """What tests/conftest.py's `hermetic` gives a test, for a session-scoped fixture."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n")
+    with pytest.MonkeyPatch.context() as mp:
+        for var in (*_GIT_VARS, "GITAR_EXPORT_PATH"):
+            mp.delenv(var, raising=False)
+        mp.setenv("HOME", str(home))
+        mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+        mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
+        mp.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
+        for who in ("AUTHOR", "COMMITTER"):
+            mp.setenv(f"GIT_{who}_NAME", "Test Researcher")
+            mp.setenv(f"GIT_{who}_EMAIL", "researcher@example.com")
+        yield
