@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT
+from testing.hermetic import REPO_ROOT
 
 UPSTREAM_TRAIN = '''\
 """autoresearch pretraining script (shape only)."""
