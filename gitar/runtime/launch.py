@@ -170,7 +170,7 @@ def _count_steps(state: RunState, smoke: bool) -> None:
     def after_step(optimizer: Any, args: Any, kwargs: Any) -> None:
         state.step += 1
         if state.phase == "startup":
-            state.phase = "smoke" if smoke else "train"
+            state.phase = "train"
         if smoke and state.step >= SMOKE_STEPS:
             params = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
             raise SmokeDone(f"smoke: ok steps={state.step} params={params / 1e6:.1f}M (stopped by gitar's launcher)")
@@ -181,6 +181,8 @@ def _count_steps(state: RunState, smoke: bool) -> None:
 def launch(script: Path, args: Sequence[str]) -> int:
     state = RunState()
     smoke = os.environ.get(shared.SMOKE) == "1"
+    if smoke:
+        state.phase = "smoke"  # the whole run is the smoke check, whoever takes its step
     export = os.environ.get(shared.EXPORT_PATH)
     sys.argv = [str(script), *args]
     sys.path[0] = str(script.parent)
