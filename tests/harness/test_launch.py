@@ -158,3 +158,12 @@ def test_probed_model_scores_both_conventions() -> None:
     want = torch.nn.functional.cross_entropy(table[x].view(-1, 11), y.view(-1), ignore_index=-1, reduction="none")
     assert loss.dtype == torch.float32 and torch.allclose(loss, want) and loss[0] == 0
     assert probed.batches == 2 and probed.positions == 6
+
+
+def test_val_bpb_nan_from_the_launchers_export_is_no_mismatch() -> None:
+    from gitar.loop.integrity import HARNESS, Measurement
+    assert Measurement("ok", 1.0, HARNESS, math.nan).mismatch is None  # train.py measured nothing
+    assert Measurement("ok", 1.0, HARNESS, math.inf).mismatch is not None  # a number it did print still counts
+    assert Measurement("ok", 1.0, HARNESS, 1.5).mismatch is not None
+    assert parse_summary("step 00001 | x\rstep 00002 | y\n---\nval_bpb:          nan\nnum_steps:        2\n") == {
+        "val_bpb": pytest.approx(math.nan, nan_ok=True), "num_steps": 2}
