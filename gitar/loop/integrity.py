@@ -352,6 +352,8 @@ def measure(git: Git, base: str, ground: Ground, trained: runner.RunResult, run:
     is left of the run's hard timeout. Raises runner.RunInterrupted like training does.
     """
     reported = _number(trained.summary.get("val_bpb"))
+    if reported is not None and math.isnan(reported):
+        reported = None  # `val_bpb: nan`: the launcher's export stood in for train.py's evaluation
     if pinned is None:
         return Measurement(REJECTED, None, None, reported,
                            reason="the evaluation data was not prepared when the run started, so the harness "
