@@ -1,7 +1,8 @@
 """The agent-owned trainer: a small GPT, the MuonAdamW optimizer and a training loop on a fixed time budget.
 
-Usage: python train.py   (run from anywhere; model.json beside this file holds the hyperparameters,
-prepare.py supplies the data, the evaluation, the time budget and the processor settings)
+Usage: python -m gitar.runtime.launch train.py   (gitar's experiment.command), or python train.py on its own
+(model.json beside this file holds the hyperparameters, prepare.py supplies the data, the evaluation,
+the time budget and the processor settings)
 
 The agent may change anything here and in model.json. What gitar relies on is the output:
 one `step ...` line per optimizer step while training, and the summary block after `---`.
@@ -10,10 +11,10 @@ Environment:
   GITAR_SEED=<int>        random seed (default 42); printed in the summary
   GITAR_SMOKE=1           pre-commit check: build this model on the CPU, take one optimizer step on
                           random tokens, print `smoke: ok ...` and exit, before any data is touched
-  GITAR_CRASH_FILE=<path> on failure, write a JSON record there (type, message, traceback, phase, step)
-  GITAR_EXPORT_PATH=<path> after training, save the model there as a torch.export program instead of
-                          evaluating it: gitar measures the val_bpb it records from that program with
-                          prepare.py alone, in another process
+
+gitar's launcher (gitar/runtime/launch.py) adds the rest of gitar's contract around this file, as
+around upstream's: the crash record at $GITAR_CRASH_FILE, and with $GITAR_EXPORT_PATH set the final
+evaluate_bpb call saving the model as a torch.export program (val_bpb: nan) that gitar's harness measures.
 """
 
 from __future__ import annotations
@@ -29,12 +30,10 @@ import ctypes
 import functools
 import gc
 import importlib.util
-import json
 import math
 import re
 import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -166,12 +165,10 @@ def load_model(path: str | os.PathLike[str] = MODEL_JSON, ground: Any = None) ->
 
 
 # ---------------------------------------------------------------------------
-# Crash record: what failed, in which phase and at which step, for gitar's notes
+# The seed, and the ways a run stops early
 # ---------------------------------------------------------------------------
 
 DEFAULT_SEED = 42  # the seed upstream always used, so runs stay comparable with its numbers
-CRASH_TRACEBACK_LINES = 20  # the end of a traceback names the failing line; the rest is noise in a note
-CRASH_MESSAGE_CHARS = 2000  # torch error messages can run to pages; the first part says what went wrong
 
 
 class TrainingDiverged(RuntimeError):
@@ -180,39 +177,6 @@ class TrainingDiverged(RuntimeError):
 
 class ModelExportError(RuntimeError):
     """torch.export could not capture the model, so gitar cannot measure it (see export_for_evaluation)."""
-
-
-@dataclass
-class RunState:
-    """Where the run is, so a crash record can say it: startup, smoke, train or eval, and the step."""
-
-    phase: str = "startup"
-    step: int = 0
-
-
-RUN = RunState()
-
-
-def write_crash_record(exc: BaseException) -> None:
-    """Write the failure as JSON to $GITAR_CRASH_FILE, atomically (a reader never sees half a record)."""
-    path = os.environ.get("GITAR_CRASH_FILE")
-    if not path:
-        return
-    lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()
-    record = {
-        "type": type(exc).__name__,
-        "message": str(exc)[:CRASH_MESSAGE_CHARS],
-        "traceback": lines[-CRASH_TRACEBACK_LINES:],
-        "phase": RUN.phase,
-        "step": RUN.step,
-    }
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
-        os.replace(tmp, target)
-    except OSError as e:  # the record is a courtesy: never let it hide the real failure
-        print(f"warning: could not write the crash record to {path}: {e}", file=sys.stderr)
 
 
 def read_seed() -> int:
@@ -922,7 +886,6 @@ def main() -> None:
     arch, opt = cfg.architecture, cfg.optimization
 
     if os.environ.get("GITAR_SMOKE") == "1":
-        RUN.phase = "smoke"
         smoke_step(cfg, GROUND.tokenizer.vocab_size, MAX_SEQ_LEN, seed)
         return
 
@@ -982,13 +945,11 @@ def main() -> None:
     print(f"Seed: {seed}")
 
     # ---- Training loop
-    RUN.phase = "train"
     t_start_training = time.time()
     smooth_train_loss = 0.0
     total_training_time = 0.0
     step = 0
     while True:
-        RUN.step = step
         synchronize(device)
         t0 = time.time()
         for _ in range(grad_accum_steps):
@@ -1034,40 +995,33 @@ def main() -> None:
             gc.collect()
 
         step += 1
-        RUN.step = step
         if step > EXCLUDED_STEPS and total_training_time >= TIME_BUDGET:
             break
 
     total_tokens = step * opt.total_batch_size
     t_end_training = time.time()
 
-    # ---- Evaluation: gitar's harness measures the exported model (the validation shard is not
-    # even visible in its sandbox), so this script evaluates only when run on its own.
+    # ---- Evaluation, as upstream. Under gitar (with $GITAR_EXPORT_PATH) the launcher's evaluate_bpb
+    # exports the model instead and returns nan: gitar's harness measures it, the validation shard
+    # is not even visible in the sandbox.
     model.eval()
-    export_path = os.environ.get("GITAR_EXPORT_PATH")
-    val_bpb = None
-    if export_path:
-        RUN.phase = "export"
-        with autocast_ctx:
-            export_for_evaluation(model, Path(export_path), cfg.evaluation.batch_size, MAX_SEQ_LEN)
-    else:
-        RUN.phase = "eval"
-        with autocast_ctx, torch.no_grad():
-            val_bpb = evaluate_bpb(model, tokenizer, cfg.evaluation.batch_size)
+    with autocast_ctx, torch.no_grad():
+        val_bpb = evaluate_bpb(model, tokenizer, cfg.evaluation.batch_size)
+    exported = math.isnan(val_bpb)
 
     # ---- Summary (the block gitar parses; keys and order as upstream, then what ran it)
     t_end = time.time()
     print(f"Startup: {t_start_training - t_start:.1f}s")
     # Where the rest of total_seconds went (benchmarks/bench_cost.py takes a run apart with these).
     print(f"Training loop: {t_end_training - t_start_training:.1f}s")
-    print(f"{'Export' if export_path else 'Evaluation'}: {t_end - t_end_training:.1f}s")
+    print(f"{'Export' if exported else 'Evaluation'}: {t_end - t_end_training:.1f}s")
     timed_steps = step - EXCLUDED_STEPS - 1
     steady_state_mfu = (100 * num_flops_per_token * opt.total_batch_size * timed_steps / total_training_time
                         / PLATFORM.peak_flops if PLATFORM.peak_flops and total_training_time > 0 else 0.0)
     # Peak GPU memory held by tensors; there is no VRAM to report on a CPU (or MPS) run.
     peak_vram_mb = torch.cuda.max_memory_allocated(device) / 1024 / 1024 if device.type == "cuda" else 0.0
     print("---")
-    if val_bpb is not None:
+    if not exported:  # the harness's number is the only one of an exported run (upstream's prints nan here)
         print(f"val_bpb: {val_bpb:.6f}")
     print(f"training_seconds: {total_training_time:.1f}")
     print(f"total_seconds: {t_end - t_start:.1f}")
@@ -1084,25 +1038,5 @@ def main() -> None:
     print(f"seed: {seed}", flush=True)
 
 
-def run() -> int:
-    """main() with gitar's failure contract: config errors are one line (exit 2), crashes leave a record.
-
-    Ctrl-C and SIGTERM are not caught: the process just stops, as the caller asked.
-    """
-    try:
-        main()
-    except GitarError as e:
-        write_crash_record(e)
-        print(e, file=sys.stderr)
-        return int(e.code)
-    except Exception as e:
-        write_crash_record(e)
-        traceback.print_exc()
-        if isinstance(e, torch.OutOfMemoryError):
-            print("hint: out of GPU memory; lower optimization.device_batch_size in model.json", file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    main()

@@ -34,7 +34,6 @@ import io
 import json
 import math
 import operator
-import os
 import pickle
 import secrets
 import sys
@@ -49,10 +48,11 @@ from typing import Any
 import torch
 from torch.export.graph_signature import InputKind
 
-from gitar import shared
+from gitar.config.schema import GROUND_FILE, load_ground
 from gitar.errors import GitarError
 from gitar.files import write_json_atomic
 from gitar.loop.integrity import changed_files, hash_evaluation_data
+from gitar.runtime.crash import write_crash_record
 
 # The causality probe compares what val_bpb depends on: log_softmax of the full logits in float32,
 # max |difference| over the vocabulary. An honest model gives the same numbers bit for bit at
@@ -67,7 +67,7 @@ MIN_BYTES_PER_TOKEN = 1
 PROBE_MISS_PROBABILITY = 1e-6  # the detectable leak fraction is stated at this miss probability
 PROBES_PER_BATCH = 1  # probe forwards after each scored forward: each checks one position per row
 PROBE_CHUNK_ROWS = 4  # rows turned into float32 log-probabilities at a time (bounds the memory)
-CRASH_TRACEBACK_LINES = 20
+DEFAULT_NOISE_FLOOR = 0.001  # a prepare.py without GROUND (upstream's): the shipped ground.json's noise_floor
 
 
 def probe_tolerance(noise_floor: float) -> float:
@@ -137,7 +137,17 @@ class ProbedModel(torch.nn.Module):
         self.positions = self.batches = 0
         self.max_diff = 0.0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+        """model(x) -> logits (gitar's prepare.evaluate_bpb), or model(x, y, reduction='none') -> the
+        per-token cross entropy (upstream's), computed here from the program's logits in float32
+        with ignore_index -1, as upstream's GPT.forward computes it. Either way the probe runs."""
+        logits = self._scored(x)
+        if targets is None:
+            return logits
+        return torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                                 ignore_index=-1, reduction=reduction)
+
+    def _scored(self, x: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.model(x.clone(memory_format=torch.contiguous_format))
         if logits.dim() != 3 or logits.shape[:2] != x.shape:
             raise GitarError(f"the exported model returned logits of shape {list(logits.shape)}; "
@@ -442,11 +452,19 @@ def evaluate(workspace: Path, program_path: Path, expect: Mapping[str, str] | No
              probes_per_batch: int = PROBES_PER_BATCH) -> dict[str, Any]:
     t0 = time.time()
     prepare = import_prepare(workspace)
+    # gitar's prepare.py parses the pinned ground.json itself; upstream's has constants instead, and
+    # the data it reads is described by the ground.json beside it (gitar init's preset for it).
+    ground = getattr(prepare, "GROUND", None)
+    if ground is None and (workspace / GROUND_FILE).is_file():
+        ground = load_ground(workspace / GROUND_FILE)
     if expect is not None:
-        changed = changed_files(expect, hash_evaluation_data(prepare.GROUND))
+        if ground is None:
+            raise GitarError(f"{workspace / 'prepare.py'} has no GROUND and there is no {GROUND_FILE} beside it: "
+                             "the data pin cannot be checked")
+        changed = changed_files(expect, hash_evaluation_data(ground))
         if changed:
             return {"rejected": f"evaluation data changed during the run: {', '.join(changed)} in "
-                                f"{prepare.GROUND.cache_dir} (train.py must not write to the data cache)"}
+                                f"{ground.cache_dir} (train.py must not write to the data cache)"}
     try:  # read once: what is hashed and checked is what runs, whatever happens to the file meanwhile
         data = program_path.read_bytes()
     except OSError as e:
@@ -454,8 +472,15 @@ def evaluate(workspace: Path, program_path: Path, expect: Mapping[str, str] | No
     program = load_program(data, program_path.name)
     batch_size, seq_len = input_shape(program, prepare.MAX_SEQ_LEN)
     model = ExportedModel(program)
-    device = model.device or torch.device(prepare.PLATFORM.device)
-    dtype = prepare.PLATFORM.torch_dtype
+    # An upstream prepare.py has no PLATFORM or GROUND: the program's device, upstream's number
+    # format there (bf16 autocast on CUDA, as its train.py evaluates) and the default noise floor.
+    platform = getattr(prepare, "PLATFORM", None)
+    device = model.device or torch.device(platform.device if platform else "cpu")
+    if platform is not None:
+        dtype = platform.torch_dtype
+    else:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    noise_floor = ground.experiment.noise_floor if ground is not None else DEFAULT_NOISE_FLOOR
     tokenizer = prepare.Tokenizer.from_directory()
     info: dict[str, Any] = {"batch_size": batch_size, "seq_len": seq_len, "device": str(device),
                             "dtype": str(dtype).removeprefix("torch."),
@@ -468,7 +493,7 @@ def evaluate(workspace: Path, program_path: Path, expect: Mapping[str, str] | No
         # The harness decides the number format (the platform's), as train.py's own evaluation does.
         return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
 
-    probed = ProbedModel(model, tokenizer.get_vocab_size(), prepare.GROUND.experiment.noise_floor, probes_per_batch)
+    probed = ProbedModel(model, tokenizer.get_vocab_size(), noise_floor, probes_per_batch)
     try:
         with compute(), torch.no_grad():
             val_bpb = prepare.evaluate_bpb(probed, tokenizer, batch_size)
@@ -487,17 +512,6 @@ def evaluate(workspace: Path, program_path: Path, expect: Mapping[str, str] | No
                             f"change {probe.max_diff:.3g} > tolerance {probe.tolerance:.3g} nats)", **info}
     info["seconds"] = round(time.time() - t0, 3)
     return {"val_bpb": val_bpb, **info}
-
-
-def _write_crash(exc: BaseException) -> None:
-    path = os.environ.get(shared.CRASH_FILE)
-    if not path:
-        return
-    lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()
-    message = exc.message if isinstance(exc, GitarError) else str(exc)
-    with contextlib.suppress(OSError):
-        write_json_atomic(Path(path), {"type": type(exc).__name__, "message": message[:2000],
-                                 "traceback": lines[-CRASH_TRACEBACK_LINES:], "phase": "evaluate"})
 
 
 def _read_expect(path: Path | None) -> Mapping[str, str] | None:
@@ -526,11 +540,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = evaluate(args.workspace.resolve(), args.program, _read_expect(args.expect), args.probes_per_batch)
         write_json_atomic(args.out, result)
     except GitarError as e:
-        _write_crash(e)
+        write_crash_record(e, "evaluate")
         print(e.message, file=sys.stderr)
         return int(e.code)
     except Exception as e:
-        _write_crash(e)
+        write_crash_record(e, "evaluate")
         traceback.print_exc()
         return 1
     print("---")

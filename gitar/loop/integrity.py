@@ -258,8 +258,8 @@ class Measurement:
     @property
     def mismatch(self) -> str | None:
         """A note when train.py printed another number than the harness measured."""
-        if self.source != HARNESS or self.val_bpb is None or self.reported is None:
-            return None
+        if self.source != HARNESS or self.val_bpb is None or self.reported is None or math.isnan(self.reported):
+            return None  # nan: train.py's evaluate_bpb was the launcher's export, which measures nothing
         if not math.isfinite(self.reported) or abs(self.reported - self.val_bpb) > REPORTED_TOLERANCE * max(
                 1.0, abs(self.val_bpb)):
             return (f"train.py printed val_bpb {self.reported:.6f} but the harness measured {self.val_bpb:.6f}; "
@@ -366,6 +366,8 @@ def measure(git: Git, base: str, ground: Ground, trained: runner.RunResult, run:
     is left of the run's hard timeout. Raises runner.RunInterrupted like training does.
     """
     reported = _number(trained.summary.get("val_bpb"))
+    if reported is not None and math.isnan(reported):
+        reported = None  # `val_bpb: nan`: the launcher's export stood in for train.py's evaluation
     if pinned is None:
         return Measurement(REJECTED, None, None, reported,
                            reason="the evaluation data was not prepared when the run started, so the harness "

@@ -269,7 +269,9 @@ def test_train_py_refuses_a_deeply_nested_model_json_in_one_line(tmp_path: Path)
     for name in ("train.py", "prepare.py", "ground.json"):
         shutil.copy(REPO_ROOT / name, tmp_path / name)
     (tmp_path / "model.json").write_text("[" * 100_000 + "]" * 100_000)
-    proc = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    # As ground.json runs it: under gitar's launcher, which turns the GitarError into its one line and code.
+    proc = subprocess.run([sys.executable, "-m", "gitar.runtime.launch", "train.py"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == REFUSED, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines() == [

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import train
 from gitar.config.schema import ProcessorConfig
 from gitar.demo.presets import cpu_model
+from gitar.runtime.crash import write_crash_record
 from testing.model import model_cfg, tiny_gpt
 from testing.prepared import script_workspace
 
@@ -479,7 +480,9 @@ def script_env(workspace: Path, **extra: str) -> dict[str, str]:
 
 
 def run_script(workspace: Path, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "train.py"], cwd=workspace, env=script_env(workspace, **extra),
+    # As gitar runs it (ground.json experiment.command): the launcher adds the crash record and the export.
+    return subprocess.run([sys.executable, "-m", "gitar.runtime.launch", "train.py"], cwd=workspace,
+                          env=script_env(workspace, **extra),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -643,11 +646,10 @@ def test_crash_record_is_written_atomically_and_names_phase_and_step(tmp_path, m
     crash = tmp_path / "records" / "crash.json"
     crash.parent.mkdir()
     monkeypatch.setenv("GITAR_CRASH_FILE", str(crash))
-    monkeypatch.setattr(train, "RUN", train.RunState(phase="train", step=17))
     try:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     except torch.OutOfMemoryError as e:
-        train.write_crash_record(e)
+        write_crash_record(e, "train", 17)
     record = read_crash(crash)
     assert record["type"] == "OutOfMemoryError" and record["phase"] == "train" and record["step"] == 17
     assert record["message"].startswith("CUDA out of memory")
