@@ -175,10 +175,6 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf or exploded: stop at once rather than spend the budget on it."""
 
 
-class ModelExportError(RuntimeError):
-    """torch.export could not capture the model, so gitar cannot measure it (see export_for_evaluation)."""
-
-
 def read_seed() -> int:
     raw = os.environ.get("GITAR_SEED", "").strip()
     if not raw:
@@ -501,7 +497,8 @@ def build_model(config: GPTConfig, device: torch.device, embedding_dtype: torch.
 @contextlib.contextmanager
 def sdpa_attention(model: nn.Module):
     """Every attention layer on the SDPA path for a while: the same causal sliding-window attention
-    as FA3, built from operators that any PyTorch can load (FA3's kernel is not one of them)."""
+    as FA3, built from operators that any PyTorch can load (FA3's kernel is not one of them). gitar's launcher
+    (gitar/runtime/launch.py) exports the model under it for the harness evaluation."""
     layers = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
     saved = [m.backend for m in layers]
     try:
@@ -511,27 +508,6 @@ def sdpa_attention(model: nn.Module):
     finally:
         for m, backend in zip(layers, saved, strict=True):
             m.backend = backend
-
-
-def export_for_evaluation(model: nn.Module, path: Path, batch_size: int, seq_len: int) -> None:
-    """Save the trained model as a torch.export program for gitar's harness evaluation.
-
-    gitar records the val_bpb that prepare.py measures on this program in a process of its own,
-    not the one this script prints, so the export must be the model as trained: in eval mode, the
-    eager module (not the torch.compile wrapper), with the evaluation's input shape
-    [batch_size, seq_len]. Call it under the autocast the run trains with: the graph keeps no
-    autocast, and the evaluator applies the platform's number format itself.
-    """
-    eager = getattr(model, "_orig_mod", model)  # torch.compile keeps the module it wraps here
-    device = next(eager.parameters()).device
-    example = torch.zeros((batch_size, seq_len), dtype=torch.long, device=device)
-    try:
-        with sdpa_attention(eager), torch.no_grad():
-            program = torch.export.export(eager, (example,))
-        torch.export.save(program, path)
-    except Exception as e:
-        raise ModelExportError(f"model could not be exported for evaluation: {type(e).__name__}: "
-                               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
 
 
 # ---------------------------------------------------------------------------

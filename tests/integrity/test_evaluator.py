@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import train
+from gitar.runtime import launch
 from testing.hermetic import REPO_ROOT
 from testing.model import tiny_gpt
 from tests.integrity.test_export import trained_looking
@@ -44,7 +44,7 @@ def shape(workspace: Path) -> tuple[int, int, int]:
 def test_an_honest_export_is_measured_with_every_batch_probed(prepared_workspace: Path, tmp_path: Path) -> None:
     vocab, seq, eval_tokens = shape(prepared_workspace)
     path = tmp_path / "model.pt2"
-    train.export_for_evaluation(trained_looking(tiny_gpt(vocab, seq)).eval(), path, BATCH, seq)
+    launch.export_model(trained_looking(tiny_gpt(vocab, seq)).eval(), path, BATCH, seq)
     result = run_evaluator(prepared_workspace, path, tmp_path / "result.json")
     assert "rejected" not in result and result["val_bpb"] > 0
     assert result["program_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,6 +1,6 @@
 """The export contract and the evaluator's parts, on tiny models on the CPU (no data, seconds).
 
-train.export_for_evaluation must save exactly the model that trained (logits equal), the
+gitar.runtime.launch.export_model must save exactly the model that trained (logits equal), the
 evaluator must load it without running Python from the archive, and the causality probe
 must pass an honest model with no change at all and catch the leaks an agent introduces, by
 accident or to win (tests/integrity/test_purity.py: programs that are not pure functions).
@@ -26,6 +26,7 @@ import train
 from gitar.demo.presets import cpu_model
 from gitar.errors import GitarError
 from gitar.loop import evaluator
+from gitar.runtime import launch
 from testing.hermetic import REPO_ROOT
 from testing.model import tiny_gpt
 
@@ -37,7 +38,7 @@ _edits = itertools.count()
 def exported(model: nn.Module, tmp_path: Path, batch: int = 3) -> evaluator.ExportedModel:
     path = tmp_path / "model.pt2"
     model.eval()
-    train.export_for_evaluation(model, path, batch, SEQ)
+    launch.export_model(model, path, batch, SEQ)
     return evaluator.ExportedModel(load(path))
 
 
@@ -71,7 +72,7 @@ def test_export_under_bf16_autocast_on_cuda_matches_the_eager_model(tmp_path: Pa
     model = trained_looking(train.build_model(config, torch.device("cuda"), torch.bfloat16)).eval()
     path = tmp_path / "model.pt2"
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        train.export_for_evaluation(model, path, 3, SEQ)
+        launch.export_model(model, path, 3, SEQ)
     program = evaluator.ExportedModel(load(path))
     x = tokens().cuda()
     with torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
@@ -84,7 +85,7 @@ def test_export_under_bf16_autocast_on_cuda_matches_the_eager_model(tmp_path: Pa
 def test_export_keeps_the_attention_backend_and_records_the_input_shape(tmp_path: Path) -> None:
     model = tiny_gpt(VOCAB, SEQ)
     path = tmp_path / "model.pt2"
-    train.export_for_evaluation(model.eval(), path, 5, SEQ)
+    launch.export_model(model.eval(), path, 5, SEQ)
     assert all(m.backend == "sdpa" for m in model.modules() if isinstance(m, train.CausalSelfAttention))
     assert evaluator.input_shape(load(path), SEQ) == (5, SEQ)
     with pytest.raises(GitarError, match=r"must be int64 token ids of shape \[batch, 32\]"):
@@ -103,14 +104,14 @@ def test_a_model_that_cannot_be_exported_is_a_clear_error(tmp_path: Path) -> Non
                 return h
             return -h
 
-    with pytest.raises(train.ModelExportError, match=r"^model could not be exported for evaluation: "):
-        train.export_for_evaluation(DataDependent(), tmp_path / "model.pt2", 2, SEQ)
+    with pytest.raises(launch.ModelExportError, match=r"^model could not be exported for evaluation: "):
+        launch.export_model(DataDependent(), tmp_path / "model.pt2", 2, SEQ)
     assert not (tmp_path / "model.pt2").exists()
 
 
 def test_pickled_python_objects_in_the_archive_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "model.pt2"
-    train.export_for_evaluation(tiny_gpt(VOCAB, SEQ).eval(), path, 2, SEQ)
+    launch.export_model(tiny_gpt(VOCAB, SEQ).eval(), path, 2, SEQ)
     # Whatever path torch takes to unpickle, only weights_only loading is allowed while loading.
     calls: list[object] = []
     real = torch.load
@@ -203,7 +204,7 @@ def test_an_honest_model_exported_under_bf16_autocast_passes_with_no_change(tmp_
     model = trained_looking(tiny_gpt(VOCAB, SEQ, window_pattern=pattern)).eval()
     path = tmp_path / "model.pt2"
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        train.export_for_evaluation(model, path, 3, SEQ)
+        launch.export_model(model, path, 3, SEQ)
     result = evaluation(evaluator.ExportedModel(load(path)), batches=4, probes_per_batch=2, autocast="cpu")
     assert result.ok and result.max_diff == 0.0 and result.positions == 4 * 3 * 2
 
