@@ -24,6 +24,7 @@ from gitar.host import sandbox
 from gitar.host.limits import MB, Limits, machine_memory_bytes
 from gitar.host.runner import Confined
 from gitar.paths import Paths
+from gitar.runtime import kernel_cache
 from gitar.store import signing
 from gitar.store.git import Git
 
@@ -67,6 +68,12 @@ def _bwrap(ground: Ground) -> sandbox.Bwrap | None:
     return None if ground.experiment.sandbox == sandbox.OFF else sandbox.require()
 
 
+# Upstream's train.py loads FA3 with kernels.get_kernel at import. The sandbox has no network, so
+# huggingface_hub is told so (it then reads its cache at once instead of failing on a connection);
+# the FA3 builds downloaded outside are shown at their own paths (HOME inside is the same path).
+KERNELS_OFFLINE = {"HF_HUB_OFFLINE": "1"}
+
+
 def training_data(ground: Ground) -> sandbox.DataView:
     """The cache as a trainer sees it: the tokenizer, the training shards and the FA3 kernels
     prepare.py fetched (the trainer has no network to fetch them), nothing else."""
@@ -87,8 +94,10 @@ def for_training(git: Git, ground: Ground, command: list[str], snapshot: Path, o
     bwrap = _bwrap(ground)
     paths = Paths.of(git)
     confinement = sandbox.Confinement(
-        workdir=snapshot, home=_home(), writable=(outbox,), readable=sandbox.readable_from_command(command),
-        data=training_data(ground), hidden=(paths.base,), masked=_secrets(), gpu_index=paths.device) if bwrap is not None else None
+        workdir=snapshot, home=_home(), writable=(outbox,),
+        readable=(*sandbox.readable_from_command(command), *kernel_cache.cached_fa3_dirs()),
+        data=training_data(ground), hidden=(paths.base,), masked=_secrets(), gpu_index=paths.device,
+        extra_env=KERNELS_OFFLINE) if bwrap is not None else None
     return Confined(bwrap, confinement, protected(git, ground), limits_of(ground), run_id)
 
 

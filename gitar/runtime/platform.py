@@ -35,6 +35,12 @@ from typing import Any
 import torch
 
 from gitar.config.schema import ProcessorConfig
+from gitar.runtime.kernel_cache import (
+    FA3_COMMUNITY_REPO,
+    FA3_KERNEL_REPOS,
+    hub_cache_dirs,
+    repo_dirs,
+)
 
 # Dense (no sparsity) fp16/bf16 tensor-core FLOPs per clock per SM, by compute capability.
 # An FMA counts as 2 FLOPs. Derived from NVIDIA's architecture whitepapers / datasheets as
@@ -63,13 +69,9 @@ FLOPS_PER_CLOCK_PER_SM: dict[tuple[int, int], int] = {
 # Volta and Turing; below Volta there are no tensor cores and fp32 is as fast as anything.
 BF16_MIN_CAPABILITY = (8, 0)
 FP16_MIN_CAPABILITY = (7, 0)
-# FA3 as the `kernels` package publishes it: upstream loads varunneal's Hopper-only build on
-# sm90 and the kernels-community build on every other GPU (Ampere and later).
+# FA3 as the `kernels` package publishes it (gitar/runtime/kernel_cache.py names the builds).
 FA3_HOPPER = (9, 0)
 FA3_MIN_CAPABILITY = (8, 0)
-FA3_HOPPER_REPO = "varunneal/flash-attention-3"
-FA3_COMMUNITY_REPO = "kernels-community/flash-attn3"
-FA3_KERNEL_REPOS = (FA3_HOPPER_REPO, FA3_COMMUNITY_REPO)
 KERNELS_DIR = "kernels"  # under data.cache_dir: where prepare.py fetches FA3 and the trainer reads it
 # FlexAttention's Triton kernels, as PyTorch supports them: Ampere to Blackwell.
 FLEX_MIN_CAPABILITY = (8, 0)
@@ -181,31 +183,13 @@ def _fa3_installed() -> bool:
     return importlib.util.find_spec("flash_attn_interface") is not None
 
 
-def _kernels_cache_dirs(kernels_dir: Path | None = None) -> list[Path]:
-    """Where FA3 may be cached: the data cache's kernels directory (the one a sandboxed trainer
-    can read), then where huggingface_hub / kernels keep downloads (their documented variables)."""
-    first = [kernels_dir] if kernels_dir is not None else []
-    if os.environ.get("KERNELS_CACHE"):
-        return [*first, Path(os.environ["KERNELS_CACHE"])]
-    if os.environ.get("HF_HUB_CACHE"):
-        return [*first, Path(os.environ["HF_HUB_CACHE"])]
-    hf_home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
-    return [*first, hf_home / "hub"]
-
-
-def _cached_repo(cache: Path, repo: str) -> bool:
-    org, name = repo.split("/")
-    # Older huggingface_hub caches kernels as models, newer ones as their own repo type.
-    return any((cache / f"{kind}--{org}--{name}" / "snapshots").is_dir() for kind in ("models", "kernels"))
-
-
 def _fa3_cache(capability: tuple[int, int] | None, kernels_dir: Path | None) -> Path | None:
     """The first cache holding an FA3 build for this GPU (any GPU's when capability is None)."""
     if importlib.util.find_spec("kernels") is None:
         return None
     repos = fa3_repos(capability) if capability is not None else FA3_KERNEL_REPOS
-    for cache in _kernels_cache_dirs(kernels_dir):
-        if any(_cached_repo(cache, repo) for repo in repos):
+    for cache in hub_cache_dirs(kernels_dir):
+        if any(repo_dirs(cache, repo) for repo in repos):
             return cache
     return None
 

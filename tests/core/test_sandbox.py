@@ -402,3 +402,51 @@ def test_the_trainer_sees_the_fa3_kernels_prepare_fetched(tmp_path: Path) -> Non
     assert confine.training_data(ground).files == (cache / "tokenizer",)
     (cache / "kernels").mkdir()
     assert confine.training_data(ground).files == (cache / "tokenizer", cache / "kernels")
+
+
+def test_upstreams_train_py_finds_the_fa3_build_kernels_downloaded_and_nothing_else(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upstream's train.py calls kernels.get_kernel at import, with no network and a fresh HOME
+    inside: the FA3 builds in the download cache outside are shown read-only at their own paths,
+    huggingface_hub is told it is offline, and no other repository of that cache is visible."""
+    from gitar.config.schema import parse_ground, read_json_object
+    from gitar.host import confine
+    from gitar.store.git import Git
+    from testing.hermetic import REPO_ROOT
+
+    sandbox.require()
+    hub = tmp_path / "hf-hub"
+    fa3 = hub / "kernels--kernels-community--flash-attn3" / "snapshots" / "rev"
+    fa3.mkdir(parents=True)
+    (fa3 / "build.txt").write_text("fa3 build")
+    other = hub / "models--someone--private" / "snapshots" / "rev"
+    other.mkdir(parents=True)
+    (other / "weights.txt").write_text("not for the trainer")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.delenv("KERNELS_CACHE", raising=False)
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    obj = read_json_object(REPO_ROOT / "ground.json")
+    obj["data"]["cache_dir"] = str(tmp_path / "cache")
+    ground = parse_ground(obj, repo / "ground.json")
+    snapshot, outbox = tmp_path / "snapshot", tmp_path / "out"
+    snapshot.mkdir()
+    outbox.mkdir()
+    (snapshot / "train.py").write_text(textwrap.dedent(f"""
+        import os
+        print("fa3:", open({str(fa3 / "build.txt")!r}).read())
+        print("offline:", os.environ.get("HF_HUB_OFFLINE"))
+        try:
+            open({str(other / "weights.txt")!r}).read()
+            print("other: visible")
+        except OSError as e:
+            print("other: hidden", type(e).__name__)
+    """))
+    confined = confine.for_training(Git.discover(repo), ground, [sys.executable, "train.py"], snapshot, outbox,
+                                    uuid.uuid4().hex)
+    log = tmp_path / "run.log"
+    run_training([sys.executable, "train.py"], cwd=snapshot, env=dict(os.environ), log_path=log,
+                 crash_path=outbox / "crash.json", timeout_s=60, confined=confined, needs_val_bpb=False)
+    text = log.read_text()
+    assert "fa3: fa3 build" in text and "offline: 1" in text, text
+    assert "other: hidden FileNotFoundError" in text, text
