@@ -5,7 +5,7 @@ processes needs, and nothing more:
 
 - the trainer: its snapshot (read-write), its output directory (the export and the
   crash record), the tokenizer and the training shards — not the validation shard;
-- the smoke step: its copy of the index, no data at all;
+- the smoke step: its copy of the index and what the trainer sees of the data;
 - the evaluator: the pinned prepare.py and ground.json, the export and the evaluation
   files, all as private copies gitar wrote after every trainer process was gone, in a
   directory the trainer never saw; and one directory for its result.
@@ -103,10 +103,14 @@ def for_training(git: Git, ground: Ground, command: list[str], snapshot: Path, o
 
 def for_smoke(git: Git, ground: Ground, command: list[str], copy: Path, run_id: str) -> Confined:
     bwrap = _bwrap(ground)
-    # No data: the smoke step builds the model on random tokens before any data is touched.
+    # The trainer's view of the data (tokenizer, training shards; never the validation shard):
+    # gitar's train.py builds the model on random tokens and touches none of it, but an
+    # unmodified upstream train.py under the launcher builds its tokenizer and dataloader at
+    # module level, before its first step, so with no data its smoke step could never pass.
+    # It shows the smoke step nothing the training run it stands for would not see.
     confinement = sandbox.Confinement(
         workdir=copy, home=_home(), readable=sandbox.readable_from_command(command),
-        data=sandbox.DataView(ground.cache_dir, ()), hidden=(Paths.of(git).base,), masked=_secrets(),
+        data=training_data(ground), hidden=(Paths.of(git).base,), masked=_secrets(),
         gpu=False) if bwrap is not None else None
     return Confined(bwrap, confinement, protected(git, ground), limits_of(ground), run_id)
 
