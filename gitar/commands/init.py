@@ -298,7 +298,9 @@ def plan_adoption(git: Git, tag: str, *, worktrees: int = 0) -> Adoption | None:
     src = presets.template_dir()
     train = (root / "train.py").read_text(encoding="utf-8", errors="replace")
     shipped = read_json_object(src / GROUND_FILE)
-    obj = presets.upstream_ground(shipped, has_model_json=(root / MODEL_FILE).is_file(), train_source=train)
+    prepare = (root / "prepare.py").read_text(encoding="utf-8", errors="replace")
+    obj = presets.upstream_ground(shipped, has_model_json=(root / MODEL_FILE).is_file(), train_source=train,
+                                  prepare_source=prepare)
     ground = parse_ground(obj, root / GROUND_FILE)  # validated before it is written
     if worktrees == 0:
         name = _branch_name(git, ground, tag)

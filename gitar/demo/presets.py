@@ -6,7 +6,9 @@ stays as shipped, so the demo exercises the same harness a GPU run does.
 
 from __future__ import annotations
 
+import ast
 import copy
+import operator
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +101,74 @@ def hard_codes_cuda(train_source: str) -> bool:
     return "torch.cuda." in train_source or "from kernels import" in train_source or ".cuda()" in train_source
 
 
-def upstream_ground(shipped: dict[str, Any], *, has_model_json: bool, train_source: str) -> dict[str, Any]:
-    """The shipped ground.json for a repository laid out like karpathy/autoresearch."""
-    out = _apply(shipped, UPSTREAM_GROUND)
+# Where each of ground.json's upstream keys is a constant in upstream's prepare.py: a fork that
+# changed one (a longer budget, another validation shard) gets a ground.json that agrees with it,
+# or its first run would be judged on files and budgets its prepare.py does not use.
+PREPARE_CONSTANTS: dict[str, tuple[str, ...]] = {
+    "CACHE_DIR": ("data", "cache_dir"),
+    "VAL_SHARD": ("data", "val_shard"),
+    "VOCAB_SIZE": ("tokenizer", "vocab_size"),
+    "MAX_SEQ_LEN": ("training", "max_seq_len"),
+    "TIME_BUDGET": ("training", "time_budget_s", "train"),
+    "EVAL_TOKENS": ("training", "eval_tokens"),
+}
+_ARITHMETIC: dict[type[ast.operator], Any] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
+    ast.Pow: operator.pow,
+}
+
+
+def prepare_constants(source: str) -> dict[str, Any]:
+    """The module-level constants of an upstream-style prepare.py, read without running it: numbers,
+    arithmetic on them and on earlier constants (`VAL_SHARD = MAX_SHARD`), and the cache directory
+    spelled as upstream does (`os.path.join(os.path.expanduser("~"), ".cache", NAME)`). Anything
+    else is left out, and the preset keeps upstream's value for it."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return {}
+    known: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            value = _constant(node.value, known)
+            if value is not None:
+                known[node.targets[0].id] = value
+    return known
+
+
+def _constant(node: ast.expr, known: dict[str, Any]) -> Any:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str)) and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, ast.Name):
+        return known.get(node.id)
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+        left, right = _constant(node.left, known), _constant(node.right, known)
+        if isinstance(left, (int, float)) and isinstance(right, (int, float)):
+            return _ARITHMETIC[type(node.op)](left, right)
+        return None
+    if isinstance(node, ast.Call) and ast.unparse(node.func) == "os.path.join" and node.args:
+        first, rest = node.args[0], node.args[1:]
+        parts = [_constant(a, known) for a in rest]
+        if ast.unparse(first) == 'os.path.expanduser("~")' or ast.unparse(first) == "os.path.expanduser('~')":
+            head = "~"
+        else:
+            head = _constant(first, known)
+        if isinstance(head, str) and all(isinstance(p, str) for p in parts):
+            return "/".join([head, *parts])
+    return None
+
+
+def upstream_ground(shipped: dict[str, Any], *, has_model_json: bool, train_source: str,
+                    prepare_source: str = "") -> dict[str, Any]:
+    """The shipped ground.json for a repository laid out like karpathy/autoresearch, with the
+    constants its prepare.py sets where they differ from upstream's."""
+    found = prepare_constants(prepare_source)
+    values = dict(UPSTREAM_GROUND)
+    for name, keys in PREPARE_CONSTANTS.items():
+        value = found.get(name)
+        if isinstance(value, str) == (name == "CACHE_DIR") and value is not None:
+            values[keys] = int(value) if isinstance(value, float) and value.is_integer() else value
+    out = _apply(shipped, values)
     out["experiment"]["agent_owned"] = ["train.py", "model.json"] if has_model_json else ["train.py"]
     out["experiment"]["smoke"] = not hard_codes_cuda(train_source)
     return out

@@ -335,3 +335,25 @@ def test_a_refusal_after_the_commit_undoes_it(clone: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "already exists; move it away or pass --worktree-dir DIR" in proc.stderr
     assert tree_state(clone) == before
+
+
+def test_the_preset_takes_the_constants_a_forks_prepare_py_sets(clone: Path) -> None:
+    # A fork with a longer budget, a shorter context, another validation shard and its own cache:
+    # ground.json must agree with the prepare.py that measures, or the data pin and the budgets
+    # would describe files and numbers that prepare.py never uses.
+    fork = (UPSTREAM_PREPARE.replace("MAX_SEQ_LEN = 2048", "MAX_SEQ_LEN = 1024")
+            .replace("TIME_BUDGET = 300", "TIME_BUDGET = 600")
+            .replace("EVAL_TOKENS = 40 * 524288", "EVAL_TOKENS = 10 * 524288")
+            .replace('".cache", "autoresearch"', '".cache", "myfork"')
+            .replace("VAL_SHARD = 6542", "MAX_SHARD = 99\nVAL_SHARD = MAX_SHARD\nVOCAB_SIZE = 4096"))
+    (clone / "prepare.py").write_text(fork)
+    git(clone, "commit", "-qam", "fork")
+    proc = gitar(clone, "init", "fork")
+    assert proc.returncode == 0, proc.stderr
+    ground = json.loads((clone / "ground.json").read_text())
+    assert ground["data"]["cache_dir"] == "~/.cache/myfork"
+    assert ground["data"]["val_shard"] == 99
+    assert ground["tokenizer"]["vocab_size"] == 4096
+    assert ground["training"]["max_seq_len"] == 1024
+    assert ground["training"]["time_budget_s"]["train"] == 600
+    assert ground["training"]["eval_tokens"] == 10 * 524288
