@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from testing.commands import git, gitar
 from testing.hermetic import REPO_ROOT
 
 UPSTREAM_TRAIN = '''\
@@ -48,19 +49,6 @@ LOOP FOREVER:
 """
 UPSTREAM_PYPROJECT = '[project]\nname = "autoresearch"\nversion = "0.1.0"\n'
 ADDED = {"ground.json", ".pre-commit-config.yaml", "hooks/gitar-hook", "program.md"}
-
-
-def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def gitar(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run([sys.executable, "-m", "gitar", *args], cwd=root, capture_output=True, text=True,
-                          env=env, timeout=120)
 
 
 @pytest.fixture

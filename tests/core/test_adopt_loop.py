@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from testing.commands import git, gitar
 from testing.hermetic import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -35,19 +34,6 @@ UPSTREAM_HEAD = ("from kernels import get_kernel\n"
                  "cap = torch.cuda.get_device_capability()\n"
                  "repo = 'varunneal/flash-attention-3' if cap == (9, 0) else 'kernels-community/flash-attn3'\n"
                  "fa3 = get_kernel(repo).flash_attn_interface\n")
-
-
-def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def gitar(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run([sys.executable, "-m", "gitar", *args], cwd=root, capture_output=True, text=True,
-                          env=env, timeout=600)
 
 
 def records(root: Path) -> list[dict[str, object]]:
