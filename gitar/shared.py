@@ -47,3 +47,8 @@ def confined_env(sets: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "GITAR_"))}
     env.update(sets)
     return env
+
+
+# --- What makes a repository's hooks gitar's --------------------------------------------------
+# The files beside ground.json that `gitar init` adds and every hook and command checks at HEAD.
+HOOK_FILES = (".pre-commit-config.yaml", "hooks/gitar-hook")

@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from gitar import shared
 from gitar.config.schema import Ground, ground_at
 from gitar.errors import GitarError
 from gitar.loop.recovery import recover
@@ -41,7 +42,7 @@ def open_workspace(start: str | Path = ".", *, need_experiment_branch: bool = Tr
             raise GitarError(f"HEAD is detached; {_where_to_go(git, prefix)}")
         if not ground.experiment.is_experiment_branch(branch):
             raise GitarError(f"{branch} is not an experiment branch; {_where_to_go(git, prefix)}")
-        missing = [f for f in (".pre-commit-config.yaml", "hooks/gitar-hook") if git.blob_at(head, f) is None]
+        missing = [f for f in shared.HOOK_FILES if git.blob_at(head, f) is None]
         if missing:
             raise GitarError(f"{branch} has no {missing[0]} at HEAD ({head[:7]}), so its hooks are not gitar's: run "
                              "`gitar init TAG` on the branch you started from and experiment on the branch it makes")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import gitar
+from gitar import shared
 from gitar.errors import ExitCode, GitarError
 
 # ground.json keys that the CPU preset overrides, as (section, key) -> value.
@@ -62,7 +63,7 @@ def cpu_model() -> dict[str, Any]:
 # The files a workspace is made of, as this project ships them.
 TEMPLATE_FILES = ("prepare.py", "train.py", "program.md", ".pre-commit-config.yaml", "hooks/gitar-hook")
 # What `gitar init` adds to a repository laid out like upstream (its own train.py and prepare.py stay).
-HOOK_FILES = (".pre-commit-config.yaml", "hooks/gitar-hook")
+HOOK_FILES = shared.HOOK_FILES
 
 
 def template_dir() -> Path:

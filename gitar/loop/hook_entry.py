@@ -43,8 +43,6 @@ DETACH_START_TIMEOUT_S = 30.0
 # The branches gitar makes by default: one of these without gitar's files is a workspace half set
 # up (files deleted, or copied in by hand and never committed), never a branch to pass in silence.
 DEFAULT_BRANCH_PREFIX = "autoresearch/"
-# The files beside ground.json that make the hooks gitar's (gitar/demo/presets.py HOOK_FILES).
-HOOK_FILES = (".pre-commit-config.yaml", "hooks/gitar-hook")
 
 
 def _experiment_branch(git: Git) -> tuple[str, Ground] | None:
@@ -62,7 +60,7 @@ def _experiment_branch(git: Git) -> tuple[str, Ground] | None:
     ground = ground_at(git, head)
     if not ground.experiment.is_experiment_branch(branch):
         return None
-    missing = [f for f in HOOK_FILES if git.blob_at(head, f) is None]
+    missing = [f for f in shared.HOOK_FILES if git.blob_at(head, f) is None]
     if missing:
         raise GitarError(f"{branch} has no {missing[0]} at HEAD ({head[:7]}), so its hooks are not gitar's: "
                          "run `gitar init TAG` on the branch you started from (it adds and commits gitar's files) "
