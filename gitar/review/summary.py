@@ -50,12 +50,26 @@ def summary_text(commit: str, data: bytes) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+# Agents of one clone refresh at once: whoever loses the race derives again from the newer tip.
+REFRESH_TRIES = 10
+
+
+class _Raced(Exception):
+    """Another process moved the summary ref while this one derived its commit."""
+
+
 def refresh(git: Git) -> None:
     """Bring the summary up to the records; a failure is one warning, never an error."""
     try:
+        for _ in range(REFRESH_TRIES - 1):
+            try:
+                _refresh(git)
+                return
+            except _Raced:
+                continue
         _refresh(git)
-    except (GitarError, OSError, ValueError, pygit2.GitError) as e:
-        message = e.message if isinstance(e, GitarError) else str(e)
+    except (_Raced, GitarError, OSError, ValueError, pygit2.GitError) as e:
+        message = e.message if isinstance(e, GitarError) else str(e) or "other writers kept moving it"
         print(f"gitar: warning: could not update {SUMMARY_REF} ({safe(message)}); the next record written, "
               "or `gitar init`, brings it up to date", file=sys.stderr)
 
@@ -111,6 +125,8 @@ def _write(git: Git, tip: str | None, notes: str, changes: list[tuple[str, str]]
     proc = subprocess.run(["git", "fast-import", "--quiet", "--done"], cwd=git.root, env=clean_env(),
                           input=b"".join(stream) + b"done\n", capture_output=True)
     if proc.returncode != 0:
+        if git.ref_target(SUMMARY_REF) != tip:
+            raise _Raced
         lines = proc.stderr.decode(errors="replace").strip().splitlines()
         raise GitarError(f"git fast-import failed: {lines[0] if lines else proc.returncode}")
 

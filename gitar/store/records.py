@@ -20,7 +20,7 @@ from typing import Any
 import pygit2
 
 from gitar.numbers import rounded
-from gitar.store import ledger, signing
+from gitar.store import ledger, note_write, signing
 from gitar.store.git import Git
 from gitar.store.notes import note_blobs
 from gitar.store.refs import ATTEMPTS_PREFIX, NOTES_REF
@@ -40,7 +40,6 @@ VERIFY = "verify"  # the kind of a `gitar verify --rerun` run: recorded, never c
 # to hold it (pinned, never on the branch, never trained), so memory can warn against the idea.
 SMOKE = "smoke"
 LESSON = "lesson"  # the status field of a lesson line: not a run, not one of STATUSES
-NOTE_WRITE_TRIES = 5  # another writer (a lesson during a run) may move the notes ref between read and write
 
 
 _LEAD = ("status", "val_bpb", "delta", "best_before", "description", "hypothesis", "reason", "commit", "branch", "kind")
@@ -348,23 +347,7 @@ class Notebook:
         _summarise(self.git)
 
     def _append_line(self, sha: str, line: str, what: str) -> None:
-        sig = _signature(self.git.repo)
-        error: pygit2.GitError | None = None
-        for _ in range(NOTE_WRITE_TRIES):
-            try:
-                existing = self.git.repo.lookup_note(sha, NOTES_REF).message
-            except KeyError:
-                existing = ""
-            text = existing.rstrip("\n") + ("\n" if existing.strip() else "") + line + "\n"
-            try:
-                self.git.repo.create_note(text, sig, sig, sha, NOTES_REF, True)
-                return
-            except pygit2.GitError as e:  # e.g. the notes ref moved since it was read: read again
-                error = e
-        from gitar.errors import ExitCode, GitarError
-
-        raise GitarError(f"cannot write {what} for {sha[:12]} to {NOTES_REF}: {error}; "
-                         "check that .git is writable and has free space", ExitCode.INTERNAL) from None
+        note_write.append_line(self.git, NOTES_REF, sha, line, _signature(self.git.repo), what)
 
     def all(self) -> Iterator[tuple[str, list[Record]]]:
         """(commit, records) for every annotated commit; one pass over the notes tree."""

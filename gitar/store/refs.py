@@ -17,6 +17,7 @@ BASE_PREFIX = "refs/gitar/base/"  # + branch: the commit `gitar init` made the b
 DATA_PREFIX = "refs/gitar/data/"  # + branch: the prepared data the branch measures on (a blob)
 LEDGER_NOTES = "refs/gitar/ledger/notes"  # the notes tip gitar last left, so a deletion can be undone
 SYNC_SCRATCH_PREFIX = "refs/notes/gitar-sync/"  # + a unique id: where `gitar sync` merges two notebooks
+NOTE_SCRATCH_PREFIX = "refs/notes/gitar-write/"  # + a unique id: where a record is written before the CAS
 
 
 def branch_ref(branch: str) -> str:
