@@ -6,7 +6,7 @@ prepare.py on the small corpus, the CPU preset, gitar's hooks, and a baseline me
 every attack is judged against: the same model, honestly trained, scores exactly that.
 
 Each test gets a private copy of that workspace (cache included), its own venv and its own
-copy of the gitar package (tests/attacks/arena.py), so an attack may write anything it can
+copy of the gitar package (testing/arena.py), so an attack may write anything it can
 reach: only the test's own files are there to hit.
 
 At the end of a run that collected attack tests, one line: `attacks: N tried, M stopped`.
@@ -24,9 +24,7 @@ from typing import Any
 
 import pytest
 
-from testing.hermetic import hermetic_session
-from testing.prepared import build_workspace
-from tests.attacks.arena import (
+from testing.arena import (
     BRANCH,
     Arena,
     check_isolated,
@@ -36,6 +34,8 @@ from tests.attacks.arena import (
     private_env,
     trainer,
 )
+from testing.hermetic import hermetic_session
+from testing.prepared import build_workspace
 
 # experiment.timeout_s: training and evaluation together. An honest run takes ~10 s on two idle
 # cores; the longest attack (the budget overrun) trains 30 s. Room for a busy machine.

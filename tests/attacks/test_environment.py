@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.attacks.arena import (
+from testing.arena import (
     BRANCH,
     NOTES_REF,
     TOLERANCE,

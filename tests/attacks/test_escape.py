@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from tests.attacks.arena import (
+from testing.arena import (
     BRANCH,
     NOTES_REF,
     TOLERANCE,

@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from tests.attacks.arena import Arena, assert_not_a_win, assert_stopped_with_cause, survivors, trainer
+from testing.arena import Arena, assert_not_a_win, assert_stopped_with_cause, survivors, trainer
 
 pytestmark = pytest.mark.attack
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.attacks.arena import Arena, assert_not_a_win, is_win, trainer
+from testing.arena import Arena, assert_not_a_win, is_win, trainer
 
 pytestmark = pytest.mark.attack
 

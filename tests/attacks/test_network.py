@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.attacks.arena import Arena, is_win, trainer
+from testing.arena import Arena, is_win, trainer
 
 pytestmark = pytest.mark.attack
 

@@ -24,8 +24,8 @@ import torch
 from gitar.demo import corpus
 from gitar.errors import GitarError
 from gitar.runtime.platform import detect_platform, probe_device
+from testing.packing import reference_rows
 from testing.prepared import clean_env, import_prepare, run_prepare
-from tests.harness.test_packing import reference_rows
 
 UNICODE_TEXTS = [
     "Hello world! Numbers: 1234567.",

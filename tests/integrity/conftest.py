@@ -11,23 +11,14 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from testing.hermetic import hermetic_session
+from testing.measured import Measured
 from testing.prepared import build_workspace
 from testing.workspace import Workspace
-
-BRANCH = "autoresearch/t1"
-
-
-@dataclass(frozen=True)
-class Measured:
-    ws: Workspace
-    baseline: str  # the commit the baseline measured
-    record: dict[str, object]  # its record
 
 
 @pytest.fixture(scope="session")
@@ -56,19 +47,3 @@ def measured(measured_template: Measured, hermetic: Path, tmp_path: Path, monkey
     ws = Workspace(root)
     assert ws.head() == measured_template.baseline
     return Measured(ws=ws, baseline=measured_template.baseline, record=measured_template.record)
-
-
-def edit_train(ws: Workspace, *replacements: tuple[str, str]) -> None:
-    """train.py with each (old, new) replaced once; fails if an old text is not there."""
-    source = (ws.root / "train.py").read_text()
-    for old, new in replacements:
-        assert source.count(old) == 1, f"train.py no longer contains {old!r}"
-        source = source.replace(old, new)
-    (ws.root / "train.py").write_text(source)
-
-
-def try_json(ws: Workspace, description: str, timeout: float = 300) -> dict[str, object]:
-    proc = ws.gitar("try", description, "--json", timeout=timeout)
-    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
-    record: dict[str, object] = json.loads(proc.stdout)
-    return record

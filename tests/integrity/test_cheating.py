@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.integrity.conftest import BRANCH, Measured, edit_train, try_json
+from testing.measured import BRANCH, Measured, edit_train, try_json
 
 MAIN_START = '''    from prepare import GROUND, MAX_SEQ_LEN, PLATFORM, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader
 '''

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from gitar.runtime import launch
+from testing.export import trained_looking
 from testing.hermetic import REPO_ROOT
 from testing.model import tiny_gpt
-from tests.integrity.test_export import trained_looking
 
 BATCH = 16  # the CPU preset's evaluation.batch_size
 

@@ -27,27 +27,17 @@ from gitar.demo.presets import cpu_model
 from gitar.errors import GitarError
 from gitar.loop import evaluator
 from gitar.runtime import launch
+from testing.export import NOISE_FLOOR, SEQ, VOCAB, evaluation, exported, load, tokens, trained_looking
 from testing.hermetic import REPO_ROOT
 from testing.model import tiny_gpt
 
-VOCAB, SEQ = 64, 16
-NOISE_FLOOR = 1e-3  # ground.json's experiment.noise_floor
 _edits = itertools.count()
 
 
-def exported(model: nn.Module, tmp_path: Path, batch: int = 3) -> evaluator.ExportedModel:
-    path = tmp_path / "model.pt2"
-    model.eval()
-    launch.export_model(model, path, batch, SEQ)
-    return evaluator.ExportedModel(load(path))
 
 
-def load(path: Path) -> torch.export.ExportedProgram:
-    return evaluator.load_program(path.read_bytes(), path.name)
 
 
-def tokens(batch: int = 3, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (batch, SEQ), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("pattern", ["SL", "L"], ids=["sliding-window-mask", "causal-kernel"])
@@ -164,29 +154,8 @@ def gpt_of(module: ModuleType, window_pattern: str = "SL") -> nn.Module:
     return model
 
 
-def trained_looking(model: nn.Module) -> nn.Module:
-    """Weights off their initial values: at init the output projections are zero, so attention
-    (and any leak in it) cannot show in the logits yet."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    return model
 
 
-def evaluation(model: nn.Module, batches: int = 4, rows: int = 3, probes_per_batch: int = 1, seed: int = 7,
-               autocast: str | None = None) -> evaluator.Probe:
-    """The probe as prepare.evaluate_bpb drives it: one scored forward per batch, `batches` batches.
-    A fixed seed keeps the tests deterministic (the evaluator draws its seed from OS entropy)."""
-    probed = evaluator.ProbedModel(model, VOCAB, NOISE_FLOOR, probes_per_batch, seed=seed)
-    compute = torch.autocast(autocast, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    device = next(model.buffers(), torch.zeros(0)).device
-    try:
-        with compute, torch.no_grad():
-            for i in range(batches):
-                probed(tokens(rows, seed=i).to(device))
-    except evaluator.CausalityLeak as leak:
-        return leak.probe
-    return probed.result()
 
 
 @pytest.mark.parametrize("pattern", ["SL", "L"], ids=["sliding-window-mask", "causal-kernel"])

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.integrity.conftest import BRANCH, Measured, try_json
+from testing.measured import BRANCH, Measured, try_json
 
 # A stand-in train.py that prints the summary block and does something to the run's integrity.
 STAND_IN = '''\

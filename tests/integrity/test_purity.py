@@ -17,7 +17,7 @@ from torch import nn
 
 from gitar.errors import GitarError
 from gitar.loop import evaluator
-from tests.integrity.test_export import SEQ, VOCAB, evaluation, load, tokens
+from testing.export import SEQ, VOCAB, evaluation, load, tokens
 
 ROWS = 3
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from testing.measured import BRANCH, Measured
 from testing.workspace import Workspace
-from tests.integrity.conftest import BRANCH, Measured
 
 
 def rewrite_note(ws: Workspace, commit: str, **changes: object) -> None:

@@ -6,7 +6,7 @@ from gitar.loop.integrity import load_data_pin, save_data_pin
 from gitar.sharing.sync import sync
 from gitar.store.git import Git
 from gitar.store.refs import base_ref, data_ref
-from tests.scale.conftest import BRANCH, Lab, commit_train, run_job
+from testing.lab import BRANCH, Lab, commit_train, run_job
 
 PIN = {"data/shard_06542.parquet": "ab" * 32, "tokenizer/manifest.json": "cd" * 32}
 

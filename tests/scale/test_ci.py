@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-from tests.scale.conftest import BRANCH, JOB_SCRIPT, Lab, commit_train, job, run_job
+from testing.lab import BRANCH, JOB_SCRIPT, Lab, commit_train, job, run_job
 
 
 def _by_commit(lab: Lab) -> dict[str, list[dict[str, object]]]:

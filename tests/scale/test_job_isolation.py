@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import gitar
-from tests.scale.conftest import BRANCH, JOB_SCRIPT, Lab, job
+from testing.lab import BRANCH, JOB_SCRIPT, Lab, job
 
 ATTACK = '''
 import os, sys

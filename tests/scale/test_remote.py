@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from testing.lab import BRANCH, Lab, run_job
 from testing.trainers import fake_train
 from testing.workspace import Workspace
-from tests.scale.conftest import BRANCH, Lab, run_job
 
 
 def _agent(lab: Lab, name: str = "agent", *, user_hook: bool = False) -> Workspace:

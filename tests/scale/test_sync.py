@@ -13,8 +13,8 @@ from gitar.sharing import sync as sync_module
 from gitar.sharing.sync import sync
 from gitar.store.git import Git
 from gitar.store.records import Notebook, Record
+from testing.lab import Lab
 from testing.workspace import Workspace
-from tests.scale.conftest import Lab
 
 ROUNDS = 100
 

@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 
 from testing.hermetic import REPO_ROOT
-from tests.scale.conftest import JOB_SCRIPT
+from testing.lab import JOB_SCRIPT
 
 WORKFLOW = REPO_ROOT / ".github" / "workflows" / "gitar.yml"
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TRAINERS = Path(__file__).resolve().parent / "trainers"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAINERS = REPO_ROOT / "tests" / "attacks" / "trainers"  # one attack a file, beside the tests that run them
 BRANCH = "autoresearch/t1"
 NOTES_REF = "refs/notes/gitar"
 ATTACK_LINE = "# ATTACK\n"
