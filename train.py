@@ -26,13 +26,11 @@ import os
 os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
 
 import contextlib
-import ctypes
 import functools
 import gc
 import importlib.util
 import math
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +42,7 @@ import torch.nn.functional as F
 
 from gitar.config.jsonfile import Section, describe, integer, number, read_json, string
 from gitar.errors import GitarError
+from gitar.runtime.allocator import keep_freed_memory
 
 MODEL_JSON = Path(__file__).with_name("model.json")
 
@@ -743,26 +742,6 @@ MAX_LOSS = 100.0  # far above ln(vocab) at initialisation: a loss this high mean
 LOSS_EMA_BETA = 0.9  # smoothing of the printed training loss (debiased, as upstream)
 GC_EVERY = 5000  # the collector is off during training (pauses of ~0.5 s); collect now and then anyway
 SMOKE_BATCH, SMOKE_SEQ_LEN = 2, 64  # a batch small enough for any model on a laptop CPU
-
-
-def keep_freed_memory() -> None:
-    """CPU runs: stop glibc from unmapping freed large blocks (and page-faulting them back in).
-
-    glibc gives every freed block of 32 MB or more back to the OS, and the next one of that size
-    is faulted in again page by page. Logits and the optimizer's stacked matrices are that big,
-    so a CPU step paid this many times (a third of the smoke check's time on a 2-core VM).
-    Keeping freed memory in the process costs some resident memory. Other C libraries: no-op.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others: nothing to tune
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    mallopt(m_mmap_threshold, 1 << 30)  # blocks up to 1 GiB come from the heap, reused after free
-    mallopt(m_trim_threshold, 1 << 31)  # and the heap is not shrunk until 2 GiB sit free at its top
 
 
 def skip_dynamo_import() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from gitar.config.schema import GROUND_FILE, MODEL_FILE, Ground, load_ground, parse_ground, read_json_object
 from gitar.demo import presets
 from gitar.errors import ExitCode, GitarError
-from gitar.loop import integrity, trust
+from gitar.loop import eval_data, integrity, trust
 from gitar.paths import read_device, write_device
 from gitar.review import summary
 from gitar.store.git import Git, clean_env
@@ -233,7 +233,7 @@ def _data_warnings(ground: Ground) -> list[str]:
     val = cache / "data" / f"shard_{ground.data.val_shard:05d}.parquet"
     # prepare.py writes the tokenizer manifest last: its presence means the tokenizer is complete.
     manifest = cache / "tokenizer" / "manifest.json"
-    upstream = integrity.upstream_layout(cache)  # upstream's prepare.py: tokenizer.pkl and token_bytes.pt
+    upstream = eval_data.upstream_layout(cache)  # upstream's prepare.py: tokenizer.pkl and token_bytes.pt
     if val.exists() and (manifest.exists() or upstream):
         return []
     return [f"data is not prepared in {cache}: run `python prepare.py` "

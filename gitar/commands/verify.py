@@ -41,7 +41,7 @@ from pathlib import Path
 from gitar.config.schema import ground_at
 from gitar.errors import GitarError
 from gitar.host import lock
-from gitar.loop import experiment, integrity, trust
+from gitar.loop import eval_data, experiment, integrity, trust
 from gitar.loop.judge import sigma_of
 from gitar.review.noise import branch_noise
 from gitar.store import signing
@@ -110,7 +110,7 @@ def verify_branch(branch: str | None = None, start: str | Path = ".", *, require
     accepted = trust.accept(git, name) if accept else []
     expected = integrity.harness_sha256(git, base)
     pin = integrity.load_data_pin(git, name)
-    data = integrity.data_digest(pin) if pin is not None else None
+    data = eval_data.data_digest(pin) if pin is not None else None
     lines = [ln for ln in trust.all_lines(git) if ln.record.branch == name]
     kept_commits = {ln.commit for ln in lines if ln.record.status == KEEP and ln.record.kind != VERIFY}
     kept = sorted((ln for ln in lines if ln.record.status == KEEP and ln.record.kind != VERIFY),

@@ -51,7 +51,8 @@ from torch.export.graph_signature import InputKind
 from gitar.config.schema import GROUND_FILE, load_ground
 from gitar.errors import GitarError
 from gitar.files import write_json_atomic
-from gitar.loop.integrity import changed_files, hash_evaluation_data
+from gitar.loop.eval_data import changed_files, hash_evaluation_data
+from gitar.runtime.allocator import keep_freed_memory
 from gitar.runtime.crash import write_crash_record
 
 # The causality probe compares what val_bpb depends on: log_softmax of the full logits in float32,
@@ -536,6 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.probes_per_batch < 1:
         parser.error("--probes-per-batch must be at least 1")
+    keep_freed_memory()  # CPU forwards as fast as train.py's own (gitar/runtime/allocator.py)
     try:
         result = evaluate(args.workspace.resolve(), args.program, _read_expect(args.expect), args.probes_per_batch)
         write_json_atomic(args.out, result)

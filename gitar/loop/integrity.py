@@ -39,6 +39,13 @@ import gitar
 from gitar import shared
 from gitar.config.schema import GROUND_FILE, Ground, owned
 from gitar.host import confine, runner
+from gitar.loop.eval_data import (
+    HASH_CHUNK,
+    changed_files,
+    data_digest,
+    evaluation_files,
+    hash_evaluation_data,
+)
 from gitar.paths import Paths
 from gitar.store.git import Git
 from gitar.store.records import REJECTED
@@ -49,7 +56,6 @@ HARNESS, REPORTED = "harness", "reported"  # ground.json experiment.evaluate: wh
 # train.py's own val_bpb line and the harness's number of the same model agree to float noise
 # (the same data and code, eager vs exported graph); more than this is worth a note in the record.
 REPORTED_TOLERANCE = 1e-3
-_HASH_CHUNK = 1 << 20
 
 
 # ---------------------------------------------------------------------------
@@ -113,54 +119,6 @@ def ownership_refusal(git: Git, sha: str, base: str, agent_owned: tuple[str, ...
 # ---------------------------------------------------------------------------
 # The evaluation data and its pin
 # ---------------------------------------------------------------------------
-
-
-# The tokenizer upstream's prepare.py writes (a pickled tiktoken encoding); gitar's writes ranks.tiktoken
-# and manifest.json. A cache with the first and without gitar's manifest is upstream's.
-UPSTREAM_TOKENIZER = "tokenizer.pkl"
-
-
-def upstream_layout(cache: Path) -> bool:
-    tok = cache / "tokenizer"
-    return (tok / UPSTREAM_TOKENIZER).is_file() and not (tok / "manifest.json").exists()
-
-
-def evaluation_files(ground: Ground) -> dict[str, Path]:
-    """The files prepare.evaluate_bpb reads, by their path in the cache (prepare.py's layout)."""
-    cache = ground.cache_dir
-    val = f"data/shard_{ground.data.val_shard:05d}.parquet"
-    if upstream_layout(cache):
-        # A cache karpathy/autoresearch's prepare.py made: its tokenizer, read in place.
-        names: tuple[str, ...] = (f"tokenizer/{UPSTREAM_TOKENIZER}", "tokenizer/token_bytes.pt", val)
-    else:
-        names = ("tokenizer/manifest.json", "tokenizer/ranks.tiktoken", "tokenizer/token_bytes.pt", val)
-    return {name: cache / name for name in names}
-
-
-def hash_evaluation_data(ground: Ground) -> dict[str, str] | None:
-    """sha256 of each evaluation file; None if any is missing (the data is not prepared)."""
-    out: dict[str, str] = {}
-    for name, path in evaluation_files(ground).items():
-        h = hashlib.sha256()
-        try:
-            with open(path, "rb") as f:
-                while chunk := f.read(_HASH_CHUNK):
-                    h.update(chunk)
-        except OSError:
-            return None
-        out[name] = h.hexdigest()
-    return out
-
-
-def data_digest(files: Mapping[str, str]) -> str:
-    """One hash over the per-file hashes, for the record."""
-    return hashlib.sha256("".join(f"{k} {v}\n" for k, v in sorted(files.items())).encode()).hexdigest()
-
-
-def changed_files(expected: Mapping[str, str], actual: Mapping[str, str] | None) -> list[str]:
-    if actual is None:
-        return sorted(expected)
-    return sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
 
 
 def _legacy_pin_path(paths: Paths, branch: str) -> Path:
@@ -348,7 +306,7 @@ def copy_once(source: Path, dest: Path) -> str | None:
             return None
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open(dest, "wb") as out:
-            while chunk := f.read(_HASH_CHUNK):
+            while chunk := f.read(HASH_CHUNK):
                 h.update(chunk)
                 out.write(chunk)
     return h.hexdigest()
