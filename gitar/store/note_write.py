@@ -29,40 +29,44 @@ BACKOFF_S = 0.02
 
 def append_line(git: Git, ref: str, annotated: str, line: str, signature: pygit2.Signature, what: str) -> None:
     """Append `line` to the note on `annotated` under `ref`; no other writer's line is lost."""
-    repo = git.repo
     scratch = f"{NOTE_SCRATCH_PREFIX}{uuid.uuid4().hex}"
     why = ""
     try:
         for attempt in range(WRITE_TRIES):
             old = git.ref_target(ref)
-            # The note is read from, and written onto, the commit the compare-and-swap names.
-            if old is not None:
-                repo.references.create(scratch, pygit2.Oid(hex=old), force=True)
-            else:
-                with contextlib.suppress(KeyError):
-                    repo.references.delete(scratch)
             try:
-                existing = repo.lookup_note(annotated, scratch).message if old is not None else ""
-            except KeyError:
-                existing = ""
-            text = existing.rstrip("\n") + ("\n" if existing.strip() else "") + line + "\n"
-            try:
-                repo.create_note(text, signature, signature, annotated, scratch, True)  # returns the blob
-            except (pygit2.GitError, OSError) as e:
+                new = _note_commit(git.repo, scratch, old, annotated, line, signature)
+            except (pygit2.GitError, OSError) as e:  # e.g. libgit2 met another writer's lock file
                 why = str(e)
-                continue
-            new = git.ref_target(scratch)
-            if new is None:
-                why = f"the note commit vanished from {scratch}"
-                continue
-            proc = git.run("update-ref", "-m", f"gitar: {what} for {annotated[:12]}", ref, new, old or "",
-                           check=False)
-            if proc.returncode == 0:
-                return
-            why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+            else:
+                proc = git.run("update-ref", "-m", f"gitar: {what} for {annotated[:12]}", ref, new, old or "",
+                               check=False)
+                if proc.returncode == 0:
+                    return
+                why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
             time.sleep(random.uniform(0, BACKOFF_S * (attempt + 1)))
     finally:
-        with contextlib.suppress(KeyError, pygit2.GitError):
-            repo.references.delete(scratch)
+        with contextlib.suppress(KeyError, pygit2.GitError, OSError):
+            git.repo.references.delete(scratch)
     raise GitarError(f"cannot write {what} for {annotated[:12]} to {ref}: {why}; "
                      "check that .git is writable and has free space", ExitCode.INTERNAL)
+
+
+def _note_commit(repo: pygit2.Repository, scratch: str, old: str | None, annotated: str, line: str,
+                 signature: pygit2.Signature) -> str:
+    """The notes commit that adds `line` on top of `old` (None: the first note), made on `scratch` only."""
+    # The note is read from, and written onto, the commit the compare-and-swap names.
+    if old is not None:
+        repo.references.create(scratch, pygit2.Oid(hex=old), force=True)
+        try:
+            existing = repo.lookup_note(annotated, scratch).message
+        except KeyError:
+            existing = ""
+    else:
+        with contextlib.suppress(KeyError):
+            repo.references.delete(scratch)
+        existing = ""
+    text = existing.rstrip("\n") + ("\n" if existing.strip() else "") + line + "\n"
+    repo.create_note(text, signature, signature, annotated, scratch, True)  # returns the note's blob
+    commit = repo.references[scratch].resolve().target
+    return str(commit)
