@@ -450,7 +450,9 @@ FAULTS = {
     "crash": Fault(trainer_fails("crash", "crash", "RuntimeError", "a bug in the new attention code")),
     "nan-loss": Fault(trainer_fails("nan", "crash", "TrainingDiverged", "training loss is nan at step 3")),
     "nan-val-bpb": Fault(trainer_fails("nan-summary", "crash", "NoSummary", "val_bpb is nan")),
-    "timeout": Fault(timeout, timeout_s=2),
+    # Short enough to wait for, long enough that the baseline (the honest trainer) always finishes
+    # inside it, even with other work on both cores: 2 s was not (a baseline timed out in CI).
+    "timeout": Fault(timeout, timeout_s=6),
     "cuda-out-of-memory": Fault(trainer_fails("oom", "crash", "OutOfMemoryError", "CUDA out of memory")),
     "out-of-memory-rlimit": Fault(trainer_fails("oom-rlimit", "crash", "MemoryError", "")),
     "log-volume-full": Fault(log_volume_full),
