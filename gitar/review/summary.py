@@ -60,18 +60,18 @@ class _Raced(Exception):
 
 def refresh(git: Git) -> None:
     """Bring the summary up to the records; a failure is one warning, never an error."""
-    try:
-        for _ in range(REFRESH_TRIES - 1):
-            try:
-                _refresh(git)
-                return
-            except _Raced:
-                continue
-        _refresh(git)
-    except (_Raced, GitarError, OSError, ValueError, pygit2.GitError) as e:
-        message = e.message if isinstance(e, GitarError) else str(e) or "other writers kept moving it"
-        print(f"gitar: warning: could not update {SUMMARY_REF} ({safe(message)}); the next record written, "
-              "or `gitar init`, brings it up to date", file=sys.stderr)
+    message = "other writers kept moving it"
+    for _ in range(REFRESH_TRIES):
+        try:
+            _refresh(git)
+            return
+        except _Raced:
+            continue  # another writer moved it: derive again from the newer tip
+        except (GitarError, OSError, ValueError, pygit2.GitError) as e:
+            message = e.message if isinstance(e, GitarError) else str(e)
+            break
+    print(f"gitar: warning: could not update {SUMMARY_REF} ({safe(message)}); the next record written, "
+          "or `gitar init`, brings it up to date", file=sys.stderr)
 
 
 def _refresh(git: Git) -> None:

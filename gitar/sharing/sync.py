@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -225,8 +224,7 @@ def merge_notes(git: Git, remote: str) -> bool:
 
 
 def _merge_on_scratch_ref(git: Git, ours: str | None, theirs: str) -> str:
-    scratch = f"{SYNC_SCRATCH_PREFIX}{uuid.uuid4().hex}"
-    try:
+    with git.scratch_ref(SYNC_SCRATCH_PREFIX) as scratch:
         if ours is not None:
             git.pin(scratch, ours, "gitar sync: scratch")
         args = ("notes", f"--ref={scratch}", "merge", "--quiet", "-s", MERGE_STRATEGY, theirs)
@@ -240,8 +238,6 @@ def _merge_on_scratch_ref(git: Git, ours: str | None, theirs: str) -> str:
         if merged is None:
             raise GitarError(f"git notes merge left no result on {scratch}", ExitCode.INTERNAL)
         return merged
-    finally:
-        git.delete_ref(scratch)
 
 
 def plan_branch_push(git: Git, remote: str, prefix: str | None) -> BranchPush | None:

@@ -9,9 +9,11 @@ A failing git command becomes a GitarError naming the command and git's own reas
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,6 +235,21 @@ class Git:
 
     def delete_ref(self, ref: str) -> None:
         self.run("update-ref", "-d", ref, check=False)
+
+    @contextlib.contextmanager
+    def scratch_ref(self, prefix: str) -> Iterator[str]:
+        """A private ref name under prefix for a while, removed afterwards however the block ends.
+
+        Where a commit is built before a compare-and-swap moves the real ref onto it (a record's
+        note, a notes merge): the real ref never shows a half-made state, and nothing else
+        writes the scratch ref, so building it needs no lock of its own.
+        """
+        scratch = f"{prefix}{uuid.uuid4().hex}"
+        try:
+            yield scratch
+        finally:
+            with contextlib.suppress(KeyError, pygit2.GitError, OSError):
+                self.repo.references.delete(scratch)
 
     def export_tree(self, sha: str, dest: Path) -> None:
         """Write the files of a commit into dest (a snapshot to run from), without touching the index."""

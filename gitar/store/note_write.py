@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-import uuid
 
 import pygit2
 
@@ -29,9 +28,8 @@ BACKOFF_S = 0.02
 
 def append_line(git: Git, ref: str, annotated: str, line: str, signature: pygit2.Signature, what: str) -> None:
     """Append `line` to the note on `annotated` under `ref`; no other writer's line is lost."""
-    scratch = f"{NOTE_SCRATCH_PREFIX}{uuid.uuid4().hex}"
     why = ""
-    try:
+    with git.scratch_ref(NOTE_SCRATCH_PREFIX) as scratch:
         for attempt in range(WRITE_TRIES):
             old = git.ref_target(ref)
             try:
@@ -45,9 +43,6 @@ def append_line(git: Git, ref: str, annotated: str, line: str, signature: pygit2
                     return
                 why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
             time.sleep(random.uniform(0, BACKOFF_S * (attempt + 1)))
-    finally:
-        with contextlib.suppress(KeyError, pygit2.GitError, OSError):
-            git.repo.references.delete(scratch)
     raise GitarError(f"cannot write {what} for {annotated[:12]} to {ref}: {why}; "
                      "check that .git is writable and has free space", ExitCode.INTERNAL)
 
