@@ -108,7 +108,7 @@ def _init(git: Git, ground: Ground, tag: str, worktrees: int, worktree_dir: str 
         if created:  # undo the branch and its pins: a failed init leaves the repository as it was
             _undo_branch(git, branch, current or start)
         raise
-    return InitResult(branch=branch, created=created, warnings=_data_warnings(ground))
+    return InitResult(branch=branch, created=created, warnings=_data_warnings(git, ground))
 
 
 def _undo_branch(git: Git, branch: str, back_to: str) -> None:
@@ -170,7 +170,7 @@ def _init_worktrees(git: Git, ground: Ground, tag: str, n: int, where: str | Pat
             write_device(tree.gitdir, device)
         made.append(Worktree(branch, path, device, fresh))
     _configure(git)
-    return InitResult(branch=made[0].branch, created=any(w.created for w in made), warnings=_data_warnings(ground),
+    return InitResult(branch=made[0].branch, created=any(w.created for w in made), warnings=_data_warnings(git, ground),
                       worktrees=made)
 
 
@@ -228,7 +228,7 @@ def _install_hooks(git: Git) -> None:
                          ExitCode.INTERNAL)
 
 
-def _data_warnings(ground: Ground) -> list[str]:
+def _data_warnings(git: Git, ground: Ground) -> list[str]:
     cache = ground.cache_dir
     val = cache / "data" / f"shard_{ground.data.val_shard:05d}.parquet"
     # prepare.py writes the tokenizer manifest last: its presence means the tokenizer is complete.
@@ -236,8 +236,12 @@ def _data_warnings(ground: Ground) -> list[str]:
     upstream = eval_data.upstream_layout(cache)  # upstream's prepare.py: tokenizer.pkl and token_bytes.pt
     if val.exists() and (manifest.exists() or upstream):
         return []
-    return [f"data is not prepared in {cache}: run `python prepare.py` "
-            "(or `python prepare.py --source DIR` offline) before the first experiment"]
+    prepare = git.blob_at(git.resolve("HEAD"), "prepare.py") or b""
+    if b"--source" in prepare:  # gitar's prepare.py: it can also build the shards offline
+        how = "`python prepare.py` (or `python prepare.py --source DIR` offline)"
+    else:  # upstream's (or a fork's): it downloads, in the repository's own environment
+        how = "prepare.py in the repository's environment (upstream's: `uv run prepare.py`)"
+    return [f"data is not prepared in {cache}: run {how} before the first experiment"]
 
 
 # ---------------------------------------------------------------------------

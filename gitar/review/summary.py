@@ -35,6 +35,7 @@ from gitar.store.refs import NOTES_REF, SUMMARY_REF
 from gitar.text import safe
 
 _DERIVED = "gitar: summary of "  # + the notes commit the summary was derived from
+_NO_RECORDS = "gitar: no records yet"  # the summary before the first record
 _ZERO = "0" * 40
 
 
@@ -76,9 +77,13 @@ def refresh(git: Git) -> None:
 
 def _refresh(git: Git) -> None:
     notes = git.ref_target(NOTES_REF)
-    if notes is None:
-        return
     tip = git.ref_target(SUMMARY_REF)
+    if notes is None:
+        if tip is None:
+            # notes.displayRef names this ref from `gitar init` on, and git warns on every
+            # `git log` while it is missing: until the first record it is an empty notes commit.
+            _write(git, None, None, [], True)
+        return
     derived = _derived_from(git, tip)
     if derived == notes:
         return
@@ -102,10 +107,11 @@ def _refresh(git: Git) -> None:
     _write(git, tip, notes, changes, whole)
 
 
-def _write(git: Git, tip: str | None, notes: str, changes: list[tuple[str, str]], whole: bool) -> None:
-    """One commit on SUMMARY_REF: the changed notes (all of them, from an empty tree, if whole)."""
+def _write(git: Git, tip: str | None, notes: str | None, changes: list[tuple[str, str]], whole: bool) -> None:
+    """One commit on SUMMARY_REF: the changed notes (all of them, from an empty tree, if whole);
+    notes None: no records yet (the next refresh rebuilds it whole)."""
     out = [f"commit {SUMMARY_REF}", f"committer gitar <gitar@localhost> {int(time.time())} +0000"]
-    message = (_DERIVED + notes).encode()
+    message = (_DERIVED + notes if notes is not None else _NO_RECORDS).encode()
     out.append(f"data {len(message)}")
     stream = [("\n".join(out) + "\n").encode(), message, b"\n"]
     if tip is not None:

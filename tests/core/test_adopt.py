@@ -142,7 +142,9 @@ def test_init_commits_gitar_files_on_the_current_branch_then_makes_the_branch(cl
     assert (clone / "prepare.py").read_text() == UPSTREAM_PREPARE
     assert (clone / ".git" / "hooks" / "pre-commit").exists()
     assert (clone / ".git" / "hooks" / "post-commit").exists()
-    assert "data is not prepared in" in proc.stderr  # no cache yet: a hint, not a failure
+    # No cache yet: a hint, not a failure, in the terms of upstream's prepare.py (it has no --source).
+    assert "data is not prepared in" in proc.stderr and "uv run prepare.py" in proc.stderr
+    assert "--source" not in proc.stderr
 
 
 def test_rerun_is_idempotent(clone: Path) -> None:

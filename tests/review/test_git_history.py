@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
+
+import pytest
 
 from gitar.store.refs import SUMMARY_REF
 from testing.history import Built
+from testing.workspace import make_workspace
 
 
 def _ok(proc: subprocess.CompletedProcess[str]) -> str:
@@ -78,3 +82,18 @@ def test_a_new_record_updates_only_its_own_line(review: Built) -> None:
     # Its commit is the only one dated now (the fixture's share one fixed date): git lists it first.
     assert len(lines) == 7 and "deeper: 6 layers" in lines[0] and lines[0].split()[1] == "keep"
     assert sorted(lines[1:]) == sorted(_log_rows(review)[1:])
+
+
+def test_git_log_does_not_warn_before_the_first_record(hermetic: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # init points notes.displayRef at the summary ref; git warns "notes ref ... is invalid" on
+    # every `git log` while that ref does not exist, which it did not until the first record.
+    ws = make_workspace(tmp_path / "ws")
+    monkeypatch.chdir(ws.root)
+    _ok(ws.gitar("init", "t1"))
+    for args in (("log", "-1"), ("show", "--stat", "HEAD"), ("attempts",)):
+        proc = ws.git(*args)
+        assert proc.returncode == 0 and proc.stderr == "", (args, proc.stderr)
+    _ok(ws.gitar("run"))  # the first record: the summary is derived from it as always
+    shown = _ok(ws.git("log", "-1"))
+    assert "Notes (gitar-summary):" in shown and "keep" in shown
