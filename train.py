@@ -4,9 +4,10 @@ model.json beside this file holds the hyperparameters; prepare.py supplies the d
 the time budget and the processor. The agent may change anything here and in model.json. What gitar
 reads is the output: one `step ...` line per optimizer step, and the summary block after `---`.
 
-Usage: python train.py. gitar runs it as `python -m gitar.runtime.launch train.py`, which adds the crash
-record and hands the trained model to gitar's own evaluation; gitar/runtime/ holds the rest of the
-plumbing (seed.py, devices.py, smoke.py), so what is here is the research.
+Usage: python train.py   (GITAR_SEED=N: another seed than 42; GITAR_SMOKE=1: gitar's pre-commit check,
+one CPU step on random tokens). gitar runs it as `python -m gitar.runtime.launch train.py`, which adds
+the crash record and hands the trained model to gitar's own evaluation. The plumbing lives in
+gitar/runtime/ (seed.py, devices.py, smoke.py), so what is here is the research.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from gitar.runtime.crash import TrainingDiverged
 from gitar.runtime.entry import run_main
 from gitar.runtime.seed import read_seed
 
-MODEL_JSON = Path(__file__).with_name("model.json")
+MODEL_JSON = Path(__file__).with_name("model.json")  # beside this file: each commit holds its hyperparameters
 
 # ---------------------------------------------------------------------------
 # Hyperparameters: model.json and its schema (both the agent's: a new key goes in both)
