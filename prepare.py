@@ -25,18 +25,11 @@ from __future__ import annotations
 import argparse
 import base64
 import functools
-import hashlib
-import http.client
 import itertools
 import json
 import math
-import os
-import re
-import shutil
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
 import pyarrow.parquet as pq
 import rustbpe
 import tiktoken
@@ -53,6 +45,9 @@ import torch.nn.functional as F
 
 from gitar.config.schema import Ground, load_ground
 from gitar.errors import GitarError
+from gitar.files import remove_stale_temps, write_durable
+from gitar.runtime.download import download_shards
+from gitar.runtime.ingest import ingest_source
 from gitar.runtime.packing import BestFitPacker, DocBatch, Prefetcher, with_bos
 from gitar.runtime.platform import (
     KERNELS_DIR,
@@ -110,255 +105,27 @@ FA3_DIR = CACHE_DIR / KERNELS_DIR
 # Detected once, at import; cheap: reads device properties, loads no kernel.
 PLATFORM: Platform = detect_platform(GROUND.processor, probe_device(FA3_DIR))
 
+
 # ---------------------------------------------------------------------------
-# Writing files atomically
+# Data: the shards ground.json names, downloaded or built from local files
 # ---------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; directories cannot be opened this way on Windows.
-    if os.name == "posix":
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def download_data() -> None:
+    """Fetch every training shard and the pinned validation shard that is not already here
+    (in parallel, retried, renamed into place only when whole: gitar/runtime/download.py)."""
+    download_shards(GROUND.data.base_url, [*TRAIN_SHARDS, VAL_SHARD], DATA_DIR, TEXT_COLUMN,
+                    GROUND.data.download_retries)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Run write(tmp) on a hidden temp file beside path, fsync it, then rename it into place.
-
-    A crash or a failed write never leaves a partial file under the final name; the temp
-    name ends in .tmp, so it is never taken for a shard either.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _remove_stale_temps() -> None:
-    """Temp files a killed run left behind (a cut download can be hundreds of MB). Assumes one
-    prepare.py per cache at a time, as the atomic renames do."""
-    for directory in (DATA_DIR, TOKENIZER_DIR):
-        if directory.is_dir():
-            for stale in directory.glob(".*.tmp"):
-                stale.unlink(missing_ok=True)
+def prepare_source(source: Path) -> None:
+    """`--source DIR`: the same shards from local .parquet/.txt/.md files, every 10th document
+    held out for validation (gitar/runtime/ingest.py)."""
+    ingest_source(source, DATA_DIR, TRAIN_SHARDS, VAL_SHARD, TEXT_COLUMN)
 
 
 def _not_prepared(where: Path) -> GitarError:
     return GitarError(f"data not prepared in {where}: run `python prepare.py` (or `--source DIR` offline)")
-
-
-# ---------------------------------------------------------------------------
-# Data download: python prepare.py
-# ---------------------------------------------------------------------------
-
-DOWNLOAD_WORKERS = 8  # parallel shard downloads: a few streams fill a typical link, more gain nothing
-DOWNLOAD_TIMEOUT_S = 60.0  # per socket operation: a stalled connection is retried, not waited on
-BACKOFF_S = 1.0  # wait before the 2nd attempt; doubles after each failure (1, 2, 4, 8 s ...)
-BACKOFF_MAX_S = 30.0  # so that many retries never sleep for minutes
-COPY_CHUNK = 1 << 20  # bytes per read while streaming a shard to disk
-
-
-def _check_parquet(path: Path) -> None:
-    """ValueError (worth a retry) unless path is a readable parquet file; GitarError (not
-    worth one) when it is parquet but lacks the text column."""
-    try:
-        names = pq.read_schema(path).names
-    except (pa.ArrowException, OSError) as e:
-        raise ValueError(f"not a readable parquet file ({e})") from None
-    if TEXT_COLUMN not in names:
-        # The server answered with a real file that lacks the column: retrying cannot help.
-        raise GitarError(f"{path.name}: no column {TEXT_COLUMN!r} (has {', '.join(names)}); "
-                         "check data.text_column in ground.json")
-
-
-def _fetch(url: str, tmp: Path) -> None:
-    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as f:
-        expected = response.headers.get("Content-Length")
-        shutil.copyfileobj(response, f, COPY_CHUNK)
-        received = f.tell()
-    if expected is not None and received != int(expected):
-        raise ValueError(f"truncated: received {received} of {expected} bytes")
-    _check_parquet(tmp)
-
-
-def _is_permanent(error: Exception) -> bool:
-    """HTTP client errors other than timeout / rate limit will not change on a retry."""
-    return isinstance(error, urllib.error.HTTPError) and 400 <= error.code < 500 and error.code not in (408, 429)
-
-
-def download_shard(url: str, dest: Path, attempts: int, backoff_s: float) -> None:
-    """Download url to dest atomically: `attempts` tries in all (data.download_retries), waiting
-    backoff_s, 2 x backoff_s, ... between them. Only a complete, readable parquet file is
-    renamed to dest; anything else is deleted."""
-    for attempt in range(1, attempts + 1):
-        try:
-            _atomic_write(dest, lambda tmp: _fetch(url, tmp))
-            return
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            if _is_permanent(e):
-                raise GitarError(f"download of {url} failed: {e}; check data.base_url in ground.json") from None
-            if attempt == attempts:
-                raise GitarError(f"download of {url} failed after {attempts} attempts ({e}); check the "
-                                 "network, or prepare offline with `python prepare.py --source DIR`") from None
-            delay = min(backoff_s * 2 ** (attempt - 1), BACKOFF_MAX_S)
-            print(f"  {dest.name}: attempt {attempt}/{attempts} failed ({e}); retrying in {delay:g}s", file=sys.stderr)
-            time.sleep(delay)
-
-
-def download_data() -> None:
-    """Fetch every training shard and the pinned validation shard that is not already here."""
-    names = [*TRAIN_SHARDS, VAL_SHARD]
-    missing = [name for name in names if not (DATA_DIR / name).is_file()]
-    print(f"data: {len(names) - len(missing)}/{len(names)} shards already in {DATA_DIR}")
-    if not missing:
-        return
-    base = GROUND.data.base_url.rstrip("/")
-
-    def fetch(name: str) -> None:
-        download_shard(f"{base}/{name}", DATA_DIR / name, GROUND.data.download_retries, BACKOFF_S)
-        print(f"  downloaded {name} ({(DATA_DIR / name).stat().st_size / 1e6:.1f} MB)")
-
-    with ThreadPoolExecutor(max_workers=min(DOWNLOAD_WORKERS, len(missing))) as pool:
-        futures = [pool.submit(fetch, name) for name in missing]
-    for future in futures:
-        future.result()  # re-raises the first failure once every download has finished or failed
-
-
-# ---------------------------------------------------------------------------
-# Local sources: python prepare.py --source DIR
-# ---------------------------------------------------------------------------
-
-SOURCE_SUFFIXES = (".parquet", ".txt", ".md")
-# Every 10th document (the 10th, 20th, ...) is held out for validation: deterministic, spread
-# over the whole source, and 10% is plenty for EVAL_TOKENS on small corpora.
-VAL_EVERY = 10
-# A text file is split on blank lines into paragraphs, and consecutive paragraphs are joined
-# into documents of up to 4000 characters (~1000 tokens, half a row). One document per file
-# would waste most of a long file: packing crops a document at the row end and drops the
-# rest. One per paragraph would lose the context between paragraphs.
-TEXT_DOC_CHARS = 4000
-_BLANK_LINE = re.compile(r"\n\s*\n")
-
-
-def _source_files(source: Path) -> list[Path]:
-    files = [p for p in source.rglob("*")
-             if p.suffix.lower() in SOURCE_SUFFIXES and p.is_file()
-             and not any(part.startswith(".") for part in p.relative_to(source).parts)]
-    return sorted(files, key=lambda p: p.relative_to(source).as_posix())
-
-
-def _parquet_documents(path: Path) -> list[str]:
-    try:
-        names = pq.read_schema(path).names
-        if TEXT_COLUMN not in names:
-            raise GitarError(f"--source: {path} has no column {TEXT_COLUMN!r} (has {', '.join(names)}); "
-                             "rename it or set data.text_column in ground.json")
-        texts = pq.read_table(path, columns=[TEXT_COLUMN]).column(0).to_pylist()
-    except (pa.ArrowException, OSError) as e:
-        raise GitarError(f"--source: cannot read {path} as parquet ({e})") from None
-    return [t for t in texts if isinstance(t, str) and t.strip()]
-
-
-def _text_documents(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise GitarError(f"--source: {path} is not UTF-8 text (byte {e.start}); convert it or remove it") from None
-    except OSError as e:
-        raise GitarError(f"--source: cannot read {path} ({e.strerror})") from None
-    docs: list[str] = []
-    current = ""
-    for paragraph in (p.strip() for p in _BLANK_LINE.split(text)):
-        if not paragraph:
-            continue
-        if current and len(current) + 2 + len(paragraph) > TEXT_DOC_CHARS:
-            docs.append(current)
-            current = paragraph
-        else:
-            current = f"{current}\n\n{paragraph}" if current else paragraph
-    return [*docs, current] if current else docs
-
-
-def read_source_documents(source: Path) -> list[str]:
-    """All documents under source, in sorted path order (hidden files and folders skipped)."""
-    if not source.is_dir():
-        raise GitarError(f"--source: {source} is not a directory")
-    data_dir = DATA_DIR.resolve()
-    if data_dir == source.resolve() or source.resolve() in data_dir.parents:
-        raise GitarError(f"--source: {source} contains the cache {DATA_DIR}; point it at the raw files instead")
-    files = _source_files(source)
-    if not files:
-        raise GitarError(f"--source: no {', '.join(SOURCE_SUFFIXES)} files under {source}")
-    # The pinned validation shard among the sources would put validation documents into the
-    # training shards (and make the split overwrite it): an upstream cache's data/ directory, say.
-    held = [f for f in files if f.name == VAL_SHARD]
-    if held:
-        raise GitarError(f"--source: {held[0]} is the pinned validation shard ({VAL_SHARD}); its documents would "
-                         "become training data; point --source at raw files without it")
-    docs: list[str] = []
-    for path in files:
-        docs += _parquet_documents(path) if path.suffix.lower() == ".parquet" else _text_documents(path)
-    return docs
-
-
-def split_documents(docs: Sequence[str], num_train_shards: int) -> tuple[list[list[str]], list[str]]:
-    """(training shards, validation documents): every VAL_EVERY-th document is held out; the
-    rest is cut into num_train_shards contiguous, near-equal shards."""
-    val = [d for i, d in enumerate(docs) if i % VAL_EVERY == VAL_EVERY - 1]
-    train = [d for i, d in enumerate(docs) if i % VAL_EVERY != VAL_EVERY - 1]
-    if not val or len(train) < num_train_shards:
-        raise GitarError(f"--source: too few documents ({len(docs)}): one in {VAL_EVERY} is held out for "
-                         f"validation and each of the {num_train_shards} training shards (data.num_train_shards) "
-                         "needs at least one; add text or lower data.num_train_shards")
-    bounds = [len(train) * i // num_train_shards for i in range(num_train_shards + 1)]
-    return [train[a:b] for a, b in itertools.pairwise(bounds)], val
-
-
-def _digest(texts: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for text in texts:
-        data = text.encode("utf-8")
-        h.update(len(data).to_bytes(8, "little"))  # length-prefixed: ["ab", "c"] != ["a", "bc"]
-        h.update(data)
-    return h.hexdigest()
-
-
-def write_shard(path: Path, texts: Sequence[str]) -> bool:
-    """Write texts as a parquet shard unless path already holds exactly them; True if written.
-
-    The shard records a digest of its documents in the parquet metadata, so a re-run
-    compares footers instead of rewriting (and so does not invalidate the tokenizer).
-    """
-    digest = _digest(texts)
-    if path.is_file():
-        try:
-            metadata = pq.read_schema(path).metadata or {}
-        except (pa.ArrowException, OSError):
-            metadata = {}
-        if metadata.get(b"gitar.sha256") == digest.encode():
-            return False
-    table = pa.table({TEXT_COLUMN: pa.array(texts, type=pa.string())}).replace_schema_metadata({"gitar.sha256": digest})
-    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
-    return True
-
-
-def prepare_source(source: Path) -> None:
-    docs = read_source_documents(source)
-    train, val = split_documents(docs, len(TRAIN_SHARDS))
-    written = sum(write_shard(DATA_DIR / name, texts) for name, texts in zip(TRAIN_SHARDS, train, strict=True))
-    written += write_shard(DATA_DIR / VAL_SHARD, val)
-    print(f"data: {len(docs)} documents from {source}: {len(docs) - len(val)} for training in "
-          f"{len(TRAIN_SHARDS)} shards, {len(val)} held out in {VAL_SHARD}; "
-          f"{written} shards written, {len(TRAIN_SHARDS) + 1 - written} unchanged, in {DATA_DIR}")
 
 
 # ---------------------------------------------------------------------------
@@ -412,8 +179,8 @@ def _wanted_manifest() -> dict[str, Any]:
 def _write_token_bytes(enc: tiktoken.Encoding, manifest: dict[str, Any]) -> None:
     """token_bytes.pt by the configured rule, then the manifest that names it (last, as always)."""
     table = _token_byte_lengths(enc, GROUND.tokenizer.special_tokens, TOKEN_BYTES_RULE)
-    _atomic_write(TOKENIZER_DIR / TOKEN_BYTES_FILE, lambda tmp: torch.save(table, tmp))
-    _atomic_write(TOKENIZER_DIR / MANIFEST_FILE, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8"))
+    write_durable(TOKENIZER_DIR / TOKEN_BYTES_FILE, lambda tmp: torch.save(table, tmp))
+    write_durable(TOKENIZER_DIR / MANIFEST_FILE, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8"))
 
 
 def _row_groups(path: Path) -> Iterator[list[Any]]:
@@ -467,7 +234,7 @@ def _token_byte_lengths(enc: tiktoken.Encoding, special_tokens: Sequence[str], r
 
 def _write_ranks(path: Path, ranks: dict[bytes, int]) -> None:
     lines = (f"{base64.b64encode(token).decode('ascii')} {rank}\n" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
-    _atomic_write(path, lambda tmp: tmp.write_text("".join(lines), encoding="ascii"))
+    write_durable(path, lambda tmp: tmp.write_text("".join(lines), encoding="ascii"))
 
 
 def _read_ranks(path: Path) -> dict[bytes, int]:
@@ -771,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(f"cache: {CACHE_DIR}")
         _refuse_upstream_tokenizer()  # before anything is written
-        _remove_stale_temps()
+        remove_stale_temps(DATA_DIR, TOKENIZER_DIR)  # a killed run's (one prepare.py per cache at a time)
         if args.source is not None:
             prepare_source(args.source.expanduser())
         else:

@@ -1,20 +1,13 @@
 """The agent-owned trainer: a small GPT, the MuonAdamW optimizer and a training loop on a fixed time budget.
 
-Usage: python -m gitar.runtime.launch train.py   (gitar's experiment.command), or python train.py on its own
-(model.json beside this file holds the hyperparameters, prepare.py supplies the data, the evaluation,
-the time budget and the processor settings)
+model.json beside this file holds the hyperparameters; prepare.py supplies the data, the evaluation,
+the time budget and the processor. The agent may change anything here and in model.json. What gitar
+reads is the output: one `step ...` line per optimizer step, and the summary block after `---`.
 
-The agent may change anything here and in model.json. What gitar relies on is the output:
-one `step ...` line per optimizer step while training, and the summary block after `---`.
-
-Environment:
-  GITAR_SEED=<int>        random seed (default 42); printed in the summary
-  GITAR_SMOKE=1           pre-commit check: build this model on the CPU, take one optimizer step on
-                          random tokens, print `smoke: ok ...` and exit, before any data is touched
-
-gitar's launcher (gitar/runtime/launch.py) adds the rest of gitar's contract around this file, as
-around upstream's: the crash record at $GITAR_CRASH_FILE, and with $GITAR_EXPORT_PATH set the final
-evaluate_bpb call saving the model as a torch.export program (val_bpb: nan) that gitar's harness measures.
+Usage: python train.py   (GITAR_SEED=N: another seed than 42; GITAR_SMOKE=1: gitar's pre-commit check,
+one CPU step on random tokens). gitar runs it as `python -m gitar.runtime.launch train.py`, which adds
+the crash record and hands the trained model to gitar's own evaluation. The plumbing lives in
+gitar/runtime/ (seed.py, devices.py, smoke.py), so what is here is the research.
 """
 
 from __future__ import annotations
@@ -41,10 +34,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gitar.config.jsonfile import Section, describe, integer, number, read_json, string
-from gitar.errors import GitarError
-from gitar.runtime.allocator import keep_freed_memory
+from gitar.runtime import devices, smoke
+from gitar.runtime.crash import TrainingDiverged
+from gitar.runtime.entry import run_main
+from gitar.runtime.seed import read_seed
 
-MODEL_JSON = Path(__file__).with_name("model.json")
+MODEL_JSON = Path(__file__).with_name("model.json")  # beside this file: each commit holds its hyperparameters
 
 # ---------------------------------------------------------------------------
 # Hyperparameters: model.json and its schema (both the agent's: a new key goes in both)
@@ -161,31 +156,6 @@ def parse_model(obj: Any, path: Path, ground: Any = None) -> ModelConfig:
 def load_model(path: str | os.PathLike[str] = MODEL_JSON, ground: Any = None) -> ModelConfig:
     p = Path(path).absolute()
     return parse_model(read_json(p), p, ground)
-
-
-# ---------------------------------------------------------------------------
-# The seed, and the ways a run stops early
-# ---------------------------------------------------------------------------
-
-DEFAULT_SEED = 42  # the seed upstream always used, so runs stay comparable with its numbers
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf or exploded: stop at once rather than spend the budget on it."""
-
-
-def read_seed() -> int:
-    raw = os.environ.get("GITAR_SEED", "").strip()
-    if not raw:
-        return DEFAULT_SEED
-    try:
-        seed = int(raw)
-    except ValueError:
-        seed = -1
-    if not 0 <= seed < 2**63:
-        raise GitarError(f"GITAR_SEED: expected a non-negative integer, got {raw!r}; "
-                         f"set e.g. GITAR_SEED={DEFAULT_SEED} or unset it")
-    return seed
 
 
 # ---------------------------------------------------------------------------
@@ -734,43 +704,13 @@ def apply_schedules(optimizer: MuonAdamW, progress: float, step: int, opt: Optim
 
 
 # ---------------------------------------------------------------------------
-# Helpers for the run
+# The run: setup, training loop, evaluation, summary
 # ---------------------------------------------------------------------------
 
 EXCLUDED_STEPS = 10  # steps 0..10 are not timed: compilation and warm-up would eat into the budget
 MAX_LOSS = 100.0  # far above ln(vocab) at initialisation: a loss this high means training has diverged
 LOSS_EMA_BETA = 0.9  # smoothing of the printed training loss (debiased, as upstream)
 GC_EVERY = 5000  # the collector is off during training (pauses of ~0.5 s); collect now and then anyway
-SMOKE_BATCH, SMOKE_SEQ_LEN = 2, 64  # a batch small enough for any model on a laptop CPU
-
-
-def skip_dynamo_import() -> None:
-    """Eager runs: build the optimizer without importing TorchDynamo (~2 s of CPU per process).
-
-    torch.optim.Optimizer's add_param_group, zero_grad, state_dict and load_state_dict are
-    wrapped by torch._disable_dynamo, which imports torch._dynamo on a function's first call
-    only to mark it as never compiled, and caches the marked function on it. Nothing is compiled
-    in an eager run (the smoke step, CPU training), so the function itself is that cache. A torch
-    that wraps these differently is left alone: then the import just happens as before.
-    """
-    for name in ("add_param_group", "zero_grad", "state_dict", "load_state_dict"):
-        fn = getattr(getattr(torch.optim.Optimizer, name, None), "__wrapped__", None)
-        if callable(fn) and getattr(fn, "__dynamo_disable", None) is None:
-            setattr(fn, "__dynamo_disable", fn)
-
-
-def ortho_dtype_for(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs with native bf16 (compute capability ≥ 8.0), float32 on CPUs and Volta/Turing."""
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
-        return torch.bfloat16
-    return torch.float32
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def check_loss(loss: float, step: int) -> None:
@@ -796,40 +736,18 @@ def choose_attention_kernel(platform, fa3_dir: Path | None):
 
 
 def smoke_step(cfg: ModelConfig, vocab_size: int, max_seq_len: int, seed: int) -> None:
-    """GITAR_SMOKE=1: this model and optimizer on the CPU in float32, one step on random tokens.
-
-    Catches shape errors, typos and NaN-producing changes in seconds, without data or a GPU.
-    """
-    torch.manual_seed(seed)
-    keep_freed_memory()
-    skip_dynamo_import()
-    cpu = torch.device("cpu")
-    config = gpt_config(cfg.architecture, vocab_size, max_seq_len, attention="sdpa")
-    model = build_model(config, cpu)
+    """GITAR_SMOKE=1, gitar's pre-commit check: this model and optimizer on the CPU in float32, one
+    step on random tokens (gitar/runtime/smoke.py): shape errors, typos and NaN in seconds."""
+    cpu = smoke.cpu_for_smoke(seed)
+    model = build_model(gpt_config(cfg.architecture, vocab_size, max_seq_len, attention="sdpa"), cpu)
     optimizer = setup_optimizer(model, cfg.optimization)
-    seq_len = min(SMOKE_SEQ_LEN, max_seq_len)
-    x = torch.randint(0, vocab_size, (SMOKE_BATCH, seq_len))
-    y = torch.randint(0, vocab_size, (SMOKE_BATCH, seq_len))
-    loss = model(x, y)
-    check_loss(loss.item(), 0)
-    loss.backward()
-    apply_schedules(optimizer, 0.0, 0, cfg.optimization)
-    optimizer.step()
-    # One sum per tensor: NaN or inf anywhere makes it non-finite, without a mask as large as the model.
-    if not torch.stack([p.detach().float().sum() for p in model.parameters()]).isfinite().all():
-        raise TrainingDiverged("a parameter is NaN/inf after one optimizer step: check the optimizer")
-    num_params = sum(p.numel() for p in model.parameters())
-    print(f"smoke: ok loss={loss.item():.4f} params={num_params / 1e6:.1f}M", flush=True)
-
-
-# ---------------------------------------------------------------------------
-# The run: setup, training loop, evaluation, summary
-# ---------------------------------------------------------------------------
+    smoke.take_smoke_step(model, optimizer, vocab_size, max_seq_len, check_loss=check_loss,
+                          schedule=lambda: apply_schedules(optimizer, 0.0, 0, cfg.optimization))
 
 
 def main() -> None:
     t_start = time.time()
-    seed = read_seed()
+    seed = read_seed()  # $GITAR_SEED, upstream's 42 when unset
     # Imported here, not at the top, so that importing train.py (tests, tools) needs no data or config,
     # and so a bad ground.json is reported like any other startup failure.
     import prepare
@@ -840,26 +758,14 @@ def main() -> None:
     cfg = load_model(MODEL_JSON, ground=GROUND)
     arch, opt = cfg.architecture, cfg.optimization
 
-    if os.environ.get("GITAR_SMOKE") == "1":
+    if smoke.requested():
         smoke_step(cfg, GROUND.tokenizer.vocab_size, MAX_SEQ_LEN, seed)
         return
 
-    # ---- Setup: platform, tokenizer, model, optimizer, data
+    # ---- Setup: processor, tokenizer, model, optimizer, data
     torch.manual_seed(seed)  # seeds the CPU and every CUDA device
-    device = torch.device(PLATFORM.device)
-    print(PLATFORM.describe())
-    for warning in PLATFORM.warnings:
-        print(f"warning: {warning}")
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 for the few float32 matmuls left
-    if device.type == "cpu":
-        keep_freed_memory()
-    low_precision = PLATFORM.torch_dtype != torch.float32
-    autocast_ctx = (torch.autocast(device_type=device.type, dtype=PLATFORM.torch_dtype) if low_precision
-                    else contextlib.nullcontext())
-    # Embeddings stored in bf16 where bf16 is the compute dtype; fp16 ones would overflow, and the
-    # GradScaler refuses to unscale fp16 gradients, so on fp16 machines they stay float32.
-    embedding_dtype = torch.bfloat16 if PLATFORM.torch_dtype == torch.bfloat16 else torch.float32
+    # The device, autocast, the fp16 GradScaler, the embeddings' dtype, compile or not (gitar/runtime/devices.py).
+    proc = devices.set_up(PLATFORM)
 
     tokenizer = Tokenizer.from_directory()
     vocab_size = tokenizer.get_vocab_size()
@@ -870,7 +776,7 @@ def main() -> None:
 
     config = gpt_config(arch, vocab_size, MAX_SEQ_LEN, backend)
     print(f"Model config: {asdict(config)}")
-    model = build_model(config, device, embedding_dtype, flash_attn_func)
+    model = build_model(config, proc.device, proc.embedding_dtype, flash_attn_func)
     param_counts = model.num_scaling_params()
     print("Parameter counts:")
     for key, value in param_counts.items():
@@ -882,14 +788,9 @@ def main() -> None:
     tokens_per_fwdbwd = opt.device_batch_size * MAX_SEQ_LEN
     grad_accum_steps = opt.total_batch_size // tokens_per_fwdbwd  # load_model checked it divides
 
-    # torch.compile pays off on CUDA (Triton kernels); on a CPU it only adds minutes of start-up.
-    use_compile = PLATFORM.compile and device.type == "cuda"
-    if not use_compile:
-        skip_dynamo_import()
-    optimizer = setup_optimizer(model, opt, compile=use_compile, ortho_dtype=ortho_dtype_for(device),
-                                fp32_state=PLATFORM.fp32_optimizer_state)
-    scaler = torch.amp.GradScaler(device.type) if PLATFORM.use_grad_scaler else None
-    if use_compile:
+    optimizer = setup_optimizer(model, opt, compile=proc.compile, ortho_dtype=proc.ortho_dtype,
+                                fp32_state=proc.fp32_state)
+    if proc.compile:
         model = torch.compile(model, dynamic=False)
 
     train_loader = make_dataloader(tokenizer, opt.device_batch_size, MAX_SEQ_LEN, "train")
@@ -905,30 +806,25 @@ def main() -> None:
     total_training_time = 0.0
     step = 0
     while True:
-        synchronize(device)
+        proc.synchronize()  # a step's time is its kernels' time, not the time to queue them
         t0 = time.time()
         for _ in range(grad_accum_steps):
-            with autocast_ctx:
+            with proc.autocast:
                 loss = model(x, y)
             train_loss = loss.detach()
             loss = loss / grad_accum_steps
-            (scaler.scale(loss) if scaler else loss).backward()
+            proc.backward(loss)  # scaled first on fp16 machines
             x, y, epoch = next(train_loader)
 
         progress = min(total_training_time / TIME_BUDGET, 1.0)
         lrm = apply_schedules(optimizer, progress, step, opt)
-        if scaler:
-            scaler.unscale_(optimizer)  # the optimizer must see true gradients
-            scaler.step(optimizer)  # skipped when a gradient is inf/NaN; the scale then shrinks
-            scaler.update()
-        else:
-            optimizer.step()
+        proc.step(optimizer)  # on fp16 machines unscaled first, and skipped if a gradient is inf/NaN
         model.zero_grad(set_to_none=True)
 
         train_loss_f = train_loss.item()
         check_loss(train_loss_f, step)  # fast fail: a diverged run stops now, not after the budget
 
-        synchronize(device)
+        proc.synchronize()
         dt = time.time() - t0
         if step > EXCLUDED_STEPS:
             total_training_time += dt
@@ -960,7 +856,7 @@ def main() -> None:
     # exports the model instead and returns nan: gitar's harness measures it, the validation shard
     # is not even visible in the sandbox.
     model.eval()
-    with autocast_ctx, torch.no_grad():
+    with proc.autocast, torch.no_grad():
         val_bpb = evaluate_bpb(model, tokenizer, cfg.evaluation.batch_size)
     exported = math.isnan(val_bpb)
 
@@ -974,7 +870,7 @@ def main() -> None:
     steady_state_mfu = (100 * num_flops_per_token * opt.total_batch_size * timed_steps / total_training_time
                         / PLATFORM.peak_flops if PLATFORM.peak_flops and total_training_time > 0 else 0.0)
     # Peak GPU memory held by tensors; there is no VRAM to report on a CPU (or MPS) run.
-    peak_vram_mb = torch.cuda.max_memory_allocated(device) / 1024 / 1024 if device.type == "cuda" else 0.0
+    peak_vram_mb = torch.cuda.max_memory_allocated(proc.device) / 1024 / 1024 if proc.device.type == "cuda" else 0.0
     print("---")
     if not exported:  # the harness's number is the only one of an exported run (upstream's prints nan here)
         print(f"val_bpb: {val_bpb:.6f}")
@@ -994,4 +890,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # a bad model.json or $GITAR_SEED: one line and exit 2, by hand as under gitar

@@ -20,6 +20,13 @@ CRASH_TRACEBACK_LINES = 20  # the end of a traceback names the failing line; the
 CRASH_MESSAGE_CHARS = 2000  # torch error messages can run to pages; the first part says what went wrong
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or exploded: stop at once rather than spend the budget on it.
+
+    The crash record names it by type, so gitar's notebook says the run diverged, not just failed.
+    """
+
+
 def crash_record(exc: BaseException, phase: str, step: int | None = None) -> dict[str, object]:
     lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()
     message = exc.message if isinstance(exc, GitarError) else str(exc)

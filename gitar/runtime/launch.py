@@ -37,6 +37,7 @@ from typing import Any
 from gitar import shared
 from gitar.errors import GitarError
 from gitar.runtime.crash import write_crash_record
+from gitar.runtime.entry import mark_launched
 
 # Two steps: the first proves forward, backward and the optimizer run; the second that the state the
 # first step left (optimizer buffers, updated weights) still runs. More would only spend the
@@ -186,6 +187,7 @@ def launch(script: Path, args: Sequence[str]) -> int:
     export = os.environ.get(shared.EXPORT_PATH)
     sys.argv = [str(script), *args]
     sys.path[0] = str(script.parent)
+    mark_launched()  # gitar's train.py leaves its GitarErrors to this function (gitar/runtime/entry.py)
     try:
         _count_steps(state, smoke)
         if export and not smoke:

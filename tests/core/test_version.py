@@ -25,3 +25,21 @@ def test_the_code_hash_changes_with_the_evaluator_s_code_and_is_stable_otherwise
     changed = version.code_sha256()
     assert changed != same
     version.code_sha256.cache_clear()
+
+
+@pytest.mark.parametrize("moved", ["runtime/ingest.py", "runtime/download.py", "files.py", "runtime/devices.py",
+                                   "runtime/smoke.py", "runtime/seed.py"])
+def test_the_code_hash_covers_what_prepare_py_and_train_py_moved_into_the_package(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moved: str) -> None:
+    """The --source split (which documents are validation), the downloads, the seed and the device set-up
+    were prepare.py's and train.py's, covered by the harness hash and the commit; now they are gitar's."""
+    copy = tmp_path / "gitar"
+    shutil.copytree(Path(gitar.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(gitar, "__file__", str(copy / "__init__.py"))
+    version.code_sha256.cache_clear()
+    before = version.code_sha256()
+    module = copy / moved
+    module.write_text(module.read_text() + "\n# one more line\n")
+    version.code_sha256.cache_clear()
+    assert version.code_sha256() != before
+    version.code_sha256.cache_clear()

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from gitar.config.schema import ProcessorConfig
 from gitar.loop import evaluator
-from gitar.runtime import allocator
+from gitar.runtime import allocator, devices, smoke
+from gitar.runtime.platform import detect_platform, probe_device
 from testing.hermetic import REPO_ROOT
 
 # A child frees a 256 MB tensor and says how much of it is still resident: glibc hands a block
@@ -55,7 +57,17 @@ def test_the_evaluator_tunes_the_allocator_before_it_evaluates(monkeypatch: pyte
     assert calls == ["tuned", "evaluated"]
 
 
-def test_train_py_uses_the_same_tuning() -> None:
+def test_train_py_uses_the_same_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.py sets its process up through gitar/runtime: devices.py for training, smoke.py for the
+    smoke step; a CPU run of either tunes the allocator."""
     import train
 
-    assert train.keep_freed_memory is allocator.keep_freed_memory
+    assert train.devices is devices and train.smoke is smoke
+    assert devices.keep_freed_memory is allocator.keep_freed_memory is smoke.keep_freed_memory
+    calls: list[str] = []
+    monkeypatch.setattr(devices, "keep_freed_memory", lambda: bool(calls.append("training")))
+    monkeypatch.setattr(smoke, "keep_freed_memory", lambda: bool(calls.append("smoke")))
+    cpu = detect_platform(ProcessorConfig("cpu", "auto", "auto", None, None), probe_device())
+    devices.set_up(cpu)
+    smoke.cpu_for_smoke(0)
+    assert calls == ["training", "smoke"]

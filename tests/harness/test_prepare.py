@@ -23,6 +23,8 @@ import torch
 
 from gitar.demo import corpus
 from gitar.errors import GitarError
+from gitar.runtime import download, ingest
+from gitar.runtime.download import download_shard
 from gitar.runtime.platform import detect_platform, probe_device
 from testing.packing import reference_rows
 from testing.prepared import clean_env, import_prepare, run_prepare
@@ -505,15 +507,15 @@ def test_source_text_files_become_shards(workspace_factory: Callable[..., Path],
     assert prepare.Tokenizer.from_directory().decode(prepare.Tokenizer.from_directory().encode("ok")) == "ok"
 
 
-def test_text_files_split_on_blank_lines_and_group_paragraphs(prepare_module: ModuleType, tmp_path: Path) -> None:
+def test_text_files_split_on_blank_lines_and_group_paragraphs(tmp_path: Path) -> None:
     short = flat_paragraphs(12, 900, 999)  # four fit in 4000 characters with their separators
     path = tmp_path / "book.txt"
     path.write_text("\n \n".join(short[:6]) + "\n\n\n\t\n" + "\n\n".join(short[6:]), encoding="utf-8")
-    docs = prepare_module._text_documents(path)
+    docs = ingest.text_documents(path)
     assert docs == ["\n\n".join(short[i : i + 4]) for i in (0, 4, 8)]
     long = flat_paragraphs(1, 6000, 6000)[0]
     path.write_text(f"{short[0]}\n\n{long}\n\n{short[1]}", encoding="utf-8")
-    assert prepare_module._text_documents(path) == [short[0], long, short[1]]  # a long paragraph stays whole
+    assert ingest.text_documents(path) == [short[0], long, short[1]]  # a long paragraph stays whole
 
 
 def test_source_parquet_files_become_shards(workspace_factory: Callable[..., Path], tmp_path: Path) -> None:
@@ -700,39 +702,39 @@ def shard_body() -> bytes:
     return parquet_bytes({"text": corpus.collect_documents(200)})
 
 
-def test_download_retries_until_the_shard_arrives_whole(prepare_module: ModuleType, server: ShardServer,
+def test_download_retries_until_the_shard_arrives_whole(server: ShardServer,
                                                         shard_body: bytes, tmp_path: Path) -> None:
     server.files["shard_00000.parquet"] = shard_body
     server.faults["shard_00000.parquet"] = ["500", "truncate", "html"]
     dest = tmp_path / "data" / "shard_00000.parquet"
-    prepare_module.download_shard(f"{server.url}/shard_00000.parquet", dest, attempts=4, backoff_s=0)
+    download_shard(f"{server.url}/shard_00000.parquet", dest, "text", attempts=4, backoff_s=0)
     assert dest.read_bytes() == shard_body
     assert server.requests["shard_00000.parquet"] == 4
     assert [p.name for p in dest.parent.iterdir()] == [dest.name]  # no temp file left
 
 
 @pytest.mark.parametrize("fault", ["truncate", "html", "500"])
-def test_failed_download_never_leaves_a_shard(prepare_module: ModuleType, server: ShardServer, shard_body: bytes,
+def test_failed_download_never_leaves_a_shard(server: ShardServer, shard_body: bytes,
                                               tmp_path: Path, fault: str) -> None:
     server.files["shard_00000.parquet"] = shard_body
     server.faults["shard_00000.parquet"] = [fault] * 3
     dest = tmp_path / "data" / "shard_00000.parquet"
     with pytest.raises(GitarError, match=r"failed after 3 attempts .*--source DIR"):
-        prepare_module.download_shard(f"{server.url}/shard_00000.parquet", dest, attempts=3, backoff_s=0)
+        download_shard(f"{server.url}/shard_00000.parquet", dest, "text", attempts=3, backoff_s=0)
     assert server.requests["shard_00000.parquet"] == 3
     assert list(dest.parent.iterdir()) == []
 
 
-def test_missing_file_is_not_retried(prepare_module: ModuleType, server: ShardServer, tmp_path: Path) -> None:
+def test_missing_file_is_not_retried(server: ShardServer, tmp_path: Path) -> None:
     with pytest.raises(GitarError, match=r"HTTP Error 404.*check data\.base_url"):
-        prepare_module.download_shard(f"{server.url}/shard_00009.parquet", tmp_path / "s.parquet", 5, 0)
+        download_shard(f"{server.url}/shard_00009.parquet", tmp_path / "s.parquet", "text", 5, 0)
     assert server.requests["shard_00009.parquet"] == 1
 
 
-def test_wrong_column_is_not_retried(prepare_module: ModuleType, server: ShardServer, tmp_path: Path) -> None:
+def test_wrong_column_is_not_retried(server: ShardServer, tmp_path: Path) -> None:
     server.files["shard_00000.parquet"] = parquet_bytes({"content": ["a", "b"]})
     with pytest.raises(GitarError, match=r"no column 'text' .*data\.text_column"):
-        prepare_module.download_shard(f"{server.url}/shard_00000.parquet", tmp_path / "s.parquet", 5, 0)
+        download_shard(f"{server.url}/shard_00000.parquet", tmp_path / "s.parquet", "text", 5, 0)
     assert server.requests["shard_00000.parquet"] == 1
     assert list(tmp_path.iterdir()) == []
 
@@ -746,7 +748,7 @@ def test_prepare_downloads_every_shard_once(workspace_factory: Callable[..., Pat
     server.faults["shard_00001.parquet"] = ["truncate"]
     server.files["shard_00002.parquet"] = server.files["shard_00000.parquet"]  # beyond num_train_shards
     prepare = import_prepare(workspace_factory(data={"base_url": server.url + "/", "download_retries": 2}))
-    monkeypatch.setattr(prepare, "BACKOFF_S", 0.0)
+    monkeypatch.setattr(download, "BACKOFF_S", 0.0)
     assert prepare.main([]) == 0
     assert sorted(p.name for p in prepare.DATA_DIR.iterdir()) == names
     assert all((prepare.DATA_DIR / n).read_bytes() == server.files[n] for n in names)
@@ -760,7 +762,7 @@ def test_prepare_downloads_every_shard_once(workspace_factory: Callable[..., Pat
 def test_prepare_reports_a_failed_download(workspace_factory: Callable[..., Path], server: ShardServer,
                                           monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     prepare = import_prepare(workspace_factory(data={"base_url": server.url, "download_retries": 2}))
-    monkeypatch.setattr(prepare, "BACKOFF_S", 0.0)
+    monkeypatch.setattr(download, "BACKOFF_S", 0.0)
     assert prepare.main([]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "check data.base_url" in err[-1]

@@ -623,6 +623,25 @@ def test_invalid_model_json_is_one_line_and_exit_2(tmp_path):
     assert read_crash(crash)["type"] == "GitarError"
 
 
+@pytest.mark.parametrize("bad", ["model.json", "seed"])
+def test_python_train_py_by_hand_refuses_bad_input_in_one_line_too(tmp_path, bad):
+    """Without gitar's launcher (`python train.py`, as upstream is run): the same line and exit 2."""
+    ws = script_workspace(tmp_path / "ws", preset=True)
+    extra = {"GITAR_SMOKE": "1"}
+    if bad == "seed":
+        extra["GITAR_SEED"] = "forty-two"
+    else:
+        obj = cpu_model()
+        obj["architecture"]["depth"] = "eight"
+        (ws / "model.json").write_text(json.dumps(obj))
+    result = subprocess.run([sys.executable, "train.py"], cwd=ws, env=script_env(ws, **extra),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    want = ('model.json: architecture.depth: expected an integer, got "eight" (a string)' if bad == "model.json"
+            else "GITAR_SEED: expected a non-negative integer, got 'forty-two'; set e.g. GITAR_SEED=42 or unset it")
+    assert result.stderr.strip() == want
+
+
 def test_bad_seed_is_one_line_and_exit_2(tmp_path):
     ws = script_workspace(tmp_path / "ws", preset=True)
     result = run_script(ws, GITAR_SMOKE="1", GITAR_SEED="forty-two")

@@ -50,7 +50,7 @@ def test_a_try_evaluates_once_in_the_harness_and_never_in_the_trainer(measured: 
     """One evaluation per experiment: train.py exports instead of evaluating when gitar asks for the
     export, so the only evaluation is the harness's, in its own process after the trainer's."""
     ws = measured.ws
-    edit_train(ws, ("DEFAULT_SEED = 42  #", "DEFAULT_SEED = 42  # (a comment: the same model, another commit)"))
+    edit_train(ws, ("SOFTCAP = 15.0  #", "SOFTCAP = 15.0  # (a comment: the same model, another commit)"))
     rec = try_json(ws, "a comment: the same model")
     assert rec["status"] in ("keep", "discard") and rec["val_bpb_source"] == "harness", rec
     assert "reported_val_bpb" not in rec
