@@ -43,9 +43,7 @@ import tiktoken
 import torch
 import torch.nn.functional as F
 
-from gitar.config.schema import Ground, load_ground
-from gitar.errors import GitarError
-from gitar.files import remove_stale_temps, write_durable
+from gitar.runtime.contract import GitarError, Ground, load_ground, remove_stale_temps, write_durable
 from gitar.runtime.download import download_shards
 from gitar.runtime.ingest import ingest_source
 from gitar.runtime.packing import BestFitPacker, DocBatch, Prefetcher, with_bos

@@ -33,8 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gitar.config.jsonfile import Section, describe, integer, number, read_json, string
 from gitar.runtime import devices, smoke
+from gitar.runtime.contract import Section, describe, integer, number, read_json, string
 from gitar.runtime.crash import TrainingDiverged
 from gitar.runtime.entry import run_main
 from gitar.runtime.seed import read_seed

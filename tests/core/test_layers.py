@@ -146,3 +146,14 @@ def test_readme_layout_matches_the_tree() -> None:
     cli_and_commands = {n for n in actual if n.startswith(("cli/", "commands/")) and n.endswith(".py")}
     assert actual - named - cli_and_commands == set(), "in the tree but not in README's layout"
     assert named - actual == set(), "in README's layout but not in the tree"
+
+
+def test_the_research_files_import_only_the_runtime() -> None:
+    # train.py and prepare.py are copied into every workspace and pinned there: what of gitar they
+    # use is one folder (gitar/runtime/, contract.py naming the few lower-layer names), so the
+    # rest of the package can change without breaking a committed trainer or harness.
+    for name in ("train.py", "prepare.py"):
+        used = imports_of(name.removesuffix(".py"), REPO_ROOT / name)
+        assert used, f"{name} imports nothing of gitar: the check reads the wrong file"
+        outside = sorted(m for m in used if layer_of(m) != "runtime")
+        assert not outside, f"{name} imports {outside}; import them through gitar.runtime (contract.py)"
