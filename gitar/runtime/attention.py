@@ -30,11 +30,14 @@ import torch
 import torch.nn.functional as F
 
 # Query rows per SDPA call of a windowed attention. Every block also reads the BLOCK_Q - 1 keys its
-# first row cannot see, so a window of W costs (W + BLOCK_Q) / (W + 1) of the exact band: 1.125 at
-# the shipped model's W = 1024. 128 is the query tile of the GPU kernels (whole tiles, no ragged
-# launch), and T / 128 = 16 calls per windowed layer at T = 2048 keeps the exported graph small.
-BLOCK_Q = 128
-# At least this many blocks on short sequences (BLOCK_Q would be the whole of T below 512): no
+# first row cannot see, so a window of W costs (W + BLOCK_Q) / (W + 1) of the exact band: 1.25 at
+# the shipped model's W = 1024 (62 % of the dense square at T = 2048), in T / 256 = 8 calls per
+# windowed layer, which keeps the exported graph small. Smaller blocks waste fewer scores but run
+# worse: on the CPU, SDPA tiles a query shorter than 192 rows in 32-row pieces (128-row blocks
+# measured no faster than 256 at T = 2048, W = 1024, and slower on two busy threads; 512 slower
+# still, benchmarks/bench_attention.py); on a GPU 256 rows are whole query tiles of its kernels.
+BLOCK_Q = 256
+# At least this many blocks on short sequences (below 4 × BLOCK_Q tokens, blocks of T / 4): no
 # block's mask spans the sequence, and the band still saves most of the square.
 MIN_BLOCKS = 4
 

@@ -56,7 +56,7 @@ def sdpa_masks(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("T", [50, 301, 600])  # 50, 301: blocks of ceil(T / 4); 600: 128-row blocks, the last partial
+@pytest.mark.parametrize("T", [50, 301, 1100])  # 50, 301: blocks of ceil(T / 4), 301 with a short last one; 1100: BLOCK_Q-row blocks, the last partial
 @pytest.mark.parametrize("window", [0, 1, "half", "T-1", "T", "huge", -1])
 def test_causal_windows_equal_the_dense_reference(T, window, sdpa_masks):
     left = {"half": T // 2, "T-1": T - 1, "T": T, "huge": 10 * T}.get(window, window)
