@@ -56,7 +56,8 @@ def portable_attention() -> Iterator[None]:
 
 
 def is_portable() -> bool:
-    return _portable[0] > 0 or torch.compiler.is_exporting()
+    exporting = getattr(torch.compiler, "is_exporting", None)  # newer than some torch a workspace may pin
+    return _portable[0] > 0 or (exporting is not None and bool(exporting()))
 
 
 def _limits(t_q: int, t_k: int, causal: bool, window_size: tuple[int, int]) -> tuple[int | None, int | None]:
