@@ -31,11 +31,12 @@ import torch.nn.functional as F
 
 # Query rows per SDPA call of a windowed attention. Every block also reads the BLOCK_Q - 1 keys its
 # first row cannot see, so a window of W costs (W + BLOCK_Q) / (W + 1) of the exact band: 1.25 at
-# the shipped model's W = 1024 (62 % of the dense square at T = 2048), in T / 256 = 8 calls per
+# the shipped model's W = 1024 (47 % of the dense square at T = 2048), in T / 256 = 8 calls per
 # windowed layer, which keeps the exported graph small. Smaller blocks waste fewer scores but run
 # worse: on the CPU, SDPA tiles a query shorter than 192 rows in 32-row pieces (128-row blocks
 # measured no faster than 256 at T = 2048, W = 1024, and slower on two busy threads; 512 slower
-# still, benchmarks/bench_attention.py); on a GPU 256 rows are whole query tiles of its kernels.
+# still, benchmarks/bench_attention.py); on a GPU 256 rows are whole query tiles of its kernels
+# (not timed on one yet: benchmarks/gpu_check.py's `export attention` row does).
 BLOCK_Q = 256
 # At least this many blocks on short sequences (below 4 × BLOCK_Q tokens, blocks of T / 4): no
 # block's mask spans the sequence, and the band still saves most of the square.
