@@ -18,10 +18,7 @@ import os
 # from training's. Set before torch initialises CUDA; an explicit setting from the caller wins.
 os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
 
-import contextlib
-import functools
 import gc
-import importlib.util
 import math
 import re
 import time
@@ -34,6 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gitar.runtime import devices, smoke
+from gitar.runtime.attention import attention as run_attention
+from gitar.runtime.attention import choose_attention_kernel
 from gitar.runtime.contract import Section, describe, integer, number, read_json, string
 from gitar.runtime.crash import TrainingDiverged
 from gitar.runtime.entry import run_main
@@ -173,7 +172,7 @@ class GPTConfig:
     n_embd: int
     window_pattern: str  # S = half the context, L = the full context; repeated over the layers
     # "fa3" (FlashAttention 3, CUDA sm80+), "flex" (FlexAttention, compiled: any CUDA GPU with Triton)
-    # or "sdpa" (scaled_dot_product_attention with a dense mask: anywhere, meant for CPU and MPS)
+    # or "sdpa" (scaled_dot_product_attention on the window's blocks: anywhere, meant for CPU and MPS)
     attention: str = "sdpa"
 
 
@@ -220,71 +219,12 @@ def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
-def sliding_window_mask(seq_len: int, window: int, device: torch.device) -> torch.Tensor:
-    """Boolean [T, T] mask, True where query i may attend key j: i - window <= j <= i (FA3's (window, 0))."""
-    i = torch.arange(seq_len, device=device)[:, None]
-    j = torch.arange(seq_len, device=device)[None, :]
-    return (j <= i) & (j >= i - window)
-
-
-# Eager runs build each mask once. Compiled ones build it inside the graph, where it is a constant
-# (shapes are static); torch.compile does not trace through lru_cache and warns about it.
-cached_sliding_window_mask = functools.lru_cache(maxsize=32)(sliding_window_mask)
-
-
-def sliding_window_block_mask(seq_len: int, window: int, device: torch.device):
-    """FlexAttention's block mask for i - window <= j <= i: blocks wholly outside the window are
-    skipped, so a short-window layer costs what its window holds, not [T, T]."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    def sliding_window(b, h, q_idx, kv_idx):
-        return (kv_idx <= q_idx) & (q_idx - kv_idx <= window)
-
-    return create_block_mask(sliding_window, None, None, seq_len, seq_len, device=device)
-
-
-cached_sliding_window_block_mask = functools.lru_cache(maxsize=32)(sliding_window_block_mask)
-_COMPILED_FLEX: list = []  # torch.compile(flex_attention), made on first use on a GPU
-
-
-def flex_attention_kernel(device: torch.device):
-    """flex_attention as it should run here. Eager it computes the full score matrix (slow, fine
-    for a CPU test); on a GPU it must be compiled into its Triton kernel: inside a compiled model
-    the model's compilation does that, outside it a compiled flex_attention of its own."""
-    from torch.nn.attention.flex_attention import flex_attention
-    if device.type != "cuda" or torch.compiler.is_compiling():
-        return flex_attention
-    if not _COMPILED_FLEX:
-        _COMPILED_FLEX.append(torch.compile(flex_attention, dynamic=False))
-    return _COMPILED_FLEX[0]
-
-
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, backend: str,
               flash_attn_func=None) -> torch.Tensor:
-    """Causal attention with a sliding window. q: [B, T, H, D]; k, v: [B, T, Hkv, D]; returns [B, T, H, D]."""
-    if backend == "fa3":
-        y = flash_attn_func(q, k, v, causal=True, window_size=(window, 0))
-        # Some FA3 builds return (out, softmax_lse), others just out.
-        return y[0] if isinstance(y, tuple) else y
-    seq_len = q.size(1)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # SDPA and flex want [B, H, T, D]
-    if backend == "flex" and window < seq_len - 1:
-        # Built in the graph when compiling (a constant of the static shapes), once otherwise.
-        make_mask = sliding_window_block_mask if torch.compiler.is_compiling() else cached_sliding_window_block_mask
-        flex = flex_attention_kernel(q.device)
-        y = flex(q, k, v, block_mask=make_mask(seq_len, window, q.device), enable_gqa=k.size(1) != q.size(1))
-        return y.transpose(1, 2)
-    if k.size(1) != q.size(1):
-        # Expanded kv heads work with every SDPA kernel and mask; enable_gqa is not supported by all of them.
-        groups = q.size(1) // k.size(1)
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    if window >= seq_len - 1:
-        # The window covers T: the fused causal kernel (FlashAttention 2 on a GPU), no mask, for flex too.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    else:
-        make_mask = sliding_window_mask if torch.compiler.is_compiling() else cached_sliding_window_mask
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=make_mask(seq_len, window, q.device))
-    return y.transpose(1, 2)
+    """Causal attention with a sliding window: query i sees keys i - window ... i, FA3's window
+    (window, 0). q: [B, T, H, D]; k, v: [B, T, Hkv, D]; returns [B, T, H, D]. The backend's kernel
+    runs it (gitar/runtime/attention.py); the export for the harness, the same masking in aten ops."""
+    return run_attention(q, k, v, window_size=(window, 0), backend=backend, flash_attn_func=flash_attn_func)
 
 
 class CausalSelfAttention(nn.Module):
@@ -461,22 +401,6 @@ def build_model(config: GPTConfig, device: torch.device, embedding_dtype: torch.
         model.to_empty(device=device)
     model.init_weights(embedding_dtype)  # writes every tensor
     return model
-
-
-@contextlib.contextmanager
-def sdpa_attention(model: nn.Module):
-    """Every attention layer on the SDPA path for a while: the same causal sliding-window attention
-    as FA3, built from operators that any PyTorch can load (FA3's kernel is not one of them). gitar's launcher
-    (gitar/runtime/launch.py) exports the model under it for the harness evaluation."""
-    layers = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
-    saved = [m.backend for m in layers]
-    try:
-        for m in layers:
-            m.backend = "sdpa"
-        yield
-    finally:
-        for m, backend in zip(layers, saved, strict=True):
-            m.backend = backend
 
 
 # ---------------------------------------------------------------------------
@@ -717,22 +641,6 @@ def check_loss(loss: float, step: int) -> None:
     if not math.isfinite(loss) or loss > MAX_LOSS:
         raise TrainingDiverged(f"training loss is {loss} at step {step} (limit {MAX_LOSS:g}): the run diverged; "
                                "lower the learning rates in model.json or fix the model")
-
-
-def choose_attention_kernel(platform, fa3_dir: Path | None):
-    """(backend, flash_attn_func) for this run: the platform's choice, with FA3 loaded (offline,
-    from an installed build or the kernels cache prepare.py filled). An FA3 that will not load
-    falls back to FlexAttention (sdpa's dense mask only without Triton), in one loud line."""
-    if platform.attention != "fa3":
-        return platform.attention, None
-    from gitar.runtime.platform import load_flash_attention_3
-    fa3 = load_flash_attention_3(platform.capability, fa3_dir)
-    if fa3 is not None:
-        return "fa3", fa3.flash_attn_func
-    fallback = "flex" if importlib.util.find_spec("triton") is not None else "sdpa"
-    print(f"warning: FALLBACK: FlashAttention 3 was chosen but could not be loaded; attention runs {fallback} "
-          "instead (numbers differ slightly from upstream's FA3; rerun `python prepare.py` to fetch FA3)", flush=True)
-    return fallback, None
 
 
 def smoke_step(cfg: ModelConfig, vocab_size: int, max_seq_len: int, seed: int) -> None:

@@ -10,7 +10,9 @@ Offline (the embedded corpus, prepared with `prepare.py --source`), in a scratch
    model.json, torch.compile where the platform uses it) with train.py run directly, which
    evaluates in-process: tokens/s of the timed steps and MFU against the table's peak, beside
    upstream's 39.8 % on an H100;
-3. the default backend through gitar itself (`gitar init`, `gitar run`): training in the
+3. the export's attention alone: its sliding-window layer in blocks of queries (what the harness
+   evaluation runs) beside the dense [T, T] mask it replaced and full causal attention, CUDA only;
+4. the default backend through gitar itself (`gitar init`, `gitar run`): training in the
    sandbox, the torch.export of the model and the harness evaluation in a sandbox of its own,
    with the record's timings.
 It prints one table and exits 1 if anything that should have run failed. On a machine
@@ -158,6 +160,58 @@ def render(rows: Sequence[Row], title: str) -> str:
 
 
 # ---------------------------------------------------------------------------
+# The export's attention on the GPU (gitar/runtime/attention.py)
+# ---------------------------------------------------------------------------
+
+ATTENTION_REPEATS = 20  # timed calls per variant, after a warm-up call each
+
+
+def cuda_ms(fn: Any, repeats: int = ATTENTION_REPEATS) -> float:
+    """Median milliseconds of fn() by CUDA events, after one untimed call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def export_attention_row(probe: Any) -> Row:
+    """The harness evaluation's short-window layer as the export runs it (blocks of queries, the
+    fused kernels SDPA picks for them) beside the dense [T, T] mask it replaced and, as the floor,
+    full causal attention (what an L layer costs): the shipped model's heads at its eval shape."""
+    if not probe.cuda:
+        return Row("export attention", "skipped", note="needs CUDA")
+    from benchmarks.bench_attention import dense_attention
+    from gitar.runtime.attention import sliding_window_attention
+
+    model = read_json_object(ROOT / "model.json")["architecture"]
+    seq_len = int(read_json_object(ROOT / "ground.json")["training"]["max_seq_len"])
+    head_dim = int(model["head_dim"])
+    heads = -(-int(model["depth"]) * int(model["aspect_ratio"]) // head_dim)
+    batch, left = 32, seq_len // 2
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(batch, seq_len, heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
+               for _ in range(3))
+    t0 = time.time()
+    with torch.no_grad():
+        blocks = sliding_window_attention(q, k, v, causal=True, window_size=(left, 0))
+        dense = dense_attention(q, k, v, causal=True, window_size=(left, 0))
+        diff = (blocks.float() - dense.float()).abs().max().item()
+        ms = {"blocks": cuda_ms(lambda: sliding_window_attention(q, k, v, causal=True, window_size=(left, 0))),
+              "dense": cuda_ms(lambda: dense_attention(q, k, v, causal=True, window_size=(left, 0))),
+              "causal": cuda_ms(lambda: sliding_window_attention(q, k, v, causal=True))}
+    note = (f"B={batch} T={seq_len} H={heads} D={head_dim} window ({left}, 0) bf16 fwd: blocks {ms['blocks']:.2f} ms, "
+            f"dense mask {ms['dense']:.2f} ms ({ms['dense'] / ms['blocks']:.2f}x), full causal {ms['causal']:.2f} ms; "
+            f"max |diff| {diff:.1e}")
+    return Row("export attention", "ok" if diff < 5e-2 else "FAILED", seconds=time.time() - t0, note=note)
+
+
+# ---------------------------------------------------------------------------
 # The check
 # ---------------------------------------------------------------------------
 
@@ -293,6 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GitarError:
         unconfined = True
     why = backend_availability(probe)
+    try:
+        rows.append(export_attention_row(probe))
+    except Exception as e:  # a failure here is a row of the table, not the end of the check
+        rows.append(Row("export attention", "FAILED", note=f"{type(e).__name__}: {e}"[:200]))
     with tempfile.TemporaryDirectory(prefix="gitar-gpu-check-") as tmp:
         root = args.keep.resolve() if args.keep else Path(tmp) / "ws"
         if root.exists() and any(root.iterdir()):

@@ -53,3 +53,23 @@ def evaluation(model: nn.Module, batches: int = 4, rows: int = 3, probes_per_bat
     except evaluator.CausalityLeak as leak:
         return leak.probe
     return probed.result()
+
+
+def attention_calls(program: torch.export.ExportedProgram) -> list[tuple[torch.Size, torch.Size, torch.Size | None, bool]]:
+    """Every SDPA node of the program, in graph order: (query shape, key shape, mask shape or None,
+    is_causal), read from the nodes' meta values, so a test sees what each call really costs."""
+    calls = []
+    for module in program.graph_module.modules():
+        if not isinstance(module, torch.fx.GraphModule):
+            continue
+        for node in module.graph.nodes:
+            if node.op != "call_function" or "scaled_dot_product" not in str(node.target):
+                continue
+            schema = node.target._schema
+            values = {a.name: node.args[i] if i < len(node.args) else node.kwargs.get(a.name, a.default_value)
+                      for i, a in enumerate(schema.arguments)}
+            mask = values.get("attn_mask")
+            calls.append((values["query"].meta["val"].shape, values["key"].meta["val"].shape,
+                          mask.meta["val"].shape if isinstance(mask, torch.fx.Node) else None,
+                          bool(values.get("is_causal"))))
+    return calls

@@ -13,9 +13,12 @@ as gitar's own. Around it, what gitar needs from every trainer, so the trainer n
   mode, input [batch_size, MAX_SEQ_LEN] int64) instead of evaluating it (the validation shard is
   hidden in the sandbox) and returns nan, so the trainer prints `val_bpb: nan`; gitar's evaluator
   measures the program. While exporting, every module global of the model's code that exposes
-  `flash_attn_func` (upstream's `fa3`) is the pure-PyTorch reference_flash_attn_func below, and a
-  train.py with an `sdpa_attention(model)` context (gitar's) runs under it: the program then holds
-  only aten operators, which the evaluator's check_graph accepts and any PyTorch can load.
+  `flash_attn_func` (upstream's `fa3`) is the pure-PyTorch reference_flash_attn_func below, and
+  gitar.runtime.attention's backends (gitar's train.py) all run its sliding_window_attention (a
+  train.py with an `sdpa_attention(model)` context of its own runs under that too): the program
+  then holds only aten operators, which the evaluator's check_graph accepts and any PyTorch can
+  load, and its windowed layers cost what their window holds (blocks of queries, never a dense
+  [T, T] mask).
 - smoke ($GITAR_SMOKE=1): the run ends with exit 0 after SMOKE_STEPS optimizer steps, printing
   `smoke: ok steps=N ...`. A train.py that handles GITAR_SMOKE itself (gitar's takes one CPU step
   on random tokens and returns) ends before the limit, with its own line.
@@ -65,30 +68,15 @@ class RunState:
 def reference_flash_attn_func(q: Any, k: Any, v: Any, causal: bool = False,
                               window_size: tuple[int, int] = (-1, -1), softmax_scale: float | None = None,
                               **_ignored: Any) -> Any:
-    """FlashAttention 3's flash_attn_func in plain PyTorch: q [B, T, H, D], k and v [B, T, Hkv, D]
-    -> [B, T, H, D]. Query i sees key j when i - left <= j <= i + right (window_size = (left, right),
-    -1 unlimited); causal sets right to 0. Unused FA3 options (softcap, deterministic, ...) are
-    accepted and ignored: they do not change what a forward computes at their defaults."""
-    import torch
-    import torch.nn.functional as F
+    """FlashAttention 3's flash_attn_func in plain aten operators: q [B, T, H, D], k and v
+    [B, T, Hkv, D] -> [B, T, H, D]. Query i sees key j when i - left <= j <= i + right
+    (window_size = (left, right), -1 unlimited); causal sets right to 0. Computed block by block
+    over the window (gitar/runtime/attention.py), never with a dense [T, T] mask. Unused FA3 options
+    (softcap, deterministic, ...) are accepted and ignored: they do not change what a forward computes
+    at their defaults."""
+    from gitar.runtime.attention import sliding_window_attention
 
-    t_q, t_k = q.size(1), k.size(1)
-    left, right = window_size
-    if causal:
-        right = 0
-    i = torch.arange(t_q, device=q.device)[:, None] + (t_k - t_q)  # FA3 aligns the last query with the last key
-    j = torch.arange(t_k, device=q.device)[None, :]
-    allowed = torch.ones(t_q, t_k, dtype=torch.bool, device=q.device)
-    if left >= 0:
-        allowed = allowed & (j >= i - left)
-    if right >= 0:
-        allowed = allowed & (j <= i + right)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    if k.size(1) != q.size(1):  # grouped-query attention: each kv head serves n_head / n_kv_head
-        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
-        v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=softmax_scale)
-    return y.transpose(1, 2)
+    return sliding_window_attention(q, k, v, softmax_scale=softmax_scale, causal=causal, window_size=window_size)
 
 
 class _ReferenceAttention:
@@ -125,9 +113,13 @@ def reference_attention(model: Any) -> Iterator[None]:
                 if callable(getattr(value, "flash_attn_func", None)) and not isinstance(value, _ReferenceAttention):
                     swapped.append((g, name, value))
                     g[name] = _ReferenceAttention(value)
-            own = g.get("sdpa_attention")  # gitar's train.py: every attention layer on its SDPA path
+            own = g.get("sdpa_attention")  # a train.py from before gitar/runtime/attention.py: its own SDPA path
             if callable(own):
                 stack.enter_context(own(model))
+        # gitar's train.py calls gitar.runtime.attention.attention: its aten path whatever the backend.
+        from gitar.runtime.attention import portable_attention
+
+        stack.enter_context(portable_attention())
         try:
             yield
         finally:

@@ -111,7 +111,7 @@ class Platform:
     capability: tuple[int, int] | None
     dtype: str  # "bfloat16", "float16" or "float32": the autocast / parameter format
     use_grad_scaler: bool  # fp16 gradients underflow without loss scaling
-    attention: str  # "fa3", "flex" (FlexAttention) or "sdpa" (scaled_dot_product_attention, dense mask)
+    attention: str  # "fa3", "flex" (FlexAttention) or "sdpa" (scaled_dot_product_attention, windows in blocks)
     compile: bool
     peak_flops: float | None  # dense tensor FLOP/s for MFU; None where unknown (MFU reads 0)
     fp32_optimizer_state: bool  # keep optimizer moments in fp32 when parameters are fp16
@@ -292,7 +292,7 @@ def _choose_attention(requested: str, device: str, capability: tuple[int, int] |
     fa3_possible = device == "cuda" and bool(fa3_repos(capability)) and probe.fa3
     if requested == "auto":
         if device != "cuda":
-            return "sdpa"  # CPU and MPS: no kernel to compile; the dense mask is what they can do
+            return "sdpa"  # CPU and MPS: no kernel to compile; SDPA on the window's blocks is what they can do
         if fa3_possible:
             return "fa3"
         fallback, how = _gpu_fallback(device, capability, probe)

@@ -22,13 +22,17 @@ def test_the_gpu_check_runs_what_this_machine_offers_and_prints_one_table(hermet
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = {line.split("  ")[0].strip(): line for line in proc.stdout.splitlines()[2:]}
     assert proc.stdout.startswith("gpu check: ") and set(rows) == {
-        "platform", "peak bf16 dense", "attention fa3", "attention flex", "attention sdpa", "export + harness eval"}
+        "platform", "peak bf16 dense", "export attention", "attention fa3", "attention flex", "attention sdpa",
+        "export + harness eval"}
     assert rows["attention sdpa"].split()[2] == "ok"
     evaluated = rows["export + harness eval"]
     assert evaluated.split()[4] == "ok" and "evaluator" in evaluated, evaluated  # the record's timings
     if not gpu_check.probe_device().cuda:
         assert "no CUDA" in rows["platform"]
         assert "needs CUDA" in rows["attention fa3"] and "needs CUDA" in rows["attention flex"]
+        assert rows["export attention"].split()[2] == "skipped" and "needs CUDA" in rows["export attention"]
+    else:
+        assert rows["export attention"].split()[2] == "ok", rows["export attention"]
 
 
 def test_peak_flops_by_device_name() -> None:

@@ -25,6 +25,8 @@ import torch
 from gitar.host.runner import parse_summary
 from gitar.loop import evaluator
 from gitar.runtime import launch
+from gitar.runtime.attention import block_rows
+from testing.export import attention_calls
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = REPO_ROOT / "testing" / "fixtures" / "upstream"
@@ -76,9 +78,16 @@ def test_export_scored_by_the_harness_equals_the_in_process_number(upstream: Pat
     assert math.isnan(float(summary["val_bpb"])) and summary["num_steps"] == 12
     assert program.is_file() and not crash.exists()
     # Only aten operators: the fixture's fa3 was swapped for gitar's reference while exporting.
-    graph = evaluator.load_program(program.read_bytes()).graph
+    exported = evaluator.load_program(program.read_bytes())
+    graph = exported.graph
     assert all(n.op != "call_function" or "aten" in str(n.target) or "getitem" in str(n.target)
                for n in graph.nodes)
+    evaluator.check_program(exported)
+    # Its short-window layer (window T / 2 = 32 of T = 64) in blocks of queries: no dense [T, T] mask.
+    calls = attention_calls(exported)
+    assert [mask for _, _, mask, _ in calls].count(None) == 1  # the long layer: is_causal, unmasked
+    assert all(mask is None or (mask[0] < 64 and tuple(mask) != (64, 64)) for _, _, mask, _ in calls)
+    assert len(calls) == 1 + 64 // block_rows(64)
 
     out = tmp_path / "result.json"
     scored = run(upstream, "-m", "gitar.loop.evaluator", "--workspace", str(upstream), "--program", str(program),

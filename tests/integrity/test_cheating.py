@@ -93,8 +93,8 @@ def test_printing_and_patching_a_better_number_changes_nothing(measured: Measure
 
 def test_a_model_without_the_causal_mask_is_rejected(measured: Measured) -> None:
     ws = measured.ws
-    edit_train(ws, ("F.scaled_dot_product_attention(q, k, v, is_causal=True)",
-                    "F.scaled_dot_product_attention(q, k, v, is_causal=False)"))
+    edit_train(ws, ("window_size=(window, 0)",
+                    "window_size=(window, -1)"))
     rec = try_json(ws, "attention without the mask")
     assert rec["status"] == "rejected" and "val_bpb" not in rec
     assert str(rec["reason"]).startswith("causality probe: logits at position ")

@@ -179,8 +179,8 @@ def test_an_honest_model_exported_under_bf16_autocast_passes_with_no_change(tmp_
 
 
 def test_a_train_py_without_the_causal_mask_is_caught(tmp_path: Path) -> None:
-    leaky = edited_train(tmp_path, "F.scaled_dot_product_attention(q, k, v, is_causal=True)",
-                         "F.scaled_dot_product_attention(q, k, v, is_causal=False)")
+    # Every layer's window opened to the right (FA3's -1: unlimited): each query sees the future.
+    leaky = edited_train(tmp_path, "window_size=(window, 0)", "window_size=(window, -1)")
     result = evaluation(exported(trained_looking(gpt_of(leaky)), tmp_path))
     assert not result.ok and result.position == 0  # position 0 already sees the changed tokens
     assert result.max_diff > result.tolerance and result.batches == 1
@@ -195,7 +195,7 @@ def test_a_train_py_with_a_token_shift_the_wrong_way_is_caught(tmp_path: Path) -
 
 
 def test_the_unedited_train_py_passes_the_same_probe(tmp_path: Path) -> None:
-    same = edited_train(tmp_path, "is_causal=True", "is_causal=True")
+    same = edited_train(tmp_path, "window_size=(window, 0)", "window_size=(window, 0)")
     result = evaluation(exported(trained_looking(gpt_of(same)), tmp_path))
     assert result.ok and result.max_diff == 0.0
 
