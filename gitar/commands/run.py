@@ -21,7 +21,7 @@ from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
 from gitar.host import confine, lock
 from gitar.loop import experiment
-from gitar.loop.hook_entry import reject_unfit
+from gitar.loop.attempt import reject_unfit
 from gitar.loop.judge import Best, current_best
 from gitar.numbers import bpb
 from gitar.review.noise import commit_spread

@@ -22,7 +22,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from gitar import shared
@@ -30,7 +30,7 @@ from gitar.commands.common import Workspace, open_workspace
 from gitar.config.schema import MODEL_FILE, owned
 from gitar.errors import ExitCode, GitarError
 from gitar.host import confine, lock, signals, state
-from gitar.loop import experiment, hook_entry, preflight, trust
+from gitar.loop import attempt, experiment, trust
 from gitar.loop.judge import current_best
 from gitar.loop.own_hooks import foreign_hooks
 from gitar.loop.preflight import check_model_source, check_source
@@ -141,23 +141,18 @@ class _Attempt:
             # The commit's own index: HEAD plus the agent's files, nothing else anyone staged.
             git.run("read-tree", "HEAD", env=to_index)
             git.run("add", "-A", "--", *self.files, env=to_index)
-            smoke_s = preflight.run_checks(git.with_index(index), self.ws.ground, token=self.token, echo=False,
-                                           description=self.text, hypothesis=self.hypothesis)
+            smoke_s = attempt.guard(git.with_index(index), self.ws.ground, token=self.token, echo=False,
+                                    description=self.text, hypothesis=self.hypothesis)
+            how = attempt.QUEUE if self.remote is not None else attempt.DETACH if self.detach else attempt.RUN
+            env = {**os.environ, shared.LOCK_TOKEN: self.token, shared.HYPOTHESIS: self.hypothesis or ""}
             # From the commit until the run is under way, a stop request waits (see stop_signals_held);
             # the detached runner inherits the wait and ends it when its own run starts.
             with signals.stop_signals_held():
-                sha = self._commit(index)
-                # A concurrent try is refused naming what runs: this commit, not the one it builds on.
-                self.held.transfer(os.getpid(), commit=sha, description=self.text)
-                if self.remote is not None:
-                    return self._queue(sha)
-                plan = replace(experiment.plan_attempt(git, sha, self.ws.branch, subject(git.commit(sha).message),
-                                                       self.run_id, self.hypothesis), smoke_s=smoke_s)
-                if not self.detach:
-                    return experiment.execute(git, plan)
-                env = {**os.environ, shared.LOCK_TOKEN: self.token, shared.HYPOTHESIS: self.hypothesis or ""}
-                hook_entry.spawn_detached(git, plan, env)
-            return self._outcome(sha)
+                done = attempt.Committed(sha=self._commit(index), branch=self.ws.branch, run_id=self.run_id,
+                                         hypothesis=self.hypothesis, token=self.token, smoke_s=smoke_s)
+                outcome = attempt.after_commit(git, done, how, held=self.held, env=env,
+                                               queue=self._queue)
+            return self._outcome(done.sha) if isinstance(outcome, attempt.Detached) else outcome
         finally:
             index.unlink(missing_ok=True)
 
@@ -173,9 +168,10 @@ class _Attempt:
                              "someone else commits here — nothing was run", ExitCode.INTERNAL)
         return sha
 
-    def _queue(self, sha: str) -> Queued:
+    def _queue(self, sha: str, description: str | None = None) -> Queued:
         git = self.ws.git
-        return remote_queue.queue(git, self.ws.branch, sha, subject(git.commit(sha).message), str(self.remote))
+        description = subject(git.commit(sha).message) if description is None else description
+        return remote_queue.queue(git, self.ws.branch, sha, description, str(self.remote))
 
     def through_hooks(self) -> Record | Started | Queued:
         env = {shared.LOCK_TOKEN: self.token, shared.RUN_ID: self.run_id, shared.DETACH: "1" if self.detach else "0",
