@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gitar import shared
-from gitar.commands.common import Workspace, open_workspace
 from gitar.config.schema import MODEL_FILE, owned
 from gitar.errors import ExitCode, GitarError
 from gitar.host import confine, lock, signals, state
@@ -34,11 +33,12 @@ from gitar.loop import attempt, experiment, trust
 from gitar.loop.judge import current_best
 from gitar.loop.own_hooks import foreign_hooks
 from gitar.loop.preflight import check_model_source, check_source
+from gitar.loop.workspace import Workspace, open_workspace
 from gitar.paths import Paths
 from gitar.sharing import remote_queue
 from gitar.sharing.remote_queue import Queued
 from gitar.sharing.sync import check_remote
-from gitar.store.records import Notebook, Record
+from gitar.store.records import Record
 from gitar.store.refs import branch_ref
 from gitar.text import DESCRIPTION, HYPOTHESIS, check_text, subject
 
@@ -99,12 +99,12 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
     try:
         # Before anything is committed (and after the lock, so a running experiment is said first):
         # the bar this attempt will face must be gitar's own (trust.py).
-        best = current_best(Notebook(ws.git), ws.branch, ws.head)
+        best = current_best(ws.notebook, ws.branch, ws.head)
         trust.check_judging(ws.git, ws.branch, ws.head, ws.head, best.commit if best else None,
                             unmeasured_ok=remote is not None)
         with _index_restored_unless_committed(ws):
             ws.git.run("add", "-A", "--", *files)
-            with _watching(Paths.of(ws.git), on_progress):
+            with _watching(ws.paths, on_progress):
                 outcome = attempt.in_process() if foreign_hooks(ws.git) is None else attempt.through_hooks()
         return outcome
     finally:
@@ -129,7 +129,7 @@ class _Attempt:
 
     @property
     def paths(self) -> Paths:
-        return Paths.of(self.ws.git)
+        return self.ws.paths
 
     def in_process(self) -> Record | Started | Queued:
         """Both hook stages in this process; the commit itself with the hooks off."""
@@ -300,7 +300,7 @@ def _commit(ws: Workspace, text: str, files: list[str], env: dict[str, str]) -> 
         except KeyboardInterrupt as stop:
             # A terminal's Ctrl-C reached the hooks too, a signal to gitar alone did not: pass it
             # on if need be, and return only once the run is recorded as aborted.
-            signals.stop_hook_run(Paths.of(ws.git), env.get(shared.RUN_ID, ""), proc, signals.signal_of(stop))
+            signals.stop_hook_run(ws.paths, env.get(shared.RUN_ID, ""), proc, signals.signal_of(stop))
             raise
         out.seek(0)
         return out.read().decode("utf-8", "replace")

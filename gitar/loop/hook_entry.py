@@ -22,60 +22,27 @@ import sys
 from pathlib import Path
 
 from gitar import shared
-from gitar.config.schema import GROUND_FILE, Ground, ground_at
 from gitar.errors import ExitCode, GitarError, save_traceback
 from gitar.files import write_json_atomic
-from gitar.loop import attempt, experiment, integrity
-from gitar.loop.recovery import recover
+from gitar.loop import attempt, experiment
 from gitar.loop.result_line import result_line
+from gitar.loop.workspace import open_for_hook
 from gitar.store.git import Git, gitar_dir
 from gitar.store.records import Record
 from gitar.text import check_message, safe
 
-# The branches gitar makes by default: one of these without gitar's files is a workspace half set
-# up (files deleted, or copied in by hand and never committed), never a branch to pass in silence.
-DEFAULT_BRANCH_PREFIX = "autoresearch/"
-
-
-def _experiment_branch(git: Git) -> tuple[str, Ground] | None:
-    branch = git.current_branch()
-    if branch is None or git.head_is_unborn():
-        return None
-    head = git.resolve("HEAD")
-    if git.blob_at(head, GROUND_FILE) is None:
-        if branch.startswith(DEFAULT_BRANCH_PREFIX) or integrity.base_commit(git, branch) is not None:
-            raise GitarError(f"{branch} has no {GROUND_FILE} at HEAD ({head[:7]}), so gitar cannot check or run "
-                             "this experiment: commit gitar's workspace files (ground.json, model.json, "
-                             ".pre-commit-config.yaml, hooks/gitar-hook) on this branch, or commit with "
-                             "`git commit --no-verify` to leave gitar out")
-        return None
-    ground = ground_at(git, head)
-    if not ground.experiment.is_experiment_branch(branch):
-        return None
-    missing = [f for f in shared.HOOK_FILES if git.blob_at(head, f) is None]
-    if missing:
-        raise GitarError(f"{branch} has no {missing[0]} at HEAD ({head[:7]}), so its hooks are not gitar's: "
-                         "run `gitar init TAG` on the branch you started from (it adds and commits gitar's files) "
-                         "and experiment on the branch it makes")
-    return branch, ground
-
 
 def stage_check() -> int:
-    git = Git.discover()
-    found = _experiment_branch(git)
-    if found is None:
+    ws = open_for_hook(Git.discover(), recovering=True)
+    if ws is None:
         return 0
-    _, ground = found
-    for line in recover(git):
-        print(f"gitar: {safe(line)}", file=sys.stderr)
-    attempt.guard(git, ground)
+    attempt.guard(ws.git, ws.ground)
     return 0
 
 
 def stage_message(path: str) -> int:
     """commit-msg: refuse a message whose subject is no description (a plain `git commit` on the branch)."""
-    git = Git.discover()
-    if _experiment_branch(git) is None:
+    if open_for_hook(Git.discover()) is None:
         return 0
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
@@ -87,12 +54,10 @@ def stage_message(path: str) -> int:
 
 
 def stage_run() -> int:
-    git = Git.discover()
-    found = _experiment_branch(git)
-    if found is None:
+    ws = open_for_hook(Git.discover())
+    if ws is None:
         return 0
-    branch, _ = found
-    done = attempt.Committed(sha=git.resolve("HEAD"), branch=branch,
+    done = attempt.Committed(sha=ws.head, branch=ws.branch,
                              run_id=os.environ.get(shared.RUN_ID) or experiment.new_run_id(),
                              hypothesis=os.environ.get(shared.HYPOTHESIS), token=os.environ.get(shared.LOCK_TOKEN))
     remote = os.environ.get(shared.REMOTE)
@@ -102,7 +67,7 @@ def stage_run() -> int:
         # `gitar try --remote` pushes the commit itself once the hooks are done.
         print(f"gitar: queued for the runner of {remote}")
 
-    outcome = attempt.after_commit(git, done, how, queue=queued)
+    outcome = attempt.after_commit(ws.git, done, how, queue=queued)
     if isinstance(outcome, Record):
         print(f"gitar: {safe(result_line(outcome))}")
     return 0
