@@ -96,7 +96,7 @@ def try_cmd(
 
 def _wait_remote(remote: str, commit: str | None, timeout: float | None, poll: float) -> Record:
     """The verdict of a queued commit (the branch tip by default), fetched from the remote."""
-    from gitar.commands.common import open_workspace
+    from gitar.loop.workspace import open_workspace
     from gitar.sharing.remote_queue import wait_for_verdict
 
     ws = open_workspace()

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gitar.commands.common import open_workspace
 from gitar.host import state
+from gitar.loop.workspace import open_workspace
 from gitar.numbers import bpb, delta, rounded, signed
-from gitar.paths import Paths
 from gitar.review import history
 from gitar.review.history import Attempt, History
 from gitar.review.noise import Noise, Spread, pooled_spread
@@ -84,7 +83,7 @@ def find_global_best(start: str | Path = ".") -> GlobalBest:
     """The best of every experiment branch (local, or only on a remote this clone syncs with)."""
     ws = open_workspace(start, need_experiment_branch=False)
     prefix = ws.ground.experiment.branch_prefix
-    paths = Paths.of(ws.git)
+    paths = ws.paths
     tips: dict[str, str | None] = {}
     listing = ws.git.out("for-each-ref", "--format=%(objectname) %(refname)", branch_ref(prefix),
                          f"refs/remotes/*/{prefix}")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
-from gitar.store.records import Lesson, Notebook, Record
+from gitar.loop.workspace import open_workspace
+from gitar.store.records import Lesson, Record
 from gitar.text import LESSON, check_text
 
 
@@ -21,7 +21,7 @@ def learn(rev: str, text: str, start: str | Path = ".") -> tuple[Lesson, Record]
     lesson_text = check_text(text, LESSON)
     ws = open_workspace(start, need_experiment_branch=False)
     sha = ws.git.resolve(rev)
-    notebook = Notebook(ws.git)
+    notebook = ws.notebook
     records = notebook.records(sha)
     if not records:
         raise GitarError(f"{rev} ({sha[:7]}) has no gitar record, so there is no experiment to learn from; "

@@ -15,8 +15,8 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
-from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
+from gitar.loop.workspace import open_workspace
 from gitar.review import history
 from gitar.review.history import Attempt, History
 from gitar.text import json_line

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Generic, TypeVar, overload
 
 from gitar.commands.best import noise_phrase
-from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
+from gitar.loop.workspace import open_workspace
 from gitar.numbers import bpb, delta, signed
 from gitar.review import history
 from gitar.review.history import FAILED, Attempt, History

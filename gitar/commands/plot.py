@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
+from gitar.loop.workspace import open_workspace
 from gitar.review import history
 from gitar.review.history import Attempt, History
 from gitar.store.records import ABORTED, CRASH, DISCARD, KEEP, TIMEOUT

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
 from gitar.host import confine, lock
 from gitar.loop import experiment
-from gitar.loop.hook_entry import reject_unfit
+from gitar.loop.attempt import reject_unfit
 from gitar.loop.judge import Best, current_best
+from gitar.loop.workspace import open_workspace
 from gitar.numbers import bpb
 from gitar.review.noise import commit_spread
 from gitar.sharing.sync import judged
@@ -48,7 +48,7 @@ def run_commit(rev: str = "HEAD", repeat: int = 1, start: str | Path = ".") -> l
             raise GitarError(f"--repeat re-measures the tip of {ws.branch}; {rev} ({sha[:7]}) is not the tip")
         chain = unmeasured_chain(ws.git, ws.branch, tip, sha, rev)
         with lock.acquire_for(ws.git, purpose="run", commit=sha, description=_subject(ws.git, sha)):
-            best = current_best(Notebook(ws.git), ws.branch, tip)
+            best = current_best(ws.notebook, ws.branch, tip)
             return measure_chain(ws.git, ws.branch, chain, best)
     records: list[Record] = []
     with lock.acquire_for(ws.git, purpose="run", commit=sha, description=_subject(ws.git, sha)):

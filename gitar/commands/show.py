@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitar.commands.common import open_workspace
 from gitar.loop.result_line import result_line
+from gitar.loop.workspace import open_workspace
 from gitar.store.git import Git
-from gitar.store.records import Lesson, Notebook, Record, record_dict
+from gitar.store.records import Lesson, Record, record_dict
 
 DEFAULT_LOG_LINES = 20
 
@@ -43,7 +43,7 @@ def show_commit(rev: str, log_lines: int = DEFAULT_LOG_LINES, start: str | Path 
     sha = ws.git.resolve(rev)
     commit = ws.git.commit(sha)
     parent = str(commit.parent_ids[0]) if commit.parent_ids else None
-    records, lessons = Notebook(ws.git).entry(sha)
+    records, lessons = ws.notebook.entry(sha)
     records.sort(key=lambda r: (r.started or r.ended or "", r.run_id))
     log = next((r.log for r in reversed(records) if r.log), None)
     tail, missing = _tail(log, log_lines)

@@ -10,17 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gitar.commands.common import open_workspace
 from gitar.config.schema import ground_at
 from gitar.errors import GitarError
 from gitar.host import runner, state
 from gitar.loop.judge import Policy, current_best
+from gitar.loop.workspace import open_workspace
 from gitar.numbers import bpb, rounded
 from gitar.paths import Paths
 from gitar.review.history import one_line
 from gitar.review.noise import Noise, branch_noise
 from gitar.store.git import Git
-from gitar.store.records import UNDECIDED, Notebook, Record
+from gitar.store.records import UNDECIDED, Record
 from gitar.store.refs import branch_ref
 
 
@@ -56,10 +56,10 @@ class Status:
 
 def get_status(start: str | Path = ".") -> Status:
     ws = open_workspace(start)
-    paths = Paths.of(ws.git)
+    paths = ws.paths
     running = state.load(paths)
     progress = runner.read_progress(Path(running.log)) if running else None
-    notebook = Notebook(ws.git)
+    notebook = ws.notebook
     # While an attempt runs, the branch sits on it unjudged: the best is the one it is judged against.
     tip = state.judged_tip(paths, ws.branch, ws.git.ref_target(branch_ref(ws.branch)))
     best = current_best(notebook, ws.branch, tip)

@@ -22,23 +22,23 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from gitar import shared
-from gitar.commands.common import Workspace, open_workspace
 from gitar.config.schema import MODEL_FILE, owned
 from gitar.errors import ExitCode, GitarError
 from gitar.host import confine, lock, signals, state
-from gitar.loop import experiment, hook_entry, preflight, trust
+from gitar.loop import attempt, experiment, trust
 from gitar.loop.judge import current_best
 from gitar.loop.own_hooks import foreign_hooks
 from gitar.loop.preflight import check_model_source, check_source
+from gitar.loop.workspace import Workspace, open_workspace
 from gitar.paths import Paths
 from gitar.sharing import remote_queue
 from gitar.sharing.remote_queue import Queued
 from gitar.sharing.sync import check_remote
-from gitar.store.records import Notebook, Record
+from gitar.store.records import Record
 from gitar.store.refs import branch_ref
 from gitar.text import DESCRIPTION, HYPOTHESIS, check_text, subject
 
@@ -99,12 +99,12 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
     try:
         # Before anything is committed (and after the lock, so a running experiment is said first):
         # the bar this attempt will face must be gitar's own (trust.py).
-        best = current_best(Notebook(ws.git), ws.branch, ws.head)
+        best = current_best(ws.notebook, ws.branch, ws.head)
         trust.check_judging(ws.git, ws.branch, ws.head, ws.head, best.commit if best else None,
                             unmeasured_ok=remote is not None)
         with _index_restored_unless_committed(ws):
             ws.git.run("add", "-A", "--", *files)
-            with _watching(Paths.of(ws.git), on_progress):
+            with _watching(ws.paths, on_progress):
                 outcome = attempt.in_process() if foreign_hooks(ws.git) is None else attempt.through_hooks()
         return outcome
     finally:
@@ -129,7 +129,7 @@ class _Attempt:
 
     @property
     def paths(self) -> Paths:
-        return Paths.of(self.ws.git)
+        return self.ws.paths
 
     def in_process(self) -> Record | Started | Queued:
         """Both hook stages in this process; the commit itself with the hooks off."""
@@ -141,23 +141,18 @@ class _Attempt:
             # The commit's own index: HEAD plus the agent's files, nothing else anyone staged.
             git.run("read-tree", "HEAD", env=to_index)
             git.run("add", "-A", "--", *self.files, env=to_index)
-            smoke_s = preflight.run_checks(git.with_index(index), self.ws.ground, token=self.token, echo=False,
-                                           description=self.text, hypothesis=self.hypothesis)
+            smoke_s = attempt.guard(git.with_index(index), self.ws.ground, token=self.token, echo=False,
+                                    description=self.text, hypothesis=self.hypothesis)
+            how = attempt.QUEUE if self.remote is not None else attempt.DETACH if self.detach else attempt.RUN
+            env = {**os.environ, shared.LOCK_TOKEN: self.token, shared.HYPOTHESIS: self.hypothesis or ""}
             # From the commit until the run is under way, a stop request waits (see stop_signals_held);
             # the detached runner inherits the wait and ends it when its own run starts.
             with signals.stop_signals_held():
-                sha = self._commit(index)
-                # A concurrent try is refused naming what runs: this commit, not the one it builds on.
-                self.held.transfer(os.getpid(), commit=sha, description=self.text)
-                if self.remote is not None:
-                    return self._queue(sha)
-                plan = replace(experiment.plan_attempt(git, sha, self.ws.branch, subject(git.commit(sha).message),
-                                                       self.run_id, self.hypothesis), smoke_s=smoke_s)
-                if not self.detach:
-                    return experiment.execute(git, plan)
-                env = {**os.environ, shared.LOCK_TOKEN: self.token, shared.HYPOTHESIS: self.hypothesis or ""}
-                hook_entry.spawn_detached(git, plan, env)
-            return self._outcome(sha)
+                done = attempt.Committed(sha=self._commit(index), branch=self.ws.branch, run_id=self.run_id,
+                                         hypothesis=self.hypothesis, token=self.token, smoke_s=smoke_s)
+                outcome = attempt.after_commit(git, done, how, held=self.held, env=env,
+                                               queue=self._queue)
+            return self._outcome(done.sha) if isinstance(outcome, attempt.Detached) else outcome
         finally:
             index.unlink(missing_ok=True)
 
@@ -173,9 +168,10 @@ class _Attempt:
                              "someone else commits here — nothing was run", ExitCode.INTERNAL)
         return sha
 
-    def _queue(self, sha: str) -> Queued:
+    def _queue(self, sha: str, description: str | None = None) -> Queued:
         git = self.ws.git
-        return remote_queue.queue(git, self.ws.branch, sha, subject(git.commit(sha).message), str(self.remote))
+        description = subject(git.commit(sha).message) if description is None else description
+        return remote_queue.queue(git, self.ws.branch, sha, description, str(self.remote))
 
     def through_hooks(self) -> Record | Started | Queued:
         env = {shared.LOCK_TOKEN: self.token, shared.RUN_ID: self.run_id, shared.DETACH: "1" if self.detach else "0",
@@ -304,7 +300,7 @@ def _commit(ws: Workspace, text: str, files: list[str], env: dict[str, str]) -> 
         except KeyboardInterrupt as stop:
             # A terminal's Ctrl-C reached the hooks too, a signal to gitar alone did not: pass it
             # on if need be, and return only once the run is recorded as aborted.
-            signals.stop_hook_run(Paths.of(ws.git), env.get(shared.RUN_ID, ""), proc, signals.signal_of(stop))
+            signals.stop_hook_run(ws.paths, env.get(shared.RUN_ID, ""), proc, signals.signal_of(stop))
             raise
         out.seek(0)
         return out.read().decode("utf-8", "replace")

@@ -5,20 +5,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from gitar.commands.common import open_workspace
 from gitar.errors import GitarError
 from gitar.host import state
 from gitar.loop import experiment
 from gitar.loop.recovery import recover
+from gitar.loop.workspace import open_workspace
 from gitar.paths import Paths
-from gitar.store.records import Notebook, Record
+from gitar.store.records import Record
 
 POLL_S = 0.5
 
 
 def wait_for_result(start: str | Path = ".", timeout_s: float | None = None) -> Record:
     ws = open_workspace(start, need_experiment_branch=False)
-    paths = Paths.of(ws.git)
+    paths = ws.paths
     running = state.load(paths)
     if running is None:
         latest = _latest_result(paths)
@@ -40,7 +40,7 @@ def wait_for_result(start: str | Path = ".", timeout_s: float | None = None) -> 
         time.sleep(POLL_S)
     record = experiment.read_result(ws.git, running.run_id)
     if record is None:
-        for r in reversed(Notebook(ws.git).records(running.commit)):
+        for r in reversed(ws.notebook.records(running.commit)):
             if r.run_id == running.run_id:
                 return r
         raise GitarError(f"the run of {running.commit[:7]} ended without a record; see its log {running.log}")

@@ -128,8 +128,9 @@ def _execute(git: Git, plan: Plan, pid: int | None) -> Record:
     # Pin first: from here on, nothing can make this commit or its note unreachable.
     notebook.pin(plan.commit, plan.description)
     plan = _identified(git, plan, ground)
-    base = integrity.ensure_base(git, plan.branch, _base_fallback(git, plan))
-    refusal = _refusal(git, plan, ground, paths, base)
+    base, refusal = integrity.admit(git, plan.branch, plan.commit, _base_fallback(git, plan), ground)
+    if refusal is None:
+        refusal = _repeat_refusal(plan, ground)
     if refusal is not None:
         # Never trained: a result measured by another harness or on other data could not count.
         return finish(git, plan, _rejected(git, plan, ground, refusal))
@@ -200,19 +201,14 @@ def _base_fallback(git: Git, plan: Plan) -> str:
     return parent or plan.commit
 
 
-def _refusal(git: Git, plan: Plan, ground: Ground, paths: Paths, base: str) -> str | None:
-    """Why the plan's commit may not be measured at all: another harness, or changed evaluation data."""
-    reason = integrity.harness_refusal(git, plan.commit, base)
-    if reason is None:
-        reason = integrity.ownership_refusal(git, plan.commit, base, ground.experiment.agent_owned)
-    if reason is None and ground.experiment.evaluate == integrity.HARNESS:
-        reason = integrity.data_refusal(git, plan.branch, ground)
-    if reason is None and plan.kind == "attempt":
-        # The preflight refuses a repeat before it is committed; this catches one committed
-        # without it (`--no-verify`, pushed for a runner).
-        repeat = repeats.refusal(list(plan.earlier), ground, plan.branch)
-        reason = f"not run: {repeat}" if repeat is not None else None
-    return reason
+def _repeat_refusal(plan: Plan, ground: Ground) -> str | None:
+    """Why an attempt may not be measured after the integrity checks passed: it repeats earlier ones."""
+    if plan.kind != "attempt":
+        return None
+    # The preflight refuses a repeat before it is committed; this catches one committed
+    # without it (`--no-verify`, pushed for a runner).
+    repeat = repeats.refusal(list(plan.earlier), ground, plan.branch)
+    return f"not run: {repeat}" if repeat is not None else None
 
 
 def rejected(git: Git, plan: Plan, reason: str, rule: str | None = None) -> Record:

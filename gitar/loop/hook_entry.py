@@ -17,75 +17,32 @@ experiment branch is judged and recorded exactly as `gitar try` would.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from gitar import shared
-from gitar.config.schema import GROUND_FILE, Ground, ground_at
 from gitar.errors import ExitCode, GitarError, save_traceback
 from gitar.files import write_json_atomic
-from gitar.host import lock, signals, state
-from gitar.loop import experiment, integrity
-from gitar.loop.recovery import recover
+from gitar.loop import attempt, experiment
 from gitar.loop.result_line import result_line
-from gitar.paths import Paths
+from gitar.loop.workspace import open_for_hook
 from gitar.store.git import Git, gitar_dir
-from gitar.store.records import Notebook, Record
-from gitar.text import DESCRIPTION_CHARS, HYPOTHESIS, NOTE_CHARS, check_message, check_text, safe, subject
-
-DETACH_START_TIMEOUT_S = 30.0
-
-
-# The branches gitar makes by default: one of these without gitar's files is a workspace half set
-# up (files deleted, or copied in by hand and never committed), never a branch to pass in silence.
-DEFAULT_BRANCH_PREFIX = "autoresearch/"
-
-
-def _experiment_branch(git: Git) -> tuple[str, Ground] | None:
-    branch = git.current_branch()
-    if branch is None or git.head_is_unborn():
-        return None
-    head = git.resolve("HEAD")
-    if git.blob_at(head, GROUND_FILE) is None:
-        if branch.startswith(DEFAULT_BRANCH_PREFIX) or integrity.base_commit(git, branch) is not None:
-            raise GitarError(f"{branch} has no {GROUND_FILE} at HEAD ({head[:7]}), so gitar cannot check or run "
-                             "this experiment: commit gitar's workspace files (ground.json, model.json, "
-                             ".pre-commit-config.yaml, hooks/gitar-hook) on this branch, or commit with "
-                             "`git commit --no-verify` to leave gitar out")
-        return None
-    ground = ground_at(git, head)
-    if not ground.experiment.is_experiment_branch(branch):
-        return None
-    missing = [f for f in shared.HOOK_FILES if git.blob_at(head, f) is None]
-    if missing:
-        raise GitarError(f"{branch} has no {missing[0]} at HEAD ({head[:7]}), so its hooks are not gitar's: "
-                         "run `gitar init TAG` on the branch you started from (it adds and commits gitar's files) "
-                         "and experiment on the branch it makes")
-    return branch, ground
+from gitar.store.records import Record
+from gitar.text import check_message, safe
 
 
 def stage_check() -> int:
-    git = Git.discover()
-    found = _experiment_branch(git)
-    if found is None:
+    ws = open_for_hook(Git.discover(), recovering=True)
+    if ws is None:
         return 0
-    _, ground = found
-    for line in recover(git):
-        print(f"gitar: {safe(line)}", file=sys.stderr)
-    from gitar.loop import preflight
-
-    preflight.run_checks(git, ground)
+    attempt.guard(ws.git, ws.ground)
     return 0
 
 
 def stage_message(path: str) -> int:
     """commit-msg: refuse a message whose subject is no description (a plain `git commit` on the branch)."""
-    git = Git.discover()
-    if _experiment_branch(git) is None:
+    if open_for_hook(Git.discover()) is None:
         return 0
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
@@ -96,119 +53,31 @@ def stage_message(path: str) -> int:
     return 0
 
 
-def reject_unfit(git: Git, plan: experiment.Plan, message: str) -> Record | None:
-    """Record a commit whose message or hypothesis breaks the rules as rejected (pinned, branch back
-
-    to the best) and return that record; None when the message is fine.
-    """
-    record = unfit_message(git, plan, message)
-    if record is None:
-        return None
-    Notebook(git).pin(plan.commit, record.description)
-    return experiment.finish(git, plan, record)
-
-
-def unfit_message(git: Git, plan: experiment.Plan, message: str) -> Record | None:
-    """The rejected record of a commit whose message or hypothesis breaks the rules, else None.
-
-    The commit-msg hook refuses such a message before the commit exists; this is for commits
-    that skipped it (`--no-verify`, hooks installed by an older gitar, pushed from elsewhere).
-    They are never trained: the record, with the description escaped and clipped, says why.
-    """
-    try:
-        check_message(message)
-        if plan.hypothesis is not None:
-            check_text(plan.hypothesis, HYPOTHESIS)
-    except GitarError as e:
-        shown = dataclasses.replace(
-            plan, description=safe(subject(message))[:DESCRIPTION_CHARS] or "(no description)",
-            hypothesis=safe(plan.hypothesis)[:NOTE_CHARS] if plan.hypothesis else None)
-        return experiment.rejected(git, shown, f"not run: {e.message}")
-    return None
-
-
 def stage_run() -> int:
-    git = Git.discover()
-    found = _experiment_branch(git)
-    if found is None:
+    ws = open_for_hook(Git.discover())
+    if ws is None:
         return 0
-    branch, _ = found
-    if os.environ.get(shared.REMOTE):
-        print(f"gitar: queued for the runner of {os.environ[shared.REMOTE]}")
-        return 0
-    sha = git.resolve("HEAD")
-    message = git.commit(sha).message
-    description = subject(message)
-    run_id = os.environ.get(shared.RUN_ID) or experiment.new_run_id()
-    token = os.environ.get(shared.LOCK_TOKEN)
-    plan = experiment.plan_attempt(git, sha, branch, description, run_id, os.environ.get(shared.HYPOTHESIS))
-    rejected = reject_unfit(git, plan, message)
-    if rejected is not None:
-        print(f"gitar: {safe(result_line(rejected))}")
-        return 0
+    done = attempt.Committed(sha=ws.head, branch=ws.branch,
+                             run_id=os.environ.get(shared.RUN_ID) or experiment.new_run_id(),
+                             hypothesis=os.environ.get(shared.HYPOTHESIS), token=os.environ.get(shared.LOCK_TOKEN))
+    remote = os.environ.get(shared.REMOTE)
+    how = attempt.QUEUE if remote else attempt.DETACH if os.environ.get(shared.DETACH) == "1" else attempt.RUN
 
-    if os.environ.get(shared.DETACH) == "1":
-        return spawn_detached(git, plan)
+    def queued(sha: str, description: str) -> None:
+        # `gitar try --remote` pushes the commit itself once the hooks are done.
+        print(f"gitar: queued for the runner of {remote}")
 
-    try:
-        held = lock.acquire_for(git, purpose="experiment", token=token, commit=sha, description=description)
-    except GitarError as e:
-        # Someone else's experiment holds the GPU: this commit cannot be measured now.
-        record = experiment.finish(git, plan, experiment.rejected(git, plan, str(e)))
-        print(f"gitar: {safe(result_line(record))}")
-        return 0
-    # Joined from the `gitar try` that made the commit: from now on the lock names this process,
-    # so it never looks stale while the run goes on, and the run stops if that `gitar try` dies.
-    starter = None if held.owned else held.info
-    try:
-        if starter is not None:  # and name this commit, not the one `gitar try` started from
-            held.transfer(os.getpid(), commit=sha, description=description)
-        # A stop arriving between the run and its record waits for the record (signals.stop_signals_held).
-        with signals.stop_signals_held(), \
-                signals.stop_if_gone(starter.pid if starter else None, starter.pid_start if starter else None):
-            record = experiment.execute(git, plan)
-    finally:
-        held.release()
-    print(f"gitar: {safe(result_line(record))}")
-    return 0
-
-
-def spawn_detached(git: Git, plan: experiment.Plan, env: dict[str, str] | None = None) -> int:
-    """Start the run in its own session and return once it has taken the lock over.
-
-    env carries the lock token (GITAR_LOCK_TOKEN) and the hypothesis (GITAR_HYPOTHESIS);
-    by default the hook's own environment, where `gitar try` put them.
-    """
-    paths = Paths.of(git)
-    paths.logs.mkdir(parents=True, exist_ok=True)
-    out = open(paths.logs / f"{plan.commit[:12]}-{plan.run_id[:8]}.runner.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gitar.loop.hook_entry", "detached", plan.run_id, plan.commit, plan.branch],
-        cwd=git.root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        start_new_session=True, env=env if env is not None else os.environ.copy())
-    out.close()
-    deadline = time.time() + DETACH_START_TIMEOUT_S
-    while time.time() < deadline:
-        current = state.load(paths)
-        if current is not None and current.run_id == plan.run_id:
-            return 0
-        if proc.poll() is not None:
-            return 0  # it already finished (or failed and recorded why)
-        time.sleep(0.05)
+    outcome = attempt.after_commit(ws.git, done, how, queue=queued)
+    if isinstance(outcome, Record):
+        print(f"gitar: {safe(result_line(outcome))}")
     return 0
 
 
 def stage_detached(run_id: str, sha: str, branch: str) -> int:
     git = Git.discover()
-    token = os.environ.get(shared.LOCK_TOKEN)
-    description = subject(git.commit(sha).message)
-    held = lock.acquire_for(git, purpose="experiment", token=token, commit=sha, description=description)
-    held.transfer(os.getpid(), commit=sha, description=description)
-    try:
-        plan = experiment.plan_attempt(git, sha, branch, description, run_id, os.environ.get(shared.HYPOTHESIS))
-        experiment.execute(git, plan)
-    finally:
-        held.release()
+    attempt.run_detached(git, attempt.Committed(sha=sha, branch=branch, run_id=run_id,
+                                                hypothesis=os.environ.get(shared.HYPOTHESIS),
+                                                token=os.environ.get(shared.LOCK_TOKEN)))
     return 0
 
 

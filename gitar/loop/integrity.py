@@ -92,6 +92,22 @@ def ensure_base(git: Git, branch: str, fallback: str) -> str:
     return base
 
 
+def admit(git: Git, branch: str, sha: str, fallback: str, ground: Ground) -> tuple[str, str | None]:
+    """The branch base, and why the commit may not be measured against it (else None).
+
+    The checks in their fixed order, the first that refuses says why: the base (recorded now
+    for a branch without one), the harness, the files only the user may change, the
+    evaluation data (pinned on the first measured run, when gitar's harness evaluates).
+    """
+    base = ensure_base(git, branch, fallback)
+    reason = harness_refusal(git, sha, base)
+    if reason is None:
+        reason = ownership_refusal(git, sha, base, ground.experiment.agent_owned)
+    if reason is None and ground.experiment.evaluate == HARNESS:
+        reason = data_refusal(git, branch, ground)
+    return base, reason
+
+
 def harness_refusal(git: Git, sha: str, base: str) -> str | None:
     """Why the commit may not be measured on a branch with this base (another harness), or None."""
     if harness_sha256(git, sha) != harness_sha256(git, base):
