@@ -38,7 +38,6 @@ import pickle
 import secrets
 import sys
 import time
-import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,7 +52,7 @@ from gitar.errors import GitarError
 from gitar.files import write_json_atomic
 from gitar.loop.eval_data import changed_files, hash_evaluation_data
 from gitar.runtime.allocator import keep_freed_memory
-from gitar.runtime.crash import write_crash_record
+from gitar.runtime.crash import fail
 
 # The causality probe compares what val_bpb depends on: log_softmax of the full logits in float32,
 # max |difference| over the vocabulary. An honest model gives the same numbers bit for bit at
@@ -541,14 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = evaluate(args.workspace.resolve(), args.program, _read_expect(args.expect), args.probes_per_batch)
         write_json_atomic(args.out, result)
-    except GitarError as e:
-        write_crash_record(e, "evaluate")
-        print(e.message, file=sys.stderr)
-        return int(e.code)
-    except Exception as e:
-        write_crash_record(e, "evaluate")
-        traceback.print_exc()
-        return 1
+    except Exception as e:  # a GitarError as its line and code, anything else as its traceback
+        return fail(e, "evaluate")
     print("---")
     if "rejected" in result:
         print(f"rejected: {result['rejected']}")

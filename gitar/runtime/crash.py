@@ -37,6 +37,22 @@ def crash_record(exc: BaseException, phase: str, step: int | None = None) -> dic
     return record
 
 
+def report(exc: BaseException) -> int:
+    """Say a failure the way every gitar process does and return its exit code: a GitarError as its
+    one line (its code: 2 is the agent's input to fix), anything else as its traceback (1)."""
+    if isinstance(exc, GitarError):
+        print(exc.message, file=sys.stderr)
+        return int(exc.code)
+    traceback.print_exception(type(exc), exc, exc.__traceback__)
+    return 1
+
+
+def fail(exc: BaseException, phase: str, step: int | None = None) -> int:
+    """The crash record of exc (for gitar to read) and then its report (for the log); the exit code."""
+    write_crash_record(exc, phase, step)
+    return report(exc)
+
+
 def write_crash_record(exc: BaseException, phase: str, step: int | None = None) -> None:
     """The failure as JSON at $GITAR_CRASH_FILE, atomically (a reader never sees half a record);
     nothing when the variable is unset (a run by hand)."""

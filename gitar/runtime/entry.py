@@ -8,10 +8,10 @@ with the phase and the steps taken, then prints the same line and exits with the
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 from gitar.errors import GitarError
+from gitar.runtime.crash import report
 
 # Set by the launcher before it runs the trainer. A module of its own, not the launcher's, since
 # `python -m gitar.runtime.launch` runs that module as __main__ and an import of it by name
@@ -33,5 +33,4 @@ def run_main(main: Callable[[], object]) -> None:
     try:
         main()
     except GitarError as e:
-        print(e.message, file=sys.stderr)
-        raise SystemExit(int(e.code)) from None
+        raise SystemExit(report(e)) from None

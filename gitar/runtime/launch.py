@@ -31,15 +31,13 @@ import math
 import os
 import runpy
 import sys
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from gitar import shared
-from gitar.errors import GitarError
-from gitar.runtime.crash import write_crash_record
+from gitar.runtime.crash import fail
 from gitar.runtime.entry import mark_launched
 
 # Two steps: the first proves forward, backward and the optimizer run; the second that the state the
@@ -195,16 +193,11 @@ def launch(script: Path, args: Sequence[str]) -> int:
             return e.code or 0
         print(e.code, file=sys.stderr)
         return 1
-    except GitarError as e:
-        write_crash_record(e, state.phase, state.step)
-        print(e.message, file=sys.stderr)
-        return int(e.code)
-    except Exception as e:
-        write_crash_record(e, state.phase, state.step)
-        traceback.print_exc()
+    except Exception as e:  # a GitarError too: its one line and its code, no traceback
+        code = fail(e, state.phase, state.step)
         if type(e).__name__ == "OutOfMemoryError":
             print("hint: out of GPU memory; lower the device batch size", file=sys.stderr)
-        return 1
+        return code
     return 0
 
 
