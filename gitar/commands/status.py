@@ -255,7 +255,7 @@ def all_status(start: str | Path = ".") -> list[TreeStatus]:
         running = state.load(paths)
         progress = runner.read_progress(Path(running.log)) if running is not None and isinstance(running.log, str) \
             else None
-        stale = running is not None and not (isinstance(running.pid, int) and state.pid_alive(running.pid))
+        stale = running is not None and not (isinstance(running.pid, int) and running.alive())
         out.append(TreeStatus(w.path, w.branch, w.head, _gpu(ws.git, paths.device, w.head), running, progress,
                               stale=stale, missing=False))
     return out

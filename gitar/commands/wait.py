@@ -32,7 +32,7 @@ def wait_for_result(start: str | Path = ".", timeout_s: float | None = None) -> 
         current = state.load(paths)
         if current is None or current.run_id != running.run_id:
             break
-        if not state.pid_alive(current.pid):
+        if not current.alive():
             recover(ws.git)  # the runner died: record it as aborted now rather than wait forever
             break
         if deadline is not None and time.time() > deadline:

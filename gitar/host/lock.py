@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gitar.errors import ExitCode, GitarError
-from gitar.host.processes import process_stat
+from gitar.host.processes import process_alive, start_time
 from gitar.paths import GitDirs, Paths
 
 CORRUPT_STALE_AFTER_S = 5.0  # an unreadable lock this young may be being written right now
@@ -36,11 +36,6 @@ def new_token() -> str:
 def lock_path(gitdir: Path, name: str = "lock") -> Path:
     """The lock file. One per GPU: a worktree pinned to device K locks `lock-gpuK` (paths.py)."""
     return Path(gitdir) / "gitar" / name
-
-
-def _start_time(pid: int) -> int | None:
-    stat = process_stat(pid)
-    return stat.start_time if stat is not None else None
 
 
 @dataclass(frozen=True)
@@ -58,16 +53,7 @@ class LockInfo:
         """Whether the holder still runs. A holder on another host is assumed alive: it cannot be checked."""
         if self.host != socket.gethostname():
             return True
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass  # exists, under another user
-        stat = process_stat(self.pid)
-        if stat is None:
-            return True  # no /proc: the pid exists, which is all we can tell
-        return stat.state not in ("Z", "X") and (self.pid_start is None or stat.start_time == self.pid_start)
+        return process_alive(self.pid, self.pid_start)
 
     def describe(self) -> str:
         """e.g. `1a2b3c4 "wider MLP" (pid 4242, try, since 2026-01-01 10:00:00)`."""
@@ -199,7 +185,7 @@ class Lock:
         if current is None or current.token != self.token:
             raise GitarError(f"cannot hand over the experiment lock {self.path}: it is no longer ours; "
                              "see `gitar status`", ExitCode.INTERNAL)
-        pid_start = _start_time(pid)
+        pid_start = start_time(pid)
         if pid_start is None and Path("/proc/self/stat").exists():
             raise GitarError(f"cannot hand over the experiment lock to pid {pid}: no such process",
                              ExitCode.INTERNAL)
@@ -281,7 +267,7 @@ def acquire(gitdir: Path, *, purpose: str, token: str | None = None, commit: str
         raise GitarError(f"cannot create {path.parent}: {e.strerror}") from None
     token = token or new_token()
     me = os.getpid()
-    info = LockInfo(pid=me, pid_start=_start_time(me), host=socket.gethostname(), token=token,
+    info = LockInfo(pid=me, pid_start=start_time(me), host=socket.gethostname(), token=token,
                     purpose=purpose, commit=commit, started=time.time(), description=description)
     corrupt_since: float | None = None
     clears = 0

@@ -127,6 +127,12 @@ def pdeathsig_preexec() -> Callable[[], None] | None:
     return arm
 
 
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot), None without /proc or once it is gone."""
+    stat = process_stat(pid)
+    return stat.start_time if stat is not None else None
+
+
 def process_alive(pid: int, start_time: int | None = None) -> bool:
     """Whether a process still runs; with its start time, whether it is still the same process.
 

@@ -177,7 +177,7 @@ def stop_hook_run(paths: Paths, run_id: str, commit: subprocess.Popen[bytes], si
     except subprocess.TimeoutExpired:
         while commit.poll() is None:
             running = state.load(paths)
-            if running is not None and running.run_id == run_id and state.pid_alive(running.pid):
+            if running is not None and running.run_id == run_id and running.alive():
                 with suppress(ProcessLookupError):
                     os.kill(running.pid, signum)
                 break
@@ -186,6 +186,6 @@ def stop_hook_run(paths: Paths, run_id: str, commit: subprocess.Popen[bytes], si
     deadline = time.monotonic() + _RECORD_WAIT_S
     while time.monotonic() < deadline:
         running = state.load(paths)
-        if running is None or running.run_id != run_id or not state.pid_alive(running.pid):
+        if running is None or running.run_id != run_id or not running.alive():
             return
         time.sleep(0.05)

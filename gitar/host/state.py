@@ -54,12 +54,20 @@ class Running:
     # the evaluator's (what is left of experiment.timeout_s). None while no timed process runs.
     deadline: float | None = None
     evaluate: str | None = None  # ground.json experiment.evaluate of the run: "harness" or "reported"
+    # The start time of `pid` (processes.start_time): after a restart another process may hold
+    # that pid, and the run it names must still be found dead and recovered. None: an older gitar.
+    pid_start: int | None = None
 
     def save(self, paths: Paths) -> None:
         write_json_atomic(paths.running, asdict(self))
 
     def with_(self, **changes: Any) -> Running:
         return replace(self, **changes)
+
+    def alive(self) -> bool:
+        """Whether the gitar process that runs this experiment still runs (a zombie does not, nor a
+        process that merely reuses its pid)."""
+        return process_alive(self.pid, self.pid_start)
 
 
 def load(paths: Paths) -> Running | None:
@@ -91,7 +99,3 @@ def clear(paths: Paths, run_id: str) -> None:
     if current is not None and current.run_id == run_id:
         paths.running.unlink(missing_ok=True)
 
-
-def pid_alive(pid: int) -> bool:
-    """Whether the process that runs an experiment still runs (a zombie does not)."""
-    return process_alive(pid)

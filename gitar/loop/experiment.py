@@ -25,6 +25,7 @@ from gitar.config.schema import Ground, ground_at
 from gitar.errors import GitarError
 from gitar.files import write_atomic
 from gitar.host import confine, runner, signals, state
+from gitar.host.processes import start_time
 from gitar.loop import integrity, repeats, trust
 from gitar.loop.judge import Best, Policy, Sigma, Verdict, current_best, judge, sigma_of
 from gitar.paths import Paths
@@ -268,7 +269,7 @@ def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, r
         run_id=plan.run_id, commit=plan.commit, branch=plan.branch, description=plan.description,
         kind=plan.kind, best_commit=plan.best.commit if plan.best else None,
         move_branch=plan.kind == "attempt", started=now, budget_s=ground.training.budget_s,
-        timeout_s=ground.experiment.timeout_s, log=str(log_path), pid=pid or os.getpid(), seed=plan.seed,
+        timeout_s=ground.experiment.timeout_s, log=str(log_path), pid=pid or os.getpid(), pid_start=start_time(pid or os.getpid()), seed=plan.seed,
         phase=state.STARTING, phase_started=now, evaluate=ground.experiment.evaluate))
     phases.running.save(paths)
     # The run sees the committed files only: later edits in the work tree cannot leak into it.

@@ -33,7 +33,7 @@ def recover(git: Git) -> list[str]:
     notes: list[str] = []
     paths = Paths.of(git)
     running = state.load(paths)
-    if running is not None and not state.pid_alive(running.pid):
+    if running is not None and not running.alive():
         notes.append(_abort_dead_run(git, paths, running))
     if lock.clear_stale(git.common_dir, paths.lock_name):
         notes.append("cleared a stale experiment lock left by a process that no longer runs")

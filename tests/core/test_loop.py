@@ -445,3 +445,33 @@ def test_remeasurements_of_the_best_say_so_and_end_with_its_mean(workspace: Work
     assert "σ" in lines[2]
     for r in (json.loads(line) for line in ws.gitar("run", "--json").stdout.splitlines()):
         assert r["kind"] == "rerun" and r["status"] == "keep"  # the record's verdict is unchanged
+
+
+def test_a_dead_run_is_recovered_though_another_process_reuses_its_pid(workspace: Workspace) -> None:
+    """After a restart the pid in running.json may belong to anything: the run it names is still dead."""
+    import dataclasses
+    import subprocess
+
+    from gitar.host import state
+    from gitar.host.processes import process_stat
+
+    ws = workspace
+    assert ws.gitar("run").returncode == 0
+    tip = ws.tip()
+    impostor = subprocess.Popen(["sleep", "60"])  # holds the pid now; not the gitar that ran the experiment
+    try:
+        stat = process_stat(impostor.pid)
+        assert stat is not None
+        running = state.Running(run_id="dead", commit=tip, branch="autoresearch/t1", description="before the restart",
+                                kind="rerun", best_commit=None, move_branch=False, started=time.time() - 60,
+                                budget_s=1, timeout_s=30, log=str(ws.root / "none.log"), pid=impostor.pid)
+        saved = {**dataclasses.asdict(running), "pid_start": stat.start_time - 1}  # the dead gitar's, before the restart
+        (ws.root / ".git" / "gitar" / "running.json").write_text(json.dumps(saved))
+        status = json.loads(ws.gitar("status", "--json").stdout)
+        assert status["running"] is None, status
+        aborted = [r for r in ws.records(tip) if r.get("run_id") == "dead"]
+        assert [r["status"] for r in aborted] == ["aborted"], ws.records(tip)
+        assert impostor.poll() is None, "recovery never kills a process that is not the run's"
+    finally:
+        impostor.kill()
+        impostor.wait()
