@@ -16,7 +16,7 @@ from gitar.numbers import bpb, delta, rounded, signed
 from gitar.review import history
 from gitar.review.history import Attempt, History
 from gitar.review.noise import Noise, Spread, pooled_spread
-from gitar.store.refs import HEADS_PREFIX, branch_ref
+from gitar.store.refs import HEADS_PREFIX, branch_ref, tracking_branch_ref
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def find_global_best(start: str | Path = ".") -> GlobalBest:
     paths = ws.paths
     tips: dict[str, str | None] = {}
     listing = ws.git.out("for-each-ref", "--format=%(objectname) %(refname)", branch_ref(prefix),
-                         f"refs/remotes/*/{prefix}")
+                         tracking_branch_ref("*", prefix))
     for line in listing.splitlines():
         sha, _, ref = line.partition(" ")
         local = ref.startswith(HEADS_PREFIX)

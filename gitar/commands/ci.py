@@ -147,8 +147,8 @@ def _experiment_chain(git: Git, tip: str, prefix: str, base: str | None = None) 
     if base is not None and git.is_ancestor(base, tip):
         return [*git.out("rev-list", "--first-parent", tip, f"^{base}").split(), base]
     own = git.out("rev-list", "--first-parent", tip, "--not",
-                  f"--exclude=refs/heads/{prefix}*", "--glob=refs/heads/*",
-                  f"--exclude=refs/remotes/*/{prefix}*", "--glob=refs/remotes/*").split()
+                  f"--exclude={branch_ref(prefix)}*", f"--glob={branch_ref('*')}",
+                  f"--exclude={tracking_branch_ref('*', prefix)}*", f"--glob={tracking_branch_ref('*', '')}").split()
     last = own[-1] if own else None
     if last is None:
         return [tip]

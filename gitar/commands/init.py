@@ -25,7 +25,7 @@ from gitar.paths import read_device, write_device
 from gitar.review import summary
 from gitar.store.git import Git, clean_env
 from gitar.store.ledger import Ledger
-from gitar.store.refs import NOTES_REF, SUMMARY_REF, base_ref, branch_ref, data_ref
+from gitar.store.refs import ATTEMPTS_PREFIX, NOTES_REF, SUMMARY_REF, base_ref, branch_ref, data_ref
 
 # Config that makes notes follow the commits they describe and show where people look.
 NOTES_CONFIG = {
@@ -40,7 +40,7 @@ NOTES_CONFIG = {
     "pretty.gitar": "tformat:%C(auto)%h%C(reset)  %w(0,0,9)%N",
     # `git attempts`: every attempted commit, kept or discarded, newest first, one line each
     # (and `git attempts -20`, `git attempts --since=1.day` as for git log).
-    "alias.attempts": "log --no-walk --no-notes --notes=gitar-summary --glob=refs/gitar/attempts/ --pretty=gitar",
+    "alias.attempts": f"log --no-walk --no-notes --notes={SUMMARY_REF} --glob={ATTEMPTS_PREFIX} --pretty=gitar",
 }
 
 

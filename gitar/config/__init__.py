@@ -1,1 +1,1 @@
-"""What the user sets: ground.json and model.json, typed and validated; reading JSON with one-line errors."""
+"""What the user sets: ground.json, typed and validated; reading JSON (model.json too) with one-line errors."""

@@ -1,10 +1,11 @@
-"""ground.json (user-owned) and model.json (agent-owned): load, validate all of it, type it.
+"""ground.json (user-owned): load, validate all of it, type it; and model.json read as a JSON object.
 
-Loading either file checks every key: a missing file, invalid JSON (line and column),
-a duplicate, missing or unknown key (a typo must not be silently ignored), a wrong type,
-a value out of range, or values inconsistent with each other. Each problem is one
-GitarError line naming the file and the dotted key, so `python train.py` and gitar
-print the same message and nothing runs on a half-understood configuration.
+model.json is the agent's: its schema is train.py's (the agent adds a hyperparameter to both), so
+gitar reads it only as one JSON object. Loading ground.json checks every key: a missing file,
+invalid JSON (line and column), a duplicate, missing or unknown key (a typo must not be silently
+ignored), a wrong type, a value out of range, or values inconsistent with each other. Each problem
+is one GitarError line naming the file and the dotted key, so `python train.py` and gitar print
+the same message and nothing runs on a half-understood configuration.
 """
 
 from __future__ import annotations

@@ -67,11 +67,11 @@ HOOK_FILES = shared.HOOK_FILES
 
 
 def template_dir() -> Path:
-    """Where this project's workspace files are: inside the wheel, or the source checkout."""
+    """Where this project's workspace files are: the source checkout gitar is installed from (the
+    wheel holds the package only, so an editable install is what finds them)."""
     here = Path(gitar.__file__).resolve().parent
-    for candidate in (here / "_template", here.parent):
-        if all((candidate / f).exists() for f in (*TEMPLATE_FILES, "ground.json")):
-            return candidate
+    if all((here.parent / f).exists() for f in (*TEMPLATE_FILES, "ground.json")):
+        return here.parent
     raise GitarError(f"cannot find the workspace template next to {here}; reinstall gitar "
                      "(pip install -e . from a checkout)", ExitCode.INTERNAL)
 

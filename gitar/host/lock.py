@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gitar.errors import ExitCode, GitarError
+from gitar.files import fsync_dir, write_durable
 from gitar.host.processes import process_alive, start_time
 from gitar.paths import GitDirs, Paths
 
@@ -123,14 +124,6 @@ def _look(path: Path) -> _Seen | None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove_if_same(path: Path, seen: _Seen) -> None:
     """Delete the lock file only if it is still the file we looked at.
 
@@ -192,12 +185,7 @@ class Lock:
         info = LockInfo(pid=pid, pid_start=pid_start, host=current.host, token=self.token,
                         purpose=current.purpose, commit=commit or current.commit, started=current.started,
                         description=description if commit else current.description)
-        tmp = self.path.with_name(f"{self.path.name}.{new_token()}.tmp")
-        try:
-            _write_new(tmp, info)
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_durable(self.path, lambda tmp: tmp.write_text(info.to_json() + "\n", encoding="utf-8"))
         self.info = info
         self.owned = pid == os.getpid()
 
@@ -219,7 +207,7 @@ def _write_new(path: Path, info: LockInfo) -> None:
         path.unlink(missing_ok=True)  # never leave an empty lock behind
         raise
     os.close(fd)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def read(gitdir: Path, name: str = "lock") -> LockInfo | None:

@@ -367,7 +367,7 @@ def measure(git: Git, base: str, ground: Ground, trained: runner.RunResult, run:
         return Measurement(REJECTED, None, None, reported, data_sha256=digest,
                            reason=f"evaluation data changed during the run: {', '.join(changed)} in "
                                   f"{ground.cache_dir} differ from the branch's pin; restore it (`python prepare.py`)")
-    _write_harness(git, base, run.inputs, pinned)
+    _write_harness(git, base, run.inputs)
     out = run.results / "result.json"
     # No --expect: the evaluator's copies are the bytes just hashed, and nothing else can write them.
     command = [sys.executable, "-m", "gitar.loop.evaluator", "--workspace", str(run.inputs),
@@ -409,13 +409,12 @@ def _interpret(result: runner.RunResult, out: Path, reported: float | None, dige
     return Measurement("ok", value, HARNESS, reported, evaluation=details, data_sha256=digest)
 
 
-def _write_harness(git: Git, base: str, directory: Path, pinned: Mapping[str, str]) -> None:
+def _write_harness(git: Git, base: str, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name in HARNESS_FILES:
         blob = git.blob_at(base, name)
         if blob is not None:
             (directory / name).write_bytes(blob)
-    (directory / "expect.json").write_text(json.dumps({"data": dict(pinned)}), encoding="utf-8")
 
 
 def _gitar_path() -> str:

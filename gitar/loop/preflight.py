@@ -2,7 +2,8 @@
 
 Checks, cheapest first: the ownership guard (only agent-owned files may be
 committed on an experiment branch), the lock (one experiment at a time), the syntax
-of every staged Python file, model.json against the schema, and a CPU smoke step
+of every staged Python file, model.json as one JSON object (its schema is train.py's, which the
+smoke step runs), and a CPU smoke step
 that builds the model train.py + model.json define and runs one forward/backward.
 Each failure is one line that says what to fix; the agent's edits stay untouched.
 Under ground.json experiment.repeats "refuse", a change whose files an earlier attempt

@@ -169,7 +169,7 @@ def fetch(git: Git, remote: str, prefix: str | None, *, pins: bool = True) -> st
     specs = [f"{_ATTEMPTS_GLOB}:{_ATTEMPTS_GLOB}"] if pins else []
     specs += pin_sync.fetch_specs(remote)
     if prefix:
-        specs.append(f"+refs/heads/{prefix}*:{tracking_branch_ref(remote, prefix)}*")
+        specs.append(f"+{branch_ref(prefix)}*:{tracking_branch_ref(remote, prefix)}*")
     tracking = tracking_notes_ref(remote)
     proc = _fetch(git, remote, [f"+{NOTES_REF}:{tracking}", *specs])
     if proc is None:  # the remote has no records yet

@@ -63,7 +63,7 @@ def move_branch(git: Git, branch: str, attempt: str, target: str, message: str) 
 
 
 def moved_elsewhere(branch: str, tip: str | None) -> str:
-    """A record's worktree field when gitar found the branch moved by someone else (see report.py)."""
+    """A record's worktree field when gitar found the branch moved by someone else (see gitar/loop/result_line.py)."""
     where = f"is at {tip[:7]}" if tip else "was deleted"
     return f"{MOVED_ELSEWHERE}: {branch} {where}, which gitar did not put there"
 

@@ -23,7 +23,7 @@ from gitar.numbers import rounded
 from gitar.store import ledger, note_write, signing
 from gitar.store.git import Git
 from gitar.store.notes import note_blobs
-from gitar.store.refs import ATTEMPTS_PREFIX, NOTES_REF
+from gitar.store.refs import NOTES_REF, attempt_ref
 from gitar.text import json_line
 
 SCHEMA = 1
@@ -360,10 +360,10 @@ class Notebook:
             yield annotated, *parse_lines(data.decode("utf-8", "replace"), annotated)
 
     def pin(self, sha: str, description: str) -> None:
-        self.git.pin(ATTEMPTS_PREFIX + sha, sha, f"gitar: attempt {description[:60]}")
+        self.git.pin(attempt_ref(sha), sha, f"gitar: attempt {description[:60]}")
 
     def is_pinned(self, sha: str) -> bool:
-        return self.git.ref_target(ATTEMPTS_PREFIX + sha) == sha
+        return self.git.ref_target(attempt_ref(sha)) == sha
 
 
 def _summarise(git: Git) -> None:
