@@ -34,11 +34,10 @@ from gitar.commands.run import measure_chain
 from gitar.config.schema import ground_at
 from gitar.errors import GitarError
 from gitar.host import confine, lock
-from gitar.loop import integrity
 from gitar.loop.judge import Best, current_best
 from gitar.loop.recovery import recover
 from gitar.sharing.sync import SyncResult, judged, sync
-from gitar.store import ledger, signing
+from gitar.store import ledger, pins, signing
 from gitar.store.branch import move_branch
 from gitar.store.git import Git
 from gitar.store.records import Notebook, Record
@@ -122,7 +121,7 @@ def _run_ci(branch: str | None, remote: str, *, with_sync: bool, start: str | Pa
 def pending_commits(git: Git, branch: str, tip: str, prefix: str) -> tuple[list[str], Best | None]:
     """The commits without a verdict, oldest first, and the best they build on (None: no baseline yet)."""
     notebook = Notebook(git)
-    walk = _experiment_chain(git, tip, prefix, integrity.base_commit(git, branch))
+    walk = _experiment_chain(git, tip, prefix, pins.base_commit(git, branch))
     pending: list[str] = []
     for sha in walk:
         if judged(notebook.records(sha), branch):

@@ -23,6 +23,7 @@ from gitar.errors import ExitCode, GitarError
 from gitar.loop import eval_data, integrity, trust
 from gitar.paths import read_device, write_device
 from gitar.review import summary
+from gitar.store import pins
 from gitar.store.git import Git, clean_env
 from gitar.store.ledger import Ledger
 from gitar.store.refs import ATTEMPTS_PREFIX, NOTES_REF, SUMMARY_REF, base_ref, branch_ref, data_ref
@@ -190,9 +191,9 @@ def _record_base(git: Git, branch: str, ground: Ground, *, fresh: bool) -> None:
         book.set_branch(branch, tip)
     if fresh:
         # A new branch of an old name: the base and data pin of the deleted one do not apply.
-        integrity.forget_data_pin(git, branch)
-    if fresh or integrity.base_commit(git, branch) is None:
-        integrity.record_base(git, branch, git.resolve("HEAD"))
+        pins.forget_data_pin(git, branch)
+    if fresh or pins.base_commit(git, branch) is None:
+        pins.record_base(git, branch, git.resolve("HEAD"))
     if ground.experiment.evaluate == integrity.HARNESS:
         integrity.pin_data(git, branch, ground)
 

@@ -44,7 +44,7 @@ from gitar.host import lock
 from gitar.loop import eval_data, experiment, integrity, trust
 from gitar.loop.judge import sigma_of
 from gitar.review.noise import branch_noise
-from gitar.store import signing
+from gitar.store import pins, signing
 from gitar.store.git import Git
 from gitar.store.ledger import ACCEPTED, SYNCED, Ledger
 from gitar.store.records import KEEP, VERIFY, Notebook, Record
@@ -101,7 +101,7 @@ def verify_branch(branch: str | None = None, start: str | Path = ".", *, require
         raise GitarError("HEAD is detached; name the branch to verify with --branch B")
     if git.ref_target(branch_ref(name)) is None:
         raise GitarError(f"no branch {name}; name an experiment branch with --branch (see `git branch`)")
-    base = integrity.base_commit(git, name)
+    base = pins.base_commit(git, name)
     if base is None:
         raise GitarError(f"{name} has no recorded base ({base_ref(name)}); run `gitar init TAG` "
                          "on the branch to record one, then verify again")
@@ -109,7 +109,7 @@ def verify_branch(branch: str | None = None, start: str | Path = ".", *, require
         raise GitarError(f"--rerun must be at least 1, got {rerun}")
     accepted = trust.accept(git, name) if accept else []
     expected = integrity.harness_sha256(git, base)
-    pin = integrity.load_data_pin(git, name)
+    pin = pins.load_data_pin(git, name)
     data = eval_data.data_digest(pin) if pin is not None else None
     lines = [ln for ln in trust.all_lines(git) if ln.record.branch == name]
     kept_commits = {ln.commit for ln in lines if ln.record.status == KEEP and ln.record.kind != VERIFY}

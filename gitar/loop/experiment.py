@@ -30,7 +30,7 @@ from gitar.loop import integrity, repeats, trust
 from gitar.loop.judge import Best, Policy, Sigma, Verdict, current_best, judge, sigma_of
 from gitar.paths import Paths
 from gitar.review.noise import branch_noise, commit_spread
-from gitar.store import ledger
+from gitar.store import ledger, pins
 from gitar.store.branch import MOVED_ELSEWHERE, PENDING, move_branch, moved_elsewhere
 from gitar.store.git import Git
 from gitar.store.records import ABORTED, CRASH, KEEP, REJECTED, UNDECIDED, VERIFY, Notebook, Record, best_of
@@ -337,7 +337,7 @@ def _measurement(git: Git, plan: Plan, ground: Ground, base: str, result: runner
     if result.status != "ok":
         return integrity.Measurement(result.status, None, None, _float(result.summary.get("val_bpb")))
     phases.enter(state.EXPORT)
-    pinned = integrity.load_data_pin(git, plan.branch)
+    pinned = pins.load_data_pin(git, plan.branch)
     return integrity.measure(git, base, ground, result, evaluation, pinned,
                              ground.experiment.timeout_s - result.wall_s, run_id=run_key + "-eval",
                              on_start=phases.started(state.EVALUATION, sandbox),

@@ -24,7 +24,6 @@ what `gitar verify` re-checks afterwards.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -48,8 +47,8 @@ from gitar.loop.eval_data import (
 )
 from gitar.paths import Paths
 from gitar.store.git import Git
+from gitar.store.pins import ensure_base, load_data_pin, save_data_pin
 from gitar.store.records import REJECTED
-from gitar.store.refs import base_ref, data_ref
 
 HARNESS_FILES = ("prepare.py", GROUND_FILE)
 HARNESS, REPORTED = "harness", "reported"  # ground.json experiment.evaluate: where val_bpb comes from
@@ -59,7 +58,7 @@ REPORTED_TOLERANCE = 1e-3
 
 
 # ---------------------------------------------------------------------------
-# The harness and the branch base
+# The harness, checked against the branch base (gitar/store/pins.py)
 # ---------------------------------------------------------------------------
 
 
@@ -71,25 +70,6 @@ def harness_sha256(git: Git, sha: str) -> str:
         h.update(git.blob_at(sha, name) or b"<missing>")
         h.update(b"\0")
     return h.hexdigest()
-
-
-def base_commit(git: Git, branch: str) -> str | None:
-    """The commit the branch was created on: its harness is the one every experiment must keep."""
-    return git.ref_target(base_ref(branch))
-
-
-def record_base(git: Git, branch: str, sha: str) -> None:
-    git.pin(base_ref(branch), sha, f"gitar: base of {branch}")
-
-
-def ensure_base(git: Git, branch: str, fallback: str) -> str:
-    """The branch's base. A branch without one (made by an older gitar, or fetched into a clone
-    where `gitar init` never ran) takes `fallback`, the commit its first measured run builds on."""
-    base = base_commit(git, branch)
-    if base is None:
-        record_base(git, branch, fallback)
-        base = fallback
-    return base
 
 
 def admit(git: Git, branch: str, sha: str, fallback: str, ground: Ground) -> tuple[str, str | None]:
@@ -133,55 +113,8 @@ def ownership_refusal(git: Git, sha: str, base: str, agent_owned: tuple[str, ...
 
 
 # ---------------------------------------------------------------------------
-# The evaluation data and its pin
+# The evaluation data, checked against its pin (gitar/store/pins.py)
 # ---------------------------------------------------------------------------
-
-
-def _legacy_pin_path(paths: Paths, branch: str) -> Path:
-    # Where gitar 0.1 kept the pin, one file per branch; read once and moved into git.
-    return paths.base / "bases" / (branch.replace("%", "%25").replace("/", "%2F") + ".json")
-
-
-def _parse_pin(raw: bytes) -> dict[str, str] | None:
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    data = obj.get("data") if isinstance(obj, dict) else None
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        return None
-    return {str(k): v for k, v in data.items()}
-
-
-def load_data_pin(git: Git, branch: str) -> dict[str, str] | None:
-    """The sha256 of each evaluation file the branch was first measured on, or None.
-
-    The pin is a JSON blob that refs/gitar/data/<branch> points at: in git, so `gitar sync`
-    carries it to runners and other clones beside the base ref, and gc keeps it.
-    """
-    raw = git.ref_blob(data_ref(branch))
-    if raw is not None:
-        return _parse_pin(raw)
-    legacy = _legacy_pin_path(Paths(git.common_dir), branch)
-    try:
-        pinned = _parse_pin(legacy.read_bytes())
-    except OSError:
-        return None
-    if pinned is not None:
-        save_data_pin(git, branch, pinned)
-    return pinned
-
-
-def save_data_pin(git: Git, branch: str, files: Mapping[str, str]) -> None:
-    """Create the branch's pin; a pin that exists already (another process, a sync) is kept."""
-    body = json.dumps({"branch": branch, "data": dict(sorted(files.items()))}, indent=1) + "\n"
-    blob = git.out("hash-object", "-w", "--stdin", input=body)
-    git.run("update-ref", "-m", f"gitar: data pin of {branch}", data_ref(branch), blob, "", check=False)
-
-
-def forget_data_pin(git: Git, branch: str) -> None:
-    git.delete_ref(data_ref(branch))
-    _legacy_pin_path(Paths(git.common_dir), branch).unlink(missing_ok=True)
 
 
 def pin_data(git: Git, branch: str, ground: Ground) -> dict[str, str] | None:

@@ -29,7 +29,7 @@ import pygit2
 
 from gitar.config.schema import GROUND_FILE, parse_ground
 from gitar.errors import GitarError
-from gitar.store import ledger, signing
+from gitar.store import ledger, pins, signing
 from gitar.store.git import Git
 from gitar.store.ledger import Entry, Ledger, descends, line_hash
 from gitar.store.notes import note_blobs
@@ -89,9 +89,7 @@ def all_lines(git: Git) -> Iterator[Line]:
 
 def runner_keys(git: Git, branch: str) -> tuple[str, ...]:
     """The trusted runner keys: ground.json of the branch's base (user-owned, pinned), else of HEAD."""
-    from gitar.loop.integrity import base_commit
-
-    where = base_commit(git, branch)
+    where = pins.base_commit(git, branch)
     if where is None and not git.head_is_unborn():
         where = git.resolve("HEAD")
     blob = git.blob_at(where, GROUND_FILE) if where is not None else None

@@ -14,9 +14,9 @@ from pathlib import Path
 from gitar import shared
 from gitar.config.schema import GROUND_FILE, Ground, ground_at
 from gitar.errors import GitarError
-from gitar.loop import integrity
 from gitar.loop.recovery import recover
 from gitar.paths import Paths
+from gitar.store import pins
 from gitar.store.git import Git
 from gitar.store.records import Notebook
 from gitar.text import safe
@@ -120,7 +120,7 @@ def open_for_hook(git: Git, *, recovering: bool = False) -> Workspace | None:
     at = standing(git)
     if at.state == NO_GROUND and at.branch is not None:
         assert at.head is not None
-        if at.branch.startswith(DEFAULT_BRANCH_PREFIX) or integrity.base_commit(git, at.branch) is not None:
+        if at.branch.startswith(DEFAULT_BRANCH_PREFIX) or pins.base_commit(git, at.branch) is not None:
             raise GitarError(f"{at.branch} has no {GROUND_FILE} at HEAD ({at.head[:7]}), so gitar cannot check or "
                              "run this experiment: commit gitar's workspace files (ground.json, model.json, "
                              ".pre-commit-config.yaml, hooks/gitar-hook) on this branch, or commit with "

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from gitar.loop.integrity import load_data_pin, save_data_pin
+import subprocess
+from pathlib import Path
+
+import pytest
+
 from gitar.sharing.sync import sync
+from gitar.store import pins
 from gitar.store.git import Git
+from gitar.store.pins import load_data_pin, save_data_pin
 from gitar.store.refs import base_ref, data_ref
 from testing.lab import BRANCH, Lab, commit_train, run_job
 
@@ -67,3 +73,20 @@ def test_two_bases_for_one_branch_are_both_kept_and_reported(lab: Lab) -> None:
     assert ogit.ref_target(base_ref(BRANCH)) == ogit.resolve("HEAD")  # its own, not overwritten
     assert lab.remote_ref(base_ref(BRANCH)) == remote_base  # nor the remote's
     assert any(line.startswith("warning:") and "base" in line for line in result.lines()), result.lines()
+
+
+def test_a_base_another_process_made_first_stands(hermetic: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two first runs of one branch race to record its base: the loser takes the winner's, never moves it."""
+    root = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(root)], check=True)
+    for message in ("the harness", "an agent's commit"):
+        subprocess.run(["git", "-C", str(root), "commit", "-q", "--allow-empty", "-m", message], check=True)
+    git = Git.discover(root)
+    first, second = git.resolve("HEAD~1"), git.resolve("HEAD")
+    pins.record_base(git, BRANCH, first)  # the other process, between this one's read and its write
+    looked = iter([None])
+    real = pins.base_commit
+    monkeypatch.setattr(pins, "base_commit", lambda g, b: next(looked, real(g, b)))
+    assert pins.ensure_base(git, BRANCH, second) == first
+    assert git.ref_target(base_ref(BRANCH)) == first
