@@ -21,6 +21,10 @@ class ExitCode(enum.IntEnum):
 
     OK = 0  # the command succeeded; for try, run and wait: the experiment ran and was kept
     NOT_KEPT = 1  # it ran and was discarded, crashed, timed out or was rejected after the run
+    # The same code where a command has no experiment to keep (IntEnum aliases: one number, a name
+    # that says what it means there).
+    PROBLEMS_FOUND = 1  # `gitar verify` found something to doubt
+    NO_VERDICT_YET = 1  # `gitar try --remote`: queued for a runner, its verdict comes later
     REFUSED = 2  # refused before running anything: bad input or a repository state to fix first
     INTERNAL = 3  # an unexpected failure inside gitar; the traceback is saved under .git/gitar/
     INTERRUPTED = 130  # stopped by Ctrl-C / SIGTERM; the attempt is recorded as aborted

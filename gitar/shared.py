@@ -37,6 +37,15 @@ CRASH_RECORD = "crash.json"  # out/: the trainer's crash record; result/: the ev
 RUNNING_FILE = "running.json"  # .git/gitar/ of a worktree: the experiment it runs now (gitar/host/state.py)
 
 
+def environment(*, prefixes: tuple[str, ...] = (), names: tuple[str, ...] = (),
+                sets: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment less every variable named in `names` or starting with one of
+    `prefixes`, plus `sets`: the one recipe for what a child process gitar starts inherits."""
+    env = {k: v for k, v in os.environ.items() if k not in names and not k.startswith(prefixes)}
+    env.update(sets or {})
+    return env
+
+
 def confined_env(sets: Mapping[str, str]) -> dict[str, str]:
     """The environment of a process gitar confines (trainer, smoke step, evaluator).
 
@@ -44,9 +53,7 @@ def confined_env(sets: Mapping[str, str]) -> dict[str, str]:
     without any of gitar's own (a lock token, another run's paths), plus exactly `sets`: what
     the process is told is what gitar chose for it, nothing it inherited by accident.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "GITAR_"))}
-    env.update(sets)
-    return env
+    return environment(prefixes=("GIT_", "GITAR_"), sets=sets)
 
 
 # --- What makes a repository's hooks gitar's --------------------------------------------------

@@ -113,4 +113,4 @@ def verify_cmd(
 
     result = verify_branch(branch, require_signed=require_signed, accept=accept, rerun=rerun)
     say(verification_lines(result))
-    raise typer.Exit(ExitCode.OK if result.clean else ExitCode.NOT_KEPT)
+    raise typer.Exit(ExitCode.OK if result.clean else ExitCode.PROBLEMS_FOUND)

@@ -27,6 +27,7 @@ from gitar.demo import corpus
 from gitar.demo.presets import TEMPLATE_FILES, cpu_ground, cpu_model, template_dir
 from gitar.errors import ExitCode, GitarError
 from gitar.host import sandbox
+from gitar.shared import environment
 
 GITIGNORE = "# prepared data and tokenizer (ground.json data.cache_dir)\n/data/\n/corpus/\n__pycache__/\n"
 
@@ -186,7 +187,7 @@ def run_demo(dest: Path, echo: Callable[[str], None] = print) -> None:
 
 
 def _demo_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX"))}
+    env = environment(prefixes=("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX"))
     # The demo must commit even on a machine where git has no identity configured.
     env.setdefault("GIT_AUTHOR_NAME", "gitar demo")
     env.setdefault("GIT_AUTHOR_EMAIL", "demo@gitar.invalid")

@@ -287,8 +287,7 @@ def _commit(ws: Workspace, text: str, files: list[str], env: dict[str, str]) -> 
     # --cleanup=whitespace: the default would drop description lines starting with "#".
     args = ["commit", "--cleanup=whitespace", "-F", "-", "--", *files]
     with tempfile.TemporaryFile() as out:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_INDEX")}
-        full_env.update(env)
+        full_env = shared.environment(prefixes=("GIT_INDEX",), sets=env)
         proc = subprocess.Popen(["git", *args], cwd=ws.git.root, env=full_env, stdin=subprocess.PIPE,
                                 stdout=out, stderr=subprocess.STDOUT)
         assert proc.stdin is not None

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         where = save_traceback(gitar_dir())
         print(f"gitar: internal error: {safe(f'{type(e).__name__}: {e}')} (traceback: {where})", file=sys.stderr)
         return int(ExitCode.INTERNAL)
-    print("usage: python -m gitar.loop.hook_entry check|message FILE|run", file=sys.stderr)
+    print("usage: python -m gitar.loop.hook_entry check|message FILE|run|detached RUN_ID SHA BRANCH", file=sys.stderr)
     return 2
 
 

@@ -70,7 +70,7 @@ def wait_for_verdict(git: Git, branch: str, sha: str, remote: str, *, timeout_s:
             return _follow(git, branch, sha, record)
         if deadline is not None and time.monotonic() >= deadline:
             raise GitarError(f"{sha[:7]} has no verdict from {remote}'s runner after {timeout_s:g} s; it stays "
-                             f"queued — `gitar wait --remote {remote}` picks the result up later", ExitCode.NOT_KEPT)
+                             f"queued — `gitar wait --remote {remote}` picks the result up later", ExitCode.NO_VERDICT_YET)
         sleep(poll_s)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pygit2
 
 from gitar.errors import ExitCode, GitarError
+from gitar.shared import environment
 from gitar.store.refs import HEADS_PREFIX
 
 # Variables git exports to hooks. A git process we start from inside a hook must see
@@ -29,10 +30,7 @@ _HOOK_VARS = ("GIT_INDEX_FILE", "GIT_DIR", "GIT_WORK_TREE", "GIT_PREFIX", "GIT_E
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _HOOK_VARS}
-    if extra:
-        env.update(extra)
-    return env
+    return environment(names=_HOOK_VARS, sets=extra)
 
 
 @dataclass(frozen=True)
