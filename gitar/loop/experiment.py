@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -20,12 +19,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gitar import numbers, shared, version
+from gitar import numbers, shared
 from gitar.config.schema import Ground, ground_at
 from gitar.errors import GitarError
 from gitar.files import write_atomic
 from gitar.host import confine, runner, signals, state
-from gitar.loop import integrity, repeats, trust
+from gitar.loop import integrity, repeats, run_record, trust
 from gitar.loop.judge import Best, Policy, Sigma, Verdict, current_best, judge, sigma_of
 from gitar.paths import Paths
 from gitar.review.noise import branch_noise, commit_spread
@@ -214,12 +213,7 @@ def _repeat_refusal(plan: Plan, ground: Ground) -> str | None:
 def rejected(git: Git, plan: Plan, reason: str, rule: str | None = None) -> Record:
     """The record of a planned commit that is not run: one builder for every refusal after the commit
     (harness, ownership, data, repeat, a message that breaks the text rules, the GPU busy)."""
-    return Record(status=REJECTED, commit=plan.commit, branch=plan.branch, description=plan.description,
-                  hypothesis=plan.hypothesis, run_id=plan.run_id, kind=plan.kind,
-                  parent=_first_parent(git, plan.commit), best_before=plan.best.val_bpb if plan.best else None,
-                  best_commit=plan.best.commit if plan.best else None, rule=rule,
-                  reason=reason, seed=plan.seed, started=numbers.iso_time(time.time()), host=socket.gethostname(),
-                  harness_sha256=integrity.harness_sha256(git, plan.commit), gitar=version.identity())
+    return _of_plan(git, plan, REJECTED, time.time(), reason, rule=rule)
 
 
 def _rejected(git: Git, plan: Plan, ground: Ground, reason: str) -> Record:
@@ -430,19 +424,15 @@ def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verd
     platform: dict[str, str] = {k: str(s[k]) for k in ("device", "dtype", "attention") if k in s}
     counted = measured is not None and not failed and measured.val_bpb is not None
     bytes_rule = _bytes_rule(measured, s) if counted else None
-    return Record(
-        status=status, commit=plan.commit, branch=plan.branch, description=plan.description,
-        hypothesis=plan.hypothesis,
-        run_id=plan.run_id, kind=plan.kind, parent=_first_parent(git, plan.commit),
+    return _of_plan(
+        git, plan, status, result.started_at, reason,
         val_bpb=measured.val_bpb if measured is not None and not failed else None,
         val_bpb_source=measured.source if measured is not None and not failed else None,
         reported_val_bpb=measured.reported if measured is not None else None,
         bytes_rule=bytes_rule,
         evaluation=measured.evaluation if measured is not None else None,
         data_sha256=measured.data_sha256 if measured is not None else None,
-        best_before=plan.best.val_bpb if plan.best else None,
-        best_commit=plan.best.commit if plan.best else None,
-        delta=verdict.delta if verdict else None, rule=ground.experiment.keep_rule, reason=reason,
+        delta=verdict.delta if verdict else None, rule=ground.experiment.keep_rule,
         margin=verdict.margin if verdict else None,
         peak_vram_mb=_float(s.get("peak_vram_mb")), training_seconds=_float(s.get("training_seconds")),
         total_seconds=_float(s.get("total_seconds")), wall_seconds=round(result.wall_s, 3),
@@ -450,12 +440,19 @@ def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verd
         num_steps=_int(s.get("num_steps")), num_params_M=_float(s.get("num_params_M")),
         last_step=last.step if last is not None else None, last_train_s=last.train_s if last is not None else None,
         sigma=sigma, best_tokens_per_s=_best_rate(Notebook(git), plan),
-        depth=_int(s.get("depth")), seed=plan.seed, started=numbers.iso_time(result.started_at), ended=numbers.iso_time(result.ended_at),
-        host=socket.gethostname(), platform=platform or None,
-        harness_sha256=integrity.harness_sha256(git, plan.commit), log=str(result.log_path),
-        error=_failure(result, measured), sandbox=result.sandbox, limits=result.limits,
-        gitar=version.identity(),
+        depth=_int(s.get("depth")), ended=numbers.iso_time(result.ended_at), platform=platform or None,
+        log=str(result.log_path), error=_failure(result, measured), sandbox=result.sandbox, limits=result.limits,
     )
+
+
+def _of_plan(git: Git, plan: Plan, status: str, started: float, reason: str | None, **own: Any) -> Record:
+    """A record of the plan's run (run_record.build): what the plan says of it, and the best it was judged against."""
+    return run_record.build(
+        git, status, commit=plan.commit, branch=plan.branch, description=plan.description, run_id=plan.run_id,
+        kind=plan.kind, started=started, reason=reason, hypothesis=plan.hypothesis,
+        parent=_first_parent(git, plan.commit), seed=plan.seed,
+        best_before=plan.best.val_bpb if plan.best else None, best_commit=plan.best.commit if plan.best else None,
+        **own)
 
 
 def _bytes_rule(measured: integrity.Measurement | None, summary: dict[str, float | int | str]) -> str | None:
