@@ -21,6 +21,7 @@ from gitar import version
 from gitar.errors import GitarError
 from gitar.host import state
 from gitar.loop import experiment, integrity, recovery
+from gitar.loop.workspace import Opened
 from gitar.paths import Paths
 from gitar.store.git import Git
 from gitar.store.records import Notebook
@@ -48,15 +49,15 @@ def test_every_kind_of_record_carries_gitar_host_and_harness(workspace: Workspac
     git = Git.discover(ws.root)
     tip = ws.tip()
     # Refused after the commit (what after_commit records when another experiment holds the lock).
-    plan = experiment.plan_rerun(git, tip, BRANCH)
-    experiment.finish(git, plan, experiment.rejected(git, plan, "another experiment is running"))
+    plan = experiment.plan_rerun(Opened(git), tip, BRANCH)
+    experiment.finish(Opened(git), plan, experiment.rejected(git, plan, "another experiment is running"))
 
     # Committed, but it could not be run: recorded as a crash with the reason.
     def cannot_run(*_: object, **__: object) -> None:
         raise GitarError("the log's volume is full")
 
     monkeypatch.setattr(experiment, "_train", cannot_run)
-    assert experiment.execute(git, experiment.plan_rerun(git, tip, BRANCH)).status == "crash"
+    assert experiment.execute(Opened(git), experiment.plan_rerun(Opened(git), tip, BRANCH)).status == "crash"
 
     # A run whose gitar died: the next command records it as aborted.
     paths = Paths.of(git)
