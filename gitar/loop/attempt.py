@@ -102,12 +102,9 @@ def after_commit(ws: Opened, done: Committed, how: str, *, queue: Callable[[str,
     except GitarError as e:
         # Someone else's experiment holds the GPU: this commit cannot be measured now.
         return experiment.finish(ws, plan, experiment.rejected(git, plan, str(e)))
-    # Joined from the `gitar try` that made the commit: from now on the lock names this process,
-    # so it never looks stale while the run goes on, and the run stops if that `gitar try` dies.
-    starter = None if joined.owned else joined.info
     try:
-        if starter is not None:  # and name this commit, not the one `gitar try` started from
-            joined.transfer(os.getpid(), commit=done.sha, description=description)
+        # Joined from the `gitar try` that made the commit: the run stops if that `gitar try` dies.
+        starter = joined.take_over(commit=done.sha, description=description)
         return _execute(ws, plan, starter)
     finally:
         joined.release()
@@ -180,7 +177,7 @@ def run_detached(ws: Opened, done: Committed) -> Record:
     git = ws.git
     description = subject(git.commit(done.sha).message)
     held = lock.acquire_for(git, purpose="experiment", token=done.token, commit=done.sha, description=description)
-    held.transfer(os.getpid(), commit=done.sha, description=description)
+    held.take_over(commit=done.sha, description=description)  # it outlives that `gitar try`: no stop_if_gone
     try:
         plan = experiment.plan_attempt(ws, done.sha, done.branch, description, done.run_id, done.hypothesis)
         return experiment.execute(ws, plan)
