@@ -95,7 +95,9 @@ def after_commit(ws: Opened, done: Committed, how: str, *, queue: Callable[[str,
         spawn_detached(ws, plan, env)
         return Detached(plan)
     if held is not None:
-        return _execute(ws, plan, None)
+        # `gitar try` in-process: no other process to outlive (_execute's stop_if_gone would watch
+        # nobody), and experiment.execute holds the stop signals for the run and its record itself.
+        return experiment.execute(ws, plan)
     try:
         joined = lock.acquire_for(git, purpose="experiment", token=done.token, commit=done.sha,
                                   description=description)
@@ -111,6 +113,7 @@ def after_commit(ws: Opened, done: Committed, how: str, *, queue: Callable[[str,
 
 
 def _execute(ws: Opened, plan: Plan, starter: lock.LockInfo | None) -> Record:
+    """The run of a hook under the lock it took (starter None) or joined from `gitar try` (starter)."""
     # A stop arriving between the run and its record waits for the record (signals.stop_signals_held).
     with signals.stop_signals_held(), \
             signals.stop_if_gone(starter.pid if starter else None, starter.pid_start if starter else None):
