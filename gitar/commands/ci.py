@@ -36,6 +36,7 @@ from gitar.errors import GitarError
 from gitar.host import confine, lock
 from gitar.loop.judge import Best, current_best
 from gitar.loop.recovery import recover
+from gitar.loop.workspace import Opened
 from gitar.sharing.sync import SyncResult, judged, sync
 from gitar.store import ledger, pins, signing
 from gitar.store.branch import move_branch
@@ -112,7 +113,7 @@ def _run_ci(branch: str | None, remote: str, *, with_sync: bool, start: str | Pa
         pending, best = pending_commits(git, name, tip, prefix)
         outcome.pending = pending
         _check_out(git, name, best.commit if best else (pending[0] if pending else tip), tip)
-        outcome.records = measure_chain(git, name, pending, best, after_each)
+        outcome.records = measure_chain(Opened(git), name, pending, best, after_each)
     if with_sync:  # also when nothing ran: the branch may have moved onto the best
         syncs.append(sync(git, remote))
     return outcome

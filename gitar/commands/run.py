@@ -22,7 +22,7 @@ from gitar.host import confine, lock
 from gitar.loop import experiment
 from gitar.loop.attempt import reject_unfit
 from gitar.loop.judge import Best, current_best
-from gitar.loop.workspace import open_workspace
+from gitar.loop.workspace import Opened, open_workspace
 from gitar.numbers import bpb
 from gitar.review.noise import commit_spread
 from gitar.sharing.sync import judged
@@ -49,12 +49,12 @@ def run_commit(rev: str = "HEAD", repeat: int = 1, start: str | Path = ".") -> l
         chain = unmeasured_chain(ws.git, ws.branch, tip, sha, rev)
         with lock.acquire_for(ws.git, purpose="run", commit=sha, description=_subject(ws.git, sha)):
             best = current_best(ws.notebook, ws.branch, tip)
-            return measure_chain(ws.git, ws.branch, chain, best)
+            return measure_chain(ws, ws.branch, chain, best)
     records: list[Record] = []
     with lock.acquire_for(ws.git, purpose="run", commit=sha, description=_subject(ws.git, sha)):
         for _ in range(repeat):
-            plan = experiment.plan_rerun(ws.git, sha, ws.branch)
-            records.append(experiment.execute(ws.git, plan))
+            plan = experiment.plan_rerun(ws, sha, ws.branch)
+            records.append(experiment.execute(ws, plan))
     return records
 
 
@@ -100,14 +100,14 @@ def unmeasured_chain(git: Git, branch: str, tip: str, sha: str, rev: str) -> lis
     return chain[::-1]
 
 
-def measure_chain(git: Git, branch: str, chain: list[str], best: Best | None,
+def measure_chain(ws: Opened, branch: str, chain: list[str], best: Best | None,
                   after_each: Callable[[Record], None] | None = None) -> list[Record]:
     """Measure each commit in order against the best at that moment; the caller holds the lock.
 
     With no best yet the first commit is the branch's baseline (the branch stays on it
     whatever its result); each later one is an attempt, kept or reset by experiment.finish.
     """
-    notebook = Notebook(git)
+    git, notebook = ws.git, ws.notebook
     ref = branch_ref(branch)
     records: list[Record] = []
     for sha in chain:
@@ -120,12 +120,12 @@ def measure_chain(git: Git, branch: str, chain: list[str], best: Best | None,
             move_branch(git, branch, tip, sha, f"gitar: measure {sha[:7]}")
         message = git.commit(sha).message
         if best is None:
-            plan = experiment.plan_rerun(git, sha, branch)
+            plan = experiment.plan_rerun(ws, sha, branch)
         else:
-            plan = replace(experiment.plan_attempt(git, sha, branch, subject(message)), best=best)
+            plan = replace(experiment.plan_attempt(ws, sha, branch, subject(message)), best=best)
         # A pushed commit never met the commit-msg hook: one whose message breaks the rules is not run.
-        rejected = reject_unfit(git, plan, message) if plan.kind == "attempt" else None
-        record = rejected or experiment.execute(git, plan)
+        rejected = reject_unfit(ws, plan, message) if plan.kind == "attempt" else None
+        record = rejected or experiment.execute(ws, plan)
         records.append(record)
         if record.status == KEEP:
             best = current_best(notebook, branch, sha)

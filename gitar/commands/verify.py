@@ -43,11 +43,12 @@ from gitar.errors import GitarError
 from gitar.host import lock
 from gitar.loop import eval_data, experiment, integrity, trust
 from gitar.loop.judge import sigma_of
+from gitar.loop.workspace import Opened
 from gitar.review.noise import branch_noise
 from gitar.store import pins, signing
 from gitar.store.git import Git
 from gitar.store.ledger import ACCEPTED, SYNCED, Ledger
-from gitar.store.records import KEEP, VERIFY, Notebook, Record
+from gitar.store.records import KEEP, VERIFY, Record
 from gitar.store.refs import HEADS_PREFIX, base_ref, branch_ref
 
 
@@ -200,7 +201,8 @@ def _vouch(git: Git, branch: str, counted: list[trust.Line],
 
 def _rerun(git: Git, branch: str, base: str, n: int, v: Verification) -> None:
     """Re-measure the n best kept commits; record each run (kind verify), never counted, never moving the branch."""
-    notebook = Notebook(git)
+    ws = Opened(git)
+    notebook = ws.notebook
     ground = ground_at(git, base)
     means: list[tuple[float, str, int]] = []
     for commit, records in notebook.all():
@@ -212,11 +214,11 @@ def _rerun(git: Git, branch: str, base: str, n: int, v: Verification) -> None:
     with lock.acquire_for(git, purpose="verify", commit=base):
         for mean, commit, runs in sorted(means)[:n]:
             try:
-                plan = experiment.plan_rerun(git, commit, branch, verify=True)
+                plan = experiment.plan_rerun(ws, commit, branch, verify=True)
             except GitarError as e:
                 v.problems.append(Problem(commit, "-", f"cannot be re-measured: {e.message}"))
                 continue
-            record = experiment.execute(git, plan)
+            record = experiment.execute(ws, plan)
             measured = record.val_bpb if record.status == KEEP else None
             spread = sigma.value * math.sqrt(1 + 1 / runs)
             z = (measured - mean) / spread if measured is not None and spread > 0 else None

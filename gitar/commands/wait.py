@@ -24,7 +24,7 @@ def wait_for_result(start: str | Path = ".", timeout_s: float | None = None) -> 
         latest = _latest_result(paths)
         if latest is None:
             raise GitarError("no experiment is running and none has been recorded here yet")
-        record = experiment.read_result(ws.git, latest)
+        record = experiment.read_result(paths, latest)
         assert record is not None
         return record
     deadline = None if timeout_s is None else time.time() + timeout_s
@@ -38,7 +38,7 @@ def wait_for_result(start: str | Path = ".", timeout_s: float | None = None) -> 
         if deadline is not None and time.time() > deadline:
             raise GitarError(f"still running after {timeout_s:g} s; `gitar wait` again later")
         time.sleep(POLL_S)
-    record = experiment.read_result(ws.git, running.run_id)
+    record = experiment.read_result(paths, running.run_id)
     if record is None:
         for r in reversed(ws.notebook.records(running.commit)):
             if r.run_id == running.run_id:

@@ -189,6 +189,20 @@ class Lock:
         self.info = info
         self.owned = pid == os.getpid()
 
+    def take_over(self, *, commit: str, description: str | None) -> LockInfo | None:
+        """Hold a joined lock in this process from now on, naming `commit` (and its description);
+        returns the holder it was joined from, None when this process took it itself.
+
+        A run that joined the lock of the `gitar try` that made its commit (same token) becomes
+        the holder, so the lock never looks stale while the run goes on, even once that `gitar
+        try` has returned (`--detach`); a lock taken here names the commit already.
+        """
+        if self.owned:
+            return None
+        joined = self.info
+        self.transfer(os.getpid(), commit=commit, description=description)
+        return joined
+
     def __enter__(self) -> Lock:
         return self
 

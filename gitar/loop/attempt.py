@@ -28,9 +28,9 @@ from gitar.errors import GitarError
 from gitar.host import lock, signals, state
 from gitar.loop import experiment, preflight
 from gitar.loop.experiment import Plan
-from gitar.paths import Paths
+from gitar.loop.workspace import Opened
 from gitar.store.git import Git
-from gitar.store.records import Notebook, Record
+from gitar.store.records import Record
 from gitar.text import DESCRIPTION_CHARS, HYPOTHESIS, NOTE_CHARS, check_message, check_text, safe, subject
 
 DETACH_START_TIMEOUT_S = 30.0
@@ -68,7 +68,7 @@ def guard(git: Git, ground: Ground, *, echo: bool = True, token: str | None = No
     return preflight.run_checks(git, ground, echo=echo, token=token, description=description, hypothesis=hypothesis)
 
 
-def after_commit(git: Git, done: Committed, how: str, *, queue: Callable[[str, str], Q],
+def after_commit(ws: Opened, done: Committed, how: str, *, queue: Callable[[str, str], Q],
                  held: lock.Lock | None = None, env: dict[str, str] | None = None) -> Record | Detached | Q:
     """Everything after the commit, in order; the record, the detached run, or what `queue` returned.
 
@@ -78,6 +78,7 @@ def after_commit(git: Git, done: Committed, how: str, *, queue: Callable[[str, s
     env: the detached process's environment (by default this one's, where `gitar try` put the
     token and the hypothesis).
     """
+    git = ws.git
     message = git.commit(done.sha).message
     description = subject(message)
     if held is not None:
@@ -85,50 +86,50 @@ def after_commit(git: Git, done: Committed, how: str, *, queue: Callable[[str, s
         held.transfer(os.getpid(), commit=done.sha, description=description)
     if how == QUEUE:
         return queue(done.sha, description)
-    plan = experiment.plan_attempt(git, done.sha, done.branch, description, done.run_id, done.hypothesis)
+    plan = experiment.plan_attempt(ws, done.sha, done.branch, description, done.run_id, done.hypothesis)
     plan = dataclasses.replace(plan, smoke_s=done.smoke_s)
-    rejected = reject_unfit(git, plan, message)
+    rejected = reject_unfit(ws, plan, message)
     if rejected is not None:
         return rejected
     if how == DETACH:
-        spawn_detached(git, plan, env)
+        spawn_detached(ws, plan, env)
         return Detached(plan)
     if held is not None:
-        return _execute(git, plan, None)
+        # `gitar try` in-process: no other process to outlive (_execute's stop_if_gone would watch
+        # nobody), and experiment.execute holds the stop signals for the run and its record itself.
+        return experiment.execute(ws, plan)
     try:
         joined = lock.acquire_for(git, purpose="experiment", token=done.token, commit=done.sha,
                                   description=description)
     except GitarError as e:
         # Someone else's experiment holds the GPU: this commit cannot be measured now.
-        return experiment.finish(git, plan, experiment.rejected(git, plan, str(e)))
-    # Joined from the `gitar try` that made the commit: from now on the lock names this process,
-    # so it never looks stale while the run goes on, and the run stops if that `gitar try` dies.
-    starter = None if joined.owned else joined.info
+        return experiment.finish(ws, plan, experiment.rejected(git, plan, str(e)))
     try:
-        if starter is not None:  # and name this commit, not the one `gitar try` started from
-            joined.transfer(os.getpid(), commit=done.sha, description=description)
-        return _execute(git, plan, starter)
+        # Joined from the `gitar try` that made the commit: the run stops if that `gitar try` dies.
+        starter = joined.take_over(commit=done.sha, description=description)
+        return _execute(ws, plan, starter)
     finally:
         joined.release()
 
 
-def _execute(git: Git, plan: Plan, starter: lock.LockInfo | None) -> Record:
+def _execute(ws: Opened, plan: Plan, starter: lock.LockInfo | None) -> Record:
+    """The run of a hook under the lock it took (starter None) or joined from `gitar try` (starter)."""
     # A stop arriving between the run and its record waits for the record (signals.stop_signals_held).
     with signals.stop_signals_held(), \
             signals.stop_if_gone(starter.pid if starter else None, starter.pid_start if starter else None):
-        return experiment.execute(git, plan)
+        return experiment.execute(ws, plan)
 
 
-def reject_unfit(git: Git, plan: Plan, message: str) -> Record | None:
+def reject_unfit(ws: Opened, plan: Plan, message: str) -> Record | None:
     """Record a commit whose message or hypothesis breaks the rules as rejected (pinned, branch back
 
     to the best) and return that record; None when the message is fine.
     """
-    record = unfit_message(git, plan, message)
+    record = unfit_message(ws.git, plan, message)
     if record is None:
         return None
-    Notebook(git).pin(plan.commit, record.description)
-    return experiment.finish(git, plan, record)
+    ws.notebook.pin(plan.commit, record.description)
+    return experiment.finish(ws, plan, record)
 
 
 def unfit_message(git: Git, plan: Plan, message: str) -> Record | None:
@@ -150,13 +151,13 @@ def unfit_message(git: Git, plan: Plan, message: str) -> Record | None:
     return None
 
 
-def spawn_detached(git: Git, plan: Plan, env: dict[str, str] | None = None) -> None:
+def spawn_detached(ws: Opened, plan: Plan, env: dict[str, str] | None = None) -> None:
     """Start the run in its own session and return once it has taken the lock over.
 
     env carries the lock token (GITAR_LOCK_TOKEN) and the hypothesis (GITAR_HYPOTHESIS);
     by default the hook's own environment, where `gitar try` put them.
     """
-    paths = Paths.of(git)
+    git, paths = ws.git, ws.paths
     paths.logs.mkdir(parents=True, exist_ok=True)
     out = open(paths.logs / f"{plan.commit[:12]}-{plan.run_id[:8]}.runner.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -174,13 +175,14 @@ def spawn_detached(git: Git, plan: Plan, env: dict[str, str] | None = None) -> N
         time.sleep(0.05)
 
 
-def run_detached(git: Git, done: Committed) -> Record:
+def run_detached(ws: Opened, done: Committed) -> Record:
     """The detached process: take the lock over from `gitar try` first, then plan and run."""
+    git = ws.git
     description = subject(git.commit(done.sha).message)
     held = lock.acquire_for(git, purpose="experiment", token=done.token, commit=done.sha, description=description)
-    held.transfer(os.getpid(), commit=done.sha, description=description)
+    held.take_over(commit=done.sha, description=description)  # it outlives that `gitar try`: no stop_if_gone
     try:
-        plan = experiment.plan_attempt(git, done.sha, done.branch, description, done.run_id, done.hypothesis)
-        return experiment.execute(git, plan)
+        plan = experiment.plan_attempt(ws, done.sha, done.branch, description, done.run_id, done.hypothesis)
+        return experiment.execute(ws, plan)
     finally:
         held.release()

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -20,14 +19,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gitar import numbers, shared, version
+from gitar import numbers, shared
 from gitar.config.schema import Ground, ground_at
 from gitar.errors import GitarError
 from gitar.files import write_atomic
 from gitar.host import confine, runner, signals, state
 from gitar.host.processes import start_time
-from gitar.loop import integrity, repeats, trust
+from gitar.loop import integrity, repeats, run_record, trust
 from gitar.loop.judge import Best, Policy, Sigma, Verdict, current_best, judge, sigma_of
+from gitar.loop.workspace import Opened
 from gitar.paths import Paths
 from gitar.review.noise import branch_noise, commit_spread
 from gitar.store import ledger, pins
@@ -63,13 +63,13 @@ class Plan:
     smoke_s: float | None = None  # the preflight's smoke step, when the process running the plan ran it
 
 
-def plan_attempt(git: Git, sha: str, branch: str, description: str, run_id: str | None = None,
+def plan_attempt(ws: Opened, sha: str, branch: str, description: str, run_id: str | None = None,
                  hypothesis: str | None = None) -> Plan:
     """A new commit on the branch, judged against the best it was built on (its first parent).
 
     Refuses (trust.check_judging) when the notebook or the branch is not what gitar left.
     """
-    notebook = Notebook(git)
+    git, notebook = ws.git, ws.notebook
     parents = git.commit(sha).parent_ids
     parent = str(parents[0]) if parents else None
     best = current_best(notebook, branch, parent)
@@ -80,13 +80,13 @@ def plan_attempt(git: Git, sha: str, branch: str, description: str, run_id: str 
                 _next_seed(notebook, sha, branch), hypothesis or None)
 
 
-def plan_rerun(git: Git, sha: str, branch: str, run_id: str | None = None, *, verify: bool = False) -> Plan:
+def plan_rerun(ws: Opened, sha: str, branch: str, run_id: str | None = None, *, verify: bool = False) -> Plan:
     """Another measurement of an existing commit (`gitar run`): the baseline if the branch has none.
 
     verify: a `gitar verify --rerun` run of a kept commit (kind "verify"): checked, never
     counted, and not refused on a notebook that verify is there to examine.
     """
-    notebook = Notebook(git)
+    git, notebook = ws.git, ws.notebook
     best = current_best(notebook, branch, sha)
     description = subject(git.commit(sha).message)  # the subject: the body is no description
     if verify:
@@ -106,7 +106,7 @@ def _next_seed(notebook: Notebook, sha: str, branch: str) -> int:
     return base + seen
 
 
-def execute(git: Git, plan: Plan, *, pid: int | None = None) -> Record:
+def execute(ws: Opened, plan: Plan, *, pid: int | None = None) -> Record:
     """Run the plan, judge and record it; under the confirm rule, run it again until decided.
 
     The caller holds the experiment lock for the whole sequence. While confirm re-runs a
@@ -118,12 +118,11 @@ def execute(git: Git, plan: Plan, *, pid: int | None = None) -> Record:
     # Stop requests wait except while a trainer or the evaluator runs (the runner takes them
     # there): a Ctrl-C never falls between a run and its record.
     with signals.stop_signals_held():
-        return _execute(git, plan, pid)
+        return _execute(ws, plan, pid)
 
 
-def _execute(git: Git, plan: Plan, pid: int | None) -> Record:
-    paths = Paths.of(git)
-    notebook = Notebook(git)
+def _execute(ws: Opened, plan: Plan, pid: int | None) -> Record:
+    git, paths, notebook = ws.git, ws.paths, ws.notebook
     ground = ground_at(git, plan.commit)
     policy = Policy.of(ground.experiment)
     # Pin first: from here on, nothing can make this commit or its note unreachable.
@@ -134,7 +133,7 @@ def _execute(git: Git, plan: Plan, pid: int | None) -> Record:
         refusal = _repeat_refusal(plan, ground)
     if refusal is not None:
         # Never trained: a result measured by another harness or on other data could not count.
-        return finish(git, plan, _rejected(git, plan, ground, refusal))
+        return finish(ws, plan, _rejected(git, plan, ground, refusal))
     snapshot = paths.snapshots / plan.run_id
     earlier: list[float] = []  # the candidate's undecided runs so far (confirm)
     try:
@@ -142,7 +141,7 @@ def _execute(git: Git, plan: Plan, pid: int | None) -> Record:
             run_key = new_run_id() if earlier else plan.run_id  # names this run's log
             seed = _next_seed(notebook, plan.commit, plan.branch) if earlier else plan.seed
             this = replace(plan, seed=seed)
-            result, measured, timings = _train(git, this, ground, paths, snapshot, run_key, pid, base)
+            result, measured, timings = _train(ws, this, ground, snapshot, run_key, pid, base)
             if plan.smoke_s is not None and not earlier:  # the smoke step preceded the first run only
                 timings = {"smoke_s": round(plan.smoke_s, 3), **timings}
             val_bpb = measured.val_bpb
@@ -152,11 +151,11 @@ def _execute(git: Git, plan: Plan, pid: int | None) -> Record:
             verdict = _verdict(measured, result, plan, policy, sigma, earlier)
             measured_sigma = sigma.value if noise is not None else None
             if verdict.status != UNDECIDED or val_bpb is None:
-                record = _record(git, this, ground, result, verdict, measured, measured_sigma)
+                record = _record(ws, this, ground, result, verdict, measured, measured_sigma)
                 record.timings = timings
                 record.noise = _repeat_noise(notebook, record)
-                return finish(git, plan, record)
-            undecided = _record(git, this, ground, result, verdict, measured, measured_sigma)
+                return finish(ws, plan, record)
+            undecided = _record(ws, this, ground, result, verdict, measured, measured_sigma)
             undecided.timings = timings
             undecided.run_id = run_key if earlier else new_run_id()
             # Not "attempt": recovery moves a branch back from a tip whose last record is an
@@ -167,7 +166,7 @@ def _execute(git: Git, plan: Plan, pid: int | None) -> Record:
     except GitarError as e:
         # Committed and pinned, but it could not be run or measured (the log's volume is full,
         # the snapshot cannot be written, ...): recorded with the reason, never left unjudged.
-        return finish(git, plan, _not_run(git, plan, ground, e))
+        return finish(ws, plan, _not_run(git, plan, ground, e))
     finally:
         shutil.rmtree(snapshot, ignore_errors=True)
         state.clear(paths, plan.run_id)
@@ -215,12 +214,7 @@ def _repeat_refusal(plan: Plan, ground: Ground) -> str | None:
 def rejected(git: Git, plan: Plan, reason: str, rule: str | None = None) -> Record:
     """The record of a planned commit that is not run: one builder for every refusal after the commit
     (harness, ownership, data, repeat, a message that breaks the text rules, the GPU busy)."""
-    return Record(status=REJECTED, commit=plan.commit, branch=plan.branch, description=plan.description,
-                  hypothesis=plan.hypothesis, run_id=plan.run_id, kind=plan.kind,
-                  parent=_first_parent(git, plan.commit), best_before=plan.best.val_bpb if plan.best else None,
-                  best_commit=plan.best.commit if plan.best else None, rule=rule,
-                  reason=reason, seed=plan.seed, started=numbers.iso_time(time.time()), host=socket.gethostname(),
-                  harness_sha256=integrity.harness_sha256(git, plan.commit), gitar=version.identity())
+    return _of_plan(git, plan, REJECTED, time.time(), reason, rule=rule)
 
 
 def _rejected(git: Git, plan: Plan, ground: Ground, reason: str) -> Record:
@@ -249,7 +243,7 @@ def _verdict(measured: integrity.Measurement, result: runner.RunResult, plan: Pl
     return replace(verdict, reason="; ".join([verdict.reason, *notes])) if notes else verdict
 
 
-def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, run_key: str,
+def _train(ws: Opened, plan: Plan, ground: Ground, snapshot: Path, run_key: str,
            pid: int | None, base: str) -> tuple[runner.RunResult, integrity.Measurement, dict[str, float]]:
     """One training run of the plan's commit in a fresh snapshot, then its measurement.
 
@@ -261,6 +255,7 @@ def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, r
     Also returns where the time went (Record.timings).
     """
     t_setup = time.time()
+    git, paths = ws.git, ws.paths
     log_path = paths.log(plan.commit, run_key)
     if snapshot.exists():
         shutil.rmtree(snapshot)
@@ -301,7 +296,7 @@ def _train(git: Git, plan: Plan, ground: Ground, paths: Paths, snapshot: Path, r
         phases.enter(state.JUDGING)
         return result, measured, timings
     except runner.RunInterrupted as interrupted:
-        finish(git, plan, _record(git, plan, ground, interrupted.result, None, None))
+        finish(ws, plan, _record(ws, plan, ground, interrupted.result, None, None))
         raise
     finally:
         evaluation.cleanup()
@@ -368,19 +363,19 @@ def _repeat_noise(notebook: Notebook, record: Record) -> dict[str, Any] | None:
     return spread.as_dict() if spread is not None else None
 
 
-def finish(git: Git, plan: Plan, record: Record) -> Record:
+def finish(ws: Opened, plan: Plan, record: Record) -> Record:
     """Write the record, then move the branch; the result file lets `try`/`wait` find it.
 
     An attempt's branch is on the attempt while it runs. If something else moved it meanwhile,
     gitar leaves it where it is, and the record and the result line say so instead of
     claiming the branch is back at the best.
     """
-    paths = Paths.of(git)
+    git, paths = ws.git, ws.paths
     ref = branch_ref(plan.branch)
     tip = git.ref_target(ref)
     if plan.kind == "attempt" and tip != plan.commit:
         record.worktree = moved_elsewhere(plan.branch, tip)
-    Notebook(git).append(_stamped(plan, record))
+    ws.notebook.append(_stamped(plan, record))
     if plan.kind == "attempt" and record.status != KEEP and tip == plan.commit:
         back_to = plan.best.commit if plan.best else _first_parent(git, plan.commit)
         if back_to is not None:
@@ -420,7 +415,7 @@ def _error_line(crash: dict[str, object] | None) -> str:
     return line.splitlines()[0][:300] if line else ""
 
 
-def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verdict: Verdict | None,
+def _record(ws: Opened, plan: Plan, ground: Ground, result: runner.RunResult, verdict: Verdict | None,
             measured: integrity.Measurement | None, sigma: float | None = None) -> Record:
     s = result.summary
     # A run that ended without its summary (timeout, crash, abort): how far its log says it got.
@@ -431,32 +426,35 @@ def _record(git: Git, plan: Plan, ground: Ground, result: runner.RunResult, verd
     platform: dict[str, str] = {k: str(s[k]) for k in ("device", "dtype", "attention") if k in s}
     counted = measured is not None and not failed and measured.val_bpb is not None
     bytes_rule = _bytes_rule(measured, s) if counted else None
-    return Record(
-        status=status, commit=plan.commit, branch=plan.branch, description=plan.description,
-        hypothesis=plan.hypothesis,
-        run_id=plan.run_id, kind=plan.kind, parent=_first_parent(git, plan.commit),
+    return _of_plan(
+        ws.git, plan, status, result.started_at, reason,
         val_bpb=measured.val_bpb if measured is not None and not failed else None,
         val_bpb_source=measured.source if measured is not None and not failed else None,
         reported_val_bpb=measured.reported if measured is not None else None,
         bytes_rule=bytes_rule,
         evaluation=measured.evaluation if measured is not None else None,
         data_sha256=measured.data_sha256 if measured is not None else None,
-        best_before=plan.best.val_bpb if plan.best else None,
-        best_commit=plan.best.commit if plan.best else None,
-        delta=verdict.delta if verdict else None, rule=ground.experiment.keep_rule, reason=reason,
+        delta=verdict.delta if verdict else None, rule=ground.experiment.keep_rule,
         margin=verdict.margin if verdict else None,
         peak_vram_mb=_float(s.get("peak_vram_mb")), training_seconds=_float(s.get("training_seconds")),
         total_seconds=_float(s.get("total_seconds")), wall_seconds=round(result.wall_s, 3),
         mfu_percent=_float(s.get("mfu_percent")), total_tokens_M=_float(s.get("total_tokens_M")),
         num_steps=_int(s.get("num_steps")), num_params_M=_float(s.get("num_params_M")),
         last_step=last.step if last is not None else None, last_train_s=last.train_s if last is not None else None,
-        sigma=sigma, best_tokens_per_s=_best_rate(Notebook(git), plan),
-        depth=_int(s.get("depth")), seed=plan.seed, started=numbers.iso_time(result.started_at), ended=numbers.iso_time(result.ended_at),
-        host=socket.gethostname(), platform=platform or None,
-        harness_sha256=integrity.harness_sha256(git, plan.commit), log=str(result.log_path),
-        error=_failure(result, measured), sandbox=result.sandbox, limits=result.limits,
-        gitar=version.identity(),
+        sigma=sigma, best_tokens_per_s=_best_rate(ws.notebook, plan),
+        depth=_int(s.get("depth")), ended=numbers.iso_time(result.ended_at), platform=platform or None,
+        log=str(result.log_path), error=_failure(result, measured), sandbox=result.sandbox, limits=result.limits,
     )
+
+
+def _of_plan(git: Git, plan: Plan, status: str, started: float, reason: str | None, **own: Any) -> Record:
+    """A record of the plan's run (run_record.build): what the plan says of it, and the best it was judged against."""
+    return run_record.build(
+        git, status, commit=plan.commit, branch=plan.branch, description=plan.description, run_id=plan.run_id,
+        kind=plan.kind, started=started, reason=reason, hypothesis=plan.hypothesis,
+        parent=_first_parent(git, plan.commit), seed=plan.seed,
+        best_before=plan.best.val_bpb if plan.best else None, best_commit=plan.best.commit if plan.best else None,
+        **own)
 
 
 def _bytes_rule(measured: integrity.Measurement | None, summary: dict[str, float | int | str]) -> str | None:
@@ -496,12 +494,9 @@ def _error(result: runner.RunResult) -> dict[str, object]:
     return crash
 
 
-def result_path(git: Git, run_id: str) -> Path:
-    return Paths.of(git).result(run_id)
-
-
-def read_result(git: Git, run_id: str) -> Record | None:
-    path = result_path(git, run_id)
+def read_result(paths: Paths, run_id: str) -> Record | None:
+    """The record a run left in its result file (finish), None while there is none."""
+    path = paths.result(run_id)
     try:
         data = json.loads(path.read_text())
     except (FileNotFoundError, ValueError):

@@ -26,7 +26,7 @@ from gitar.errors import ExitCode, GitarError, save_traceback
 from gitar.files import write_json_atomic
 from gitar.loop import attempt, experiment
 from gitar.loop.result_line import result_line
-from gitar.loop.workspace import open_for_hook
+from gitar.loop.workspace import Opened, open_for_hook
 from gitar.store.git import Git, gitar_dir
 from gitar.store.records import Record
 from gitar.text import check_message, safe
@@ -67,15 +67,15 @@ def stage_run() -> int:
         # `gitar try --remote` pushes the commit itself once the hooks are done.
         print(f"gitar: queued for the runner of {remote}")
 
-    outcome = attempt.after_commit(ws.git, done, how, queue=queued)
+    outcome = attempt.after_commit(ws, done, how, queue=queued)
     if isinstance(outcome, Record):
         print(f"gitar: {safe(result_line(outcome))}")
     return 0
 
 
 def stage_detached(run_id: str, sha: str, branch: str) -> int:
-    git = Git.discover()
-    attempt.run_detached(git, attempt.Committed(sha=sha, branch=branch, run_id=run_id,
+    # No Workspace: HEAD may have moved on since the commit; the run needs only paths and notebook.
+    attempt.run_detached(Opened(Git.discover()), attempt.Committed(sha=sha, branch=branch, run_id=run_id,
                                                 hypothesis=os.environ.get(shared.HYPOTHESIS),
                                                 token=os.environ.get(shared.LOCK_TOKEN)))
     return 0

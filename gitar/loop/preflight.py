@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -253,8 +252,8 @@ def record_refused(git: Git, failure: SmokeFailed, change: Change, earlier: list
     agent works with; `gitar log` shows the record and `gitar memory` lists it. Written with
     Notebook.append, so the ledger knows the line as gitar's.
     """
-    from gitar.loop import repeats
-    from gitar.store.records import REJECTED, SMOKE, Notebook, Record
+    from gitar.loop import repeats, run_record
+    from gitar.store.records import REJECTED, SMOKE, Notebook
 
     # From `gitar try`, checked by the text rule already; from the environment, anyone's: escaped.
     text = safe(description or os.environ.get(shared.DESCRIPTION) or NO_DESCRIPTION)[:DESCRIPTION_CHARS]
@@ -268,12 +267,12 @@ def record_refused(git: Git, failure: SmokeFailed, change: Change, earlier: list
         log.write_text(failure.output, errors="replace")
         notebook = Notebook(git)
         notebook.pin(sha, text)
-        now = numbers.iso_time(time.time())
-        notebook.append(Record(
-            status=REJECTED, commit=sha, branch=change.branch, description=text, run_id=run_id, kind=SMOKE,
-            hypothesis=why, parent=head, reason=failure.message, started=now, ended=now,
-            host=socket.gethostname(), harness_sha256=change.harness, agent_sha256=change.content,
-            repeat_of=repeats.summary(earlier), log=str(log)))
+        now = time.time()
+        notebook.append(run_record.build(
+            git, REJECTED, commit=sha, branch=change.branch, description=text, run_id=run_id, kind=SMOKE,
+            started=now, reason=failure.message, hypothesis=why, parent=head, harness_sha256=change.harness,
+            ended=numbers.iso_time(now), agent_sha256=change.content, repeat_of=repeats.summary(earlier),
+            log=str(log)))
     except (GitarError, OSError) as e:  # the refusal stands either way; only the note is missing
         return f" (could not note it in the notebook: {getattr(e, 'message', None) or e})"
     return f"; noted as rejected {sha[:7]} (`gitar log`; never on the branch)"

@@ -11,14 +11,13 @@ Two situations, both detected from git and the running-state file alone:
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 from gitar.files import write_atomic
 from gitar.host import lock, state
 from gitar.host.limits import RunGroup
 from gitar.host.processes import kill_group, process_stat
-from gitar.loop import trust
+from gitar.loop import run_record, trust
 from gitar.loop.judge import current_best
 from gitar.paths import Paths
 from gitar.store.branch import move_branch
@@ -96,11 +95,11 @@ def _abort_dead_run(git: Git, paths: Paths, running: state.Running) -> str:
     notebook = Notebook(git)
     record = next((r for r in notebook.records(running.commit) if r.run_id == running.run_id), None)
     if record is None:
-        record = Record(
-            status=ABORTED, commit=running.commit, branch=running.branch, description=running.description,
-            run_id=running.run_id, kind=running.kind, best_commit=running.best_commit, seed=running.seed,
+        record = run_record.build(
+            git, ABORTED, commit=running.commit, branch=running.branch, description=running.description,
+            run_id=running.run_id, kind=running.kind, started=running.started, seed=running.seed,
             reason="gitar stopped during the run (killed or machine restarted); recorded by the next command",
-            log=running.log, started=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(running.started)))
+            best_commit=running.best_commit, log=running.log)
         notebook.append(record)
     _save_result(paths, record)
     target = _back_to(git, running) if running.move_branch else None

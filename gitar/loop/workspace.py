@@ -67,11 +67,12 @@ def standing(git: Git) -> Standing:
 
 
 @dataclass(frozen=True)
-class Workspace:
+class Opened:
+    """The repository with gitar's paths and notebook, made once: what an experiment runs in
+    (experiment.py). A Workspace is one; a caller that measures without one (the detached
+    runner, `gitar ci`, `gitar verify --rerun`) opens just this."""
+
     git: Git
-    branch: str  # "" where HEAD is detached (a command that needs no experiment branch)
-    head: str
-    ground: Ground  # the committed ground.json of HEAD: the policy in force
     paths: Paths = field(init=False)
     notebook: Notebook = field(init=False)
 
@@ -79,6 +80,13 @@ class Workspace:
         # Made once: everything the command does after opening shares them.
         object.__setattr__(self, "paths", Paths.of(self.git))
         object.__setattr__(self, "notebook", Notebook(self.git))
+
+
+@dataclass(frozen=True)
+class Workspace(Opened):
+    branch: str  # "" where HEAD is detached (a command that needs no experiment branch)
+    head: str
+    ground: Ground  # the committed ground.json of HEAD: the policy in force
 
 
 def open_workspace(start: str | Path = ".", *, need_experiment_branch: bool = True) -> Workspace:

@@ -336,3 +336,27 @@ def test_transfer_can_name_the_commit_that_now_runs(gitdir: Path) -> None:
     assert info is not None and info.commit == "f00dfeed" * 5 and info.description == "wider MLP" and lock.owned
     assert lockmod.held_message(info).startswith('another experiment is running in this repository: f00dfee "wider MLP" (')
     lock.release()
+
+
+def test_take_over_makes_a_joined_lock_this_processs_and_names_whom_it_was_joined_from(gitdir: Path) -> None:
+    # The hook's run and the detached runner join the lock of the `gitar try` that made the commit.
+    token = new_token()
+    holder = hold(gitdir, token=token)
+    try:
+        joined = acquire(gitdir, purpose="experiment", token=token, commit="f00dfeed" * 5, description="wider MLP")
+        assert not joined.owned
+        starter = joined.take_over(commit="f00dfeed" * 5, description="wider MLP")
+        assert starter is not None and starter.pid == holder.pid and starter.purpose == "gitar try"
+        info = read(gitdir)
+        assert info is not None and joined.owned and info == joined.info
+        assert info.pid == os.getpid() and info.token == token and info.purpose == "gitar try"
+        assert info.commit == "f00dfeed" * 5 and info.description == "wider MLP"
+        joined.release()
+        assert read(gitdir) is None  # this process holds it now: its release removes it
+    finally:
+        stop(holder)
+    # A lock this process took itself names the commit already: nothing to take over.
+    with acquire(gitdir, purpose="experiment", commit="abc", description="d") as own:
+        before = lock_path(gitdir).stat().st_ino
+        assert own.take_over(commit="abc", description="d") is None
+        assert lock_path(gitdir).stat().st_ino == before and own.owned
