@@ -94,7 +94,7 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
     token = lock.new_token()
     # No commit yet: the lock names the description until the commit exists (then the commit too).
     held = lock.acquire_for(ws.git, purpose="try", token=token, description=text)
-    attempt = _Attempt(ws, text, why, files, held, experiment.new_run_id(), detach, remote)
+    this = _Attempt(ws, text, why, files, held, experiment.new_run_id(), detach, remote)
     outcome: Record | Started | Queued | None = None
     try:
         # Before anything is committed (and after the lock, so a running experiment is said first):
@@ -105,7 +105,7 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
         with _index_restored_unless_committed(ws):
             ws.git.run("add", "-A", "--", *files)
             with _watching(ws.paths, on_progress):
-                outcome = attempt.in_process() if foreign_hooks(ws.git) is None else attempt.through_hooks()
+                outcome = this.in_process() if foreign_hooks(ws.git) is None else this.through_hooks()
         return outcome
     finally:
         if not isinstance(outcome, Started):  # a detached runner holds the lock now

@@ -264,8 +264,8 @@ def _train(ws: Opened, plan: Plan, ground: Ground, snapshot: Path, run_key: str,
         run_id=plan.run_id, commit=plan.commit, branch=plan.branch, description=plan.description,
         kind=plan.kind, best_commit=plan.best.commit if plan.best else None,
         move_branch=plan.kind == "attempt", started=now, budget_s=ground.training.budget_s,
-        timeout_s=ground.experiment.timeout_s, log=str(log_path), pid=pid or os.getpid(), pid_start=start_time(pid or os.getpid()), seed=plan.seed,
-        phase=state.STARTING, phase_started=now, evaluate=ground.experiment.evaluate))
+        timeout_s=ground.experiment.timeout_s, log=str(log_path), pid=pid or os.getpid(),
+        pid_start=start_time(pid or os.getpid()), seed=plan.seed, phase=state.STARTING, phase_started=now, evaluate=ground.experiment.evaluate))
     phases.running.save(paths)
     # The run sees the committed files only: later edits in the work tree cannot leak into it.
     git.export_tree(plan.commit, snapshot)
