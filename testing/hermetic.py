@@ -19,16 +19,20 @@ _GIT_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX", "GIT_ED
              "GITAR_SMOKE", "GITAR_SEED", "GITAR_WORKSPACE", "GITAR_CRASH_FILE")
 
 
-def apply_hermetic(mp: pytest.MonkeyPatch, home: Path, pre_commit_home: Path, *, fixed_dates: bool = True) -> None:
-    """Point git and pre-commit at `home` only: no system or global config but ours, a fixed identity."""
-    home.mkdir(exist_ok=True)
+def apply_hermetic(mp: pytest.MonkeyPatch, home: Path, pre_commit_home: Path | None, *,
+                   fixed_dates: bool = True) -> None:
+    """Point git and pre-commit at `home` only: no system or global config but ours, a fixed identity.
+    The one hermetic setup of every scope: tests/conftest.py's `hermetic` (a test), the session
+    fixtures through hermetic_session or a MonkeyPatch context of their own."""
+    home.mkdir(parents=True, exist_ok=True)
     for var in _GIT_VARS:
         mp.delenv(var, raising=False)
     mp.setenv("HOME", str(home))
     mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
     mp.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
-    mp.setenv("PRE_COMMIT_HOME", str(pre_commit_home))
+    if pre_commit_home is not None:
+        mp.setenv("PRE_COMMIT_HOME", str(pre_commit_home))
     for who in ("AUTHOR", "COMMITTER"):
         mp.setenv(f"GIT_{who}_NAME", "Test Researcher")
         mp.setenv(f"GIT_{who}_EMAIL", "researcher@example.com")
@@ -39,17 +43,9 @@ def apply_hermetic(mp: pytest.MonkeyPatch, home: Path, pre_commit_home: Path, *,
 
 @contextmanager
 def hermetic_session(home: Path) -> Iterator[None]:
-    """What tests/conftest.py's `hermetic` gives a test, for a session-scoped fixture."""
-    home.mkdir(parents=True, exist_ok=True)
-    (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n")
+    """What tests/conftest.py's `hermetic` gives a test, for a session-scoped fixture (which sets
+    PRE_COMMIT_HOME itself), with the dates left to run and no export path inherited."""
     with pytest.MonkeyPatch.context() as mp:
-        for var in (*_GIT_VARS, "GITAR_EXPORT_PATH"):
-            mp.delenv(var, raising=False)
-        mp.setenv("HOME", str(home))
-        mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-        mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
-        mp.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
-        for who in ("AUTHOR", "COMMITTER"):
-            mp.setenv(f"GIT_{who}_NAME", "Test Researcher")
-            mp.setenv(f"GIT_{who}_EMAIL", "researcher@example.com")
+        mp.delenv("GITAR_EXPORT_PATH", raising=False)
+        apply_hermetic(mp, home, None, fixed_dates=False)
         yield

@@ -21,7 +21,7 @@ from typing import Any
 from gitar.config.schema import read_json_object
 from gitar.demo.presets import cpu_ground, cpu_model
 from testing.hermetic import REPO_ROOT
-from testing.workspace import Workspace
+from testing.workspace import Workspace, add_loop_files, init_repo
 
 BUDGET_S = 3  # counted training seconds per real run: the model learns a little, the test stays short
 # Enough stdlib docstrings (~1 MB) for a 2048-token vocabulary and a visible learning curve,
@@ -83,15 +83,8 @@ def build_workspace(prepared: Path, root: Path) -> Workspace:
     (root / "ground.json").write_text(json.dumps(ground, indent=2) + "\n")
     for name in ("prepare.py", "train.py", "model.json"):
         shutil.copy(prepared / name, root / name)
-    shutil.copy(REPO_ROOT / ".pre-commit-config.yaml", root / ".pre-commit-config.yaml")
-    shutil.copytree(REPO_ROOT / "hooks", root / "hooks")
-    (root / "program.md").write_text("# program\n")
-    (root / ".gitignore").write_text("cache/\n")
-    ws = Workspace(root)
-    ws.git("init", "-q", "-b", "main")
-    ws.git("add", "-A")
-    ws.git("commit", "-q", "-m", "workspace")
-    return ws
+    add_loop_files(root)
+    return init_repo(root, {".gitignore": "cache/\n"})
 
 
 def script_workspace(dest: Path, *, preset: bool) -> Path:

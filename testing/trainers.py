@@ -1,30 +1,73 @@
-"""The fake, fast trainer of the loop tests.
+"""The fake, fast trainers of the loop tests.
 
-The loop tests are about git, hooks and records, not the model: this trainer prints the
+The loop tests are about git, hooks and records, not the model: these trainers print the
 step lines and summary block train.py prints, with a val_bpb and a behaviour (ok, crash,
-hang, ...) that each test writes into train.py itself.
+hang, ...) that each test writes into train.py itself. Every one of them prints its summary
+block through summary_lines, the one place that lays the block out.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # testing/workspace.py imports this module
     from testing.workspace import Workspace
 
+
+def summary_lines(values: dict[str, object]) -> list[str]:
+    """train.py's summary block: "---", then a `key: value` line a key, the values in one column.
+
+    The fake trainers run this very function (its source is part of theirs, see SUMMARY_SOURCE),
+    so a test that writes a summary of its own (tests/core/test_runner.py) lays it out the same way.
+    """
+    return ["---", *(f"{key + ':':<17} {value}" for key, value in values.items())]
+
+
+# summary_lines as the trainers define it: their summary block comes from the same code.
+SUMMARY_SOURCE = inspect.getsource(summary_lines)
+
+# The values of the fake trainer's summary after val_bpb (and before seed, which comes from GITAR_SEED).
+FAKE_SUMMARY: dict[str, object] = {
+    "training_seconds": "1.0", "total_seconds": "1.5", "peak_vram_mb": "1024.0", "mfu_percent": "12.50",
+    "total_tokens_M": "0.1", "num_steps": 3, "num_params_M": "0.1", "depth": 2, "device": "cpu",
+    "dtype": "float32", "attention": "sdpa", "bytes_rule": "utf8-decoded",
+}
+
 FAKE_TRAIN = '''\
 """A stand-in trainer for loop tests: same output shape as train.py, controlled result."""
 import json, os, sys, time
+from pathlib import Path
 VAL_BPB = {val_bpb!r}
-MODE = {mode!r}  # ok | crash | hang | nosummary | smoke-fail | sleep
+MODE = {mode!r}  # ok | crash | hang | nosummary | smoke-fail | sleep | staged
 SLEEP_S = {sleep_s!r}
+SUMMARY = {summary!r}
+{summary_source}
+def step(n, train_s):
+    print(f"step {{n:05d}} | loss 3.{{n}}00000 | lrm 1.000 | dt 1ms | tok/s 100 | mfu 0.0% | epoch 1 | train {{train_s:.1f}}/1s",
+          flush=True)
+def wait(name):
+    # staged: the test moves the trainer on by writing `name` into its snapshot (its working directory)
+    while not os.path.exists(name):
+        time.sleep(0.05)
 if os.environ.get("GITAR_SMOKE") == "1":
     if MODE == "smoke-fail":
         raise ValueError("mat1 and mat2 shapes cannot be multiplied (2x64 and 128x64)")
     print("smoke: ok loss=9.0 params=0.1M", flush=True)
     sys.exit(0)
-for step in range(3):
-    print(f"step {{step:05d}} | loss 3.{{step}}00000 | lrm 1.000 | dt 1ms | tok/s 100 | mfu 0.0% | epoch 1 | train {{step * 0.1:.1f}}/1s", flush=True)
+if MODE == "staged":
+    wait("go-warmup")
+    step(0, 0.0)
+    step(1, 0.0)
+    wait("go-train")
+    step(2, 0.5)
+    wait("go-done")
+    step(3, 1.0)
+    wait("go-end")
+else:
+    for n in range(3):
+        step(n, n * 0.1)
+{body}
 if MODE == "sleep":
     time.sleep(SLEEP_S)
 if MODE == "crash":
@@ -38,26 +81,17 @@ if MODE == "hang":
     time.sleep(600)
 if MODE == "nosummary":
     sys.exit(0)
-print("---")
-print(f"val_bpb:          {{VAL_BPB:.6f}}")
-print("training_seconds: 1.0")
-print("total_seconds:    1.5")
-print("peak_vram_mb:     1024.0")
-print("mfu_percent:      12.50")
-print("total_tokens_M:   0.1")
-print("num_steps:        3")
-print("num_params_M:     0.1")
-print("depth:            2")
-print("device: cpu")
-print("dtype: float32")
-print("attention: sdpa")
-print("bytes_rule: utf8-decoded")
-print("seed: " + os.environ.get("GITAR_SEED", "42"))
+print("\\n".join(summary_lines({{"val_bpb": f"{{VAL_BPB:.6f}}", **SUMMARY, "seed": os.environ.get("GITAR_SEED", "42")}})),
+      flush=True)
 '''
 
 
-def fake_train(val_bpb: float = 1.0, mode: str = "ok", sleep_s: float = 0.0) -> str:
-    return FAKE_TRAIN.format(val_bpb=val_bpb, mode=mode, sleep_s=sleep_s)
+def fake_train(val_bpb: float = 1.0, mode: str = "ok", sleep_s: float = 0.0, *, body: str = "",
+               summary: dict[str, object] | None = None) -> str:
+    """The fake trainer's source. `body`: Python it runs after its steps (what a test makes it do to
+    the run); `summary`: summary values in place of FAKE_SUMMARY's, or added after them."""
+    return FAKE_TRAIN.format(val_bpb=val_bpb, mode=mode, sleep_s=sleep_s, summary={**FAKE_SUMMARY, **(summary or {})},
+                             summary_source=SUMMARY_SOURCE, body=body)
 
 
 # The keep-rule tests' trainer (tests/judge): its noise is a table indexed by seed, so a test knows
@@ -69,6 +103,7 @@ BASE = {base!r}
 OFFSETS = {offsets!r}  # by GITAR_SEED; seeds not listed add nothing
 CRASH_SEEDS = {crash_seeds!r}
 SLEEP_S = {sleep_s!r}
+{summary_source}
 if os.environ.get("GITAR_SMOKE") == "1":
     print("smoke: ok loss=9.0 params=0.1M", flush=True)
     sys.exit(0)
@@ -77,12 +112,8 @@ print("step 00000 | loss 3.000000 | lrm 1.000 | dt 1ms | tok/s 100 | mfu 0.0% | 
 time.sleep(SLEEP_S)
 if seed in CRASH_SEEDS:
     raise RuntimeError(f"diverged with seed {{seed}} (fake)")
-print("---")
-print(f"val_bpb:          {{BASE + OFFSETS.get(seed, 0.0):.6f}}")
-print("training_seconds: 1.0")
-print("total_seconds:    1.5")
-print("num_steps:        1")
-print(f"seed: {{seed}}")
+print("\\n".join(summary_lines({{"val_bpb": f"{{BASE + OFFSETS.get(seed, 0.0):.6f}}", "training_seconds": "1.0",
+                                "total_seconds": "1.5", "num_steps": 1, "seed": seed}})), flush=True)
 '''
 
 # Run-to-run noise of the baseline: seed 42 is lucky, so a change that does nothing wins its first run.
@@ -95,7 +126,7 @@ def write_noisy(ws: Workspace, base: float, offsets: dict[int, float] | None = N
                 crash_seeds: tuple[int, ...] = (), sleep_s: float = 0.0, note: str = "") -> None:
     """train.py for the next commit; `note` makes a change that does nothing (a null change)."""
     text = NOISY_TRAIN.format(base=base, offsets=dict(offsets or {}), crash_seeds=set(crash_seeds),
-                              sleep_s=sleep_s)
+                              sleep_s=sleep_s, summary_source=SUMMARY_SOURCE)
     (ws.root / "train.py").write_text(text + (f"# {note}\n" if note else ""))
 
 
@@ -111,6 +142,8 @@ if os.environ.get("GITAR_SMOKE") == "1":
     sys.exit(0)
 STATE = os.path.dirname(os.environ["GITAR_CRASH_FILE"])
 
+
+{summary_source}
 
 class TrainingDiverged(RuntimeError):
     """train.py's fast fail on a NaN/inf loss (check_loss)."""
@@ -172,14 +205,10 @@ def main():
         line = "step 00003 | loss 3.000000 | " + "x" * 200
         for _ in range(100000):
             print(line, flush=True)
-    print("---")
-    print(f"val_bpb:          {{float('nan') if MODE == 'nan-summary' else VAL_BPB:.6f}}")
-    print("training_seconds: 1.0")
-    print("total_seconds:    1.5")
-    print("peak_vram_mb:     1024.0")
-    print("num_steps:        3")
-    print("depth:            2")
-    print("seed: " + os.environ.get("GITAR_SEED", "42"), flush=True)
+    val_bpb = float('nan') if MODE == 'nan-summary' else VAL_BPB
+    print("\\n".join(summary_lines({{"val_bpb": f"{{val_bpb:.6f}}", "training_seconds": "1.0", "total_seconds": "1.5",
+                                    "peak_vram_mb": "1024.0", "num_steps": 3, "depth": 2,
+                                    "seed": os.environ.get("GITAR_SEED", "42")}})), flush=True)
 
 
 def run():
@@ -199,4 +228,4 @@ sys.exit(run())
 '''
 
 def fault_train(mode: str = "ok", val_bpb: float = 1.0, *, wait: bool = False) -> str:
-    return FAULT_TRAIN.format(mode=mode, val_bpb=val_bpb, wait=wait)
+    return FAULT_TRAIN.format(mode=mode, val_bpb=val_bpb, wait=wait, summary_source=SUMMARY_SOURCE)

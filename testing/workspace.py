@@ -71,8 +71,10 @@ class Workspace:
         return subprocess.run([sys.executable, "-m", "gitar", *args], cwd=self.root, capture_output=True,
                               text=True, env=full, timeout=timeout)
 
-    def write_train(self, val_bpb: float = 1.0, mode: str = "ok", sleep_s: float = 0.0) -> None:
-        (self.root / "train.py").write_text(fake_train(val_bpb, mode, sleep_s))
+    def write_train(self, val_bpb: float = 1.0, mode: str = "ok", sleep_s: float = 0.0, *, body: str = "",
+                    summary: dict[str, object] | None = None) -> None:
+        """train.py: the fake trainer (testing/trainers.py fake_train, which says what each argument does)."""
+        (self.root / "train.py").write_text(fake_train(val_bpb, mode, sleep_s, body=body, summary=summary))
 
     def add_user_hook(self) -> None:
         """Commit a user's own pre-commit hook (USER_HOOK_CONFIG): `gitar try` then goes through the hooks."""
@@ -101,6 +103,29 @@ class Workspace:
         return out
 
 
+def init_repo(root: Path, files: dict[str, str] | None = None, *, branch: str = "main",
+              message: str = "workspace") -> Workspace:
+    """A git repository at root (made if missing) with one commit: what root holds, plus `files`
+    (name: text) written first. Every test repository with a history starts here; the bare and
+    unborn repositories some tests refuse are made where those tests are."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in (files or {}).items():
+        (root / name).write_text(text)
+    ws = Workspace(root)
+    ws.git("init", "-q", "-b", branch)
+    ws.git("add", "-A")
+    ws.git("commit", "-q", "--allow-empty", "-m", message)
+    return ws
+
+
+def add_loop_files(root: Path) -> None:
+    """What a gitar workspace holds beside the trainer and its configuration: the repository's
+    pre-commit configuration and hooks, and a program.md."""
+    shutil.copy(REPO_ROOT / ".pre-commit-config.yaml", root / ".pre-commit-config.yaml")
+    shutil.copytree(REPO_ROOT / "hooks", root / "hooks")
+    (root / "program.md").write_text("# program\n")
+
+
 def make_workspace(root: Path, *, timeout_s: float = 30, budget_s: float = 1, smoke: bool = True) -> Workspace:
     root.mkdir(parents=True, exist_ok=True)
     ground = json.loads((REPO_ROOT / "ground.json").read_text())
@@ -114,17 +139,9 @@ def make_workspace(root: Path, *, timeout_s: float = 30, budget_s: float = 1, sm
     ground["data"]["cache_dir"] = "data"
     (root / "ground.json").write_text(json.dumps(ground, indent=2) + "\n")
     shutil.copy(REPO_ROOT / "model.json", root / "model.json")
-    shutil.copy(REPO_ROOT / ".pre-commit-config.yaml", root / ".pre-commit-config.yaml")
-    shutil.copytree(REPO_ROOT / "hooks", root / "hooks")
-    (root / "prepare.py").write_text('"""The evaluation harness (stand-in for loop tests)."""\n')
-    (root / "program.md").write_text("# program\n")
-    (root / ".gitignore").write_text("data/\n")
-    ws = Workspace(root)
-    ws.write_train(1.0)
-    ws.git("init", "-q", "-b", "main")
-    ws.git("add", "-A")
-    ws.git("commit", "-q", "-m", "workspace")
-    return ws
+    add_loop_files(root)
+    return init_repo(root, {"prepare.py": '"""The evaluation harness (stand-in for loop tests)."""\n',
+                            ".gitignore": "data/\n", "train.py": fake_train(1.0)})
 
 
 def ok(proc: object) -> str:

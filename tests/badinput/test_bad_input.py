@@ -20,7 +20,7 @@ import pytest
 
 from testing.hermetic import REPO_ROOT, apply_hermetic
 from testing.trainers import fake_train
-from testing.workspace import Workspace, make_workspace
+from testing.workspace import Workspace, add_loop_files, init_repo, make_workspace
 
 REFUSED = 2
 
@@ -208,6 +208,7 @@ CASES = [
          "program.md is user-owned"),
     Case("repo-nothing-to-try", _nothing, TRY, "nothing to try"),
     Case("repo-not-a-repository", _nothing, ("status",), "not inside a git repository", cwd=lambda ws: ws.root.parent / "elsewhere"),
+    # Local repositories: bare and unborn are the bad input, and init_repo makes only ones with a history.
     Case("repo-bare", lambda ws: subprocess.run(["git", "init", "-q", "--bare", str(ws.root.parent / "bare.git")], check=True),
          ("status",), "bare repository", cwd=lambda ws: ws.root.parent / "bare.git"),
     Case("repo-unborn", lambda ws: subprocess.run(["git", "init", "-q", str(ws.root.parent / "unborn")], check=True),
@@ -282,17 +283,11 @@ def test_a_model_json_typo_is_refused_by_train_py_through_the_smoke_step(hermeti
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """model.json's schema is train.py's (#12): the real train.py's loader, run by the smoke step, refuses
     a typo as one line, exit 2, nothing committed, the agent's edit where it was."""
-    from testing.hermetic import REPO_ROOT
     from testing.prepared import script_workspace
 
     root = script_workspace(tmp_path / "ws", preset=True)
-    shutil.copy(REPO_ROOT / ".pre-commit-config.yaml", root / ".pre-commit-config.yaml")
-    shutil.copytree(REPO_ROOT / "hooks", root / "hooks")
-    (root / "program.md").write_text("# program\n")
-    ws = Workspace(root)
-    ws.git("init", "-q", "-b", "main")
-    ws.git("add", "-A")
-    ws.git("commit", "-q", "-m", "workspace")
+    add_loop_files(root)
+    ws = init_repo(root)
     monkeypatch.chdir(root)
     assert ws.gitar("init", "t1").returncode == 0
     before = ws.head()

@@ -21,6 +21,7 @@ import torch
 
 from testing.commands import git, gitar
 from testing.hermetic import REPO_ROOT
+from testing.workspace import init_repo
 
 UPSTREAM_TRAIN = '''\
 """autoresearch pretraining script (shape only)."""
@@ -55,13 +56,8 @@ ADDED = {"ground.json", ".pre-commit-config.yaml", "hooks/gitar-hook", "program.
 def clone(hermetic: Path, tmp_path: Path) -> Path:
     """A clone of an upstream-shaped repository on its default branch, master."""
     origin = tmp_path / "autoresearch"
-    origin.mkdir()
-    git(origin, "init", "-q", "-b", "master")
-    for name, text in (("train.py", UPSTREAM_TRAIN), ("prepare.py", UPSTREAM_PREPARE),
-                       ("program.md", UPSTREAM_PROGRAM), ("pyproject.toml", UPSTREAM_PYPROJECT)):
-        (origin / name).write_text(text)
-    git(origin, "add", ".")
-    git(origin, "commit", "-q", "-m", "initial commit")
+    init_repo(origin, {"train.py": UPSTREAM_TRAIN, "prepare.py": UPSTREAM_PREPARE, "program.md": UPSTREAM_PROGRAM,
+                       "pyproject.toml": UPSTREAM_PYPROJECT}, branch="master", message="initial commit")
     dest = tmp_path / "research"
     git(tmp_path, "clone", "-q", str(origin), str(dest))
     return dest

@@ -23,6 +23,7 @@ import torch
 
 from testing.commands import git, gitar
 from testing.hermetic import REPO_ROOT
+from testing.workspace import init_repo
 
 pytestmark = pytest.mark.slow
 
@@ -77,18 +78,15 @@ CUDA_MENTION = 'device = torch.device("cuda" if torch.cuda.is_available() else "
 def make_adopted(home: Path, tmp_path: Path, *, smoke: bool) -> Path:
     """The upstream-shaped repository, its data prepared, after `gitar init e2e` and a baseline `gitar run`."""
     root = tmp_path / "autoresearch"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "master")
     train = (FIXTURE / "train.py").read_text()
     assert CPU_DEVICE in train
-    (root / "train.py").write_text(train if smoke else train.replace(CPU_DEVICE, CUDA_MENTION))
     prepare = (FIXTURE / "prepare.py").read_text()
     assert "MAX_SHARD = 1 " in prepare
-    (root / "prepare.py").write_text(prepare.replace("MAX_SHARD = 1 ", "MAX_SHARD = 6542 "))
-    (root / "program.md").write_text("# autoresearch\n\nLOOP FOREVER: edit train.py, run it, keep or reset.\n")
-    (root / "pyproject.toml").write_text('[project]\nname = "autoresearch"\nversion = "0.1.0"\n')
-    git(root, "add", ".")
-    git(root, "commit", "-q", "-m", "initial commit")
+    init_repo(root, {"train.py": train if smoke else train.replace(CPU_DEVICE, CUDA_MENTION),
+                     "prepare.py": prepare.replace("MAX_SHARD = 1 ", "MAX_SHARD = 6542 "),
+                     "program.md": "# autoresearch\n\nLOOP FOREVER: edit train.py, run it, keep or reset.\n",
+                     "pyproject.toml": '[project]\nname = "autoresearch"\nversion = "0.1.0"\n'},
+              branch="master", message="initial commit")
     upstream_data(home)
 
     init = gitar(root, "init", "e2e")

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from gitar.errors import ExitCode
 from gitar.loop import hook_entry
+from testing.workspace import init_repo
 
 
 def test_an_unexpected_error_in_a_hook_is_one_line_exit_internal_and_a_saved_traceback(
         hermetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    repo = tmp_path / "repo"
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    repo = init_repo(tmp_path / "repo").root
     monkeypatch.chdir(repo)
 
     def broken() -> int:

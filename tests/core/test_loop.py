@@ -273,35 +273,6 @@ def test_index_lock_during_reset_leaves_branch_on_attempt_then_recovers(workspac
     assert ws.git("status", "--porcelain").stdout == ""
 
 
-# A trainer that moves through its stages when the test says so: it waits for a file in its
-# snapshot (its working directory, which the sandbox lets it see and the test write) before each.
-STAGED_TRAIN = '''\
-import os, sys, time
-if os.environ.get("GITAR_SMOKE") == "1":
-    print("smoke: ok loss=9.0 params=0.1M", flush=True)
-    sys.exit(0)
-def step(n, train_s):
-    print(f"step {n:05d} | loss 3.000000 | lrm 1.000 | dt 1ms | tok/s 100 | mfu 0.0% | epoch 1 | train {train_s}/1s",
-          flush=True)
-def wait(name):
-    while not os.path.exists(name):
-        time.sleep(0.05)
-wait("go-warmup")
-step(0, 0.0)
-step(1, 0.0)
-wait("go-train")
-step(2, 0.5)
-wait("go-done")
-step(3, 1.0)
-wait("go-end")
-print("---")
-print("val_bpb: 0.9")
-print("training_seconds: 1.0")
-print("total_tokens_M: 0.1")
-print("num_steps: 4")
-'''
-
-
 def test_status_shows_the_phase_and_the_time_left(hermetic: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from testing.workspace import make_workspace
@@ -309,7 +280,9 @@ def test_status_shows_the_phase_and_the_time_left(hermetic: Path, tmp_path: Path
     ws = make_workspace(tmp_path / "ws", timeout_s=60, budget_s=1)
     monkeypatch.chdir(ws.root)
     assert ws.gitar("init", "t1").returncode == 0
-    (ws.root / "train.py").write_text(STAGED_TRAIN)
+    # The fake trainer moves through its stages when the test says so: it waits for a file in its
+    # snapshot (its working directory, which the sandbox lets it see and the test write) before each.
+    ws.write_train(0.9, mode="staged", summary={"num_steps": 4})
     proc = ws.gitar("try", "staged", "--detach", "--json")
     assert proc.returncode == 0, _result(proc)
     started = json.loads(proc.stdout)

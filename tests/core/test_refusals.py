@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from testing.trainers import fake_train
-from testing.workspace import Workspace, make_workspace
+from testing.workspace import Workspace, init_repo, make_workspace
 
 REFUSED = 2
 
@@ -38,10 +38,7 @@ def test_not_a_repository(hermetic: Path, tmp_path: Path) -> None:
 
 
 def test_not_a_gitar_workspace(hermetic: Path, tmp_path: Path) -> None:
-    subprocess.run(["git", "init", "-q", str(tmp_path / "r")], check=True)
-    (tmp_path / "r" / "f").write_text("x")
-    subprocess.run(["git", "add", "f"], cwd=tmp_path / "r", check=True)
-    subprocess.run(["git", "commit", "-qm", "c"], cwd=tmp_path / "r", check=True)
+    init_repo(tmp_path / "r", {"f": "x"}, message="c")
     proc = subprocess.run([sys.executable, "-m", "gitar", "try", "x"], cwd=tmp_path / "r", capture_output=True, text=True)
     assert proc.returncode == REFUSED and "not a gitar workspace" in proc.stderr
 
@@ -222,6 +219,7 @@ def test_merge_in_progress(measured: Workspace) -> None:
 
 
 def test_bare_repository(hermetic: Path, tmp_path: Path) -> None:
+    # Local: a bare repository is the bad input here, and init_repo makes only repositories with a history.
     subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "b.git")], check=True)
     proc = subprocess.run([sys.executable, "-m", "gitar", "status"], cwd=tmp_path / "b.git",
                           capture_output=True, text=True)
@@ -229,6 +227,7 @@ def test_bare_repository(hermetic: Path, tmp_path: Path) -> None:
 
 
 def test_unborn_branch(hermetic: Path, tmp_path: Path) -> None:
+    # Local: a repository without a commit is the bad input here, and init_repo always commits.
     subprocess.run(["git", "init", "-q", str(tmp_path / "u")], check=True)
     proc = subprocess.run([sys.executable, "-m", "gitar", "init", "x"], cwd=tmp_path / "u",
                           capture_output=True, text=True)

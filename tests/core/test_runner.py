@@ -28,25 +28,15 @@ from gitar.host.runner import (
     read_progress,
     run_training,
 )
+from testing.trainers import summary_lines
 
 REPO = Path(__file__).resolve().parents[2]
 
-SUMMARY = """\
----
-val_bpb:          0.997900
-training_seconds: 300.1
-total_seconds:    325.9
-peak_vram_mb:     45060.2
-mfu_percent:      39.80
-total_tokens_M:   499.6
-num_steps:        953
-num_params_M:     50.3
-depth:            8
-device:           cuda
-dtype:            bfloat16
-attention:        fa3
-seed:             42
-"""
+# A GPU run's summary block, laid out as the fake trainers lay theirs out.
+SUMMARY = "\n".join(summary_lines({
+    "val_bpb": "0.997900", "training_seconds": "300.1", "total_seconds": "325.9", "peak_vram_mb": "45060.2",
+    "mfu_percent": "39.80", "total_tokens_M": "499.6", "num_steps": 953, "num_params_M": "50.3", "depth": 8,
+    "device": "cuda", "dtype": "bfloat16", "attention": "fa3", "seed": 42})) + "\n"
 
 STEP = "step {:05d} | loss {:.6f} | lrm 1.000 | dt 120ms | tok/s 12345 | mfu 12.3% | epoch 1 | train {:.1f}/20s"
 
@@ -174,7 +164,7 @@ def test_exception_without_crash_file_gives_a_derived_record(tmp_path: Path) -> 
     stale.parent.mkdir()
     stale.write_text('{"type": "FromAnEarlierRun"}')
     result = run_script(tmp_path, """
-        print("---")
+        print("---")  # local: a block that is no summary, then a crash
         print("this is not a summary")
         def deep():
             raise ValueError("boom")
@@ -214,6 +204,7 @@ def test_killed_by_a_signal(tmp_path: Path) -> None:
     assert "SIGKILL" in result.crash["message"] and "dying" in result.crash["traceback"]
 
 
+# Local summaries: deliberately malformed ones (nan, no val_bpb), which the fake trainers never print.
 @pytest.mark.parametrize(("output", "detail"), [
     ("print('trained, but forgot the summary')", "no summary block"),
     ("print('---'); print('val_bpb: nan'); print('num_steps: 3')", "nan"),
@@ -266,6 +257,7 @@ def test_timeout_gives_the_trainer_its_grace_to_exit_cleanly(tmp_path: Path) -> 
 
 
 def test_children_left_behind_by_the_trainer_are_killed(tmp_path: Path) -> None:
+    # A shell trainer, local: it ignores SIGTERM and leaves a child behind, which no fake trainer does.
     result = run_script(tmp_path, """\
         trap '' TERM
         sleep 1000 &

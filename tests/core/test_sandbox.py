@@ -405,7 +405,7 @@ def test_the_trainer_sees_the_fa3_kernels_prepare_fetched(tmp_path: Path) -> Non
 
 
 def test_upstreams_train_py_finds_the_fa3_build_kernels_downloaded_and_nothing_else(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        hermetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Upstream's train.py calls kernels.get_kernel at import, with no network and a fresh HOME
     inside: the FA3 builds in the download cache outside are shown read-only at their own paths,
     huggingface_hub is told it is offline, and no other repository of that cache is visible."""
@@ -413,6 +413,7 @@ def test_upstreams_train_py_finds_the_fa3_build_kernels_downloaded_and_nothing_e
     from gitar.host import confine
     from gitar.store.git import Git
     from testing.hermetic import REPO_ROOT
+    from testing.workspace import init_repo
 
     sandbox.require()
     hub = tmp_path / "hf-hub"
@@ -424,8 +425,7 @@ def test_upstreams_train_py_finds_the_fa3_build_kernels_downloaded_and_nothing_e
     (other / "weights.txt").write_text("not for the trainer")
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     monkeypatch.delenv("KERNELS_CACHE", raising=False)
-    repo = tmp_path / "repo"
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    repo = init_repo(tmp_path / "repo").root
     obj = read_json_object(REPO_ROOT / "ground.json")
     obj["data"]["cache_dir"] = str(tmp_path / "cache")
     ground = parse_ground(obj, repo / "ground.json")

@@ -37,6 +37,7 @@ import pytest
 
 from testing.faults import FaultWorkspace, Pids, copy_fault_workspace, make_fault_workspace
 from testing.hermetic import REPO_ROOT
+from testing.trainers import fake_train
 
 BRANCH = "autoresearch/t1"
 EDIT = b"\n# the next idea, typed into train.py while the run goes on\n"
@@ -470,7 +471,7 @@ from pathlib import Path
 from gitar.host import runner, signals
 tmp = Path(sys.argv[1])
 with signals.stop_signals_held():
-    result = runner.run_training([sys.executable, "-c", "print('---'); print('val_bpb: 1.0')"], cwd=tmp,
+    result = runner.run_training([sys.executable, str(tmp / "train.py")], cwd=tmp,
                                  env=dict(os.environ), log_path=tmp / "run.log", crash_path=tmp / "crash.json",
                                  timeout_s=30)
     os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C just after the run, while its record is being written
@@ -482,6 +483,7 @@ print("never here", flush=True)
 def test_a_stop_after_the_run_waits_for_its_record(tmp_path: Path) -> None:
     # A stop that comes too late to abort the run must not cut its record off half way: held
     # until the holder (`gitar try`, the post-commit hook) has written it, then delivered.
+    (tmp_path / "train.py").write_text(fake_train(1.0))
     proc = subprocess.run([sys.executable, "-c", STOP_AFTER_THE_RUN, str(tmp_path)], capture_output=True, text=True,
                           timeout=60, cwd=REPO_ROOT)
     assert proc.stdout == "recorded ok\n", (proc.stdout, proc.stderr)

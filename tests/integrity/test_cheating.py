@@ -78,6 +78,7 @@ def test_printing_and_patching_a_better_number_changes_nothing(measured: Measure
         "    Path(_p.__file__).write_text(_src.replace('return float(total_nats.item()', "
         "'return 0.0 * float(total_nats.item()'))\n"
         "    from prepare")
+    # Local: the claim is patched into the real train.py, after its own summary, not a fake trainer's.
     fake = "    print('---')\n    print('val_bpb: 0.000001')\n"
     edit_train(ws, (MAIN_START, cheat),
                ('    print(f"seed: {seed}", flush=True)\n', '    print(f"seed: {seed}", flush=True)\n' + fake))

@@ -13,21 +13,13 @@ import time
 from pathlib import Path
 
 from testing.measured import BRANCH, Measured, try_json
-
-# A stand-in train.py that prints the summary block and does something to the run's integrity.
-STAND_IN = '''\
-import os, sys
-from pathlib import Path
-{body}
-print("---")
-print("val_bpb: 0.5")
-print("training_seconds: 1.0")
-print("num_steps: 1")
-'''
+from testing.trainers import fake_train
 
 
 def stand_in(ws_root: Path, body: str) -> None:
-    (ws_root / "train.py").write_text(STAND_IN.format(body=body))
+    """A stand-in train.py (the fake trainer) that prints the summary block and, before it, does
+    `body` to the run's integrity."""
+    (ws_root / "train.py").write_text(fake_train(0.5, body=body, summary={"num_steps": 1}))
 
 
 def test_a_changed_prepare_py_committed_past_the_hooks_is_rejected_untrained(measured: Measured) -> None:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from testing.hermetic import REPO_ROOT
+from testing.workspace import init_repo
 
 WRITERS = 3
 LINES = 40  # per writer: enough rounds that two writers meet between read and write
@@ -35,10 +36,8 @@ def _git(root: Path, *args: str) -> str:
 
 def test_concurrent_writers_lose_no_line(hermetic: Path, tmp_path: Path) -> None:
     root = tmp_path / "repo"
-    root.mkdir()
-    _git(root, "init", "-q")
-    commits = []
-    for k in range(WRITERS + 1):
+    commits = [init_repo(root, message="c0").head()]
+    for k in range(1, WRITERS + 1):
         _git(root, "commit", "-q", "--allow-empty", "-m", f"c{k}")
         commits.append(_git(root, "rev-parse", "HEAD"))
     shared, own = commits[0], commits[1:]
