@@ -23,9 +23,10 @@ machine. The trust anchor against that is a runner's signature (gitar/store/sign
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -41,6 +42,10 @@ HERE = "here"
 SYNCED = "synced"  # written as synced:<remote>
 ACCEPTED = "accepted"
 REMOVED = "removed"  # a line gitar wrote is gone from the notes, and a person accepted that
+
+# Tries at the keep-alive ref while another writer holds its lock: growing waits, 0.2-1 s in all,
+# far longer than a writer holds it (one small file write).
+KEEP_ALIVE_TRIES = 20
 
 
 def line_hash(line: str) -> str:
@@ -126,9 +131,7 @@ class Ledger:
             return
         self.ensure()
         write_atomic(self._notes, tip + "\n")
-        # In-process (no git process per record): keeps the commit alive should the notes ref go.
-        with contextlib.suppress(pygit2.GitError, ValueError):
-            git.repo.references.create(LEDGER_NOTES, pygit2.Oid(hex=tip), force=True)
+        _keep_alive(git, tip)
 
     def clear_notes(self) -> None:
         """gitar no longer claims a notes tip (the user accepted that the notes ref is gone)."""
@@ -151,6 +154,26 @@ class Ledger:
         path = self._branch_file(branch)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, sha + "\n")
+
+
+def _keep_alive(git: Git, tip: str) -> None:
+    """refs/gitar/ledger/notes at tip: keeps the notes commit alive should the notes ref go.
+
+    In-process (no git process per record). Agents of one clone write at once, so the ref's lock
+    may be another writer's for a moment (libgit2 then raises OSError): try again, unless the ref
+    has meanwhile reached tip or beyond, which keeps tip alive as well.
+    """
+    for attempt in range(KEEP_ALIVE_TRIES):
+        current = git.ref_target(LEDGER_NOTES)
+        if current is not None and (current == tip or descends(git, tip, current)):
+            return
+        try:
+            git.repo.references.create(LEDGER_NOTES, pygit2.Oid(hex=tip), force=True)
+            return
+        except OSError:  # the ref's lock file is another writer's
+            time.sleep(random.uniform(0.001, 0.005) * (attempt + 1))
+        except (pygit2.GitError, ValueError):
+            return  # a keep-alive only: the notes ref itself still holds tip
 
 
 def descends(git: Git, ancestor: str, descendant: str) -> bool:
