@@ -23,14 +23,11 @@ machine. The trust anchor against that is a runner's signature (gitar/store/sign
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
-
-import pygit2
 
 from gitar.files import write_atomic
 from gitar.paths import Paths
@@ -127,8 +124,7 @@ class Ledger:
         self.ensure()
         write_atomic(self._notes, tip + "\n")
         # In-process (no git process per record): keeps the commit alive should the notes ref go.
-        with contextlib.suppress(pygit2.GitError, ValueError):
-            git.repo.references.create(LEDGER_NOTES, pygit2.Oid(hex=tip), force=True)
+        git.keep_ref(LEDGER_NOTES, tip)
 
     def clear_notes(self) -> None:
         """gitar no longer claims a notes tip (the user accepted that the notes ref is gone)."""
@@ -154,10 +150,7 @@ class Ledger:
 
 
 def descends(git: Git, ancestor: str, descendant: str) -> bool:
-    try:
-        return git.is_ancestor(ancestor, descendant)
-    except (KeyError, ValueError, pygit2.GitError):  # a commit gc collected, or never had
-        return False
+    return git.descends(ancestor, descendant)  # False for a commit gc collected, or never had
 
 
 def wrote(git: Git, line: str | None, run_id: str, commit: str) -> None:
