@@ -48,6 +48,7 @@ class CommitInfo:
 
     sha: str
     parent_ids: tuple[str, ...]  # first parent first; () for a root commit
+    tree_id: str
     message: str
     commit_time: int  # committer time, seconds since the epoch
 
@@ -158,7 +159,7 @@ class Git:
         if obj is None:
             return None
         return CommitInfo(sha=str(obj.id), parent_ids=tuple(str(p) for p in obj.parent_ids),
-                          message=obj.message, commit_time=obj.commit_time)
+                          tree_id=str(obj.tree_id), message=obj.message, commit_time=obj.commit_time)
 
     def _commit(self, sha: str) -> pygit2.Commit | None:
         try:
