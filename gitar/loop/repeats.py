@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pygit2
-
 from gitar.config.schema import REPEATS_REFUSE, Ground, owned
 from gitar.errors import GitarError
 from gitar.files import write_atomic
@@ -61,37 +59,10 @@ def content_sha256(files: Iterable[tuple[str, str]]) -> str:
 
 def commit_content(git: Git, sha: str, agent_owned: tuple[str, ...]) -> str | None:
     """agent_sha256 of a commit; None if the commit is not in this repository."""
-    try:
-        obj = git.repo.get(sha)
-    except ValueError:
-        obj = None
-    if not isinstance(obj, pygit2.Commit):
-        return None
-    return content_sha256(_tree_files(obj.tree, agent_owned))
-
-
-def _tree_files(tree: pygit2.Tree, agent_owned: tuple[str, ...]) -> list[tuple[str, str]]:
-    # Only the owned paths are looked up (a workspace tree holds gitar itself too): one lookup
-    # per file pattern, one walk per directory pattern ("dir/").
-    out: list[tuple[str, str]] = []
-    for pattern in agent_owned:
-        try:
-            obj = tree[pattern.rstrip("/")]
-        except (KeyError, ValueError):
-            continue
-        if isinstance(obj, pygit2.Blob) and not pattern.endswith("/"):
-            out.append((pattern, str(obj.id)))
-        elif isinstance(obj, pygit2.Tree) and pattern.endswith("/"):
-            _walk(obj, pattern, out)
-    return out
-
-
-def _walk(tree: pygit2.Tree, prefix: str, out: list[tuple[str, str]]) -> None:
-    for entry in tree:
-        if isinstance(entry, pygit2.Blob):
-            out.append((prefix + str(entry.name), str(entry.id)))
-        elif isinstance(entry, pygit2.Tree):
-            _walk(entry, f"{prefix}{entry.name}/", out)
+    # Only the owned paths are looked up (a workspace tree holds gitar itself too): "dir/"
+    # patterns stand for every file beneath, as owned() reads them.
+    files = git.blob_ids(sha, agent_owned)
+    return None if files is None else content_sha256(files)
 
 
 def staged_content(git: Git, agent_owned: tuple[str, ...]) -> str:
@@ -226,9 +197,9 @@ def _updated(git: Git, old: str, new: str, index: dict[str, frozenset[str]],
         if parts[4].startswith("D"):
             index.pop(commit, None)
     for parts, commit in changes:
-        obj = None if parts[4].startswith("D") else git.repo.get(parts[3])
-        if isinstance(obj, pygit2.Blob):
-            index[commit] = _identities(git, commit, obj.data, agent_owned)
+        data = None if parts[4].startswith("D") else git.blob(parts[3])
+        if data is not None:
+            index[commit] = _identities(git, commit, data, agent_owned)
     return index
 
 

@@ -25,8 +25,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import pygit2
-
 from gitar.config.schema import GROUND_FILE, parse_ground
 from gitar.errors import GitarError
 from gitar.store import ledger, pins, signing
@@ -73,11 +71,10 @@ def _parse(commit: str, text: str) -> Iterator[Line]:
 
 
 def note_lines(git: Git, commit: str) -> list[Line]:
-    try:
-        note = git.repo.lookup_note(commit, NOTES_REF)
-    except KeyError:
+    note = git.note(NOTES_REF, commit)
+    if note is None:
         return []
-    return list(_parse(commit, note.message))
+    return list(_parse(commit, note))
 
 
 def all_lines(git: Git) -> Iterator[Line]:
@@ -192,10 +189,8 @@ def vanished_problem(git: Git, commit: str | None) -> str | None:
     key = f" {commit} ".encode()
     if key not in raw:  # nearly always: one substring test, no parsing
         return None
-    try:
-        present = {line_hash(t) for t in git.repo.lookup_note(commit, NOTES_REF).message.split("\n") if t.strip()}
-    except KeyError:
-        present = set()
+    note = git.note(NOTES_REF, commit)
+    present = {line_hash(t) for t in note.split("\n") if t.strip()} if note is not None else set()
     mine = [line.decode("utf-8", "replace").split(" ") for line in raw.split(b"\n") if key in line]
     removed = {parts[0] for parts in mine if len(parts) == 4 and parts[3] == ledger.REMOVED}
     gone = [parts for parts in mine
@@ -260,15 +255,14 @@ def check_judging(git: Git, branch: str, on: str | None, bar: str | None, best_c
 
 def record_synced(git: Git, before: str | None, after: str, remote: str) -> None:
     """The record lines a sync merge brought (in `after`, not in `before`) join the ledger as synced."""
-    repo = git.repo
     entries: list[Entry] = []
     origin = f"{ledger.SYNCED}:{remote}"
 
-    def lines_of(oid: pygit2.Oid) -> set[str]:
-        blob = repo.get(oid)
-        if not isinstance(blob, pygit2.Blob):
+    def lines_of(oid: str) -> set[str]:
+        data = git.blob(oid)
+        if data is None:
             return set()
-        return {ln.strip() for ln in blob.data.decode("utf-8", "replace").split("\n") if ln.strip()}
+        return {ln.strip() for ln in data.decode("utf-8", "replace").split("\n") if ln.strip()}
 
     book = Ledger.of(git)
     raw = book.raw()  # a tree rewritten with fan-out shows every note as new: skip what is known
@@ -277,10 +271,10 @@ def record_synced(git: Git, before: str | None, after: str, remote: str) -> None
             if line.sha256.encode() not in raw:
                 entries.append(Entry(line.sha256, line.record.run_id, line.commit, origin))
     else:
-        for delta in repo.diff(before, after).deltas:
-            commit = delta.new_file.path.replace("/", "")  # flat or fanned-out notes trees
-            old = lines_of(delta.old_file.id) if delta.status != pygit2.GIT_DELTA_ADDED else set()
-            for text in lines_of(delta.new_file.id) - old:
+        for change in git.tree_changes(before, after):
+            commit = change.path.replace("/", "")  # flat or fanned-out notes trees
+            old = lines_of(change.old_id) if change.status != "A" else set()
+            for text in lines_of(change.new_id) - old:
                 for parsed in _parse(commit, text):
                     if parsed.sha256.encode() not in raw:
                         entries.append(Entry(parsed.sha256, parsed.record.run_id, commit, origin))

@@ -153,7 +153,7 @@ def _recover(git: Git) -> None:
 
 def _where_to_go(git: Git, prefix: str) -> str:
     """The experiment branches there are to switch to, by name, or how to make the first one."""
-    names = sorted(b for b in git.repo.branches.local if b.startswith(prefix))
+    names = sorted(b for b in git.local_branches() if b.startswith(prefix))
     if not names:
         return f"create one with `gitar init TAG` (branches named {prefix}TAG)"
     shown = ", ".join(names[:SHOWN_BRANCHES])

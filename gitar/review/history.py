@@ -19,8 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pygit2
-
 from gitar import numbers
 from gitar.host import state
 from gitar.paths import Paths
@@ -464,11 +462,8 @@ def _started(r: Record) -> float | None:
 
 
 def _commit_time(git: Git, sha: str) -> float:
-    try:
-        obj = git.repo.get(sha)
-    except (ValueError, pygit2.GitError):
-        return 0.0
-    return float(obj.commit_time) if isinstance(obj, pygit2.Commit) else 0.0
+    t = git.commit_time(sha)
+    return 0.0 if t is None else float(t)
 
 
 def _lineage(git: Git, attempts: list[Attempt], tip: str | None) -> list[Attempt]:
@@ -481,10 +476,8 @@ def _lineage(git: Git, attempts: list[Attempt], tip: str | None) -> list[Attempt
     if tip is None or not kept:
         return []
     found: list[Attempt] = []
-    walker = git.repo.walk(tip, pygit2.enums.SortMode.NONE)
-    walker.simplify_first_parent()
-    for commit in walker:
-        attempt = kept.get(str(commit.id))
+    for commit in git.first_parents(tip):
+        attempt = kept.get(commit)
         if attempt is not None:
             found.append(attempt)
             if len(found) == len(kept):

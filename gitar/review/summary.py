@@ -24,11 +24,9 @@ import subprocess
 import sys
 import time
 
-import pygit2
-
 from gitar.errors import GitarError
 from gitar.review import history
-from gitar.store.git import Git, clean_env
+from gitar.store.git import Git, GitObjectError, clean_env
 from gitar.store.notes import note_blobs
 from gitar.store.records import parse_lines
 from gitar.store.refs import NOTES_REF, SUMMARY_REF
@@ -68,7 +66,7 @@ def refresh(git: Git) -> None:
             return
         except _Raced:
             continue  # another writer moved it: derive again from the newer tip
-        except (GitarError, OSError, ValueError, pygit2.GitError) as e:
+        except (GitarError, OSError, ValueError, GitObjectError) as e:
             message = e.message if isinstance(e, GitarError) else str(e)
             break
     print(f"gitar: warning: could not update {SUMMARY_REF} ({safe(message)}); the next record written, "
@@ -87,18 +85,14 @@ def _refresh(git: Git) -> None:
     derived = _derived_from(git, tip)
     if derived == notes:
         return
-    repo = git.repo
-    new_tree = repo[notes].peel(pygit2.Commit).tree
     changes: list[tuple[str, str]] = []  # (annotated commit, summary text; '' to remove)
-    old_tree = _tree(git, derived)
-    if tip is not None and old_tree is not None:
-        for delta in old_tree.diff_to_tree(new_tree).deltas:
-            gone = delta.status == pygit2.enums.DeltaStatus.DELETED
-            path = (delta.old_file if gone else delta.new_file).path
-            annotated = path.replace("/", "")  # fanout: ab/cdef… is the note on abcdef…
+    if tip is not None and derived is not None and git.find_commit(derived) is not None:
+        for change in git.tree_changes(derived, notes):
+            gone = change.status == "D"
+            annotated = change.path.replace("/", "")  # fanout: ab/cdef… is the note on abcdef…
             if len(annotated) != len(notes):
                 continue  # not a note (git and libgit2 ignore such entries too)
-            text = "" if gone else summary_text(annotated, _blob(repo, delta.new_file.id))
+            text = "" if gone else summary_text(annotated, git.blob(change.new_id) or b"")
             changes.append((annotated, text))
         whole = False
     else:
@@ -140,23 +134,9 @@ def _write(git: Git, tip: str | None, notes: str | None, changes: list[tuple[str
 def _derived_from(git: Git, tip: str | None) -> str | None:
     if tip is None:
         return None
-    commit = git.repo.get(tip)
-    if not isinstance(commit, pygit2.Commit):
+    commit = git.find_commit(tip)
+    if commit is None:
         return None
     message = commit.message.strip()
     return message[len(_DERIVED):] if message.startswith(_DERIVED) else None
 
-
-def _tree(git: Git, commit: str | None) -> pygit2.Tree | None:
-    if commit is None:
-        return None
-    try:
-        obj = git.repo.get(commit)
-    except ValueError:
-        return None
-    return obj.tree if isinstance(obj, pygit2.Commit) else None
-
-
-def _blob(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
-    obj = repo.get(oid)
-    return obj.data if isinstance(obj, pygit2.Blob) else b""

@@ -41,6 +41,34 @@ class Change:
 
 
 @dataclass(frozen=True)
+class CommitInfo:
+    """What gitar reads of a commit: git.py is the only module that sees pygit2's objects."""
+
+    sha: str
+    parent_ids: tuple[str, ...]  # first parent first; () for a root commit
+    tree_id: str
+    message: str
+    commit_time: int  # committer time, seconds since the epoch
+
+
+@dataclass(frozen=True)
+class TreeChange:
+    """One path that differs between two commits' trees (tree_changes)."""
+
+    path: str
+    status: str  # git's letter: "A" added, "D" deleted, "M" modified, ...
+    old_id: str  # the blob before; all zeros when added
+    new_id: str  # the blob after; all zeros when deleted
+
+
+class GitObjectError(Exception):
+    """libgit2 could not read or write an object or ref (its reason is the message): a damaged or
+    locked repository. Not a GitarError: where nobody expects it, it stays an internal error, as
+    libgit2's own error was; the callers that expect it (a note write's retry, the summary's
+    warning) catch it by name."""
+
+
+@dataclass(frozen=True)
 class Worktree:
     path: Path
     head: str | None  # None: no commit yet
@@ -117,14 +145,45 @@ class Git:
                              "(`gitar log` lists every attempt, discarded ones too)") from None
         return str(commit.id)
 
-    def commit(self, sha: str) -> pygit2.Commit:
+    def commit(self, sha: str) -> CommitInfo:
+        info = self.find_commit(sha)
+        if info is None:
+            raise GitarError(f"{sha} is not a commit in this repository")
+        return info
+
+    def find_commit(self, sha: str) -> CommitInfo | None:
+        """The commit sha names; None if it names none here (or is no hex id at all)."""
+        obj = self._commit(sha)
+        if obj is None:
+            return None
+        return CommitInfo(sha=str(obj.id), parent_ids=tuple(str(p) for p in obj.parent_ids),
+                          tree_id=str(obj.tree_id), message=obj.message, commit_time=obj.commit_time)
+
+    def _commit(self, sha: str) -> pygit2.Commit | None:
         try:
             obj = self.repo.get(sha)
         except ValueError:  # not a hex id at all (a hand-written record's "commit": "")
-            obj = None
-        if not isinstance(obj, pygit2.Commit):
-            raise GitarError(f"{sha} is not a commit in this repository")
-        return obj
+            return None
+        return obj if isinstance(obj, pygit2.Commit) else None
+
+    def commit_time(self, sha: str) -> int | None:
+        """The commit's committer time; None if sha names no commit that can be read here."""
+        try:
+            obj = self.repo.get(sha)
+        except (ValueError, pygit2.GitError):
+            return None
+        return obj.commit_time if isinstance(obj, pygit2.Commit) else None
+
+    def first_parents(self, tip: str) -> Iterator[str]:
+        """tip and its first-parent ancestors, newest first, read as the caller goes (stop any time)."""
+        walker = self.repo.walk(tip, pygit2.enums.SortMode.NONE)
+        walker.simplify_first_parent()
+        for commit in walker:
+            yield str(commit.id)
+
+    def local_branches(self) -> list[str]:
+        """The short names of the local branches, in no particular order."""
+        return list(self.repo.branches.local)
 
     def ref_target(self, ref: str) -> str | None:
         try:
@@ -159,13 +218,63 @@ class Git:
         return bool(self.repo.head_is_unborn)
 
     def blob_at(self, sha: str, path: str) -> bytes | None:
-        tree = self.commit(sha).tree
+        tree = self._tree_of(sha)
         try:
             entry = tree[path]
         except KeyError:
             return None
         obj = self.repo.get(entry.id)
         return obj.data if isinstance(obj, pygit2.Blob) else None
+
+    def _tree_of(self, sha: str) -> pygit2.Tree:
+        obj = self._commit(sha)
+        if obj is None:
+            raise GitarError(f"{sha} is not a commit in this repository")
+        return obj.tree
+
+    def blob(self, oid: str) -> bytes | None:
+        """The content of the blob oid names; None if there is none (an object id of another kind, or
+        all zeros). GitObjectError if libgit2 cannot read it."""
+        try:
+            obj = self.repo.get(oid)
+            return obj.data if isinstance(obj, pygit2.Blob) else None
+        except pygit2.GitError as e:
+            raise GitObjectError(str(e)) from None
+
+    def blob_ids(self, sha: str, paths: Sequence[str]) -> list[tuple[str, str]] | None:
+        """(path, blob id) for each of paths in the commit's tree; None if sha names no commit here.
+
+        A path ending in "/" stands for every blob beneath that directory (path as "dir/sub/f").
+        A path the tree lacks, or holds as another kind (a file for "dir/", a directory for a
+        file), is left out; submodules are never blobs.
+        """
+        obj = self._commit(sha)
+        if obj is None:
+            return None
+        tree = obj.tree
+        out: list[tuple[str, str]] = []
+        # One lookup per file, one walk per directory: a workspace tree holds gitar itself too.
+        for path in paths:
+            try:
+                entry = tree[path.rstrip("/")]
+            except (KeyError, ValueError):
+                continue
+            if isinstance(entry, pygit2.Blob) and not path.endswith("/"):
+                out.append((path, str(entry.id)))
+            elif isinstance(entry, pygit2.Tree) and path.endswith("/"):
+                _blobs_under(entry, path, out)
+        return out
+
+    def tree_changes(self, old: str, new: str) -> list[TreeChange]:
+        """The paths whose blobs differ between commit old's tree and commit new's (both must be
+        commits here: KeyError otherwise, as libgit2's lookup)."""
+        try:
+            diff = self.repo.diff(old, new)
+            return [TreeChange(path=(d.old_file if d.status == pygit2.enums.DeltaStatus.DELETED else d.new_file).path,
+                               status=d.status_char(), old_id=str(d.old_file.id), new_id=str(d.new_file.id))
+                    for d in diff.deltas]
+        except pygit2.GitError as e:
+            raise GitObjectError(str(e)) from None
 
     def ref_blob(self, ref: str) -> bytes | None:
         """The content of the blob a ref points at (gitar keeps small JSON pins so), or None."""
@@ -177,6 +286,76 @@ class Git:
         if ancestor == descendant:
             return True
         return bool(self.repo.descendant_of(descendant, ancestor))
+
+    def descends(self, ancestor: str, descendant: str) -> bool:
+        """is_ancestor, False where either commit is unknown here (gc collected it, or never had it)."""
+        try:
+            return self.is_ancestor(ancestor, descendant)
+        except (KeyError, ValueError, pygit2.GitError):
+            return False
+
+    # -- notes -----------------------------------------------------------------
+
+    def note(self, ref: str, annotated: str) -> str | None:
+        """The text of the note on `annotated` under the notes ref; None without one."""
+        try:
+            return str(self.repo.lookup_note(annotated, ref).message)
+        except KeyError:
+            return None
+
+    def notes_tree(self, ref: str) -> str | None:
+        """The tree id of the notes commit ref points at; None without one."""
+        try:
+            return str(self.repo.references[ref].peel(pygit2.Commit).tree_id)
+        except (KeyError, ValueError, pygit2.GitError):
+            return None
+
+    def notes_in(self, tree: str) -> list[tuple[str, str]]:
+        """(annotated object id, note blob id) for every note of a notes tree, in tree order.
+
+        A note's path in the tree, slashes removed, is the id of the object it annotates: git
+        spreads notes into ab/cdef… subtrees (fanout) as they grow. As for git and libgit2, any
+        other entry of the tree is not a note. One walk, no blob read: what the review commands
+        list 10,000 times per call.
+        """
+        obj = self.repo[tree]
+        assert isinstance(obj, pygit2.Tree)
+        out: list[tuple[str, str]] = []
+        _walk_notes(obj, "", len(tree), out)  # 40 hex digits, 64 in a SHA-256 repository
+        return out
+
+    def notes_about(self, tree: str) -> int:
+        """About how many notes a notes tree holds, without reading them: notes spread evenly over a fanout."""
+        obj = self.repo[tree]
+        assert isinstance(obj, pygit2.Tree)
+        first = next(iter(obj), None)
+        if isinstance(first, pygit2.Tree):
+            return len(obj) * len(first)
+        return len(obj)
+
+    def note_with_line(self, scratch: str, old: str | None, annotated: str, line: str) -> str:
+        """The notes commit that adds `line` to the note on `annotated` on top of notes commit `old`
+        (None: the first note), made on the ref `scratch` only; GitObjectError if libgit2 fails
+        (e.g. it met another writer's lock file)."""
+        repo = self.repo
+        try:
+            signature = _signature(repo)
+            # The note is read from, and written onto, the commit the caller's compare-and-swap names.
+            if old is not None:
+                repo.references.create(scratch, pygit2.Oid(hex=old), force=True)
+                try:
+                    existing = repo.lookup_note(annotated, scratch).message
+                except KeyError:
+                    existing = ""
+            else:
+                with contextlib.suppress(KeyError):
+                    repo.references.delete(scratch)
+                existing = ""
+            text = existing.rstrip("\n") + ("\n" if existing.strip() else "") + line + "\n"
+            repo.create_note(text, signature, signature, annotated, scratch, True)  # returns the note's blob
+            return str(repo.references[scratch].resolve().target)
+        except pygit2.GitError as e:
+            raise GitObjectError(str(e)) from None
 
     def operation_in_progress(self) -> str | None:
         """A merge, rebase, cherry-pick, revert or bisect that a commit would interfere with."""
@@ -231,6 +410,18 @@ class Git:
         """Create or move a bookkeeping ref without CAS (attempt pins are idempotent)."""
         self.run("update-ref", "-m", message, ref, sha)
 
+    def keep_ref(self, ref: str, sha: str) -> bool:
+        """Point ref at sha in-process (no git process, no reflog, no compare-and-swap): a ref that only
+        keeps a commit alive. False while another process holds the ref's lock (libgit2 raises OSError
+        then; try again); a failure a retry cannot mend (an id that is no hex) is ignored."""
+        try:
+            self.repo.references.create(ref, pygit2.Oid(hex=sha), force=True)
+        except OSError:
+            return False
+        except (pygit2.GitError, ValueError):
+            pass
+        return True
+
     def delete_ref(self, ref: str) -> None:
         self.run("update-ref", "-d", ref, check=False)
 
@@ -252,7 +443,7 @@ class Git:
     def export_tree(self, sha: str, dest: Path) -> None:
         """Write the files of a commit into dest (a snapshot to run from), without touching the index."""
         dest.mkdir(parents=True, exist_ok=True)
-        self._write_tree(self.commit(sha).tree, dest)
+        self._write_tree(self._tree_of(sha), dest)
 
     def _write_tree(self, tree: pygit2.Tree, dest: Path) -> None:
         for entry in tree:
@@ -273,6 +464,36 @@ class Git:
                 if entry.filemode == pygit2.GIT_FILEMODE_BLOB_EXECUTABLE:
                     target.chmod(0o755)
             # submodules (commit entries) are skipped: a snapshot holds this repository's files only
+
+
+def _blobs_under(tree: pygit2.Tree, prefix: str, out: list[tuple[str, str]]) -> None:
+    for entry in tree:
+        if isinstance(entry, pygit2.Blob):
+            out.append((prefix + str(entry.name), str(entry.id)))
+        elif isinstance(entry, pygit2.Tree):
+            _blobs_under(entry, f"{prefix}{entry.name}/", out)
+
+
+_HEX = "0123456789abcdefABCDEF"
+
+
+def _walk_notes(tree: pygit2.Tree, prefix: str, width: int, out: list[tuple[str, str]]) -> None:
+    # In tree order, depth first: the order of libgit2's iterator and of `git notes list`.
+    # The blobs are not read here.
+    for entry in tree:
+        path = prefix + str(entry.name)
+        if isinstance(entry, pygit2.Blob):
+            if len(path) == width and not path.strip(_HEX):  # hex digits only: nothing is left
+                out.append((path.lower(), str(entry.id)))
+        elif isinstance(entry, pygit2.Tree) and len(path) < width:
+            _walk_notes(entry, path, width, out)
+
+
+def _signature(repo: pygit2.Repository) -> pygit2.Signature:
+    try:
+        return repo.default_signature
+    except (KeyError, pygit2.GitError):
+        return pygit2.Signature("gitar", "gitar@localhost")
 
 
 def _common_dir(gitdir: Path) -> Path:

@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-import pygit2
-
 from gitar.files import write_atomic
 from gitar.paths import Paths
 from gitar.store.git import Git
@@ -160,27 +158,20 @@ def _keep_alive(git: Git, tip: str) -> None:
     """refs/gitar/ledger/notes at tip: keeps the notes commit alive should the notes ref go.
 
     In-process (no git process per record). Agents of one clone write at once, so the ref's lock
-    may be another writer's for a moment (libgit2 then raises OSError): try again, unless the ref
+    may be another writer's for a moment: try again, unless the ref
     has meanwhile reached tip or beyond, which keeps tip alive as well.
     """
     for attempt in range(KEEP_ALIVE_TRIES):
         current = git.ref_target(LEDGER_NOTES)
         if current is not None and (current == tip or descends(git, tip, current)):
             return
-        try:
-            git.repo.references.create(LEDGER_NOTES, pygit2.Oid(hex=tip), force=True)
+        if git.keep_ref(LEDGER_NOTES, tip):
             return
-        except OSError:  # the ref's lock file is another writer's
-            time.sleep(random.uniform(0.001, 0.005) * (attempt + 1))
-        except (pygit2.GitError, ValueError):
-            return  # a keep-alive only: the notes ref itself still holds tip
+        time.sleep(random.uniform(0.001, 0.005) * (attempt + 1))  # the ref's lock is another writer's
 
 
 def descends(git: Git, ancestor: str, descendant: str) -> bool:
-    try:
-        return git.is_ancestor(ancestor, descendant)
-    except (KeyError, ValueError, pygit2.GitError):  # a commit gc collected, or never had
-        return False
+    return git.descends(ancestor, descendant)  # False for a commit gc collected, or never had
 
 
 def wrote(git: Git, line: str | None, run_id: str, commit: str) -> None:

@@ -10,14 +10,11 @@ real one; if another writer moved it meanwhile, the line is appended again on to
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 
-import pygit2
-
 from gitar.errors import ExitCode, GitarError
-from gitar.store.git import Git
+from gitar.store.git import Git, GitObjectError
 from gitar.store.refs import NOTE_SCRATCH_PREFIX
 
 # Ten agents recording at the same moment each lose at most nine races in a row; the
@@ -26,15 +23,15 @@ WRITE_TRIES = 40
 BACKOFF_S = 0.02
 
 
-def append_line(git: Git, ref: str, annotated: str, line: str, signature: pygit2.Signature, what: str) -> None:
+def append_line(git: Git, ref: str, annotated: str, line: str, what: str) -> None:
     """Append `line` to the note on `annotated` under `ref`; no other writer's line is lost."""
     why = ""
     with git.scratch_ref(NOTE_SCRATCH_PREFIX) as scratch:
         for attempt in range(WRITE_TRIES):
             old = git.ref_target(ref)
             try:
-                new = _note_commit(git.repo, scratch, old, annotated, line, signature)
-            except (pygit2.GitError, OSError) as e:  # e.g. libgit2 met another writer's lock file
+                new = git.note_with_line(scratch, old, annotated, line)
+            except (GitObjectError, OSError) as e:  # e.g. libgit2 met another writer's lock file
                 why = str(e)
             else:
                 proc = git.run("update-ref", "-m", f"gitar: {what} for {annotated[:12]}", ref, new, old or "",
@@ -46,22 +43,3 @@ def append_line(git: Git, ref: str, annotated: str, line: str, signature: pygit2
     raise GitarError(f"cannot write {what} for {annotated[:12]} to {ref}: {why}; "
                      "check that .git is writable and has free space", ExitCode.INTERNAL)
 
-
-def _note_commit(repo: pygit2.Repository, scratch: str, old: str | None, annotated: str, line: str,
-                 signature: pygit2.Signature) -> str:
-    """The notes commit that adds `line` on top of `old` (None: the first note), made on `scratch` only."""
-    # The note is read from, and written onto, the commit the compare-and-swap names.
-    if old is not None:
-        repo.references.create(scratch, pygit2.Oid(hex=old), force=True)
-        try:
-            existing = repo.lookup_note(annotated, scratch).message
-        except KeyError:
-            existing = ""
-    else:
-        with contextlib.suppress(KeyError):
-            repo.references.delete(scratch)
-        existing = ""
-    text = existing.rstrip("\n") + ("\n" if existing.strip() else "") + line + "\n"
-    repo.create_note(text, signature, signature, annotated, scratch, True)  # returns the note's blob
-    commit = repo.references[scratch].resolve().target
-    return str(commit)

@@ -14,74 +14,38 @@ import contextlib
 import subprocess
 from collections.abc import Generator, Iterator
 
-import pygit2
-
-from gitar.store.git import Git, clean_env
+from gitar.store.git import Git, GitObjectError, clean_env
 
 # From about this many notes on, git streams them. Below it, starting git costs more than it saves.
 STREAM_FROM = 500
-
-_HEX = "0123456789abcdefABCDEF"
 
 
 def note_blobs(git: Git, ref: str) -> Iterator[tuple[str, bytes]]:
     """(annotated object id, note blob) for every note under ref, in the notes tree's order.
 
-    A note's path in the tree, slashes removed, is the id of the object it annotates: git
-    spreads notes into ab/cdef… subtrees (fanout) as they grow. As for git and libgit2,
-    any other entry of the tree is not a note.
+    Which entries of the tree are notes, and what they annotate: Git.notes_in.
     """
-    tree = note_tree(git, ref)
+    tree = git.notes_tree(ref)
     if tree is None:
         return
     streamed: set[str] = set()
-    if _about(tree) >= STREAM_FROM:
+    if git.notes_about(tree) >= STREAM_FROM:
         complete = yield from _streamed(git, ref, streamed)
         if complete:
             return
-    for sha, blob in walk_notes(tree):
-        if sha in streamed:
+    yield from _walk(git, tree, streamed)
+
+
+def _walk(git: Git, tree: str, delivered: set[str]) -> Iterator[tuple[str, bytes]]:
+    """The notes read here, in tree order: those git's stream did not deliver."""
+    for sha, blob in git.notes_in(tree):
+        if sha in delivered:
             continue
         try:
-            data = blob.data
-        except (KeyError, pygit2.GitError):  # a note whose blob is gone holds no record
+            data = git.blob(blob) or b""
+        except GitObjectError:  # a note whose blob is gone holds no record
             data = b""
         yield sha, data
-
-
-def note_tree(git: Git, ref: str) -> pygit2.Tree | None:
-    """The tree of the notes commit ref points at; None without one."""
-    try:
-        return git.repo.references[ref].peel(pygit2.Commit).tree
-    except (KeyError, ValueError, pygit2.GitError):
-        return None
-
-
-def walk_notes(tree: pygit2.Tree) -> list[tuple[str, pygit2.Blob]]:
-    """(annotated object id, note blob, not yet read) for every note of a notes tree, in tree order."""
-    notes: list[tuple[str, pygit2.Blob]] = []
-    _walk(tree, "", len(str(tree.id)), notes)  # 40 hex digits, 64 in a SHA-256 repository
-    return notes
-
-
-def _about(tree: pygit2.Tree) -> int:
-    """About how many notes the tree holds, without reading them: notes spread evenly over a fanout."""
-    first = next(iter(tree), None)
-    if isinstance(first, pygit2.Tree):
-        return len(tree) * len(first)
-    return len(tree)
-
-
-def _walk(tree: pygit2.Tree, prefix: str, width: int, out: list[tuple[str, pygit2.Blob]]) -> None:
-    # In tree order, depth first: the order of libgit2's iterator and of `git notes list`.
-    # The blobs are not read here: a blob's data is loaded when asked for.
-    for entry in tree:
-        path = prefix + str(entry.name)
-        if isinstance(entry, pygit2.Blob):
-            if len(path) == width and not path.strip(_HEX):  # hex digits only: nothing is left
-                out.append((path.lower(), entry))
-        elif isinstance(entry, pygit2.Tree) and len(path) < width:
-            _walk(entry, path, width, out)
 
 
 def _streamed(git: Git, ref: str, delivered: set[str]) -> Generator[tuple[str, bytes], None, bool]:

@@ -35,12 +35,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pygit2
-
 from gitar import __version__
 from gitar.files import write_atomic
-from gitar.store.git import Git
-from gitar.store.notes import note_tree, walk_notes
+from gitar.store.git import Git, GitObjectError
 from gitar.store.records import Lesson, Record, parse_line, parse_lines
 from gitar.store.refs import NOTES_REF
 
@@ -111,10 +108,9 @@ def entries(git: Git, derive: Derive) -> Iterator[tuple[str, list[Record], list[
 
     derive must depend on the note alone and return what marshal can write (history.derive).
     """
-    tree = note_tree(git, NOTES_REF)
-    if tree is None:
+    tree_id = git.notes_tree(NOTES_REF)
+    if tree_id is None:
         return
-    tree_id = str(tree.id)
     path = git.common_dir / "gitar" / "cache" / "notes.marshal"
     cached = _load(path)
     if cached is not None and cached[0] == tree_id:  # nothing changed since the last review
@@ -126,11 +122,10 @@ def entries(git: Git, derive: Derive) -> Iterator[tuple[str, list[Record], list[
     for _ in range(2):
         known = {blob: payload for _, blob, payload in cached[1]} if cached is not None else {}
         listing = []
-        for annotated, blob in walk_notes(tree):
-            blob_id = str(blob.id)
+        for annotated, blob_id in git.notes_in(tree_id):
             payload = known.get(blob_id)
             if payload is None:
-                payload = _payload(annotated, _data(blob), derive)
+                payload = _payload(annotated, _data(git, blob_id), derive)
             listing.append((annotated, blob_id, payload))
         _save(path, tree_id, listing)  # first: building the records puts their lines into the HOT dicts
         try:
@@ -146,8 +141,7 @@ def entries(git: Git, derive: Derive) -> Iterator[tuple[str, list[Record], list[
 def _entry(git: Git, annotated: str, blob_id: str, payload: Any,
            derive: Derive) -> tuple[str, list[Record], list[Lesson], Any]:
     if payload is False:  # a note with a bad line: parsed again, so it warns again
-        obj = git.repo.get(blob_id)
-        data = obj.data if isinstance(obj, pygit2.Blob) else b""
+        data = git.blob(blob_id) or b""
         records, lessons = parse_lines(data.decode("utf-8", "replace"), annotated)
         return annotated, records, lessons, derive(annotated, records, lessons)
     items, derived = payload
@@ -191,10 +185,10 @@ def _payload(annotated: str, data: bytes, derive: Derive) -> tuple[list[Any], An
     return items, derive(annotated, records, lessons)
 
 
-def _data(blob: pygit2.Blob) -> bytes:
+def _data(git: Git, blob_id: str) -> bytes:
     try:
-        return blob.data
-    except (KeyError, pygit2.GitError):  # a note whose blob is gone holds no record
+        return git.blob(blob_id) or b""
+    except GitObjectError:  # a note whose blob is gone holds no record
         return b""
 
 

@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-import pygit2
-
 from gitar.numbers import rounded
 from gitar.store import ledger, note_write, signing
 from gitar.store.git import Git
@@ -320,11 +318,10 @@ class Notebook:
         return self.entry(sha)[1]
 
     def entry(self, sha: str) -> tuple[list[Record], list[Lesson]]:
-        try:
-            note = self.git.repo.lookup_note(sha, NOTES_REF)
-        except KeyError:
+        note = self.git.note(NOTES_REF, sha)
+        if note is None:
             return [], []
-        return parse_lines(note.message, sha)
+        return parse_lines(note, sha)
 
     def append(self, record: Record) -> None:
         """Add one line to the commit's note (the write happens before any branch move).
@@ -347,7 +344,7 @@ class Notebook:
         _summarise(self.git)
 
     def _append_line(self, sha: str, line: str, what: str) -> None:
-        note_write.append_line(self.git, NOTES_REF, sha, line, _signature(self.git.repo), what)
+        note_write.append_line(self.git, NOTES_REF, sha, line, what)
 
     def all(self) -> Iterator[tuple[str, list[Record]]]:
         """(commit, records) for every annotated commit; one pass over the notes tree."""
@@ -371,13 +368,6 @@ def _summarise(git: Git) -> None:
     from gitar.review import summary
 
     summary.refresh(git)
-
-
-def _signature(repo: pygit2.Repository) -> pygit2.Signature:
-    try:
-        return repo.default_signature
-    except (KeyError, pygit2.GitError):
-        return pygit2.Signature("gitar", "gitar@localhost")
 
 
 def best_of(records: list[Record], branch: str) -> list[Record]:

@@ -158,3 +158,26 @@ def test_the_research_files_import_only_the_runtime() -> None:
         assert used, f"{name} imports nothing of gitar: the check reads the wrong file"
         outside = sorted(m for m in used if layer_of(m) != "runtime")
         assert not outside, f"{name} imports {outside}; import them through gitar.runtime (contract.py)"
+
+
+def _pygit2_uses(path: Path) -> list[str]:
+    """Where a module imports pygit2 (at the top or in a function) or reaches past a Git into its `.repo`."""
+    uses = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            uses += [f"line {node.lineno}: import {a.name}" for a in node.names if a.name.split(".")[0] == "pygit2"]
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "pygit2":
+            uses.append(f"line {node.lineno}: from {node.module} import ...")
+        elif isinstance(node, ast.Attribute) and node.attr == "repo":
+            uses.append(f"line {node.lineno}: .repo")
+    return uses
+
+
+def test_only_the_store_s_git_module_uses_pygit2() -> None:
+    # One engine behind one class (gitar/store/git.py): callers get gitar's own small types and
+    # errors, so what libgit2 does (and how it fails) is decided in one place.
+    own = "gitar.store.git"
+    assert _pygit2_uses(modules()[own]), f"{own} uses no pygit2: the check reads the wrong thing"
+    found = [f"{module} {use}" for module, path in modules().items() if module != own
+             for use in _pygit2_uses(path)]
+    assert not found, "pygit2 outside gitar/store/git.py (give Git a method instead):\n" + "\n".join(found)

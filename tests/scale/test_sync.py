@@ -34,7 +34,7 @@ WRITER = textwrap.dedent("""
     git = Git.discover(root)
     notebook = Notebook(git)
     base = git.resolve("HEAD")
-    tree = git.commit(base).tree.id
+    tree = pygit2.Oid(hex=git.commit(base).tree_id)
     sig = pygit2.Signature("w", "w@example.com")
     for i in range(rounds):
         sha = base
