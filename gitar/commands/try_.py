@@ -185,7 +185,7 @@ class _Attempt:
             env[shared.REFUSAL_FILE] = str(refusal)
             output = _commit(self.ws, self.text, self.files, env)
             new_head = self.ws.git.ref_target(branch_ref(self.ws.branch))
-            if new_head == self.ws.head and experiment.read_result(self.paths, self.run_id) is None:
+            if new_head == self.ws.head and state.read_result(self.paths, self.run_id) is None:
                 raise GitarError(_refusal(refusal, output))
         if self.remote is not None and new_head is not None:
             return self._queue(new_head)
@@ -193,7 +193,7 @@ class _Attempt:
 
     def _outcome(self, sha: str | None, output: str = "") -> Record | Started:
         """The record if the run ended, the started run if it is detached and under way."""
-        record = experiment.read_result(self.paths, self.run_id)
+        record = state.read_result(self.paths, self.run_id)
         if record is not None:
             return record
         current = state.load(self.paths)

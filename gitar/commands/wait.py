@@ -7,7 +7,6 @@ from pathlib import Path
 
 from gitar.errors import GitarError
 from gitar.host import state
-from gitar.loop import experiment
 from gitar.loop.recovery import recover
 from gitar.loop.workspace import open_workspace
 from gitar.paths import Paths
@@ -24,7 +23,7 @@ def wait_for_result(start: str | Path = ".", timeout_s: float | None = None) -> 
         latest = _latest_result(paths)
         if latest is None:
             raise GitarError("no experiment is running and none has been recorded here yet")
-        record = experiment.read_result(paths, latest)
+        record = state.read_result(paths, latest)
         assert record is not None
         return record
     deadline = None if timeout_s is None else time.time() + timeout_s
@@ -38,7 +37,7 @@ def wait_for_result(start: str | Path = ".", timeout_s: float | None = None) -> 
         if deadline is not None and time.time() > deadline:
             raise GitarError(f"still running after {timeout_s:g} s; `gitar wait` again later")
         time.sleep(POLL_S)
-    record = experiment.read_result(paths, running.run_id)
+    record = state.read_result(paths, running.run_id)
     if record is None:
         for r in reversed(ws.notebook.records(running.commit)):
             if r.run_id == running.run_id:

@@ -1,8 +1,10 @@
-"""The running experiment, as a small JSON file beside the lock.
+"""The running experiment, as a small JSON file beside the lock; and the result file it ends with.
 
 Written when a run starts and removed when its record is written. If gitar dies
 in between (SIGKILL, power loss), the file is what the next gitar command uses to
 kill what is left of the training process and record the attempt as aborted.
+The result file (one per run id) holds the record the run ended with, for `gitar try` and
+`gitar wait` in other processes; its one writer is save_result.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from gitar.files import write_json_atomic
+from gitar.files import write_atomic, write_json_atomic
 from gitar.host.processes import process_alive
 from gitar.paths import Paths
+from gitar.store.records import Record
 
 # What gitar is doing for a run, as it knows it itself (never from what train.py prints): each
 # change is written here by the process running the experiment, the only writer, so `gitar
@@ -99,3 +102,25 @@ def clear(paths: Paths, run_id: str) -> None:
     if current is not None and current.run_id == run_id:
         paths.running.unlink(missing_ok=True)
 
+
+# ---------------------------------------------------------------------------
+# The result file
+# ---------------------------------------------------------------------------
+
+
+def save_result(paths: Paths, record: Record, *, unless_written: bool = False) -> None:
+    """The record a run ended with, where `gitar try` and `gitar wait` look for it. Recovery writes
+    the aborted record of a dead runner only `unless_written`: a result the runner left stands."""
+    target = paths.result(record.run_id)
+    if unless_written and target.exists():
+        return
+    write_atomic(target, record.to_line() + "\n")
+
+
+def read_result(paths: Paths, run_id: str) -> Record | None:
+    """The record a run left in its result file, None while there is none."""
+    try:
+        data = json.loads(paths.result(run_id).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return Record.from_dict(data)

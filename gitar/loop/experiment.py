@@ -8,7 +8,6 @@ and no attempt's code or numbers are lost.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -22,7 +21,6 @@ from typing import Any
 from gitar import numbers, shared
 from gitar.config.schema import Ground, ground_at
 from gitar.errors import GitarError
-from gitar.files import write_atomic
 from gitar.host import confine, runner, signals, state
 from gitar.host.processes import start_time
 from gitar.loop import integrity, repeats, run_record, trust
@@ -390,7 +388,7 @@ def finish(ws: Opened, plan: Plan, record: Record) -> Record:
                 record.worktree = moved_elsewhere(plan.branch, git.ref_target(ref))
     elif plan.kind != VERIFY and tip == plan.commit and record.status == KEEP:
         ledger.branch_set(git, plan.branch, plan.commit)  # a keep, a baseline, a re-run: the branch stays here
-    write_atomic(paths.result(plan.run_id), record.to_line() + "\n")
+    state.save_result(paths, record)
     return record
 
 
@@ -492,14 +490,3 @@ def _error(result: runner.RunResult) -> dict[str, object]:
     elif not tb:
         crash["traceback"] = result.log_tail.splitlines()[-15:]
     return crash
-
-
-def read_result(paths: Paths, run_id: str) -> Record | None:
-    """The record a run left in its result file (finish), None while there is none."""
-    path = paths.result(run_id)
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return Record.from_dict(data)
-

@@ -13,7 +13,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from gitar.files import write_atomic
 from gitar.host import lock, state
 from gitar.host.limits import RunGroup
 from gitar.host.processes import kill_group, process_stat
@@ -23,7 +22,7 @@ from gitar.paths import Paths
 from gitar.store.branch import move_branch
 from gitar.store.git import Git
 from gitar.store.ledger import Ledger
-from gitar.store.records import ABORTED, KEEP, Notebook, Record
+from gitar.store.records import ABORTED, KEEP, Notebook
 from gitar.store.refs import branch_ref
 
 
@@ -101,7 +100,7 @@ def _abort_dead_run(git: Git, paths: Paths, running: state.Running) -> str:
             reason="gitar stopped during the run (killed or machine restarted); recorded by the next command",
             best_commit=running.best_commit, log=running.log)
         notebook.append(record)
-    _save_result(paths, record)
+    state.save_result(paths, record, unless_written=True)  # `gitar wait` then reports this attempt
     target = _back_to(git, running) if running.move_branch else None
     if target is not None:
         move_branch(git, running.branch, running.commit, target,
@@ -110,14 +109,6 @@ def _abort_dead_run(git: Git, paths: Paths, running: state.Running) -> str:
     shutil.rmtree(paths.snapshots / running.run_id, ignore_errors=True)
     shutil.rmtree(paths.runs / running.run_id, ignore_errors=True)
     return f"recovered an interrupted run of {running.commit[:7]} ({running.description[:50]!r}): recorded as aborted"
-
-
-def _save_result(paths: Paths, record: Record) -> None:
-    """The result file the dead runner would have written: `gitar wait` then reports this attempt."""
-    target = paths.result(record.run_id)
-    if target.exists():
-        return
-    write_atomic(target, record.to_line() + "\n")
 
 
 def _finish_reset(git: Git, branch: str) -> str | None:
