@@ -34,13 +34,19 @@ FAKE_SUMMARY: dict[str, object] = {
     "dtype": "float32", "attention": "sdpa", "bytes_rule": "utf8-decoded",
 }
 
+# The smoke refusal's raise stays on line 8: tests/core/test_preflight.py names that frame exactly.
 FAKE_TRAIN = '''\
 """A stand-in trainer for loop tests: same output shape as train.py, controlled result."""
 import json, os, sys, time
-from pathlib import Path
 VAL_BPB = {val_bpb!r}
 MODE = {mode!r}  # ok | crash | hang | nosummary | smoke-fail | sleep | staged
 SLEEP_S = {sleep_s!r}
+if os.environ.get("GITAR_SMOKE") == "1":
+    if MODE == "smoke-fail":
+        raise ValueError("mat1 and mat2 shapes cannot be multiplied (2x64 and 128x64)")
+    print("smoke: ok loss=9.0 params=0.1M", flush=True)
+    sys.exit(0)
+from pathlib import Path  # for a test's body
 SUMMARY = {summary!r}
 {summary_source}
 def step(n, train_s):
@@ -50,11 +56,6 @@ def wait(name):
     # staged: the test moves the trainer on by writing `name` into its snapshot (its working directory)
     while not os.path.exists(name):
         time.sleep(0.05)
-if os.environ.get("GITAR_SMOKE") == "1":
-    if MODE == "smoke-fail":
-        raise ValueError("mat1 and mat2 shapes cannot be multiplied (2x64 and 128x64)")
-    print("smoke: ok loss=9.0 params=0.1M", flush=True)
-    sys.exit(0)
 if MODE == "staged":
     wait("go-warmup")
     step(0, 0.0)

@@ -497,7 +497,9 @@ def test_the_nan_fake_says_what_train_py_says() -> None:
         in source
     # The failure contract is the launcher's now (ground.json runs train.py under it).
     launcher = (REPO_ROOT / "gitar" / "runtime" / "launch.py").read_text()
-    assert "write_crash_record(e, state.phase, state.step)" in launcher and "return 1" in launcher
+    assert "code = fail(e, state.phase, state.step)" in launcher
+    crash = (REPO_ROOT / "gitar" / "runtime" / "crash.py").read_text()  # fail: the record, then the traceback and 1
+    assert "write_crash_record(exc, phase, step)" in crash and "return 1" in crash
 
 
 @pytest.mark.parametrize("name", list(FAULTS))
