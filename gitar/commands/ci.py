@@ -33,10 +33,10 @@ from pathlib import Path
 from gitar.commands.run import measure_chain
 from gitar.config.schema import ground_at
 from gitar.errors import GitarError
-from gitar.host import confine, lock
+from gitar.host import confine
 from gitar.loop.judge import Best, current_best
+from gitar.loop.opened import Opened
 from gitar.loop.recovery import recover
-from gitar.loop.workspace import Opened
 from gitar.sharing.sync import SyncResult, judged, sync
 from gitar.store import ledger, pins, signing
 from gitar.store.branch import move_branch
@@ -84,7 +84,8 @@ def _run_ci(branch: str | None, remote: str, *, with_sync: bool, start: str | Pa
     if not name:
         raise GitarError("HEAD is detached and no BRANCH was given; name the pushed branch: "
                          "`gitar ci autoresearch/TAG`")
-    recovered = recover(git)
+    ws = Opened.of(git)
+    recovered = recover(ws)
     syncs: list[SyncResult] = []
     if with_sync:
         syncs.append(sync(git, remote))
@@ -109,19 +110,19 @@ def _run_ci(branch: str | None, remote: str, *, with_sync: bool, start: str | Pa
             except GitarError as e:  # the records are safe here; the final sync tries again
                 print(f"gitar: warning: sync after {record.commit[:7]} failed: {e.message}", file=sys.stderr)
 
-    with lock.acquire_for(git, purpose="ci", commit=tip):
-        pending, best = pending_commits(git, name, tip, prefix)
+    with ws.lock(purpose="ci", commit=tip):
+        pending, best = pending_commits(ws.notebook, name, tip, prefix)
         outcome.pending = pending
-        _check_out(git, name, best.commit if best else (pending[0] if pending else tip), tip)
-        outcome.records = measure_chain(Opened(git), name, pending, best, after_each)
+        _check_out(ws.notebook, name, best.commit if best else (pending[0] if pending else tip), tip)
+        outcome.records = measure_chain(ws, name, pending, best, after_each)
     if with_sync:  # also when nothing ran: the branch may have moved onto the best
         syncs.append(sync(git, remote))
     return outcome
 
 
-def pending_commits(git: Git, branch: str, tip: str, prefix: str) -> tuple[list[str], Best | None]:
+def pending_commits(notebook: Notebook, branch: str, tip: str, prefix: str) -> tuple[list[str], Best | None]:
     """The commits without a verdict, oldest first, and the best they build on (None: no baseline yet)."""
-    notebook = Notebook(git)
+    git = notebook.git
     walk = _experiment_chain(git, tip, prefix, pins.base_commit(git, branch))
     pending: list[str] = []
     for sha in walk:
@@ -156,19 +157,20 @@ def _experiment_chain(git: Git, tip: str, prefix: str, base: str | None = None) 
     return [*own, str(parents[0])] if parents else own
 
 
-def _check_out(git: Git, branch: str, start_at: str, tip: str) -> None:
+def _check_out(notebook: Notebook, branch: str, start_at: str, tip: str) -> None:
     """The branch, checked out, on the commit the chain builds on.
 
     A runner's branch is derived from the remote branch and the records, so it may be moved;
     but never off a commit that exists nowhere else and has no verdict.
     """
+    git = notebook.git
     ref = branch_ref(branch)
     local = git.ref_target(ref)
     if local is None:
         git.update_ref(ref, start_at, None, f"gitar ci: {branch} from the pushed branch")
         ledger.branch_set(git, branch, start_at)
-    elif not git.is_ancestor(local, tip) and not judged(Notebook(git).records(local), branch) \
-            and not Notebook(git).is_pinned(local):
+    elif not git.is_ancestor(local, tip) and not judged(notebook.records(local), branch) \
+            and not notebook.is_pinned(local):
         raise GitarError(f"{branch} here ({local[:7]}) has commits that are neither pushed nor measured; "
                          "push them, or give the runner a clone of its own")
     if git.current_branch() != branch:

@@ -18,11 +18,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from gitar.errors import GitarError
-from gitar.host import confine, lock
+from gitar.host import confine
 from gitar.loop import experiment
 from gitar.loop.attempt import reject_unfit
 from gitar.loop.judge import Best, current_best
-from gitar.loop.workspace import Opened, open_workspace
+from gitar.loop.opened import Opened
+from gitar.loop.workspace import open_workspace
 from gitar.numbers import bpb
 from gitar.review.noise import commit_spread
 from gitar.sharing.sync import judged
@@ -46,12 +47,12 @@ def run_commit(rev: str = "HEAD", repeat: int = 1, start: str | Path = ".") -> l
             raise GitarError(f"{ws.branch} has no commit; check out an experiment branch")
         if repeat != 1:
             raise GitarError(f"--repeat re-measures the tip of {ws.branch}; {rev} ({sha[:7]}) is not the tip")
-        chain = unmeasured_chain(ws.git, ws.branch, tip, sha, rev)
-        with lock.acquire_for(ws.git, purpose="run", commit=sha, description=_subject(ws.git, sha)):
+        chain = unmeasured_chain(ws.notebook, ws.branch, tip, sha, rev)
+        with ws.lock(purpose="run", commit=sha, description=_subject(ws.git, sha)):
             best = current_best(ws.notebook, ws.branch, tip)
             return measure_chain(ws, ws.branch, chain, best)
     records: list[Record] = []
-    with lock.acquire_for(ws.git, purpose="run", commit=sha, description=_subject(ws.git, sha)):
+    with ws.lock(purpose="run", commit=sha, description=_subject(ws.git, sha)):
         for _ in range(repeat):
             plan = experiment.plan_rerun(ws, sha, ws.branch)
             records.append(experiment.execute(ws, plan))
@@ -79,12 +80,12 @@ def best_after_remeasuring(records: list[Record], start: str | Path = ".") -> st
     return f"best {rerun.commit[:7]} val_bpb {bpb(best.val_bpb)} (mean of {best.runs} runs{sigma})"
 
 
-def unmeasured_chain(git: Git, branch: str, tip: str, sha: str, rev: str) -> list[str]:
+def unmeasured_chain(notebook: Notebook, branch: str, tip: str, sha: str, rev: str) -> list[str]:
     """The first-parent commits after `tip` up to `sha`, oldest first; each must lack a verdict."""
+    git = notebook.git
     if not git.is_ancestor(tip, sha):
         raise GitarError(f"{rev} ({sha[:7]}) is neither the tip of {branch} ({tip[:7]}) nor a descendant "
                          "of it; check out the branch whose commit you want to measure")
-    notebook = Notebook(git)
     chain: list[str] = []
     current: str | None = sha
     while current is not None and current != tip:

@@ -93,14 +93,14 @@ def try_experiment(description: str, *, detach: bool = False, hypothesis: str | 
                          "exists); wait for it, or remove that file if no git command is running")
     token = lock.new_token()
     # No commit yet: the lock names the description until the commit exists (then the commit too).
-    held = lock.acquire_for(ws.git, purpose="try", token=token, description=text)
+    held = ws.lock(purpose="try", token=token, description=text)
     this = _Attempt(ws, text, why, files, held, experiment.new_run_id(), detach, remote)
     outcome: Record | Started | Queued | None = None
     try:
         # Before anything is committed (and after the lock, so a running experiment is said first):
         # the bar this attempt will face must be gitar's own (trust.py).
         best = current_best(ws.notebook, ws.branch, ws.head)
-        trust.check_judging(ws.git, ws.branch, ws.head, ws.head, best.commit if best else None,
+        trust.check_judging(ws.notebook, ws.branch, ws.head, ws.head, best.commit if best else None,
                             unmeasured_ok=remote is not None)
         with _index_restored_unless_committed(ws):
             ws.git.run("add", "-A", "--", *files)
@@ -141,7 +141,7 @@ class _Attempt:
             # The commit's own index: HEAD plus the agent's files, nothing else anyone staged.
             git.run("read-tree", "HEAD", env=to_index)
             git.run("add", "-A", "--", *self.files, env=to_index)
-            smoke_s = attempt.guard(git.with_index(index), self.ws.ground, token=self.token, echo=False,
+            smoke_s = attempt.guard(self.ws, self.ws.ground, staged=git.with_index(index), token=self.token, echo=False,
                                     description=self.text, hypothesis=self.hypothesis)
             how = attempt.QUEUE if self.remote is not None else attempt.DETACH if self.detach else attempt.RUN
             env = {**os.environ, shared.LOCK_TOKEN: self.token, shared.HYPOTHESIS: self.hypothesis or ""}

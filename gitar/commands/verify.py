@@ -40,10 +40,9 @@ from pathlib import Path
 
 from gitar.config.schema import ground_at
 from gitar.errors import GitarError
-from gitar.host import lock
 from gitar.loop import eval_data, experiment, integrity, trust
 from gitar.loop.judge import sigma_of
-from gitar.loop.workspace import Opened
+from gitar.loop.opened import Opened
 from gitar.review.noise import branch_noise
 from gitar.store import pins, signing
 from gitar.store.git import Git
@@ -201,7 +200,7 @@ def _vouch(git: Git, branch: str, counted: list[trust.Line],
 
 def _rerun(git: Git, branch: str, base: str, n: int, v: Verification) -> None:
     """Re-measure the n best kept commits; record each run (kind verify), never counted, never moving the branch."""
-    ws = Opened(git)
+    ws = Opened.of(git)
     notebook = ws.notebook
     ground = ground_at(git, base)
     means: list[tuple[float, str, int]] = []
@@ -211,7 +210,7 @@ def _rerun(git: Git, branch: str, base: str, n: int, v: Verification) -> None:
             means.append((math.fsum(values) / len(values), commit, len(values)))
     sigma = sigma_of(branch_noise(notebook, branch), ground.experiment.noise_floor)
     k = ground.experiment.margin_k
-    with lock.acquire_for(git, purpose="verify", commit=base):
+    with ws.lock(purpose="verify", commit=base):
         for mean, commit, runs in sorted(means)[:n]:
             try:
                 plan = experiment.plan_rerun(ws, commit, branch, verify=True)

@@ -32,7 +32,7 @@ def wait_for_result(start: str | Path = ".", timeout_s: float | None = None) -> 
         if current is None or current.run_id != running.run_id:
             break
         if not current.alive():
-            recover(ws.git)  # the runner died: record it as aborted now rather than wait forever
+            recover(ws)  # the runner died: record it as aborted now rather than wait forever
             break
         if deadline is not None and time.time() > deadline:
             raise GitarError(f"still running after {timeout_s:g} s; `gitar wait` again later")

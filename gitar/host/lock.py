@@ -23,7 +23,6 @@ from typing import Any
 from gitar.errors import ExitCode, GitarError
 from gitar.files import fsync_dir, write_durable
 from gitar.host.processes import process_alive, start_time
-from gitar.paths import GitDirs, Paths
 
 CORRUPT_STALE_AFTER_S = 5.0  # an unreadable lock this young may be being written right now
 _CORRUPT_WAIT_S = 0.5  # how long to wait for such a lock to become readable
@@ -249,14 +248,6 @@ def clear_stale(gitdir: Path, name: str = "lock") -> bool:
 def held_message(info: LockInfo, then: str = "wait for it with `gitar wait` or see `gitar status`") -> str:
     """The one refusal of a second experiment while one runs, naming the one that runs."""
     return f"another experiment is running in this repository: {info.describe()}; {then}"
-
-
-def acquire_for(repo: GitDirs, *, purpose: str, token: str | None = None, commit: str | None = None,
-                description: str | None = None) -> Lock:
-    """The lock a repository's experiments take here: the clone's, or its GPU's in a pinned worktree."""
-    paths = Paths.of(repo)
-    return acquire(paths.common_dir, purpose=purpose, token=token, commit=commit, description=description,
-                   name=paths.lock_name)
 
 
 def acquire(gitdir: Path, *, purpose: str, token: str | None = None, commit: str | None = None,

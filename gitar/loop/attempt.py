@@ -28,7 +28,7 @@ from gitar.errors import GitarError
 from gitar.host import lock, signals, state
 from gitar.loop import experiment, preflight
 from gitar.loop.experiment import Plan
-from gitar.loop.workspace import Opened
+from gitar.loop.opened import Opened
 from gitar.store.git import Git
 from gitar.store.records import Record
 from gitar.text import DESCRIPTION_CHARS, HYPOTHESIS, NOTE_CHARS, check_message, check_text, safe, subject
@@ -62,10 +62,11 @@ class Detached:
     plan: Plan
 
 
-def guard(git: Git, ground: Ground, *, echo: bool = True, token: str | None = None,
+def guard(ws: Opened, ground: Ground, *, staged: Git | None = None, echo: bool = True, token: str | None = None,
           description: str | None = None, hypothesis: str | None = None) -> float | None:
-    """The pre-commit stage on the index of `git` (what is being committed); the smoke step's seconds."""
-    return preflight.run_checks(git, ground, echo=echo, token=token, description=description, hypothesis=hypothesis)
+    """The pre-commit stage on the index being committed (staged's, else ws.git's); the smoke step's seconds."""
+    return preflight.run_checks(ws, ground, staged=staged, echo=echo, token=token, description=description,
+                                hypothesis=hypothesis)
 
 
 def after_commit(ws: Opened, done: Committed, how: str, *, queue: Callable[[str, str], Q],
@@ -99,7 +100,7 @@ def after_commit(ws: Opened, done: Committed, how: str, *, queue: Callable[[str,
         # nobody), and experiment.execute holds the stop signals for the run and its record itself.
         return experiment.execute(ws, plan)
     try:
-        joined = lock.acquire_for(git, purpose="experiment", token=done.token, commit=done.sha,
+        joined = ws.lock(purpose="experiment", token=done.token, commit=done.sha,
                                   description=description)
     except GitarError as e:
         # Someone else's experiment holds the GPU: this commit cannot be measured now.
@@ -179,7 +180,7 @@ def run_detached(ws: Opened, done: Committed) -> Record:
     """The detached process: take the lock over from `gitar try` first, then plan and run."""
     git = ws.git
     description = subject(git.commit(done.sha).message)
-    held = lock.acquire_for(git, purpose="experiment", token=done.token, commit=done.sha, description=description)
+    held = ws.lock(purpose="experiment", token=done.token, commit=done.sha, description=description)
     held.take_over(commit=done.sha, description=description)  # it outlives that `gitar try`: no stop_if_gone
     try:
         plan = experiment.plan_attempt(ws, done.sha, done.branch, description, done.run_id, done.hypothesis)

@@ -25,7 +25,7 @@ from gitar.host import confine, runner, signals, state
 from gitar.host.processes import start_time
 from gitar.loop import integrity, repeats, run_record, trust
 from gitar.loop.judge import Best, Policy, Sigma, Verdict, current_best, judge, sigma_of
-from gitar.loop.workspace import Opened
+from gitar.loop.opened import Opened
 from gitar.paths import Paths
 from gitar.review.noise import branch_noise, commit_spread
 from gitar.store import ledger, pins
@@ -73,7 +73,7 @@ def plan_attempt(ws: Opened, sha: str, branch: str, description: str, run_id: st
     best = current_best(notebook, branch, parent)
     # The attempt must build on where gitar left the branch (a plain commit on it does; a commit
     # on a branch moved back or sideways does not); its best must rest on gitar's own records.
-    trust.check_judging(git, branch, sha, parent, best.commit if best else None)
+    trust.check_judging(notebook, branch, sha, parent, best.commit if best else None)
     return Plan(sha, branch, description, "attempt", best, run_id or new_run_id(),
                 _next_seed(notebook, sha, branch), hypothesis or None)
 
@@ -91,7 +91,7 @@ def plan_rerun(ws: Opened, sha: str, branch: str, run_id: str | None = None, *, 
         if best is None:
             raise GitarError(f"{sha[:7]} is not a kept commit of {branch}; verify --rerun re-measures kept commits")
         return Plan(sha, branch, description, VERIFY, best, run_id or new_run_id(), _next_seed(notebook, sha, branch))
-    trust.check_judging(git, branch, sha, sha, best.commit if best else None)
+    trust.check_judging(notebook, branch, sha, sha, best.commit if best else None)
     kind = "rerun" if best is not None else "baseline"
     return Plan(sha, branch, description, kind, best, run_id or new_run_id(), _next_seed(notebook, sha, branch))
 
@@ -125,7 +125,7 @@ def _execute(ws: Opened, plan: Plan, pid: int | None) -> Record:
     policy = Policy.of(ground.experiment)
     # Pin first: from here on, nothing can make this commit or its note unreachable.
     notebook.pin(plan.commit, plan.description)
-    plan = _identified(git, plan, ground)
+    plan = _identified(ws, plan, ground)
     base, refusal = integrity.admit(git, plan.branch, plan.commit, _base_fallback(git, plan), ground)
     if refusal is None:
         refusal = _repeat_refusal(plan, ground)
@@ -170,18 +170,18 @@ def _execute(ws: Opened, plan: Plan, pid: int | None) -> Record:
         state.clear(paths, plan.run_id)
 
 
-def _identified(git: Git, plan: Plan, ground: Ground) -> Plan:
+def _identified(ws: Opened, plan: Plan, ground: Ground) -> Plan:
     """The plan with its commit's file identity and, for a new attempt, the earlier ones it repeats.
 
     Looked up once, before the run: what it repeats is what had been tried when it started.
     A re-measurement (baseline, rerun, verify) measures the same commit on purpose: no repeat.
     """
-    agent = ground.experiment.agent_owned
+    git, agent = ws.git, ground.experiment.agent_owned
     content = repeats.commit_content(git, plan.commit, agent)
     if content is None or plan.kind != "attempt":
         return replace(plan, content=content)
     change = repeats.Change(content, integrity.harness_sha256(git, plan.commit), plan.branch)
-    return replace(plan, content=content, earlier=tuple(repeats.find(git, change, agent, exclude=plan.commit)))
+    return replace(plan, content=content, earlier=tuple(repeats.find(ws, change, agent, exclude=plan.commit)))
 
 
 def _stamped(plan: Plan, record: Record) -> Record:

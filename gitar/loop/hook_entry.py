@@ -25,8 +25,9 @@ from gitar import shared
 from gitar.errors import ExitCode, GitarError, save_traceback
 from gitar.files import write_json_atomic
 from gitar.loop import attempt, experiment
+from gitar.loop.opened import Opened
 from gitar.loop.result_line import result_line
-from gitar.loop.workspace import Opened, open_for_hook
+from gitar.loop.workspace import open_for_hook
 from gitar.store.git import Git, gitar_dir
 from gitar.store.records import Record
 from gitar.text import check_message, safe
@@ -36,7 +37,7 @@ def stage_check() -> int:
     ws = open_for_hook(Git.discover(), recovering=True)
     if ws is None:
         return 0
-    attempt.guard(ws.git, ws.ground)
+    attempt.guard(ws, ws.ground)
     return 0
 
 
@@ -75,7 +76,7 @@ def stage_run() -> int:
 
 def stage_detached(run_id: str, sha: str, branch: str) -> int:
     # No Workspace: HEAD may have moved on since the commit; the run needs only paths and notebook.
-    attempt.run_detached(Opened(Git.discover()), attempt.Committed(sha=sha, branch=branch, run_id=run_id,
+    attempt.run_detached(Opened.of(Git.discover()), attempt.Committed(sha=sha, branch=branch, run_id=run_id,
                                                 hypothesis=os.environ.get(shared.HYPOTHESIS),
                                                 token=os.environ.get(shared.LOCK_TOKEN)))
     return 0

@@ -38,6 +38,7 @@ from gitar.store.git import Git
 from gitar.text import DESCRIPTION_CHARS, NOTE_CHARS, safe
 
 if TYPE_CHECKING:
+    from gitar.loop.opened import Opened
     from gitar.loop.repeats import Change, Earlier
 
 SMOKE_TIMEOUT_S = 120.0  # generous for the CPU; the default model's smoke step takes a few seconds
@@ -64,9 +65,9 @@ def check_ownership(paths: list[str], ground: Ground) -> None:
                              f"undo it with `git restore --staged --worktree -- {path}`")
 
 
-def check_lock(git: Git, token: str | None = None) -> None:
+def check_lock(paths: Paths, token: str | None = None) -> None:
     """No other experiment holds the lock (the holder's own commit passes its token)."""
-    info = lock.read(git.common_dir, Paths.of(git).lock_name)
+    info = lock.read(paths.common_dir, paths.lock_name)
     if info is None or not info.alive():
         return
     if info.token and info.token == (token or os.environ.get(shared.LOCK_TOKEN)):
@@ -203,18 +204,23 @@ def _innermost(lines: Iterable[str], root: Path, agent_owned: tuple[str, ...]) -
     return found
 
 
-def run_checks(git: Git, ground: Ground, *, echo: bool = True, token: str | None = None,
-               description: str | None = None, hypothesis: str | None = None) -> float | None:
+def run_checks(ws: Opened, ground: Ground, *, staged: Git | None = None, echo: bool = True,
+               token: str | None = None, description: str | None = None,
+               hypothesis: str | None = None) -> float | None:
     """Every check of the pre-commit stage on the index being committed; returns the smoke
     step's seconds (None when it did not run).
+
+    staged: the repository as seen through the index being committed (`gitar try` commits
+    from an index of its own); by default ws.git, whose index git commits.
 
     description and hypothesis are the change's (`gitar try` passes them; a plain commit has
     none yet): a change the smoke step refuses is recorded under them.
     """
+    git = staged or ws.git
     paths = git.staged_paths()
     check_ownership(paths, ground)
     confine.check_available(ground)
-    check_lock(git, token)
+    check_lock(ws.paths, token)
     check_syntax(git, paths)
     check_model(git, paths)
     if not any(owned(p, ground.experiment.agent_owned) for p in paths):
@@ -224,7 +230,7 @@ def run_checks(git: Git, ground: Ground, *, echo: bool = True, token: str | None
     # Under "run", a change is looked up only if the smoke step refuses it: one that passes is
     # looked up once, by the run (its record says what it repeats).
     change = repeats.Change.staged(git, ground) if ground.experiment.repeats == REPEATS_REFUSE else None
-    earlier = repeats.check(git, ground, change) if change is not None else None
+    earlier = repeats.check(ws, ground, change) if change is not None else None
     if not ground.experiment.smoke:
         return None
     t0 = time.time()
@@ -233,27 +239,28 @@ def run_checks(git: Git, ground: Ground, *, echo: bool = True, token: str | None
     except SmokeFailed as e:
         change = change or repeats.Change.staged(git, ground)
         if earlier is None:
-            earlier = repeats.find(git, change, ground.experiment.agent_owned)
-        raise SmokeFailed(e.message + record_refused(git, e, change, earlier, description, hypothesis),
+            earlier = repeats.find(ws, change, ground.experiment.agent_owned)
+        raise SmokeFailed(e.message + record_refused(ws, git, e, change, earlier, description, hypothesis),
                           e.output) from None
     if echo:
         print(f"gitar: {line}", file=sys.stderr)
     return time.time() - t0
 
 
-def record_refused(git: Git, failure: SmokeFailed, change: Change, earlier: list[Earlier],
+def record_refused(ws: Opened, git: Git, failure: SmokeFailed, change: Change, earlier: list[Earlier],
                    description: str | None, hypothesis: str | None) -> str:
-    """Note a change the smoke step refused; returns what to add to the refusal line.
+    """Note a change the smoke step refused (git: seen through its index); returns what to add to
+    the refusal line.
 
     The record (status rejected, kind smoke, the smoke error as its reason, no run, no number)
     goes on a commit of the refused index made only to hold it: pinned under
     refs/gitar/attempts/ like every attempt, never on the branch, never trained. The branch,
     git's index and the work tree are untouched, so the refusal still changes nothing the
     agent works with; `gitar log` shows the record and `gitar memory` lists it. Written with
-    Notebook.append, so the ledger knows the line as gitar's.
+    the notebook's writer, so the ledger knows the line as gitar's.
     """
     from gitar.loop import repeats, run_record
-    from gitar.store.records import REJECTED, SMOKE, Notebook
+    from gitar.store.records import REJECTED, SMOKE
 
     # From `gitar try`, checked by the text rule already; from the environment, anyone's: escaped.
     text = safe(description or os.environ.get(shared.DESCRIPTION) or NO_DESCRIPTION)[:DESCRIPTION_CHARS]
@@ -262,10 +269,10 @@ def record_refused(git: Git, failure: SmokeFailed, change: Change, earlier: list
         head = git.resolve("HEAD")
         sha = _hold(git, head, text)
         run_id = uuid.uuid4().hex
-        log = Paths.of(git).log(sha, run_id)
+        log = ws.paths.log(sha, run_id)
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(failure.output, errors="replace")
-        notebook = Notebook(git)
+        notebook = ws.notebook
         notebook.pin(sha, text)
         now = time.time()
         notebook.append(run_record.build(

@@ -18,22 +18,22 @@ from gitar.host.limits import RunGroup
 from gitar.host.processes import kill_group, process_stat
 from gitar.loop import run_record, trust
 from gitar.loop.judge import current_best
-from gitar.paths import Paths
+from gitar.loop.opened import Opened
 from gitar.store.branch import move_branch
 from gitar.store.git import Git
 from gitar.store.ledger import Ledger
-from gitar.store.records import ABORTED, KEEP, Notebook
+from gitar.store.records import ABORTED, KEEP
 from gitar.store.refs import branch_ref
 
 
-def recover(git: Git) -> list[str]:
+def recover(ws: Opened) -> list[str]:
     """Repair the repository after an interruption; returns one line per repair made."""
     notes: list[str] = []
-    paths = Paths.of(git)
+    git, paths = ws.git, ws.paths
     running = state.load(paths)
     if running is not None and not running.alive():
-        notes.append(_abort_dead_run(git, paths, running))
-    if lock.clear_stale(git.common_dir, paths.lock_name):
+        notes.append(_abort_dead_run(ws, running))
+    if lock.clear_stale(paths.common_dir, paths.lock_name):
         notes.append("cleared a stale experiment lock left by a process that no longer runs")
     branch = git.current_branch()
     if branch is not None:
@@ -75,23 +75,23 @@ def _started_for(pid: int, running: state.Running) -> bool:
     return False
 
 
-def _back_to(git: Git, running: state.Running) -> str | None:
+def _back_to(ws: Opened, running: state.Running) -> str | None:
     """Where the branch may go back to: the best the run was judged against if the notebook
     says it is a kept commit of the branch, else the attempt's parent; never a commit the
     running-state file alone names."""
-    notebook = Notebook(git)
+    notebook = ws.notebook
     if not notebook.is_pinned(running.commit):
         return None  # gitar pins every attempt before it runs: this one never ran under gitar
     best = running.best_commit
     if best is not None and current_best(notebook, running.branch, best) is not None:
         return best
-    parents = git.commit(running.commit).parent_ids
+    parents = ws.git.commit(running.commit).parent_ids
     return str(parents[0]) if parents else None
 
 
-def _abort_dead_run(git: Git, paths: Paths, running: state.Running) -> str:
+def _abort_dead_run(ws: Opened, running: state.Running) -> str:
+    git, paths, notebook = ws.git, ws.paths, ws.notebook
     _stop_leftovers(running)
-    notebook = Notebook(git)
     record = next((r for r in notebook.records(running.commit) if r.run_id == running.run_id), None)
     if record is None:
         record = run_record.build(
@@ -101,7 +101,7 @@ def _abort_dead_run(git: Git, paths: Paths, running: state.Running) -> str:
             best_commit=running.best_commit, log=running.log)
         notebook.append(record)
     state.save_result(paths, record, unless_written=True)  # `gitar wait` then reports this attempt
-    target = _back_to(git, running) if running.move_branch else None
+    target = _back_to(ws, running) if running.move_branch else None
     if target is not None:
         move_branch(git, running.branch, running.commit, target,
                     f"gitar: aborted {running.commit[:7]}, back to best {target[:7]}")

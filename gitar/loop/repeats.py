@@ -30,13 +30,14 @@ from gitar.config.schema import REPEATS_REFUSE, Ground, owned
 from gitar.errors import GitarError
 from gitar.files import write_atomic
 from gitar.loop.integrity import harness_sha256
+from gitar.loop.opened import Opened
 from gitar.loop.result_line import repeat_phrase
 from gitar.numbers import rounded
 from gitar.paths import Paths
 from gitar.review import history
 from gitar.store.git import Git
 from gitar.store.notes import note_blobs
-from gitar.store.records import ABORTED, SMOKE, Notebook, Record
+from gitar.store.records import ABORTED, SMOKE, Record
 from gitar.store.refs import NOTES_REF
 
 _FIELD = b'"agent_sha256"'  # how the key is spelled in every note line gitar writes (json_line)
@@ -123,7 +124,7 @@ def _ran(r: Record) -> bool:
     return r.status != ABORTED and (r.wall_seconds is not None or r.kind == SMOKE)
 
 
-def find(git: Git, change: Change, agent_owned: tuple[str, ...], exclude: str | None = None) -> list[Earlier]:
+def find(ws: Opened, change: Change, agent_owned: tuple[str, ...], exclude: str | None = None) -> list[Earlier]:
     """The earlier attempts with the change's files, the one to name first.
 
     First those that ran to a result, then this branch's before others', then the oldest.
@@ -131,9 +132,9 @@ def find(git: Git, change: Change, agent_owned: tuple[str, ...], exclude: str | 
     its note and count only if their own agent_sha256 says so (or they predate it) and their
     harness is the change's.
     """
-    notebook = Notebook(git)
+    git, notebook = ws.git, ws.notebook
     found: list[Earlier] = []
-    for commit, identities in contents(git, agent_owned).items():
+    for commit, identities in contents(git, ws.paths, agent_owned).items():
         if commit == exclude or change.content not in identities:
             continue
         runs = [r for r in notebook.records(commit) if r.harness_sha256 in (None, change.harness)]
@@ -144,7 +145,7 @@ def find(git: Git, change: Change, agent_owned: tuple[str, ...], exclude: str | 
     return found
 
 
-def contents(git: Git, agent_owned: tuple[str, ...]) -> dict[str, frozenset[str]]:
+def contents(git: Git, paths: Paths, agent_owned: tuple[str, ...]) -> dict[str, frozenset[str]]:
     """{annotated commit: the agent_sha256 values its note holds}, for every note.
 
     Kept up to date in .git/gitar/contents, beside the notes tip it describes: a later call
@@ -157,7 +158,7 @@ def contents(git: Git, agent_owned: tuple[str, ...]) -> dict[str, frozenset[str]
     tip = git.ref_target(NOTES_REF)
     if tip is None:
         return {}
-    path = Paths.of(git).base / CONTENTS_FILE
+    path = paths.base / CONTENTS_FILE
     key = hashlib.sha256("\0".join(agent_owned).encode()).hexdigest()[:16]
     cached = _read_contents(path, key)
     index: dict[str, frozenset[str]] | None = None
@@ -257,9 +258,9 @@ def refusal(earlier: list[Earlier], ground: Ground, branch: str) -> str | None:
             "or re-measure a kept commit with `gitar run --repeat N`")
 
 
-def check(git: Git, ground: Ground, change: Change) -> list[Earlier]:
+def check(ws: Opened, ground: Ground, change: Change) -> list[Earlier]:
     """The preflight's check: refuse a repeat under "refuse"; return the earlier attempts found."""
-    earlier = find(git, change, ground.experiment.agent_owned)
+    earlier = find(ws, change, ground.experiment.agent_owned)
     reason = refusal(earlier, ground, change.branch)
     if reason is not None:
         raise GitarError(reason)

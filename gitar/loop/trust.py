@@ -29,9 +29,9 @@ from gitar.config.schema import GROUND_FILE, parse_ground
 from gitar.errors import GitarError
 from gitar.store import ledger, pins, signing
 from gitar.store.git import Git
-from gitar.store.ledger import Entry, Ledger, descends, line_hash
+from gitar.store.ledger import Entry, Ledger, line_hash
 from gitar.store.notes import note_blobs
-from gitar.store.records import LESSON, Record
+from gitar.store.records import LESSON, Notebook, Record
 from gitar.store.refs import LEDGER_NOTES, NOTES_REF, branch_ref
 
 ACCEPT = "`gitar verify --accept`"
@@ -119,7 +119,7 @@ def notes_problem(git: Git) -> str | None:
     if current is None:
         return (f"{NOTES_REF} was deleted outside gitar (gitar last wrote {last[:7]}); restore it with "
                 f"`git update-ref {NOTES_REF} {last}` or accept the loss with {ACCEPT}")
-    if not descends(git, last, current):
+    if not git.descends(last, current):
         return (f"{NOTES_REF} was rewound or replaced outside gitar: it is at {current[:7]}, which does not "
                 f"descend from {last[:7]}, where gitar last left it; restore it with "
                 f"`git update-ref {NOTES_REF} {last}` or accept the current notes with {ACCEPT}")
@@ -131,7 +131,7 @@ def branch_problem(git: Git, branch: str, on: str | None) -> str | None:
     if on is None:
         return None
     tip = Ledger.of(git).branch_tip(branch)
-    if tip is None or descends(git, tip, on):
+    if tip is None or git.descends(tip, on):
         return None
     return (f"{branch} is at {on[:7]}, which gitar did not put there: gitar left it at {tip[:7]} and "
             f"{on[:7]} does not descend from it; put it back with `git reset --keep {tip[:7]}` "
@@ -203,7 +203,7 @@ def vanished_problem(git: Git, commit: str | None) -> str | None:
             f"or accept the loss with {ACCEPT}")
 
 
-def unmeasured_problem(git: Git, branch: str, bar: str | None, has_best: bool) -> str | None:
+def unmeasured_problem(notebook: Notebook, branch: str, bar: str | None, has_best: bool) -> str | None:
     """Why `bar` (the commit whose records would be the best) has none while gitar left a kept best, or None.
 
     A commit made with the hooks off, on top of the best, has no verdict: judged on it, the
@@ -211,13 +211,12 @@ def unmeasured_problem(git: Git, branch: str, bar: str | None, has_best: bool) -
     """
     if has_best or bar is None:
         return None
-    tip = Ledger.of(git).branch_tip(branch)
+    tip = Ledger.of(notebook.git).branch_tip(branch)
     if tip is None or tip == bar:
         return None
     from gitar.loop.judge import current_best
-    from gitar.store.records import Notebook
 
-    left = current_best(Notebook(git), branch, tip)
+    left = current_best(notebook, branch, tip)
     if left is None:
         return None
     return (f"{branch} is at {bar[:7]}, which has no verdict: gitar left the branch at its best {tip[:7]} "
@@ -226,7 +225,7 @@ def unmeasured_problem(git: Git, branch: str, bar: str | None, has_best: bool) -
             f"or accept where it is with {ACCEPT}")
 
 
-def check_judging(git: Git, branch: str, on: str | None, bar: str | None, best_commit: str | None, *,
+def check_judging(notebook: Notebook, branch: str, on: str | None, bar: str | None, best_commit: str | None, *,
                   unmeasured_ok: bool = False) -> None:
     """Refuse (exit 2) to judge on a notebook or branch that something other than gitar changed.
 
@@ -235,11 +234,12 @@ def check_judging(git: Git, branch: str, on: str | None, bar: str | None, best_c
     best_commit: the best found there, if any. unmeasured_ok: the commit may lack a verdict
     (`gitar try --remote`, where the runner judges).
     """
+    git = notebook.git
     checks: tuple[Callable[[], str | None], ...] = (
         lambda: notes_problem(git),
         lambda: branch_problem(git, branch, on),
         lambda: vanished_problem(git, bar),
-        lambda: None if unmeasured_ok else unmeasured_problem(git, branch, bar, best_commit is not None),
+        lambda: None if unmeasured_ok else unmeasured_problem(notebook, branch, bar, best_commit is not None),
         lambda: best_problem(git, branch, best_commit),
     )
     for check in checks:
@@ -313,7 +313,7 @@ def accept(git: Git, branch: str | None) -> list[str]:
     if current is None and last is not None:
         said.append(f"accepted: {NOTES_REF} is gone (gitar last left it at {last[:7]}, still kept as {LEDGER_NOTES})")
         book.clear_notes()
-    elif current is not None and last is not None and not descends(git, last, current):
+    elif current is not None and last is not None and not git.descends(last, current):
         said.append(f"accepted: {NOTES_REF} at {current[:7]} (gitar last left it at {last[:7]}, kept as {LEDGER_NOTES})")
     raw = book.raw()
     entries: list[Entry] = []
@@ -343,7 +343,7 @@ def accept(git: Git, branch: str | None) -> list[str]:
         tip = git.ref_target(branch_ref(branch))
         left = book.branch_tip(branch)
         if tip is not None and tip != left:
-            if left is not None and not descends(git, left, tip):
+            if left is not None and not git.descends(left, tip):
                 said.append(f"accepted: {branch} at {tip[:7]} (gitar left it at {left[:7]})")
             book.set_branch(branch, tip)
     if not said:

@@ -8,17 +8,16 @@ commit is no experiment and refuse only a branch that should be one (open_for_ho
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from gitar import shared
 from gitar.config.schema import GROUND_FILE, Ground, ground_at
 from gitar.errors import GitarError
+from gitar.loop.opened import Opened
 from gitar.loop.recovery import recover
-from gitar.paths import Paths
 from gitar.store import pins
 from gitar.store.git import Git
-from gitar.store.records import Notebook
 from gitar.text import safe
 
 # Where HEAD stands, in the order it is checked.
@@ -67,23 +66,9 @@ def standing(git: Git) -> Standing:
 
 
 @dataclass(frozen=True)
-class Opened:
-    """The repository with gitar's paths and notebook, made once: what an experiment runs in
-    (experiment.py). A Workspace is one; a caller that measures without one (the detached
-    runner, `gitar ci`, `gitar verify --rerun`) opens just this."""
-
-    git: Git
-    paths: Paths = field(init=False)
-    notebook: Notebook = field(init=False)
-
-    def __post_init__(self) -> None:
-        # Made once: everything the command does after opening shares them.
-        object.__setattr__(self, "paths", Paths.of(self.git))
-        object.__setattr__(self, "notebook", Notebook(self.git))
-
-
-@dataclass(frozen=True)
 class Workspace(Opened):
+    """What a command or a hook works in: the Opened repository, and where HEAD stands."""
+
     branch: str  # "" where HEAD is detached (a command that needs no experiment branch)
     head: str
     ground: Ground  # the committed ground.json of HEAD: the policy in force
@@ -115,8 +100,9 @@ def open_workspace(start: str | Path = ".", *, need_experiment_branch: bool = Tr
             raise GitarError(f"{at.branch} has no {at.missing} at HEAD ({head[:7]}), so its hooks are not gitar's: "
                              "run `gitar init TAG` on the branch you started from and experiment on the branch it "
                              "makes")
-    _recover(git)
-    return Workspace(git=git, branch=at.branch or "", head=git.resolve("HEAD"), ground=ground)
+    opened = Opened.of(git)
+    _recover(opened)
+    return _at(opened, at.branch or "", git.resolve("HEAD"), ground)
 
 
 def open_for_hook(git: Git, *, recovering: bool = False) -> Workspace | None:
@@ -141,13 +127,18 @@ def open_for_hook(git: Git, *, recovering: bool = False) -> Workspace | None:
     if at.state != EXPERIMENT:
         return None
     assert at.branch is not None and at.head is not None and at.ground is not None
+    opened = Opened.of(git)
     if recovering:
-        _recover(git)
-    return Workspace(git=git, branch=at.branch, head=at.head, ground=at.ground)
+        _recover(opened)
+    return _at(opened, at.branch, at.head, at.ground)
 
 
-def _recover(git: Git) -> None:
-    for line in recover(git):
+def _at(opened: Opened, branch: str, head: str, ground: Ground) -> Workspace:
+    return Workspace(opened.git, opened.paths, opened.notebook, branch=branch, head=head, ground=ground)
+
+
+def _recover(opened: Opened) -> None:
+    for line in recover(opened):
         print(f"gitar: {safe(line)}", file=sys.stderr)  # names a description: untrusted text
 
 

@@ -11,7 +11,8 @@ attempted commit, kept or discarded, newest first (README, "History in git").
 
 The summary is derived, never a source: nothing of gitar reads it back, it is neither
 synced nor merged (every clone derives its own), and a damaged one misleads no judgement.
-It follows the records: after gitar writes or merges records (records.Notebook, sync), it
+It follows the records: after gitar writes or merges records (the NotebookWriter that writer()
+makes, whose follower this is; sync after a merge), it
 rewrites the summaries of the notes that changed since the notes commit its own last commit
 names, in one `git fast-import` — or rebuilds it whole when that commit is unknown (a fresh
 clone, a notebook gitar did not write, a rewound one). A summary that cannot be written is
@@ -28,7 +29,7 @@ from gitar.errors import GitarError
 from gitar.review import history
 from gitar.store.git import Git, GitObjectError, clean_env
 from gitar.store.notes import note_blobs
-from gitar.store.records import parse_lines
+from gitar.store.records import NotebookWriter, parse_lines
 from gitar.store.refs import NOTES_REF, SUMMARY_REF
 from gitar.text import safe
 
@@ -47,6 +48,11 @@ def summary_text(commit: str, data: bytes) -> str:
         # since git prints a note raw.
         lines.append(safe(history.attempt_line(a)))
     return "".join(line + "\n" for line in lines)
+
+
+def writer(git: Git) -> NotebookWriter:
+    """The notebook every gitar writer appends through: each record or lesson refreshes the summary."""
+    return NotebookWriter(git, follow=refresh)
 
 
 # Agents of one clone refresh at once: whoever loses the race derives again from the newer tip.

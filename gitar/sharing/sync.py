@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gitar import numbers
-from gitar.config.schema import ground_at
+from gitar.config.schema import GROUND_FILE, ground_at
 from gitar.errors import ExitCode, GitarError
 from gitar.loop import trust
 from gitar.loop.judge import current_best
@@ -150,11 +150,15 @@ def check_remote(git: Git, remote: str) -> None:
 
 
 def _branch_prefix(git: Git) -> str | None:
-    """The experiment branch prefix of the checked-out commit's ground.json (None: not a workspace)."""
+    """The experiment branch prefix of the checked-out commit's ground.json (None: not a workspace).
+
+    Not workspace.standing: a runner's fresh clone is often on a detached HEAD, and its sync
+    still fetches the experiment branches that HEAD's policy names.
+    """
     if git.head_is_unborn():
         return None
     head = git.resolve("HEAD")
-    if git.blob_at(head, "ground.json") is None:
+    if git.blob_at(head, GROUND_FILE) is None:
         return None
     try:
         return ground_at(git, head).experiment.branch_prefix

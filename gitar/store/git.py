@@ -68,6 +68,11 @@ class GitObjectError(Exception):
     warning) catch it by name."""
 
 
+class RefLocked(GitObjectError):
+    """Another process holds the lock file of a ref libgit2 was writing (libgit2 says so with an
+    OSError): nothing is wrong, the write can be tried again in a moment."""
+
+
 @dataclass(frozen=True)
 class Worktree:
     path: Path
@@ -169,10 +174,10 @@ class Git:
     def commit_time(self, sha: str) -> int | None:
         """The commit's committer time; None if sha names no commit that can be read here."""
         try:
-            obj = self.repo.get(sha)
-        except (ValueError, pygit2.GitError):
+            commit = self._commit(sha)
+        except pygit2.GitError:  # an object that cannot be read here: no time to give
             return None
-        return obj.commit_time if isinstance(obj, pygit2.Commit) else None
+        return commit.commit_time if commit is not None else None
 
     def first_parents(self, tip: str) -> Iterator[str]:
         """tip and its first-parent ancestors, newest first, read as the caller goes (stop any time)."""
@@ -335,8 +340,8 @@ class Git:
 
     def note_with_line(self, scratch: str, old: str | None, annotated: str, line: str) -> str:
         """The notes commit that adds `line` to the note on `annotated` on top of notes commit `old`
-        (None: the first note), made on the ref `scratch` only; GitObjectError if libgit2 fails
-        (e.g. it met another writer's lock file)."""
+        (None: the first note), made on the ref `scratch` only; GitObjectError if libgit2 fails,
+        RefLocked if it met another writer's lock file."""
         repo = self.repo
         try:
             signature = _signature(repo)
@@ -356,6 +361,8 @@ class Git:
             return str(repo.references[scratch].resolve().target)
         except pygit2.GitError as e:
             raise GitObjectError(str(e)) from None
+        except OSError as e:  # libgit2 met another writer's lock file
+            raise RefLocked(str(e)) from None
 
     def operation_in_progress(self) -> str | None:
         """A merge, rebase, cherry-pick, revert or bisect that a commit would interfere with."""
@@ -410,17 +417,16 @@ class Git:
         """Create or move a bookkeeping ref without CAS (attempt pins are idempotent)."""
         self.run("update-ref", "-m", message, ref, sha)
 
-    def keep_ref(self, ref: str, sha: str) -> bool:
+    def keep_ref(self, ref: str, sha: str) -> None:
         """Point ref at sha in-process (no git process, no reflog, no compare-and-swap): a ref that only
-        keeps a commit alive. False while another process holds the ref's lock (libgit2 raises OSError
-        then; try again); a failure a retry cannot mend (an id that is no hex) is ignored."""
+        keeps a commit alive. RefLocked while another process holds the ref's lock (try again); a
+        failure a retry cannot mend (an id that is no hex) is ignored."""
         try:
             self.repo.references.create(ref, pygit2.Oid(hex=sha), force=True)
-        except OSError:
-            return False
+        except OSError as e:
+            raise RefLocked(str(e)) from None
         except (pygit2.GitError, ValueError):
             pass
-        return True
 
     def delete_ref(self, ref: str) -> None:
         self.run("update-ref", "-d", ref, check=False)

@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 from gitar.files import write_atomic
 from gitar.paths import Paths
-from gitar.store.git import Git
+from gitar.store.git import Git, RefLocked
 from gitar.store.refs import LEDGER_NOTES, NOTES_REF
 
 HERE = "here"
@@ -125,7 +125,7 @@ class Ledger:
         if tip is None:
             return
         last = self.last_notes()
-        if not accept and last is not None and last != tip and not descends(git, last, tip):
+        if not accept and last is not None and last != tip and not git.descends(last, tip):
             return
         self.ensure()
         write_atomic(self._notes, tip + "\n")
@@ -163,15 +163,13 @@ def _keep_alive(git: Git, tip: str) -> None:
     """
     for attempt in range(KEEP_ALIVE_TRIES):
         current = git.ref_target(LEDGER_NOTES)
-        if current is not None and (current == tip or descends(git, tip, current)):
+        if current is not None and (current == tip or git.descends(tip, current)):
             return
-        if git.keep_ref(LEDGER_NOTES, tip):
+        try:
+            git.keep_ref(LEDGER_NOTES, tip)
             return
-        time.sleep(random.uniform(0.001, 0.005) * (attempt + 1))  # the ref's lock is another writer's
-
-
-def descends(git: Git, ancestor: str, descendant: str) -> bool:
-    return git.descends(ancestor, descendant)  # False for a commit gc collected, or never had
+        except RefLocked:  # the ref's lock is another writer's
+            time.sleep(random.uniform(0.001, 0.005) * (attempt + 1))
 
 
 def wrote(git: Git, line: str | None, run_id: str, commit: str) -> None:

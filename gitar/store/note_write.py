@@ -31,7 +31,7 @@ def append_line(git: Git, ref: str, annotated: str, line: str, what: str) -> Non
             old = git.ref_target(ref)
             try:
                 new = git.note_with_line(scratch, old, annotated, line)
-            except (GitObjectError, OSError) as e:  # e.g. libgit2 met another writer's lock file
+            except GitObjectError as e:  # RefLocked among them: libgit2 met another writer's lock file
                 why = str(e)
             else:
                 proc = git.run("update-ref", "-m", f"gitar: {what} for {annotated[:12]}", ref, new, old or "",

@@ -306,7 +306,10 @@ def _warn_once(where: str, n: int, line: str, why: str) -> None:
 
 
 class Notebook:
-    """Records in refs/notes/gitar and the attempt pins, for one repository."""
+    """Records in refs/notes/gitar and the attempt pins, for one repository: what every reader needs.
+
+    Writing a record is NotebookWriter's: it cannot be made without naming what follows a write.
+    """
 
     def __init__(self, git: Git) -> None:
         self.git = git
@@ -322,29 +325,6 @@ class Notebook:
         if note is None:
             return [], []
         return parse_lines(note, sha)
-
-    def append(self, record: Record) -> None:
-        """Add one line to the commit's note (the write happens before any branch move).
-
-        Inside signing.signing(key) (`gitar ci` on a runner) the record is signed first. The
-        ledger (gitar/store/ledger.py) learns the line's hash and the notes tip gitar left.
-        """
-        signer = signing.active()
-        if signer is not None:
-            record.signature = None
-            record.signature = signer.sign(record_dict(record))
-        line = record.to_line()
-        self._append_line(record.commit, line, "the record")
-        ledger.wrote(self.git, line, record.run_id, record.commit)
-        _summarise(self.git)
-
-    def add_lesson(self, lesson: Lesson) -> None:
-        self._append_line(lesson.commit, lesson.to_line(), "the lesson")
-        ledger.wrote(self.git, None, "", lesson.commit)
-        _summarise(self.git)
-
-    def _append_line(self, sha: str, line: str, what: str) -> None:
-        note_write.append_line(self.git, NOTES_REF, sha, line, what)
 
     def all(self) -> Iterator[tuple[str, list[Record]]]:
         """(commit, records) for every annotated commit; one pass over the notes tree."""
@@ -363,11 +343,45 @@ class Notebook:
         return self.git.ref_target(attempt_ref(sha)) == sha
 
 
-def _summarise(git: Git) -> None:
-    # The one-line-per-attempt view for git's own tools follows every write (gitar/review/summary.py).
-    from gitar.review import summary
+# What must follow every write of the notebook, given the repository: the one-line summaries in
+# git's own tools (review/summary.refresh) are derived from the records and would go stale unseen.
+Follower = Callable[[Git], None]
 
-    summary.refresh(git)
+
+class NotebookWriter(Notebook):
+    """A Notebook that appends records and lessons; `follow` runs after each write.
+
+    The follower is a required argument, not a default or an import from here: the store sits
+    below the views derived from it, and a writer made without one would be a type error, never
+    a silently stale `git log`. review/summary.writer makes the writer every caller uses.
+    """
+
+    def __init__(self, git: Git, follow: Follower) -> None:
+        super().__init__(git)
+        self._follow = follow
+
+    def append(self, record: Record) -> None:
+        """Add one line to the commit's note (the write happens before any branch move).
+
+        Inside signing.signing(key) (`gitar ci` on a runner) the record is signed first. The
+        ledger (gitar/store/ledger.py) learns the line's hash and the notes tip gitar left.
+        """
+        signer = signing.active()
+        if signer is not None:
+            record.signature = None
+            record.signature = signer.sign(record_dict(record))
+        line = record.to_line()
+        self._append_line(record.commit, line, "the record")
+        ledger.wrote(self.git, line, record.run_id, record.commit)
+        self._follow(self.git)
+
+    def add_lesson(self, lesson: Lesson) -> None:
+        self._append_line(lesson.commit, lesson.to_line(), "the lesson")
+        ledger.wrote(self.git, None, "", lesson.commit)
+        self._follow(self.git)
+
+    def _append_line(self, sha: str, line: str, what: str) -> None:
+        note_write.append_line(self.git, NOTES_REF, sha, line, what)
 
 
 def best_of(records: list[Record], branch: str) -> list[Record]:

@@ -147,7 +147,7 @@ _active: Signer | None = None
 
 @contextmanager
 def signing(signer: Signer | None) -> Iterator[None]:
-    """Every record Notebook.append writes inside the block is signed with `signer`."""
+    """Every record NotebookWriter.append writes inside the block is signed with `signer`."""
     global _active
     before, _active = _active, signer
     try:

@@ -21,7 +21,7 @@ from gitar import version
 from gitar.errors import GitarError
 from gitar.host import state
 from gitar.loop import experiment, integrity, recovery
-from gitar.loop.workspace import Opened
+from gitar.loop.opened import Opened
 from gitar.paths import Paths
 from gitar.store.git import Git
 from gitar.store.records import Notebook
@@ -49,22 +49,22 @@ def test_every_kind_of_record_carries_gitar_host_and_harness(workspace: Workspac
     git = Git.discover(ws.root)
     tip = ws.tip()
     # Refused after the commit (what after_commit records when another experiment holds the lock).
-    plan = experiment.plan_rerun(Opened(git), tip, BRANCH)
-    experiment.finish(Opened(git), plan, experiment.rejected(git, plan, "another experiment is running"))
+    plan = experiment.plan_rerun(Opened.of(git), tip, BRANCH)
+    experiment.finish(Opened.of(git), plan, experiment.rejected(git, plan, "another experiment is running"))
 
     # Committed, but it could not be run: recorded as a crash with the reason.
     def cannot_run(*_: object, **__: object) -> None:
         raise GitarError("the log's volume is full")
 
     monkeypatch.setattr(experiment, "_train", cannot_run)
-    assert experiment.execute(Opened(git), experiment.plan_rerun(Opened(git), tip, BRANCH)).status == "crash"
+    assert experiment.execute(Opened.of(git), experiment.plan_rerun(Opened.of(git), tip, BRANCH)).status == "crash"
 
     # A run whose gitar died: the next command records it as aborted.
     paths = Paths.of(git)
     state.Running(run_id=experiment.new_run_id(), commit=tip, branch=BRANCH, description="died",
                   kind="rerun", best_commit=tip, move_branch=False, started=time.time(), budget_s=1.0,
                   timeout_s=30.0, log=str(paths.logs / "died.log"), pid=_dead_pid(), seed=44).save(paths)
-    assert any("recorded as aborted" in line for line in recovery.recover(git))
+    assert any("recorded as aborted" in line for line in recovery.recover(Opened.of(git)))
 
     records = ws.all_records()
     kinds = {(r["status"], r["kind"]) for r in records}
@@ -88,7 +88,7 @@ def test_an_aborted_record_of_a_commit_gone_from_the_repository_is_still_written
     state.Running(run_id=experiment.new_run_id(), commit=gone, branch=BRANCH, description="gone",
                   kind="attempt", best_commit=None, move_branch=True, started=time.time(), budget_s=1.0,
                   timeout_s=30.0, log=str(paths.logs / "gone.log"), pid=_dead_pid()).save(paths)
-    assert any("recorded as aborted" in line for line in recovery.recover(git))
+    assert any("recorded as aborted" in line for line in recovery.recover(Opened.of(git)))
     [record] = Notebook(git).records(gone)
     assert record.status == "aborted" and record.harness_sha256 is None
     assert record.gitar == version.identity() and record.host == socket.gethostname()

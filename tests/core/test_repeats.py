@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from gitar.loop.opened import Opened
 from gitar.loop.repeats import CONTENTS_FILE, Change, commit_content, contents, find
 from gitar.paths import Paths
+from gitar.review import summary
 from gitar.store.git import Git
 from gitar.store.records import DISCARD, Notebook, Record
 from testing.trainers import fake_train
@@ -84,7 +86,7 @@ def test_a_discarded_attempt_recorded_before_records_carried_the_identity_is_mat
     tree = ws.git("write-tree").stdout.strip()
     old = ws.git("commit-tree", tree, "-p", "HEAD", "-m", "an old attempt").stdout.strip()
     ws.git("reset", "-q", "train.py")
-    notebook = Notebook(git)
+    notebook = summary.writer(git)
     notebook.pin(old, "an old attempt")
     # As an older gitar wrote it: no agent_sha256 in the line.
     notebook.append(Record(status=DISCARD, commit=old, branch="autoresearch/t1", description="an old attempt",
@@ -92,7 +94,7 @@ def test_a_discarded_attempt_recorded_before_records_carried_the_identity_is_mat
     assert "agent_sha256" not in ws.git("notes", "--ref", "refs/notes/gitar", "show", old).stdout
     content = commit_content(git, old, agent)
     assert content is not None
-    earlier = find(git, Change(content, "any harness", "autoresearch/t1"), agent)
+    earlier = find(Opened.of(git), Change(content, "any harness", "autoresearch/t1"), agent)
     assert [(e.commit, e.status, e.val_bpb, e.ran) for e in earlier] == [(old, DISCARD, 1.3, True)]
     # And through the loop: the same files tried now are its repeat.
     ws.write_train(1.3)
@@ -100,13 +102,13 @@ def test_a_discarded_attempt_recorded_before_records_carried_the_identity_is_mat
     assert f"; repeat of {old[:7]} (discard, val_bpb 1.300000)" in proc.stdout, proc.stdout + proc.stderr
     # The index of identities, brought up to date note by note, equals one built from nothing,
     # and a damaged one is rebuilt.
-    index = contents(git, agent)
+    index = contents(git, Paths.of(git), agent)
     assert index[old] == {content} and len(index) == 3  # the baseline, the old attempt, the new one
     cache = Paths.of(git).base / CONTENTS_FILE
     cache.unlink()
-    assert contents(git, agent) == index
+    assert contents(git, Paths.of(git), agent) == index
     cache.write_text("gitar-contents 1 0000 garbage\n")
-    assert contents(git, agent) == index
+    assert contents(git, Paths.of(git), agent) == index
 
 
 def test_refuse_refuses_a_repeat_before_anything_runs(hermetic: Path, tmp_path: Path,
@@ -152,7 +154,7 @@ def test_refuse_still_runs_a_repeat_of_an_attempt_that_never_ran(hermetic: Path,
     ws.git("reset", "-q", "train.py")
     Notebook(git).pin(never, "held up")
     # Rejected because another experiment held the lock: no result to stand on.
-    Notebook(git).append(Record(status="rejected", commit=never, branch="autoresearch/t1", description="held up",
+    summary.writer(git).append(Record(status="rejected", commit=never, branch="autoresearch/t1", description="held up",
                                 run_id="r-held", reason="another experiment holds the lock",
                                 agent_sha256=commit_content(git, never, ("train.py", "model.json"))))
     proc = ws.gitar("try", "wider MLP")
@@ -186,7 +188,7 @@ def test_the_index_of_identities_survives_notes_spread_into_fanout_subtrees(meas
     agent = ("train.py", "model.json")
     ws.write_train(1.1)
     assert ws.gitar("try", "one more note").returncode == NOT_KEPT
-    before = contents(git, agent)  # cached at this notes tip
+    before = contents(git, Paths.of(git), agent)  # cached at this notes tip
     assert len(before) == 2
     # git spreads a large notebook into ab/cdef… subtrees: every note deleted and added at a new path.
     flat = ws.git("ls-tree", "refs/notes/gitar").stdout.splitlines()
@@ -198,9 +200,9 @@ def test_the_index_of_identities_survives_notes_spread_into_fanout_subtrees(meas
     tree = _mktree(ws, top)
     spread = ws.git("commit-tree", tree, "-p", "refs/notes/gitar", "-m", "fanout").stdout.strip()
     ws.git("update-ref", "refs/notes/gitar", spread)
-    assert contents(git, agent) == before
+    assert contents(git, Paths.of(git), agent) == before
     (Paths.of(git).base / CONTENTS_FILE).unlink()
-    assert contents(git, agent) == before
+    assert contents(git, Paths.of(git), agent) == before
 
 
 def _mktree(ws: Workspace, entries: list[str]) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gitar.review import history
+from gitar.review import history, summary
 from gitar.store import notes_cache, records
 from gitar.store.git import Git
 from gitar.store.records import NOTES_REF, Notebook
@@ -70,7 +70,7 @@ def test_a_warm_cache_parses_no_note_and_a_new_record_only_its_own(review: Built
     assert [(a.commit, a.status, a.val_bpb, a.delta, a.values, a.line) for a in warm.attempts] == \
         [(a.commit, a.status, a.val_bpb, a.delta, a.values, history.attempt_line(a)) for a in expected.attempts]
     monkeypatch.setattr(records, "parse_line", real)
-    Notebook(git).add_lesson(records.Lesson(commit=review.lr04, lesson="too high"))
+    summary.writer(git).add_lesson(records.Lesson(commit=review.lr04, lesson="too high"))
     monkeypatch.setattr(records, "parse_line", counting)
     again = history.load(git, "autoresearch/t1")
     assert len(parsed) == 2  # the one note that changed: its record and its new lesson

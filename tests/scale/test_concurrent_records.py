@@ -20,9 +20,10 @@ import sys, time
 from pathlib import Path
 from gitar.store.git import Git
 from gitar.store.records import Lesson, Notebook
+from gitar.review import summary
 
 root, own, shared, tag, start, lines = sys.argv[1:]
-book = Notebook(Git.discover(root))
+book = summary.writer(Git.discover(root))
 while not Path(start).exists():
     time.sleep(0.001)
 for i in range(int(lines)):

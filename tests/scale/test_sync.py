@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gitar.review import summary
 from gitar.sharing import sync as sync_module
 from gitar.sharing.sync import sync
 from gitar.store.git import Git
@@ -32,7 +33,7 @@ WRITER = textwrap.dedent("""
 
     root, name, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
     git = Git.discover(root)
-    notebook = Notebook(git)
+    notebook = summary.writer(git)
     base = git.resolve("HEAD")
     tree = pygit2.Oid(hex=git.commit(base).tree_id)
     sig = pygit2.Signature("w", "w@example.com")
@@ -91,7 +92,7 @@ def test_two_clones_racing_lose_no_record(lab: Lab, tmp_path: Path) -> None:
 
 
 def _record(git: Git, sha: str, run_id: str) -> None:
-    Notebook(git).append(Record(status="discard", commit=sha, branch="autoresearch/t1", description=run_id,
+    summary.writer(git).append(Record(status="discard", commit=sha, branch="autoresearch/t1", description=run_id,
                                 run_id=run_id))
 
 
