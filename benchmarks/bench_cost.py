@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gitar import shared  # noqa: E402
 from gitar.commands.demo import build_workspace  # noqa: E402
 from gitar.config.schema import read_json_object  # noqa: E402
 from gitar.demo import corpus  # noqa: E402
@@ -179,8 +180,7 @@ def table(gitar: Sequence[Mapping[str, float]], upstream: Sequence[Mapping[str, 
 class Bench:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX",
-                                                                              "GITAR_"))}
+        self.env = shared.environment(prefixes=("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX", "GITAR_"))
         self.env.update({"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@gitar.invalid",
                          "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@gitar.invalid",
                          "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")})

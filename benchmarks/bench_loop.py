@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,70 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from testing.hermetic import hermetic_process  # noqa: E402
+from testing.history import synthesise_history  # noqa: E402
 from testing.trainers import fake_train  # noqa: E402
 from testing.workspace import Workspace, make_workspace  # noqa: E402
-
-
-def hermetic_env(home: Path) -> None:
-    os.environ.update({
-        "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
-        "PRE_COMMIT_HOME": str(home / ".pre-commit"),
-        "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
-        "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.com",
-    })
-    (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n")
-
-
-def synthesise_history(ws: Workspace, n: int) -> None:
-    """n prior attempts: every 10th kept (the branch advances), the rest discarded beside it."""
-    branch = "refs/heads/autoresearch/t1"
-    base = ws.git("rev-parse", branch).stdout.strip()
-    lines: list[str] = []
-    tip = base
-    records: list[tuple[int, str]] = []
-    when = 1_700_000_000
-    for i in range(n):
-        mark = i + 1
-        keep = i % 10 == 0
-        # An agent-owned file, as a real attempt changes: a commit touching anything else is rejected.
-        body = (fake_train(1.0) + f"# attempt {i}\n").encode()
-        msg = f"attempt {i}".encode()
-        lines.append(f"commit refs/gitar/bench/{i % 2}")
-        lines.append(f"mark :{mark}")
-        lines.append(f"committer Bench <bench@example.com> {when + i} +0000")
-        lines.append(f"data {len(msg)}")
-        lines.append(msg.decode())
-        lines.append(f"from {tip}" if tip != "" else "")
-        lines.append(f"M 100644 inline train.py\ndata {len(body)}\n{body.decode()}")
-        lines.append("")
-        status = "keep" if keep else "discard"
-        rec = {"status": status, "val_bpb": 1.0 - i * 1e-5, "description": f"attempt {i}",
-               "commit": "", "branch": "autoresearch/t1", "kind": "attempt", "run_id": f"bench{i}",
-               "schema": 1}
-        records.append((mark, json.dumps(rec)))
-        if keep:
-            lines.append(f"reset {branch}\nfrom :{mark}\n")
-            tip = f":{mark}"
-    lines.append(f"commit refs/notes/gitar\ncommitter Bench <bench@example.com> {when} +0000\ndata 5\nbench")
-    for m, rec in records:
-        lines.append(f"N inline :{m}\ndata {len(rec.encode()) + 1}\n{rec}\n")
-    lines.append("")
-    lines.append("checkpoint\n")
-    stream = "\n".join(lines)
-    marks = ws.root / ".git" / "bench-marks"
-    subprocess.run(["git", "fast-import", "--quiet", f"--export-marks={marks}"], cwd=ws.root,
-                   input=stream.encode(), check=True)
-    refs = []
-    for line in marks.read_text().splitlines():
-        _, sha = line.split()
-        refs.append(f"create refs/gitar/attempts/{sha} {sha}")
-    subprocess.run(["git", "update-ref", "--stdin"], cwd=ws.root, input="\n".join(refs) + "\n", text=True, check=True)
-    subprocess.run(["git", "pack-refs", "--all"], cwd=ws.root, check=True)
-    ws.git("reset", "-q", "--hard", "autoresearch/t1")
-    for r in ("refs/gitar/bench/0", "refs/gitar/bench/1"):
-        ws.git("update-ref", "-d", r)
-    # Written behind gitar's back: adopted into its ledger as a user would adopt an old notebook.
-    assert ws.gitar("verify", "--accept").returncode in (0, 1)
 
 
 def one_try(ws: Workspace, value: float) -> float:
@@ -170,7 +109,7 @@ def main() -> None:
         tmp = Path(d)
         home = tmp / "home"
         home.mkdir()
-        hermetic_env(home)
+        hermetic_process(home)
         results = {}
         for n in args.history:
             results[n] = measure_overhead(tmp, n, args.runs)

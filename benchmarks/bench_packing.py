@@ -30,6 +30,7 @@ import rustbpe
 import tiktoken
 import torch
 
+from gitar import shared
 from gitar.config.schema import read_json_object
 from gitar.demo.corpus import collect_documents, write_corpus
 from gitar.demo.presets import cpu_ground
@@ -148,7 +149,7 @@ def bench_prepare() -> None:
         ground = cpu_ground(read_json_object(REPO / "ground.json"))
         ground["data"]["cache_dir"] = str(root / "cache")
         (ws / "ground.json").write_text(json.dumps(ground))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GITAR_")}
+        env = shared.environment(prefixes=("GITAR_",))  # none of gitar's variables from outside
         print(f"write_corpus (full stdlib corpus): {corpus_s:.1f}s")
         for label in ("cold", "warm (nothing to do)"):
             start = time.perf_counter()

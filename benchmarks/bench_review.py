@@ -39,7 +39,8 @@ import pygit2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_loop import hermetic_env, synthesise_history  # noqa: E402
+from testing.hermetic import hermetic_process  # noqa: E402
+from testing.history import synthesise_history  # noqa: E402
 from testing.workspace import Workspace, make_workspace  # noqa: E402
 
 COMMANDS = (("log",), ("log", "--tsv"), ("memory",), ("best",))
@@ -140,7 +141,7 @@ def main() -> None:
         tmp = Path(d)
         home = tmp / "home"
         home.mkdir()
-        hermetic_env(home)
+        hermetic_process(home)
         for n in args.history:
             ws = build(tmp, n)
             report(ws, f"{n:>6} attempts", args.runs)

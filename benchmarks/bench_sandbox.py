@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from gitar.host import sandbox  # noqa: E402
 from gitar.host.limits import MB, Limits  # noqa: E402
-from gitar.host.runner import Confined, run_training  # noqa: E402
+from gitar.host.runner import Confined, run_confined  # noqa: E402
 from gitar.loop.integrity import copy_once  # noqa: E402
 
 TRAINER = "print('---'); print('val_bpb: 1.0')\n"
@@ -47,7 +47,7 @@ def one_run(root: Path, confined: bool) -> float:
     how = Confined(sandbox.require() if confined else None, confinement if confined else None,
                    (root / "repo",), LIMITS, uuid.uuid4().hex)
     t0 = time.perf_counter()
-    result = run_training([sys.executable, "train.py"], cwd=snapshot, env=dict(os.environ),
+    result = run_confined([sys.executable, "train.py"], cwd=snapshot, env=dict(os.environ),
                           log_path=root / "run.log", crash_path=outbox / "crash.json", timeout_s=60,
                           confined=how)
     elapsed = time.perf_counter() - t0

@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from gitar import shared  # noqa: E402
 from gitar.commands.demo import build_workspace  # noqa: E402
 from gitar.config.schema import ProcessorConfig, read_json_object  # noqa: E402
 from gitar.demo import corpus  # noqa: E402
@@ -219,8 +220,7 @@ def export_attention_row(probe: Any) -> Row:
 class Check:
     def __init__(self, root: Path, *, tiny: bool, budget_s: float) -> None:
         self.root, self.tiny, self.budget_s = root, tiny, budget_s
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX",
-                                                                              "GITAR_"))}
+        self.env = shared.environment(prefixes=("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX", "GITAR_"))
         self.env.update({"GIT_AUTHOR_NAME": "gpu check", "GIT_AUTHOR_EMAIL": "check@gitar.invalid",
                          "GIT_COMMITTER_NAME": "gpu check", "GIT_COMMITTER_EMAIL": "check@gitar.invalid",
                          "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")})

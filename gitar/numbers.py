@@ -66,3 +66,10 @@ def iso_time(t: float) -> str:
     Milliseconds: a fast loop starts several runs a second, and review orders attempts by start.
     """
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def number_or_none(v: object) -> float | None:
+    """A JSON value as a number, None for anything else: a file or summary another process wrote
+    (running.json, the evaluator's result, train.py's summary) may hold any type, and a bool is
+    no number though Python counts it as an int."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None

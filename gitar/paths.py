@@ -82,11 +82,20 @@ class Paths:
         return self.base / "ledger"
 
     @property
+    def notes_cache(self) -> Path:
+        """What the review commands derived from each note (gitar/store/notes_cache.py); only a cache."""
+        return self.base / "cache" / "notes.marshal"
+
+    @property
     def running(self) -> Path:
         return self.own / shared.RUNNING_FILE
 
     def log(self, commit: str, run_id: str) -> Path:
         return self.logs / f"{commit[:12]}-{run_id[:8]}.log"
+
+    def runner_log(self, commit: str, run_id: str) -> Path:
+        """What a detached runner process itself printed (its run's output goes to log())."""
+        return self.logs / f"{commit[:12]}-{run_id[:8]}.runner.log"
 
     def crash(self, commit: str, run_id: str) -> Path:
         return self.logs / f"{commit[:12]}-{run_id[:8]}.crash.json"

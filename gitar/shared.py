@@ -27,6 +27,11 @@ COMMIT = "GITAR_COMMIT"  # the commit being measured, for the trainer's log
 SMOKE = "GITAR_SMOKE"  # "1": the preflight's CPU smoke step, one step and out
 EXPORT_PATH = "GITAR_EXPORT_PATH"  # where train.py saves the trained model for gitar's evaluation
 CRASH_FILE = "GITAR_CRASH_FILE"  # where a failing trainer or evaluator writes its crash record
+# --- Out of it -----------------------------------------------------------------------------
+# The line a smoke step that passed starts with (gitar/runtime/smoke.py, or the launcher stopping
+# an upstream-style train.py): the preflight looks for it. Only a fast check for the agent's own
+# sake: no number rests on it, the real run is measured by gitar's evaluation.
+SMOKE_OK = "smoke: ok"
 
 # --- Of the runner --------------------------------------------------------------------------
 RUNNER_KEY = "GITAR_RUNNER_KEY"  # the private key `gitar ci` signs records with (never inside a sandbox)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testing.hermetic import env_without_gitar
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAINERS = REPO_ROOT / "tests" / "attacks" / "trainers"  # one attack a file, beside the tests that run them
 BRANCH = "autoresearch/t1"
@@ -70,7 +72,7 @@ def copy_gitar(pkg_root: Path) -> Path:
 
 
 def private_env(python: Path, pkg_root: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GITAR_")}
+    env = env_without_gitar()
     env["PYTHONPATH"] = str(pkg_root)  # replaces the test run's own PYTHONPATH: no route to this checkout
     env["PYTHONNOUSERSITE"] = "1"
     env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 
 from gitar.config.schema import read_json_object
 from gitar.demo.presets import cpu_ground, cpu_model
-from testing.hermetic import REPO_ROOT
+from testing.hermetic import REPO_ROOT, env_without_gitar
 from testing.workspace import Workspace, add_loop_files, init_repo
 
 BUDGET_S = 3  # counted training seconds per real run: the model learns a little, the test stays short
@@ -29,11 +28,6 @@ BUDGET_S = 3  # counted training seconds per real run: the model learns a little
 SMALL_CORPUS_DOCS = 2500
 
 _module_ids = itertools.count()
-
-
-def clean_env() -> dict[str, str]:
-    """The environment for a child prepare.py/train.py: no gitar variables leaking in from outside."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("GITAR_")}
 
 
 def make_prepared_workspace(root: Path, cache_dir: Path, **ground_overrides: dict[str, Any]) -> Path:
@@ -56,7 +50,7 @@ def make_prepared_workspace(root: Path, cache_dir: Path, **ground_overrides: dic
 
 
 def run_prepare(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "prepare.py", *args], cwd=ws, env=clean_env(),
+    return subprocess.run([sys.executable, "prepare.py", *args], cwd=ws, env=env_without_gitar(),
                           capture_output=True, text=True, timeout=300)
 
 

@@ -1,1 +1,1 @@
-"""One module per subcommand: plain typed functions that cli.py wires to typer and tests call directly."""
+"""One module per subcommand: plain typed functions that gitar/cli/ wires to typer and tests call directly."""

@@ -16,7 +16,7 @@ from gitar.numbers import bpb, delta, rounded, signed
 from gitar.review import history
 from gitar.review.history import Attempt, History
 from gitar.review.noise import Noise, Spread, pooled_spread
-from gitar.store.refs import HEADS_PREFIX, branch_ref, tracking_branch_ref
+from gitar.store.refs import HEADS_PREFIX, branch_ref, tracked_branch, tracking_branch_ref
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def find_global_best(start: str | Path = ".") -> GlobalBest:
     for line in listing.splitlines():
         sha, _, ref = line.partition(" ")
         local = ref.startswith(HEADS_PREFIX)
-        name = ref.removeprefix(HEADS_PREFIX) if local else ref.split("/", 3)[3]
+        name = ref.removeprefix(HEADS_PREFIX) if local else tracked_branch(ref)
         if local or name not in tips:
             # this worktree's branch, while an attempt runs on it: the best that attempt faces
             tips[name] = state.judged_tip(paths, name, sha) if local else sha

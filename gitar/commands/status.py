@@ -15,7 +15,7 @@ from gitar.errors import GitarError
 from gitar.host import runner, state
 from gitar.loop.judge import Policy, current_best
 from gitar.loop.workspace import open_workspace
-from gitar.numbers import bpb, rounded
+from gitar.numbers import bpb, number_or_none, rounded
 from gitar.paths import Paths
 from gitar.review.history import one_line
 from gitar.review.noise import Noise, branch_noise
@@ -105,18 +105,15 @@ class Phase:
                 "phase_timeout_s": None if self.timeout_s is None else round(self.timeout_s, 1)}
 
 
-def _number(v: object) -> float | None:
-    # running.json is a file a process could have forged: a field of the wrong type is no number.
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def phase_of(running: state.Running, progress: runner.Progress | None, now: float | None = None) -> Phase:
     now = time.time() if now is None else now
     phase = running.phase if running.phase in state.PHASES else None
-    deadline, since = _number(running.deadline), _number(running.phase_started)
+    deadline, since = number_or_none(running.deadline), number_or_none(running.phase_started)
     left = None if deadline is None else max(deadline - now, 0.0)
     limit = None if deadline is None or since is None else deadline - since
-    budget = _number(running.budget_s)
+    budget = number_or_none(running.budget_s)
     step = "" if progress is None else f"step {progress.step} | loss {progress.loss:.4f}"
     if phase == state.STARTING:
         return Phase(phase, "start-up", f"snapshot and sandbox (budget {budget or 0:g}s)", left, limit)
@@ -148,7 +145,7 @@ def progress_line(running: state.Running, progress: runner.Progress | None, now:
     """e.g. `running 1a2b3c4 38s | training | train 4.5/20s | step 7 | loss 3.2500 | 82s left of 121s`."""
     now = time.time() if now is None else now
     p = phase_of(running, progress, now)
-    elapsed = now - (_number(running.started) or now)
+    elapsed = now - (number_or_none(running.started) or now)
     parts = [f"running {running.commit[:7]} {elapsed:.0f}s", p.stage, p.detail, time_left_words(p)]
     return " | ".join(x for x in parts if x)
 
@@ -229,7 +226,7 @@ class TreeStatus:
         if self.running is not None:
             r, p = self.running, self.phase
             run = {"run_id": r.run_id, "commit": r.commit, "description": r.description, "kind": r.kind,
-                   "elapsed_s": round(time.time() - (_number(r.started) or time.time()), 1),
+                   "elapsed_s": round(time.time() - (number_or_none(r.started) or time.time()), 1),
                    **(p.as_dict() if p is not None else {})}
             if self.progress is not None:
                 run.update(step=self.progress.step, train_s=self.progress.train_s)

@@ -1,6 +1,6 @@
-"""One experiment at a time per repository: a lock file in the git directory.
+"""One experiment at a time per repository, or per GPU: a lock file in the git directory.
 
-`<gitdir>/gitar/lock` holds a JSON record of its holder. It is created with
+`<gitdir>/gitar/lock` (`lock-gpuK` in a worktree pinned to GPU K, gitar/paths.py) holds a JSON record of its holder. It is created with
 O_CREAT|O_EXCL, so two processes can never both create it. A lock whose holder died
 (same host; pid gone, a zombie, or a different process under a reused pid) is stale
 and is cleared. `gitar try` passes its token down (GITAR_LOCK_TOKEN) to the git commit

@@ -13,6 +13,9 @@ import os
 import threading
 from typing import BinaryIO
 
+# How a line gitar itself writes into a run's log starts (header, footer, the cut marker): never the trainer's words.
+LOG_PREFIX = "[gitar] "
+
 _CHUNK = 64 * 1024
 KEEP_BYTES = 256 * 1024  # the end of the output, also in memory: the summary survives a log that failed
 
@@ -81,5 +84,5 @@ class LogPump(threading.Thread):
         self.log.write(bytes(self._recent))
 
     def marker(self) -> bytes:
-        return (f"\n[gitar] ... {self.left_out} bytes of output left out here (the log keeps its first "
+        return (f"\n{LOG_PREFIX}... {self.left_out} bytes of output left out here (the log keeps its first "
                 f"{self.head} and last {self.tail} bytes; experiment.limits.log_mb) ...\n").encode()

@@ -109,7 +109,7 @@ def pdeathsig_preexec() -> Callable[[], None] | None:
 
     A second line of defence: the first is kill_group(), and recovery from the pgid the
     caller recorded. The death signal follows the thread that spawned the child, which
-    here is the one blocked in run_training() until the group is gone.
+    here is the one blocked in run_confined() until the group is gone.
     """
     if not sys.platform.startswith("linux"):
         return None

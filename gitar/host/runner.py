@@ -1,8 +1,9 @@
-"""Run one training process under a hard time limit and read what it left behind.
+"""Run one confined process of the agent's code under a hard time limit and read what it left behind.
 
-experiment.py calls run_training() with the experiment's command. The trainer runs in
+run_confined() runs the trainer (experiment.py), the smoke step (preflight.py) and gitar's
+evaluator of the export (integrity.py): each is code or output of the agent's. It runs in
 a process group of its own (processes.py), killed on a timeout, when the runner is asked
-to stop (signals.py: SIGINT, SIGTERM, SIGHUP), and when the trainer exits but leaves
+to stop (signals.py: SIGINT, SIGTERM, SIGHUP), and when the process exits but leaves
 children behind; each time the runner checks that no member survived.
 
 parse_summary() reads the `---` block the trainer prints at the end (the same block
@@ -31,7 +32,7 @@ from gitar import shared
 from gitar.errors import GitarError
 from gitar.host import sandbox as sandbox_mod
 from gitar.host.limits import Limits, RunGroup, file_size_preexec
-from gitar.host.logpump import LogPump
+from gitar.host.logpump import LOG_PREFIX, LogPump
 from gitar.host.processes import kill_group, pdeathsig_preexec, process_stat
 from gitar.host.signals import StopSignals, catch_stop_signals
 
@@ -127,7 +128,7 @@ def _open_log(log_path: Path) -> BinaryIO:
 
 def _write_log(log: BinaryIO, log_path: Path, line: str) -> None:
     try:
-        log.write(f"[gitar] {line}\n".encode())
+        log.write(f"{LOG_PREFIX}{line}\n".encode())
         os.fsync(log.fileno())
     except OSError as e:
         raise GitarError(f"cannot write the training log {log_path}: {e.strerror}; "
@@ -174,7 +175,7 @@ class Confined:
         return self.sandbox.label if self.sandbox is not None else sandbox_mod.OFF
 
 
-def run_training(
+def run_confined(
     command: Sequence[str],
     *,
     cwd: Path,
@@ -187,7 +188,7 @@ def run_training(
     confined: Confined | None = None,
     needs_val_bpb: bool = True,
 ) -> RunResult:
-    """Run the trainer in its own process group with a hard timeout; return what happened.
+    """Run the command (trainer, smoke step or evaluator) in its own process group with a hard timeout; return what happened.
 
     With `confined`, the command runs inside the sandbox, in a control group with the
     run's limits, and its output reaches log_path through gitar (head and tail kept

@@ -160,7 +160,7 @@ def spawn_detached(ws: Opened, plan: Plan, env: dict[str, str] | None = None) ->
     """
     git, paths = ws.git, ws.paths
     paths.logs.mkdir(parents=True, exist_ok=True)
-    out = open(paths.logs / f"{plan.commit[:12]}-{plan.run_id[:8]}.runner.log", "ab")  # noqa: SIM115
+    out = open(paths.runner_log(plan.commit, plan.run_id), "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "gitar.loop.hook_entry", "detached", plan.run_id, plan.commit, plan.branch],
         cwd=git.root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

@@ -26,16 +26,16 @@ from gitar.host.processes import start_time
 from gitar.loop import integrity, repeats, run_record, trust
 from gitar.loop.judge import Best, Policy, Sigma, Verdict, current_best, judge, sigma_of
 from gitar.loop.opened import Opened
+from gitar.numbers import number_or_none
 from gitar.paths import Paths
 from gitar.review.noise import branch_noise, commit_spread
+from gitar.runtime.seed import read_seed
 from gitar.store import ledger, pins
 from gitar.store.branch import MOVED_ELSEWHERE, PENDING, move_branch, moved_elsewhere
 from gitar.store.git import Git
 from gitar.store.records import ABORTED, CRASH, KEEP, REJECTED, UNDECIDED, VERIFY, Notebook, Record, best_of
 from gitar.store.refs import branch_ref
 from gitar.text import subject
-
-DEFAULT_SEED = 42
 
 
 def new_run_id() -> str:
@@ -99,9 +99,7 @@ def plan_rerun(ws: Opened, sha: str, branch: str, run_id: str | None = None, *, 
 def _next_seed(notebook: Notebook, sha: str, branch: str) -> int:
     """Each run of a commit gets its own seed, so repeats measure noise rather than repeat it."""
     seen = sum(1 for r in notebook.records(sha) if r.branch == branch)
-    env = os.environ.get(shared.SEED)
-    base = int(env) if env and env.isdigit() else DEFAULT_SEED
-    return base + seen
+    return read_seed() + seen  # $GITAR_SEED as the first run's seed: train.py's own rule, refused alike
 
 
 def execute(ws: Opened, plan: Plan, *, pid: int | None = None) -> Record:
@@ -280,7 +278,7 @@ def _train(ws: Opened, plan: Plan, ground: Ground, snapshot: Path, run_key: str,
     deadline_s = min(ground.experiment.timeout_s, allowed_s)
 
     try:
-        result = runner.run_training(
+        result = runner.run_confined(
             command, cwd=snapshot, env=env, log_path=log_path, crash_path=evaluation.trainer_crash_path,
             timeout_s=deadline_s, on_start=phases.started(state.TRAINING, confined.label), confined=confined,
             needs_val_bpb=not harness)
@@ -324,11 +322,11 @@ def _measurement(git: Git, plan: Plan, ground: Ground, base: str, result: runner
     """The number of a finished training run: rejected past its time, train.py's own, or the harness's."""
     over = _over_budget(result, ground, allowed_s, deadline_s)
     if over is not None:
-        return integrity.Measurement(REJECTED, None, None, _float(result.summary.get("val_bpb")), reason=over)
+        return integrity.Measurement(REJECTED, None, None, number_or_none(result.summary.get("val_bpb")), reason=over)
     if not harness:
         return integrity.reported_only(result)
     if result.status != "ok":
-        return integrity.Measurement(result.status, None, None, _float(result.summary.get("val_bpb")))
+        return integrity.Measurement(result.status, None, None, number_or_none(result.summary.get("val_bpb")))
     phases.enter(state.EXPORT)
     pinned = pins.load_data_pin(git, plan.branch)
     return integrity.measure(git, base, ground, result, evaluation, pinned,
@@ -397,8 +395,6 @@ def _first_parent(git: Git, sha: str) -> str | None:
     return str(parents[0]) if parents else None
 
 
-def _float(v: object) -> float | None:
-    return float(v) if isinstance(v, (int, float)) else None
 
 
 def _int(v: object) -> int | None:
@@ -434,10 +430,10 @@ def _record(ws: Opened, plan: Plan, ground: Ground, result: runner.RunResult, ve
         data_sha256=measured.data_sha256 if measured is not None else None,
         delta=verdict.delta if verdict else None, rule=ground.experiment.keep_rule,
         margin=verdict.margin if verdict else None,
-        peak_vram_mb=_float(s.get("peak_vram_mb")), training_seconds=_float(s.get("training_seconds")),
-        total_seconds=_float(s.get("total_seconds")), wall_seconds=round(result.wall_s, 3),
-        mfu_percent=_float(s.get("mfu_percent")), total_tokens_M=_float(s.get("total_tokens_M")),
-        num_steps=_int(s.get("num_steps")), num_params_M=_float(s.get("num_params_M")),
+        peak_vram_mb=number_or_none(s.get("peak_vram_mb")), training_seconds=number_or_none(s.get("training_seconds")),
+        total_seconds=number_or_none(s.get("total_seconds")), wall_seconds=round(result.wall_s, 3),
+        mfu_percent=number_or_none(s.get("mfu_percent")), total_tokens_M=number_or_none(s.get("total_tokens_M")),
+        num_steps=_int(s.get("num_steps")), num_params_M=number_or_none(s.get("num_params_M")),
         last_step=last.step if last is not None else None, last_train_s=last.train_s if last is not None else None,
         sigma=sigma, best_tokens_per_s=_best_rate(ws.notebook, plan),
         depth=_int(s.get("depth")), ended=numbers.iso_time(result.ended_at), platform=platform or None,

@@ -45,6 +45,7 @@ from gitar.loop.eval_data import (
     evaluation_files,
     hash_evaluation_data,
 )
+from gitar.numbers import number_or_none
 from gitar.paths import Paths
 from gitar.store.git import Git
 from gitar.store.pins import ensure_base, load_data_pin, save_data_pin
@@ -176,7 +177,7 @@ class Measurement:
 
 def reported_only(result: runner.RunResult) -> Measurement:
     """experiment.evaluate "reported": the number train.py printed (an escape hatch; verify flags it)."""
-    value = _number(result.summary.get("val_bpb"))
+    value = number_or_none(result.summary.get("val_bpb"))
     ok = result.status == "ok"
     return Measurement(result.status, value if ok else None, REPORTED if ok else None, value)
 
@@ -272,7 +273,7 @@ def measure(git: Git, base: str, ground: Ground, trained: runner.RunResult, run:
     of the export and the evaluation files that gitar made and hashed just now, under what
     is left of the run's hard timeout. Raises runner.RunInterrupted like training does.
     """
-    reported = _number(trained.summary.get("val_bpb"))
+    reported = number_or_none(trained.summary.get("val_bpb"))
     if reported is not None and math.isnan(reported):
         reported = None  # `val_bpb: nan`: the launcher's export stood in for train.py's evaluation
     if pinned is None:
@@ -307,7 +308,7 @@ def measure(git: Git, base: str, ground: Ground, trained: runner.RunResult, run:
                "--program", str(program), "--out", str(out)]
     env = shared.confined_env({shared.WORKSPACE: str(git.root), "PYTHONPATH": _gitar_path(), **(device_env or {})})  # the GPU the model trained on
     confined = confine.for_evaluation(git, ground, run.inputs, run.results, copies, run_id)
-    result = runner.run_training(command, cwd=run.results, env=env, log_path=run.log_path,
+    result = runner.run_confined(command, cwd=run.results, env=env, log_path=run.log_path,
                                  crash_path=run.crash_path, timeout_s=max(timeout_s, 0.0), on_start=on_start,
                                  confined=confined, needs_val_bpb=False)
     measured = _interpret(result, out, reported, digest)
@@ -335,7 +336,7 @@ def _interpret(result: runner.RunResult, out: Path, reported: float | None, dige
     if isinstance(rejected, str):
         return Measurement(REJECTED, None, None, reported, reason=rejected, evaluation=details,
                            data_sha256=digest)
-    value = _number(data.get("val_bpb"))
+    value = number_or_none(data.get("val_bpb"))
     if value is None or not math.isfinite(value):
         return Measurement("crash", None, None, reported, data_sha256=digest, error={
             "type": "EvaluationFailed", "message": f"the harness evaluation gave no finite val_bpb: {data!r:.200}"})
@@ -357,5 +358,3 @@ def _gitar_path() -> str:
     return os.pathsep.join([here, rest]) if rest else here
 
 
-def _number(v: object) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None

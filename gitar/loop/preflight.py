@@ -16,7 +16,6 @@ and the work tree stay exactly as they were.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -26,14 +25,16 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gitar import numbers, shared
 from gitar.config.jsonfile import parse_json
 from gitar.config.schema import MODEL_FILE, REPEATS_REFUSE, Ground, owned
 from gitar.errors import ExitCode, GitarError
 from gitar.host import confine, lock, runner
+from gitar.host.logpump import LOG_PREFIX
 from gitar.paths import Paths
+from gitar.runtime.seed import read_seed
 from gitar.store.git import Git
 from gitar.text import DESCRIPTION_CHARS, NOTE_CHARS, safe
 
@@ -127,7 +128,7 @@ def smoke(git: Git, ground: Ground) -> str:
         log = Path(logs) / "smoke.log"
         confined = confine.for_smoke(git, ground, command, Path(tmp), f"smoke-{uuid.uuid4().hex}")
         try:
-            result = runner.run_training(command, cwd=Path(tmp), env=env, log_path=log, crash_path=crash,
+            result = runner.run_confined(command, cwd=Path(tmp), env=env, log_path=log, crash_path=crash,
                                          timeout_s=SMOKE_TIMEOUT_S, grace_s=2.0, confined=confined,
                                          needs_val_bpb=False)
         except GitarError as e:
@@ -136,32 +137,33 @@ def smoke(git: Git, ground: Ground) -> str:
         if result.status == "timeout":
             raise SmokeFailed(f"smoke step: train.py took over {SMOKE_TIMEOUT_S:g} s for one step on CPU; "
                               "something blocks or the model is far too large", output)
-        line = next((ln for ln in output.splitlines() if ln.startswith("smoke: ok")), None)
+        line = next((ln for ln in output.splitlines() if ln.startswith(shared.SMOKE_OK)), None)
         if result.status == "ok" and line:
             return line
         cause = (result.crash or {}).get("message") if (result.crash or {}).get("type") == "LimitExceeded" else None
         trainer = _trainer_output(output)
         if cause is None:
             where = failing_frame(trainer, Path(tmp), ground.experiment.agent_owned)
-            cause = _smoke_error(crash, trainer)
+            cause = _smoke_error(runner.read_json_file(crash), trainer)
             if where is not None:
                 cause = f"{where}: {cause}"
         raise SmokeFailed(f"smoke step failed: {safe(str(cause))}", output)
 
 
 def _trainer_output(log: str) -> str:
-    # The log's own [gitar] header and footer lines are not the trainer's words.
-    return "\n".join(ln for ln in log.splitlines() if not ln.startswith("[gitar] "))
+    return "\n".join(ln for ln in log.splitlines() if not ln.startswith(LOG_PREFIX))
 
 
-def _smoke_error(crash_file: Path, output: str) -> str:
-    try:
-        crash = json.loads(crash_file.read_text())
-        return f"{crash.get('type', 'Error')}: {str(crash.get('message', '')).strip().splitlines()[0][:300]}"
-    except (OSError, ValueError, IndexError, AttributeError, RecursionError):  # train.py wrote it: anything
-        pass
+def _smoke_error(crash: dict[str, Any] | None, output: str) -> str:
+    """The trainer's own crash record's type and first message line, else its last line: the
+    record read as the runner reads one (bounded: train.py wrote it), not the one the runner
+    derives from the exit code."""
+    if crash is not None:
+        lines = str(crash.get("message", "")).strip().splitlines()
+        if lines:
+            return f"{crash.get('type', 'Error')}: {lines[0][:300]}"
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "train.py exited without printing `smoke: ok`"
+    return lines[-1][:300] if lines else f"train.py exited without printing `{shared.SMOKE_OK}`"
 
 
 def failing_frame(output: str, root: Path, agent_owned: tuple[str, ...]) -> str | None:
@@ -217,6 +219,7 @@ def run_checks(ws: Opened, ground: Ground, *, staged: Git | None = None, echo: b
     none yet): a change the smoke step refuses is recorded under them.
     """
     git = staged or ws.git
+    read_seed()  # a bad $GITAR_SEED, which the run's seed starts from, is refused before the commit
     paths = git.staged_paths()
     check_ownership(paths, ground)
     confine.check_available(ground)

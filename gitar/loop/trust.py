@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from gitar.config.schema import GROUND_FILE, parse_ground
+from gitar.config.schema import GROUND_FILE, ground_at
 from gitar.errors import GitarError
 from gitar.store import ledger, pins, signing
 from gitar.store.git import Git
@@ -89,13 +89,12 @@ def runner_keys(git: Git, branch: str) -> tuple[str, ...]:
     where = pins.base_commit(git, branch)
     if where is None and not git.head_is_unborn():
         where = git.resolve("HEAD")
-    blob = git.blob_at(where, GROUND_FILE) if where is not None else None
-    if blob is None:
+    if where is None or git.blob_at(where, GROUND_FILE) is None:
         return ()
     try:
-        ground = parse_ground(json.loads(blob.decode("utf-8")), git.root / GROUND_FILE)
-    except (ValueError, GitarError):
-        return ()
+        ground = ground_at(git, where)  # read as every command reads it (duplicate keys refused too)
+    except GitarError:
+        return ()  # no policy to read: no runner is trusted
     return ground.experiment.runner_keys
 
 

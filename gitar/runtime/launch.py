@@ -164,7 +164,7 @@ def _count_steps(state: RunState, smoke: bool) -> None:
             state.phase = "train"
         if smoke and state.step >= SMOKE_STEPS:
             params = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
-            raise SmokeDone(f"smoke: ok steps={state.step} params={params / 1e6:.1f}M (stopped by gitar's launcher)")
+            raise SmokeDone(f"{shared.SMOKE_OK} steps={state.step} params={params / 1e6:.1f}M (stopped by gitar's launcher)")
 
     register_optimizer_step_post_hook(after_step)
 

@@ -51,4 +51,4 @@ def take_smoke_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, vo
     if not torch.stack([p.detach().float().sum() for p in model.parameters()]).isfinite().all():
         raise TrainingDiverged("a parameter is NaN/inf after one optimizer step: check the optimizer")
     num_params = sum(p.numel() for p in model.parameters())
-    print(f"smoke: ok loss={loss.item():.4f} params={num_params / 1e6:.1f}M", flush=True)
+    print(f"{shared.SMOKE_OK} loss={loss.item():.4f} params={num_params / 1e6:.1f}M", flush=True)

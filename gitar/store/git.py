@@ -20,6 +20,7 @@ from pathlib import Path
 import pygit2
 
 from gitar.errors import ExitCode, GitarError
+from gitar.paths import Paths
 from gitar.shared import environment
 from gitar.store.refs import HEADS_PREFIX
 
@@ -527,6 +528,6 @@ def _failure_line(args: Sequence[str], proc: subprocess.CompletedProcess[str], a
 def gitar_dir() -> Path | None:
     """.git/gitar/ of the repository here, or None outside one (where an internal error's traceback goes)."""
     try:
-        return Git.discover().common_dir / "gitar"
+        return Paths.of(Git.discover()).base
     except Exception:  # any failure here must not hide the error being reported
         return None

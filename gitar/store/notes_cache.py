@@ -37,6 +37,7 @@ from typing import Any
 
 from gitar import __version__
 from gitar.files import write_atomic
+from gitar.paths import Paths
 from gitar.store.git import Git, GitObjectError
 from gitar.store.records import Lesson, Record, parse_line, parse_lines
 from gitar.store.refs import NOTES_REF
@@ -111,7 +112,7 @@ def entries(git: Git, derive: Derive) -> Iterator[tuple[str, list[Record], list[
     tree_id = git.notes_tree(NOTES_REF)
     if tree_id is None:
         return
-    path = git.common_dir / "gitar" / "cache" / "notes.marshal"
+    path = Paths.of(git).notes_cache
     cached = _load(path)
     if cached is not None and cached[0] == tree_id:  # nothing changed since the last review
         try:

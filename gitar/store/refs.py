@@ -41,8 +41,16 @@ def tracking_notes_ref(remote: str) -> str:
     return f"refs/notes/remotes/{remote}/gitar"
 
 
+REMOTES_PREFIX = "refs/remotes/"
+
+
 def tracking_branch_ref(remote: str, branch: str) -> str:
-    return f"refs/remotes/{remote}/{branch}"
+    return f"{REMOTES_PREFIX}{remote}/{branch}"
+
+
+def tracked_branch(ref: str) -> str:
+    """refs/remotes/<remote>/<branch> -> <branch>: the remote is one path component, the branch the rest."""
+    return ref.removeprefix(REMOTES_PREFIX).partition("/")[2]
 
 
 def tracking_pin_prefix(remote: str, prefix: str) -> str:

@@ -1,7 +1,7 @@
 """Writing into gitar's own environment from train.py: the interpreter's site-packages, gitar's
 source, git's config and hooks, the notebook and the branch.
 
-Every target is the arena's private copy (tests/attacks/arena.py): the venv, the gitar package,
+Every target is the arena's private copy (testing/arena.py): the venv, the gitar package,
 the repository. The invariant is that the copy is untouched after the run and nothing better than
 the honest number was kept.
 """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,7 @@ class Case:
     argv: tuple[str, ...]
     expect: str  # a fragment of the one line
     cwd: Callable[[Workspace], Path] | None = None
+    env: dict[str, str] | None = None  # set for the command only
 
 
 def _json_edit(name: str, edit: Callable[[dict[str, object]], None]) -> Callable[[Workspace], None]:
@@ -214,6 +216,12 @@ CASES = [
     Case("repo-unborn", lambda ws: subprocess.run(["git", "init", "-q", str(ws.root.parent / "unborn")], check=True),
          ("init", "x"), "no commits yet", cwd=lambda ws: ws.root.parent / "unborn"),
     Case("repo-init-existing-branch", _on_main, ("init", "t1"), "already exists"),
+    # -- the environment -----------------------------------------------------------------------
+    # The first run's seed: refused before the commit (try) or the run (run), as train.py refuses it.
+    Case("env-bad-seed-try", _edit_train, TRY, "GITAR_SEED: expected a non-negative integer, got 'forty-two'",
+         env={"GITAR_SEED": "forty-two"}),
+    Case("env-bad-seed-run", _nothing, ("run",), "GITAR_SEED: expected a non-negative integer, got '-1'",
+         env={"GITAR_SEED": "-1"}),
 ]
 
 
@@ -250,7 +258,7 @@ def test_bad_input(case: Case, template: Path, tmp_path: Path, hermetic: Path) -
     before = _state(ws)
     cwd = case.cwd(ws) if case.cwd else root
     proc = subprocess.run([sys.executable, "-m", "gitar", *case.argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env={**os.environ, **(case.env or {})})
     err = proc.stderr
     assert proc.returncode == REFUSED, f"exit {proc.returncode}: {proc.stdout}{err}"
     assert "Traceback" not in err + proc.stdout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu_check
-from testing.hermetic import REPO_ROOT
+from testing.hermetic import REPO_ROOT, env_without_gitar
 
 
 @pytest.mark.slow
 def test_the_gpu_check_runs_what_this_machine_offers_and_prints_one_table(hermetic: Path, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GITAR_")}
+    env = env_without_gitar()
     proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--tiny", "--budget-s", "0.5",
                            "--keep", str(tmp_path / "ws")], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=400)

@@ -156,3 +156,28 @@ def test_a_hostile_frame_name_stays_one_escaped_line(hermetic: Path, tmp_path: P
     assert "\x1b" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "smoke step failed: train.py:3 in evil\\x1b[2J: ValueError: boom" in proc.stderr, proc.stderr
     assert "\x1b" not in str(_refused_records(ws)[0]["reason"])
+
+
+# A crash record too big to be one (the runner reads at most 1 MiB of it): train.py wrote it, and
+# gitar's memory is not its to fill. Read unbounded, it would name the forged cause.
+OVERSIZED_CRASH_RECORD = '''\
+import json, os
+if os.environ.get("GITAR_SMOKE") == "1":
+    with open(os.environ["GITAR_CRASH_FILE"], "w") as f:
+        json.dump({"type": "Forged", "message": "from a record of 2 MiB", "pad": "x" * (2 << 20)}, f)
+    print("the last line train.py printed", flush=True)
+    os._exit(1)
+print("smoke: ok")
+'''
+
+
+def test_an_oversized_crash_record_of_the_smoke_step_is_not_read(hermetic: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    monkeypatch.chdir(ws.root)
+    assert ws.gitar("init", "t1").returncode == 0
+    (ws.root / "train.py").write_text(OVERSIZED_CRASH_RECORD)
+    proc = ws.gitar("try", "a huge crash record")
+    assert proc.returncode == REFUSED, proc.stdout + proc.stderr
+    assert "smoke step failed: the last line train.py printed" in proc.stderr, proc.stderr
+    assert "Forged" not in proc.stderr

@@ -26,7 +26,7 @@ from gitar.host.runner import (
     expand_command,
     parse_summary,
     read_progress,
-    run_training,
+    run_confined,
 )
 from testing.trainers import summary_lines
 
@@ -100,13 +100,13 @@ def run_script(tmp_path: Path, source: str, *, interpreter: str = sys.executable
                on_start: Callable[[Started], None] | None = None) -> RunResult:
     script = tmp_path / f"train{suffix}"
     script.write_text(textwrap.dedent(source))
-    return run_training([interpreter, str(script)], cwd=tmp_path, env=child_env(),
+    return run_confined([interpreter, str(script)], cwd=tmp_path, env=child_env(),
                         log_path=tmp_path / "logs" / "run.log", crash_path=tmp_path / "state" / "crash.json",
                         timeout_s=timeout_s, grace_s=grace_s, on_start=on_start)
 
 
 # ---------------------------------------------------------------------------
-# run_training: how a run ends
+# run_confined: how a run ends
 # ---------------------------------------------------------------------------
 
 
@@ -218,7 +218,7 @@ def test_exit_zero_without_a_finite_val_bpb_is_no_summary(tmp_path: Path, output
 
 
 # ---------------------------------------------------------------------------
-# run_training: the process group never outlives the run
+# run_confined: the process group never outlives the run
 # ---------------------------------------------------------------------------
 
 STUBBORN = """\
@@ -287,12 +287,12 @@ def test_failing_on_start_still_kills_the_group(tmp_path: Path) -> None:
 HELPER = """\
 import json, os, signal, sys
 from pathlib import Path
-from gitar.host.runner import RunInterrupted, run_training
+from gitar.host.runner import RunInterrupted, run_confined
 
 work, grace_s = Path(sys.argv[1]), float(sys.argv[2])
 before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 try:
-    run_training(["bash", str(work / "slow.sh")], cwd=work, env=dict(os.environ),
+    run_confined(["bash", str(work / "slow.sh")], cwd=work, env=dict(os.environ),
                  log_path=work / "run.log", crash_path=work / "crash.json", timeout_s=120, grace_s=grace_s,
                  on_start=lambda proc: (work / "pgid").write_text(str(proc.pgid)))
 except RunInterrupted as e:
@@ -366,7 +366,7 @@ def test_runs_outside_the_main_thread(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
-# run_training: refusals that leave nothing running
+# run_confined: refusals that leave nothing running
 # ---------------------------------------------------------------------------
 
 
@@ -378,7 +378,7 @@ def test_unwritable_log_is_one_line_and_runs_nothing(tmp_path: Path, where: str)
     log_path = tmp_path / "a_file" / "run.log" if where == "under_a_file" else Path("/dev/full")
     marker = tmp_path / "ran"
     with pytest.raises(GitarError) as err:
-        run_training([sys.executable, "-c", f"open({str(marker)!r}, 'w')"], cwd=tmp_path, env=child_env(),
+        run_confined([sys.executable, "-c", f"open({str(marker)!r}, 'w')"], cwd=tmp_path, env=child_env(),
                      log_path=log_path, crash_path=tmp_path / "crash.json", timeout_s=10)
     message = str(err.value)
     assert "training log" in message and "\n" not in message
@@ -390,7 +390,7 @@ def test_unwritable_log_is_one_line_and_runs_nothing(tmp_path: Path, where: str)
 
 def test_command_that_cannot_start_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(GitarError, match=r"experiment\.command: cannot start 'no-such-trainer'"):
-        run_training(["no-such-trainer"], cwd=tmp_path, env=child_env(), log_path=tmp_path / "run.log",
+        run_confined(["no-such-trainer"], cwd=tmp_path, env=child_env(), log_path=tmp_path / "run.log",
                      crash_path=tmp_path / "crash.json", timeout_s=10)
 
 

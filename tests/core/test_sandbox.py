@@ -1,6 +1,6 @@
 """The sandbox around the code under test, tried from inside: what a hostile trainer can and cannot do.
 
-Each test runs a small script through runner.run_training in the real bubblewrap sandbox with
+Each test runs a small script through runner.run_confined in the real bubblewrap sandbox with
 a layout like a run's (a snapshot, an output directory, a data cache with a validation shard
 the trainer must not see, a "repository" it must not write) and checks the outcome from
 outside. tests/attacks drives the same attacks end to end through `gitar try`.
@@ -23,7 +23,7 @@ import pytest
 
 from gitar.host import sandbox
 from gitar.host.limits import MB, Limits
-from gitar.host.runner import Confined, RunResult, run_training
+from gitar.host.runner import Confined, RunResult, run_confined
 
 LIMITS = Limits(memory_bytes=1024 * MB, processes=256, file_bytes=64 * MB, log_bytes=1 * MB)
 
@@ -78,7 +78,7 @@ def run(layout: Layout, code: str, *, timeout_s: float = 60, limits: Limits = LI
         env: dict[str, str] | None = None) -> RunResult:
     script = layout.snapshot / "train.py"
     script.write_text(textwrap.dedent(code))
-    return run_training([sys.executable, "train.py"], cwd=layout.snapshot, env={**os.environ, **(env or {})},
+    return run_confined([sys.executable, "train.py"], cwd=layout.snapshot, env={**os.environ, **(env or {})},
                         log_path=layout.log, crash_path=layout.outbox / "crash.json", timeout_s=timeout_s,
                         confined=confined(layout, limits), needs_val_bpb=False)
 
@@ -375,7 +375,7 @@ def test_runs_leave_no_control_group_behind(layout: Layout) -> None:
     c = confined(layout)
     script = layout.snapshot / "train.py"
     script.write_text("print('ok')\n")
-    run_training([sys.executable, "train.py"], cwd=layout.snapshot, env=dict(os.environ), log_path=layout.log,
+    run_confined([sys.executable, "train.py"], cwd=layout.snapshot, env=dict(os.environ), log_path=layout.log,
                  crash_path=layout.outbox / "crash.json", timeout_s=30, confined=c, needs_val_bpb=False)
     from gitar.host.limits import RunGroup
 
@@ -445,7 +445,7 @@ def test_upstreams_train_py_finds_the_fa3_build_kernels_downloaded_and_nothing_e
     confined = confine.for_training(Git.discover(repo), ground, [sys.executable, "train.py"], snapshot, outbox,
                                     uuid.uuid4().hex)
     log = tmp_path / "run.log"
-    run_training([sys.executable, "train.py"], cwd=snapshot, env=dict(os.environ), log_path=log,
+    run_confined([sys.executable, "train.py"], cwd=snapshot, env=dict(os.environ), log_path=log,
                  crash_path=outbox / "crash.json", timeout_s=60, confined=confined, needs_val_bpb=False)
     text = log.read_text()
     assert "fa3: fa3 build" in text and "offline: 1" in text, text

@@ -471,7 +471,7 @@ from pathlib import Path
 from gitar.host import runner, signals
 tmp = Path(sys.argv[1])
 with signals.stop_signals_held():
-    result = runner.run_training([sys.executable, str(tmp / "train.py")], cwd=tmp,
+    result = runner.run_confined([sys.executable, str(tmp / "train.py")], cwd=tmp,
                                  env=dict(os.environ), log_path=tmp / "run.log", crash_path=tmp / "crash.json",
                                  timeout_s=30)
     os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C just after the run, while its record is being written

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ from gitar.loop import evaluator
 from gitar.runtime import launch
 from gitar.runtime.attention import block_rows
 from testing.export import attention_calls
+from testing.hermetic import env_without_gitar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = REPO_ROOT / "testing" / "fixtures" / "upstream"
@@ -51,7 +51,7 @@ def upstream(tmp_path: Path) -> Path:
 
 
 def env_for(work: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GITAR_")}
+    env = env_without_gitar()
     env.update(HOME=str(work.parent / "home"), PYTHONPATH=str(REPO_ROOT), **extra)
     return env
 

@@ -26,8 +26,9 @@ from gitar.errors import GitarError
 from gitar.runtime import download, ingest
 from gitar.runtime.download import download_shard
 from gitar.runtime.platform import detect_platform, probe_device
+from testing.hermetic import env_without_gitar
 from testing.packing import reference_rows
-from testing.prepared import clean_env, import_prepare, run_prepare
+from testing.prepared import import_prepare, run_prepare
 
 UNICODE_TEXTS = [
     "Hello world! Numbers: 1234567.",
@@ -347,7 +348,7 @@ def test_exiting_with_open_loaders_exits_cleanly(prepared_workspace: Path) -> No
         "train = prepare.make_dataloader(tok, 16, 256, 'train', device='cpu'); next(train)\n"
         "val = prepare.make_dataloader(tok, 8, 256, 'val', device='cpu'); next(val)\n"
         "print('done')\n")
-    runs = [subprocess.Popen([sys.executable, script.name], cwd=prepared_workspace, env=clean_env(),
+    runs = [subprocess.Popen([sys.executable, script.name], cwd=prepared_workspace, env=env_without_gitar(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     for run in runs:
         out, err = run.communicate(timeout=120)
@@ -629,7 +630,7 @@ def test_bad_ground_json_stops_script_and_importer_with_one_line(workspace_facto
     assert result.returncode == 2
     assert result.stderr.strip() == "ground.json: training.mode: must be one of train, test, cpu; got \"fast\" (a string)"
     (ws / "trainer.py").write_text("import prepare\nprint('not reached')\n")
-    imported = subprocess.run([sys.executable, "trainer.py"], cwd=ws, env=clean_env(), capture_output=True, text=True)
+    imported = subprocess.run([sys.executable, "trainer.py"], cwd=ws, env=env_without_gitar(), capture_output=True, text=True)
     assert imported.returncode == 2 and imported.stdout == ""
     assert imported.stderr == result.stderr
 

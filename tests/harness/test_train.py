@@ -25,6 +25,7 @@ import train
 from gitar.config.schema import ProcessorConfig
 from gitar.demo.presets import cpu_model
 from gitar.runtime.crash import write_crash_record
+from testing.hermetic import env_without_gitar
 from testing.model import model_cfg, tiny_gpt
 from testing.prepared import script_workspace
 
@@ -471,7 +472,7 @@ def test_momentum_and_weight_decay_schedules():
 
 
 def script_env(workspace: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GITAR_")}
+    env = env_without_gitar()
     # gitar (prepare.py's config loader) comes from this checkout; the workspace holds the scripts.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"

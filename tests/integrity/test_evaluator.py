@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,14 +19,14 @@ from torch import nn
 
 from gitar.runtime import launch
 from testing.export import trained_looking
-from testing.hermetic import REPO_ROOT
+from testing.hermetic import REPO_ROOT, env_without_gitar
 from testing.model import tiny_gpt
 
 BATCH = 16  # the CPU preset's evaluation.batch_size
 
 
 def run_evaluator(workspace: Path, program: Path, out: Path) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GITAR_")} | {"PYTHONPATH": str(REPO_ROOT)}
+    env = env_without_gitar() | {"PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run([sys.executable, "-m", "gitar.loop.evaluator", "--workspace", str(workspace),
                            "--program", str(program), "--out", str(out)],
                           cwd=out.parent, env=env, capture_output=True, text=True, timeout=300)

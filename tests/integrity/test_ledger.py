@@ -4,7 +4,7 @@ Each attack here worked before the ledger: the notes ref deleted or rewound (the
 attempt became the "baseline" and was kept), a commit made outside gitar with a forged keep
 note (later attempts judged against the fake best, verify silent about it), and a branch
 moved during a run while the result line said "branch back at …". The fake trainer's
-workspace (tests/core/conftest.py): real git, real notes, a trainer that prints its number.
+workspace (tests/conftest.py): real git, real notes, a trainer that prints its number.
 """
 
 from __future__ import annotations

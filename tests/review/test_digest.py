@@ -12,11 +12,11 @@ import re
 import pandas as pd
 import pytest
 
-from benchmarks.bench_loop import synthesise_history
 from gitar.commands.log import tsv_text
 from gitar.commands.memory import _NUMBER, Section, fit, normalise
 from gitar.review.history import Attempt, attempt, tsv_status
 from gitar.store.records import Lesson, Record, parse_lines
+from testing.history import synthesise_history
 from testing.workspace import Workspace
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from benchmarks.bench_loop import synthesise_history
 from gitar.review import history
 from gitar.store import notes, records
 from gitar.store.git import Git
 from gitar.store.notes import note_blobs
 from gitar.store.refs import NOTES_REF
+from testing.history import synthesise_history
 from testing.workspace import Workspace
 
 STREAMED, IN_PROCESS = 1, 10**9  # notes.STREAM_FROM: from how many notes git streams them

@@ -19,7 +19,7 @@ WRITER = """
 import sys, time
 from pathlib import Path
 from gitar.store.git import Git
-from gitar.store.records import Lesson, Notebook
+from gitar.store.records import Lesson
 from gitar.review import summary
 
 root, own, shared, tag, start, lines = sys.argv[1:]

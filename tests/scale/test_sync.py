@@ -28,7 +28,8 @@ WRITER = textwrap.dedent("""
 
     import pygit2
     from gitar.store.git import Git
-    from gitar.store.records import Notebook, Record
+    from gitar.review import summary
+    from gitar.store.records import Record
     from gitar.sharing.sync import sync
 
     root, name, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
